@@ -1,0 +1,22 @@
+/* Parameters of the fused AdamW kernels (kernels/adamw.cu), shared with Rust through bindgen.
+ * Plain C: this header is read by nvcc (C++) and by libclang (C). */
+#pragma once
+#include <stdint.h>
+
+/* Threads per block of every adamw.cu kernel. */
+#define RETRO_ADAMW_BLOCK 256
+/* Blocks of the first sum-of-squares pass: a fixed grid keeps the reduction order, and so the bits, fixed. */
+#define RETRO_SUMSQ_BLOCKS 256
+
+/* One AdamW step over a flat f32 buffer (torch.optim.AdamW semantics). */
+typedef struct AdamwParams {
+    float decay_factor;          /* 1 - lr * weight_decay (1 for parameters without decay) */
+    float one_minus_beta1;       /* 1 - beta1 */
+    float beta2;
+    float one_minus_beta2;       /* 1 - beta2 */
+    float eps;
+    float step_size;             /* lr / (1 - beta1^t) */
+    float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
+    float grad_scale;            /* clip coefficient, multiplied into the gradient as it is read */
+    uint64_t n;                  /* elements */
+} AdamwParams;

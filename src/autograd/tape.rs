@@ -1,0 +1,192 @@
+//! The tape: every op run while recording appends one node holding its hand-written backward closure
+//! and whatever activations that closure needs. `backward` walks the nodes in reverse, and drops each
+//! node (and so its saved activations) as soon as its backward has run.
+//!
+//! A [`Var`] is a value plus, when it takes part in differentiation, its id on the tape. Leaves made with
+//! [`Tape::leaf`] are the differentiable inputs (parameters); constants have no id. An op whose inputs
+//! are all constants records nothing, and in inference mode ([`Tape::inference`]) nothing is recorded at all.
+
+use crate::tensor::Tensor;
+use crate::{ensure, Result};
+use std::collections::HashMap;
+
+/// Computes the gradients of an op's inputs from the gradient of its output.
+/// `needs[i]` says whether input `i` wants a gradient; the closure may return `None` where it does not.
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+
+#[derive(Debug, Clone)]
+pub struct Var {
+    id: Option<usize>,
+    value: Tensor,
+}
+
+impl Var {
+    /// A value that takes no part in differentiation.
+    pub fn constant(value: Tensor) -> Self {
+        Self { id: None, value }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn into_value(self) -> Tensor {
+        self.value
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    pub fn dtype(&self) -> crate::tensor::DType {
+        self.value.dtype()
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.id.is_some()
+    }
+
+    pub fn id(&self) -> Option<usize> {
+        self.id
+    }
+}
+
+struct Node {
+    op: &'static str,
+    inputs: Vec<(Option<usize>, Vec<usize>)>,
+    backward: Option<BackwardFn>,
+}
+
+pub struct Tape {
+    nodes: Vec<Node>,
+    recording: bool,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tape {
+    /// A tape that records for a later `backward`.
+    pub fn new() -> Self {
+        Self { nodes: Vec::new(), recording: true }
+    }
+
+    /// Inference mode: ops compute their forward only and keep no activations.
+    pub fn inference() -> Self {
+        Self { nodes: Vec::new(), recording: false }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Number of recorded nodes (leaves included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A differentiable input. In inference mode this is a constant.
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        if !self.recording {
+            return Var::constant(value);
+        }
+        self.nodes.push(Node { op: "leaf", inputs: Vec::new(), backward: None });
+        Var { id: Some(self.nodes.len() - 1), value }
+    }
+
+    /// Append an op's output. The closure runs only if some input requires a gradient and the
+    /// output's gradient is reached during `backward`.
+    pub fn record<F>(&mut self, op: &'static str, inputs: &[&Var], output: Tensor, backward: F) -> Var
+    where
+        F: FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    {
+        if !self.recording || inputs.iter().all(|v| v.id.is_none()) {
+            return Var::constant(output);
+        }
+        let inputs = inputs.iter().map(|v| (v.id, v.shape().to_vec())).collect();
+        self.nodes.push(Node { op, inputs, backward: Some(Box::new(backward)) });
+        Var { id: Some(self.nodes.len() - 1), value: output }
+    }
+
+    /// Backward from a scalar (gradient 1).
+    pub fn backward(self, loss: &Var) -> Result<Gradients> {
+        ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
+        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype());
+        self.backward_with(loss, seed)
+    }
+
+    /// Backward from any output with an explicit output gradient.
+    pub fn backward_with(mut self, output: &Var, seed: Tensor) -> Result<Gradients> {
+        ensure!(
+            seed.shape() == output.shape() && seed.dtype() == output.dtype(),
+            "backward: seed gradient {:?} {} does not match the output {:?} {}",
+            seed.shape(),
+            seed.dtype(),
+            output.shape(),
+            output.dtype()
+        );
+        let Some(out_id) = output.id else {
+            crate::bail!("backward: the output does not depend on any leaf of this tape");
+        };
+        let mut grads: Vec<Option<Tensor>> = vec![None; out_id + 1];
+        grads[out_id] = Some(seed);
+        let mut leaves = HashMap::new();
+        self.nodes.truncate(out_id + 1);
+        while let Some(node) = self.nodes.pop() {
+            let id = self.nodes.len();
+            let Some(grad) = grads[id].take() else { continue };
+            let Some(backward) = node.backward else {
+                leaves.insert(id, grad);
+                continue;
+            };
+            let needs: Vec<bool> = node.inputs.iter().map(|(i, _)| i.is_some()).collect();
+            let input_grads = backward(&grad, &needs).map_err(|e| e.context(format!("backward of {}", node.op)))?;
+            drop(grad);
+            ensure!(
+                input_grads.len() == node.inputs.len(),
+                "backward of {}: {} gradients for {} inputs",
+                node.op,
+                input_grads.len(),
+                node.inputs.len()
+            );
+            for ((input, shape), g) in node.inputs.iter().zip(input_grads) {
+                let (Some(input), Some(g)) = (input, g) else { continue };
+                ensure!(
+                    g.shape() == shape.as_slice(),
+                    "backward of {}: gradient shape {:?} for an input of shape {:?}",
+                    node.op,
+                    g.shape(),
+                    shape
+                );
+                match &mut grads[*input] {
+                    Some(acc) => acc.add_assign(&g)?,
+                    slot => *slot = Some(g),
+                }
+            }
+        }
+        Ok(Gradients { by_id: leaves })
+    }
+}
+
+/// Gradients of the leaves reached by a backward pass.
+#[derive(Debug, Default)]
+pub struct Gradients {
+    by_id: HashMap<usize, Tensor>,
+}
+
+impl Gradients {
+    pub fn get(&self, leaf: &Var) -> Option<&Tensor> {
+        leaf.id.and_then(|id| self.by_id.get(&id))
+    }
+
+    pub fn take(&mut self, leaf: &Var) -> Option<Tensor> {
+        leaf.id.and_then(|id| self.by_id.remove(&id))
+    }
+}

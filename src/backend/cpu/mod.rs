@@ -1,0 +1,15 @@
+//! CPU reference kernels on contiguous row-major slices, generic over f32 / f64.
+//! Rows are split over rayon in fixed-size blocks and partial sums are combined in block order, so every
+//! result is bitwise reproducible whatever the thread count.
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod gemm;
+pub mod layernorm;
+pub mod layout;
+pub mod linear;
+mod parallel;
+
+pub use parallel::{column_sums, SendPtr, ROW_BLOCK};

@@ -1,0 +1,123 @@
+//! `retro info`: what this build can do and what this machine has, with proof that the embedded
+//! kernels load (fatbin and PTX) and compute what the CPU reference computes.
+
+use crate::backend::cuda;
+use crate::Result;
+use std::fmt::Write;
+
+/// The report, and whether every check passed.
+pub fn report() -> (String, bool) {
+    let mut out = String::new();
+    let mut ok = true;
+    let _ = writeln!(out, "retro {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "kernels: {}", kernels_line());
+    let _ = writeln!(
+        out,
+        "cpu: {} rayon threads; GEMM matrixmultiply (MATMUL_NUM_THREADS={})",
+        rayon::current_num_threads(),
+        std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "unset: physical cores, at most 4".into())
+    );
+    let _ = writeln!(
+        out,
+        "mpi: {}",
+        if cfg!(feature = "mpi") {
+            "compiled in (run under mpirun)"
+        } else {
+            "not compiled (build with --features mpi)"
+        }
+    );
+    if !cuda::driver_present() {
+        let _ = writeln!(out, "cuda: no driver (libcuda.so not found); the CPU backend is used");
+        return (out, ok);
+    }
+    match cuda::devices() {
+        Ok(devs) if devs.is_empty() => {
+            let _ = writeln!(out, "cuda: driver present, no device visible");
+        }
+        Ok(devs) => {
+            let _ = writeln!(out, "cuda: driver present, {} device(s)", devs.len());
+            for d in devs {
+                let _ = writeln!(
+                    out,
+                    "device {}: {}, sm_{}{}, {} SMs, {:.1} GiB",
+                    d.ordinal,
+                    d.name,
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    d.multiprocessors,
+                    d.total_memory_bytes as f64 / (1u64 << 30) as f64
+                );
+                for line in kernel_checks(d.ordinal) {
+                    ok &= line.starts_with("  ok");
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        Err(e) => {
+            ok = false;
+            let _ = writeln!(out, "cuda: driver present but devices cannot be listed: {e}");
+        }
+    }
+    (out, ok)
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn kernels_line() -> String {
+    use crate::kernels::{FATBIN_ARCHS, MODULES, NVCC_VERSION, PTX_ARCH};
+    format!(
+        "compiled by nvcc ({NVCC_VERSION}); fatbin {:?}, PTX {PTX_ARCH}; families: {}",
+        FATBIN_ARCHS,
+        MODULES.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+    )
+}
+
+#[cfg(no_cuda_kernels)]
+fn kernels_line() -> String {
+    format!("not compiled ({})", crate::kernels::build::MISSING_REASON)
+}
+
+#[cfg(no_cuda_kernels)]
+fn kernel_checks(_ordinal: usize) -> Vec<String> {
+    vec!["  kernels: this build has none, so nothing can run on the GPU (rebuild with nvcc available)".into()]
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn kernel_checks(ordinal: usize) -> Vec<String> {
+    use cuda::module::Image;
+    [Image::Fatbin, Image::Ptx]
+        .into_iter()
+        .map(|image| match adamw_check(ordinal, image) {
+            Ok(detail) => format!("  ok: kernels/adamw.cu from the {image}: {detail}"),
+            Err(e) => format!("  FAILED: kernels/adamw.cu from the {image}: {e}"),
+        })
+        .collect()
+}
+
+/// Runs the fused AdamW kernel and the sum of squares on the GPU and compares with the CPU reference.
+#[cfg(not(no_cuda_kernels))]
+fn adamw_check(ordinal: usize, image: cuda::module::Image) -> Result<String> {
+    use crate::kernels::abi::AdamwParams;
+    use crate::train::{optimizer, AdamWConfig};
+    use cuda::device::cuda_error;
+    let ctx = cuda::device::context(ordinal)?;
+    let module = cuda::module::load(&ctx, "adamw", image)?;
+    let stream = ctx.default_stream();
+    let n = 4099;
+    let mut rng = crate::rng::Rng::new(1);
+    let mut draw = |s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
+    let (mut p, g, mut m) = (draw(1.0), draw(0.1), draw(0.01));
+    let mut v: Vec<f32> = draw(0.01).iter().map(|x| x * x).collect();
+    let coef = AdamWConfig::default().coefficients(1e-3, 3, true);
+    let htod = |x: &Vec<f32>| stream.clone_htod(x).map_err(|e| cuda_error("copy to device", e));
+    let (mut dp, dg, mut dm, mut dv) = (htod(&p)?, htod(&g)?, htod(&m)?, htod(&v)?);
+    cuda::adamw::update(&stream, &module, &mut dp, &dg, &mut dm, &mut dv, AdamwParams::new(&coef, 1.0, n))?;
+    let sumsq = cuda::adamw::sum_squares(&stream, &module, &dg)?;
+    let gpu_p = stream.clone_dtoh(&dp).map_err(|e| cuda_error("copy to host", e))?;
+    optimizer::update_slice(&mut p, &g, &mut m, &mut v, &coef);
+    let max_rel = p.iter().zip(&gpu_p).map(|(a, b)| ((a - b).abs() / a.abs().max(1e-3)) as f64).fold(0.0, f64::max);
+    let cpu_sumsq: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    let sumsq_rel = ((sumsq - cpu_sumsq) / cpu_sumsq).abs();
+    crate::ensure!(max_rel < 1e-5, "AdamW update differs from the CPU by {max_rel:.2e} (relative)");
+    crate::ensure!(sumsq_rel < 1e-12, "sum of squares {sumsq} differs from the CPU's {cpu_sumsq}");
+    Ok(format!("AdamW on {n} elements within {max_rel:.1e} of the CPU, sum of squares within {sumsq_rel:.1e}"))
+}

@@ -1,0 +1,26 @@
+//! retro: a RETRO (Retrieval-Enhanced Transformer) training engine.
+//! See DESIGN.md in the repository for the architecture; each module's doc says what it holds.
+
+pub mod autograd;
+pub mod backend;
+pub mod dist;
+pub mod error;
+pub mod info;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Context, Error, Result};
+
+/// Kernels compiled by build.rs (PTX and fatbin per `kernels/*.cu`), or an empty list without nvcc.
+pub mod kernels {
+    #[cfg(not(no_cuda_kernels))]
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+    #[cfg(no_cuda_kernels)]
+    pub mod build {
+        /// Why no kernels were compiled (set by build.rs).
+        pub const MISSING_REASON: &str = env!("RETRO_NO_KERNELS_REASON");
+    }
+}

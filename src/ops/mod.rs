@@ -1,0 +1,40 @@
+//! Differentiable ops: each checks its inputs (errors name the op and the shapes), runs the backend
+//! kernel, and records its hand-written backward on the tape.
+
+mod add;
+mod attention;
+mod cross_entropy;
+mod embedding;
+mod gelu;
+mod layernorm;
+mod layout;
+mod linear;
+
+pub use add::add;
+pub use attention::{attention, AttnMask};
+pub use cross_entropy::cross_entropy;
+pub use embedding::embedding;
+pub use gelu::gelu;
+pub use layernorm::layer_norm;
+pub use layout::{concat, narrow, pad, reshape, window};
+pub use linear::linear;
+
+use crate::autograd::Var;
+use crate::{ensure, Result};
+
+/// All vars must share one float dtype; returns it.
+fn same_float_dtype(op: &str, vars: &[&Var]) -> Result<crate::tensor::DType> {
+    let dtype = vars[0].dtype();
+    ensure!(dtype.is_float(), "{op}: expected a float tensor, got {dtype} of shape {:?}", vars[0].shape());
+    for v in vars {
+        ensure!(
+            v.dtype() == dtype,
+            "{op}: dtypes differ: {} {:?} and {} {:?}",
+            dtype,
+            vars[0].shape(),
+            v.dtype(),
+            v.shape()
+        );
+    }
+    Ok(dtype)
+}

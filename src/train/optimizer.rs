@@ -1,0 +1,143 @@
+//! AdamW with global-norm gradient clipping, exactly torch.optim.AdamW + clip_grad_norm_ (the golden
+//! file's `adamw.update`): grads are scaled by min(1, clip / (norm + 1e-6)); then per parameter
+//! `p *= 1 - lr·wd` (only for parameters with dim >= 2), `m += (1-b1)(g - m)`, `v = b2·v + (1-b2)·g²`,
+//! `p -= lr/(1-b1^t) · m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
+
+use crate::tensor::{Float, Tensor};
+use crate::{ensure, with_float, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Maximum global L2 norm of the gradients; `None` disables clipping.
+    pub clip: Option<f64>,
+}
+
+impl Default for AdamWConfig {
+    /// Megatron's RETRO settings: lr 6e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0.
+    fn default() -> Self {
+        Self { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip: Some(1.0) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+    /// The factor the gradients were multiplied by (1 when not clipped).
+    pub clip_coef: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Number of steps taken.
+    pub step: u64,
+    pub exp_avg: Vec<Tensor>,
+    pub exp_avg_sq: Vec<Tensor>,
+}
+
+/// Global L2 norm over all gradients, summed in f64.
+pub fn global_norm(grads: &[Tensor]) -> f64 {
+    grads.iter().map(Tensor::sum_squares).sum::<f64>().sqrt()
+}
+
+impl AdamW {
+    /// Zero moments shaped like `params`.
+    pub fn new(config: AdamWConfig, params: &[Tensor]) -> Self {
+        let zeros = |p: &Tensor| Tensor::zeros(p.shape(), p.dtype());
+        Self {
+            config,
+            step: 0,
+            exp_avg: params.iter().map(zeros).collect(),
+            exp_avg_sq: params.iter().map(zeros).collect(),
+        }
+    }
+
+    /// One update with learning rate `lr` (the schedule's value for this step). Scales `grads` in place
+    /// when clipping.
+    pub fn step(&mut self, params: &mut [Tensor], grads: &mut [Tensor], lr: f64) -> Result<StepStats> {
+        ensure!(
+            params.len() == grads.len() && params.len() == self.exp_avg.len(),
+            "AdamW: {} parameters, {} gradients, {} moment slots",
+            params.len(),
+            grads.len(),
+            self.exp_avg.len()
+        );
+        let grad_norm = global_norm(grads);
+        ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; refusing to update");
+        let clip_coef = match self.config.clip {
+            Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        if clip_coef < 1.0 {
+            for g in grads.iter_mut() {
+                g.scale(clip_coef)?;
+            }
+        }
+        self.step += 1;
+        for (i, (p, g)) in params.iter_mut().zip(grads.iter()).enumerate() {
+            ensure!(
+                p.shape() == g.shape() && p.dtype() == g.dtype(),
+                "AdamW: parameter {i} is {:?} {} but its gradient is {:?} {}",
+                p.shape(),
+                p.dtype(),
+                g.shape(),
+                g.dtype()
+            );
+            let coef = self.config.coefficients(lr, self.step, p.rank() >= 2);
+            let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
+            with_float!(p.dtype(), "AdamW", T => update_slice::<T>(p.data_mut()?, g.data()?, m.data_mut()?, v.data_mut()?, &coef));
+        }
+        Ok(StepStats { grad_norm, clip_coef })
+    }
+}
+
+/// The per-step scalars of one AdamW update (shared by the CPU loop and the CUDA kernel's parameters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coefficients {
+    /// 1 - lr·weight_decay, or 1 for parameters without decay.
+    pub decay_factor: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// lr / (1 - beta1^t)
+    pub step_size: f64,
+    /// sqrt(1 - beta2^t)
+    pub bias_correction2_sqrt: f64,
+}
+
+impl AdamWConfig {
+    /// Scalars for step `t` (1-based) at learning rate `lr`; `decays` for parameters with dim >= 2.
+    pub fn coefficients(&self, lr: f64, t: u64, decays: bool) -> Coefficients {
+        let t = t as i32;
+        Coefficients {
+            decay_factor: if decays { 1.0 - lr * self.weight_decay } else { 1.0 },
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            step_size: lr / (1.0 - self.beta1.powi(t)),
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+        }
+    }
+}
+
+/// One AdamW update of a parameter slice from its (already clipped) gradient, in the element type.
+pub fn update_slice<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &Coefficients) {
+    let (decay_factor, one_minus_beta1) = (T::from_f64(c.decay_factor), T::from_f64(1.0 - c.beta1));
+    let (beta2, one_minus_beta2, eps) = (T::from_f64(c.beta2), T::from_f64(1.0 - c.beta2), T::from_f64(c.eps));
+    let (step_size, bc2_sqrt) = (T::from_f64(c.step_size), T::from_f64(c.bias_correction2_sqrt));
+    for i in 0..p.len() {
+        let gi = g[i];
+        p[i] *= decay_factor;
+        m[i] += one_minus_beta1 * (gi - m[i]);
+        v[i] = v[i] * beta2 + one_minus_beta2 * gi * gi;
+        let denom = v[i].sqrt() / bc2_sqrt + eps;
+        p[i] -= step_size * (m[i] / denom);
+    }
+}
