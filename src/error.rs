@@ -68,5 +68,10 @@ macro_rules! bail {
 /// `ensure!(cond, "message {}", x)` bails with the message when `cond` is false.
 #[macro_export]
 macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => { if !$cond { $crate::bail!($($arg)*); } };
+    ($cond:expr, $($arg:tt)*) => {
+        if $cond {
+        } else {
+            $crate::bail!($($arg)*);
+        }
+    };
 }

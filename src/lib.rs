@@ -1,11 +1,15 @@
 //! retro: a RETRO (Retrieval-Enhanced Transformer) training engine.
 //! See DESIGN.md in the repository for the architecture; each module's doc says what it holds.
 
+pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
 pub mod dist;
 pub mod error;
+pub mod golden;
 pub mod info;
+pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod tensor;

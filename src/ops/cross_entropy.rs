@@ -9,7 +9,7 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Var, labels: &Tensor) -> Result<V
     let dtype = same_float_dtype("cross_entropy", &[logits])?;
     let v = logits.value().last_dim();
     ensure!(
-        logits.shape().len() >= 1 && labels.shape() == &logits.shape()[..logits.shape().len() - 1],
+        !logits.shape().is_empty() && labels.shape() == &logits.shape()[..logits.shape().len() - 1],
         "cross_entropy: labels {:?} do not match logits {:?} (expected labels = logits without the last dim)",
         labels.shape(),
         logits.shape()

@@ -119,6 +119,11 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
+    /// How many tensors share this storage (lets tests observe that saved activations were freed).
+    pub fn storage_refs(&self) -> usize {
+        Arc::strong_count(&self.storage)
+    }
+
     pub fn data<T: Element>(&self) -> Result<&[T]> {
         match T::slice(&self.storage) {
             Some(s) => Ok(s),

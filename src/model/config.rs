@@ -1,0 +1,250 @@
+//! `RetroConfig`: the model's shape (serde JSON, the golden file's `__metadata__.config` format) and
+//! the presets `tiny`, `857m`, `2b`, `4b`.
+
+use crate::{bail, ensure, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetroConfig {
+    #[serde(default)]
+    pub name: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    /// Exact row count of the (tied) word embedding; see [`padded_vocab_size`] for Megatron's padding.
+    pub vocab_size: usize,
+    /// Sequence length n, also the number of learned positions.
+    pub seq_length: usize,
+    /// Chunk length m.
+    #[serde(default = "default_chunk_length")]
+    pub chunk_length: usize,
+    /// Neighbours per chunk, k.
+    #[serde(default = "default_two")]
+    pub num_neighbors: usize,
+    /// Chunks per neighbour (the neighbour and its continuation): r = this × m.
+    #[serde(default = "default_two")]
+    pub num_retrieved_chunks: usize,
+    #[serde(default = "default_two")]
+    pub encoder_num_layers: usize,
+    #[serde(default = "default_ffn_mult")]
+    pub ffn_mult: usize,
+    #[serde(default = "default_eps")]
+    pub layernorm_eps: f64,
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Hidden and attention dropout (Megatron: 0.1); 0 in golden checks.
+    #[serde(default)]
+    pub dropout: f64,
+    /// 1-based decoder layers with chunked cross-attention; `None` = Megatron's rule.
+    #[serde(default)]
+    pub retro_layer_numbers: Option<Vec<usize>>,
+    /// GPT baseline: no CCA layers and no encoder; everything else shared.
+    #[serde(default)]
+    pub gpt_baseline: bool,
+    /// Beyond Megatron: a neighbour whose tokens are all -1 is masked out of the decoder's
+    /// cross-attention instead of being an error.
+    #[serde(default)]
+    pub mask_missing_neighbors: bool,
+    // Derived values some writers include (the golden file does); checked, never trusted.
+    #[serde(default, skip_serializing)]
+    retrieved_length: Option<usize>,
+    #[serde(default, skip_serializing)]
+    head_dim: Option<usize>,
+    #[serde(default, skip_serializing)]
+    ffn_hidden_size: Option<usize>,
+}
+
+fn default_chunk_length() -> usize {
+    64
+}
+fn default_two() -> usize {
+    2
+}
+fn default_ffn_mult() -> usize {
+    4
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+
+/// Megatron's `--make-vocab-size-divisible-by 128`: 50257 GPT-2 tokens -> 50304 rows.
+pub fn padded_vocab_size(tokenizer_vocab: usize) -> usize {
+    tokenizer_vocab.div_ceil(128) * 128
+}
+
+pub const PRESETS: [&str; 4] = ["tiny", "857m", "2b", "4b"];
+
+impl RetroConfig {
+    fn base(name: &str, num_layers: usize, hidden_size: usize, num_heads: usize) -> Self {
+        Self {
+            name: name.into(),
+            num_layers,
+            hidden_size,
+            num_heads,
+            vocab_size: padded_vocab_size(50257),
+            seq_length: 2048,
+            chunk_length: 64,
+            num_neighbors: 2,
+            num_retrieved_chunks: 2,
+            encoder_num_layers: 2,
+            ffn_mult: 4,
+            layernorm_eps: 1e-5,
+            init_std: 0.02,
+            dropout: 0.1,
+            retro_layer_numbers: None,
+            gpt_baseline: false,
+            mask_missing_neighbors: false,
+            retrieved_length: None,
+            head_dim: None,
+            ffn_hidden_size: None,
+        }
+    }
+
+    /// `tiny` is the golden config (4/64/4, vocab 512, seq 256, CCA layers [2, 4], dropout 0);
+    /// `857m`, `2b`, `4b` are Megatron's (seq 2048, vocab 50304, dropout 0.1).
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(match name {
+            "tiny" => Self {
+                vocab_size: 512,
+                seq_length: 256,
+                dropout: 0.0,
+                retro_layer_numbers: Some(vec![2, 4]),
+                ..Self::base("tiny", 4, 64, 4)
+            },
+            "857m" => Self::base("857m", 24, 1024, 16),
+            "2b" => Self::base("2b", 32, 2048, 32),
+            "4b" => Self::base("4b", 48, 2560, 32),
+            other => bail!("unknown model preset {other:?} (presets: {})", PRESETS.join(", ")),
+        })
+    }
+
+    /// Parse and validate a JSON config.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(text).map_err(|e| crate::Error::msg(format!("model config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serializes")
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    pub fn ffn_hidden_size(&self) -> usize {
+        self.ffn_mult * self.hidden_size
+    }
+
+    /// r: tokens per retrieved neighbour (neighbour chunk + continuation).
+    pub fn retrieved_length(&self) -> usize {
+        self.num_retrieved_chunks * self.chunk_length
+    }
+
+    /// 1-based decoder layers with CCA: the explicit list, else Megatron's
+    /// `range(6 if L <= 15 else 9, L + 1, 3)`; none for the GPT baseline.
+    pub fn retro_layers(&self) -> Vec<usize> {
+        if self.gpt_baseline {
+            return Vec::new();
+        }
+        match &self.retro_layer_numbers {
+            Some(list) => list.clone(),
+            None => {
+                let start = if self.num_layers <= 15 { 6 } else { 9 };
+                (start..=self.num_layers).step_by(3).collect()
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        ensure!(
+            c.num_layers > 0 && c.hidden_size > 0 && c.num_heads > 0,
+            "model config: layers, hidden size and heads must be positive"
+        );
+        ensure!(
+            c.hidden_size % c.num_heads == 0,
+            "model config: hidden_size {} is not divisible by num_heads {}",
+            c.hidden_size,
+            c.num_heads
+        );
+        ensure!(c.vocab_size > 0 && c.chunk_length > 0, "model config: vocab_size and chunk_length must be positive");
+        ensure!(
+            c.seq_length % c.chunk_length == 0,
+            "model config: seq_length {} is not a multiple of chunk_length {}",
+            c.seq_length,
+            c.chunk_length
+        );
+        ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
+        if !c.gpt_baseline {
+            let layers = c.retro_layers();
+            ensure!(
+                !layers.is_empty(),
+                "model config: {} layers give no CCA layer by Megatron's rule (it starts at 6); list retro_layer_numbers",
+                c.num_layers
+            );
+            ensure!(
+                layers.iter().all(|&n| (1..=c.num_layers).contains(&n)) && layers.windows(2).all(|w| w[0] < w[1]),
+                "model config: retro_layer_numbers {:?} must be increasing, within 1..={}",
+                layers,
+                c.num_layers
+            );
+            ensure!(
+                c.num_neighbors > 0 && c.num_retrieved_chunks > 0 && c.encoder_num_layers > 0,
+                "model config: k, retrieved chunks and encoder layers must be positive"
+            );
+            ensure!(
+                c.retrieved_length() <= c.seq_length,
+                "model config: neighbours of {} tokens need that many positions, but seq_length is {}",
+                c.retrieved_length(),
+                c.seq_length
+            );
+        }
+        for (what, given, derived) in [
+            ("retrieved_length", c.retrieved_length, c.retrieved_length()),
+            ("head_dim", c.head_dim, c.head_dim()),
+            ("ffn_hidden_size", c.ffn_hidden_size, c.ffn_hidden_size()),
+        ] {
+            if let Some(given) = given {
+                ensure!(given == derived, "model config: {what} is {given} but the other fields give {derived}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn megatron_retro_layer_rule_and_presets() {
+        assert_eq!(RetroConfig::preset("857m").unwrap().retro_layers(), vec![9, 12, 15, 18, 21, 24]);
+        assert_eq!(RetroConfig::preset("2b").unwrap().retro_layers(), (9..=30).step_by(3).collect::<Vec<_>>());
+        let mut c = RetroConfig::preset("857m").unwrap();
+        c.num_layers = 12;
+        assert_eq!(c.retro_layers(), vec![6, 9, 12]);
+        assert_eq!(RetroConfig::preset("tiny").unwrap().retro_layers(), vec![2, 4]);
+        assert_eq!(padded_vocab_size(50257), 50304);
+        assert_eq!(padded_vocab_size(512), 512);
+        assert!(RetroConfig::preset("7b").unwrap_err().to_string().contains("tiny, 857m, 2b, 4b"));
+    }
+
+    #[test]
+    fn json_round_trip_and_checks() {
+        let c = RetroConfig::preset("tiny").unwrap();
+        assert_eq!(RetroConfig::from_json(&c.to_json()).unwrap(), c);
+        let bad = c.to_json().replace("\"num_heads\":4", "\"num_heads\":5");
+        assert!(RetroConfig::from_json(&bad).unwrap_err().to_string().contains("not divisible"));
+        let derived = c.to_json().replace('}', ",\"head_dim\":8}");
+        assert!(RetroConfig::from_json(&derived).unwrap_err().to_string().contains("head_dim is 8"));
+        let mut few = c.clone();
+        few.retro_layer_numbers = None;
+        assert!(few.validate().unwrap_err().to_string().contains("no CCA layer"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The RETRO model (Megatron's, exactly: DESIGN.md section 1), its config and presets, its named
+//! parameters and their safetensors I/O.
+
+pub mod config;
+mod decoder;
+mod encoder;
+pub mod params;
+mod retro;
+pub mod safetensors_io;
+
+pub use config::{padded_vocab_size, RetroConfig};
+pub use params::Params;
+pub use retro::{Batch, LossAndGrads, RetroModel};

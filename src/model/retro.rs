@@ -1,0 +1,214 @@
+//! `RetroModel`: Megatron's RETRO (or its GPT baseline) assembled from the decoder and encoder layers,
+//! with the tied output embedding and the mean token cross-entropy.
+
+use super::decoder::{DecoderLayer, Retrieval};
+use super::params::{Init, ParamBuilder, ParamSpec, Params};
+use super::RetroConfig;
+use crate::autograd::{Gradients, Tape, Var};
+use crate::nn::{InitStd, LayerNorm};
+use crate::ops::{self, AttnMask};
+use crate::tensor::{DType, Tensor};
+use crate::{bail, ensure, Result};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct RetroModel {
+    pub config: RetroConfig,
+    pub params: Params,
+    word_embeddings: usize,
+    position_embeddings: usize,
+    layers: Vec<DecoderLayer>,
+    final_ln: LayerNorm,
+}
+
+/// One batch: tokens [B, n], labels [B, n] (next tokens), neighbour tokens [B, l, k, r] (i64 / i32).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub tokens: Tensor,
+    pub labels: Tensor,
+    /// `None` only for the GPT baseline.
+    pub neighbors: Option<Tensor>,
+}
+
+/// Loss and per-parameter gradients (spec order) of one batch.
+pub struct LossAndGrads {
+    pub loss: f64,
+    pub grads: Vec<Tensor>,
+}
+
+impl RetroModel {
+    /// Parameter names, shapes and initialisations of `config` (Megatron names and order).
+    pub fn specs(config: &RetroConfig) -> Result<Vec<ParamSpec>> {
+        Ok(Self::build(config)?.0)
+    }
+
+    fn build(config: &RetroConfig) -> Result<(Vec<ParamSpec>, Self)> {
+        config.validate()?;
+        let c = config;
+        let mut pb = ParamBuilder::default();
+        let init = InitStd::megatron(c.init_std, c.num_layers);
+        let word =
+            pb.add("embedding.word_embeddings.weight".into(), &[c.vocab_size, c.hidden_size], Init::Normal(c.init_std));
+        let pos = pb.add(
+            "embedding.position_embeddings.weight".into(),
+            &[c.seq_length, c.hidden_size],
+            Init::Normal(c.init_std),
+        );
+        let cca_layers = c.retro_layers();
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let number = i + 1;
+                let cca = cca_layers.contains(&number);
+                DecoderLayer::new(&mut pb, c, i, cca, cca_layers.first() == Some(&number), init)
+            })
+            .collect();
+        let final_ln = LayerNorm::new(&mut pb, "decoder.final_layernorm", c.hidden_size, c.layernorm_eps);
+        let specs = pb.finish();
+        let model = Self {
+            config: c.clone(),
+            params: Params { specs: specs.clone(), tensors: Vec::new() },
+            word_embeddings: word,
+            position_embeddings: pos,
+            layers,
+            final_ln,
+        };
+        Ok((specs, model))
+    }
+
+    /// A model with Megatron's initialisation drawn from `seed`.
+    pub fn init(config: &RetroConfig, seed: u64, dtype: DType) -> Result<Self> {
+        let (specs, model) = Self::build(config)?;
+        Ok(Self { params: Params::init(specs, seed, dtype)?, ..model })
+    }
+
+    /// A model around given parameters, which must match the config's specs exactly.
+    pub fn from_params(config: &RetroConfig, params: Params) -> Result<Self> {
+        let (specs, model) = Self::build(config)?;
+        ensure!(
+            params.specs.iter().map(|s| (&s.name, &s.shape)).eq(specs.iter().map(|s| (&s.name, &s.shape))),
+            "parameters do not match the model config (names or shapes differ)"
+        );
+        Ok(Self { params, ..model })
+    }
+
+    pub fn is_retro(&self) -> bool {
+        self.layers.iter().any(DecoderLayer::has_cca)
+    }
+
+    /// Final-LayerNorm hidden states [B, n, d].
+    pub fn hidden(&self, tape: &mut Tape, p: &[Var], tokens: &Tensor, neighbors: Option<&Tensor>) -> Result<Var> {
+        let c = &self.config;
+        ensure!(tokens.rank() == 2, "model: tokens must be [batch, seq], got {:?}", tokens.shape());
+        let (b, n) = (tokens.shape()[0], tokens.shape()[1]);
+        ensure!(n <= c.seq_length, "model: sequence of {n} tokens is longer than seq_length {}", c.seq_length);
+        let x = self.embed(tape, p, tokens)?;
+        let mut retrieval = Retrieval { embedded: None, encoded: None, mask: AttnMask::None };
+        if self.is_retro() {
+            let Some(neighbors) = neighbors else {
+                bail!("model: RETRO needs neighbour tokens (the GPT baseline does not)")
+            };
+            ensure!(
+                n % c.chunk_length == 0,
+                "model: sequence of {n} tokens is not a multiple of chunk_length {}",
+                c.chunk_length
+            );
+            let l = n / c.chunk_length;
+            let (k, r) = (c.num_neighbors, c.retrieved_length());
+            ensure!(
+                neighbors.shape() == [b, l, k, r],
+                "model: neighbour tokens are {:?}, expected [batch {b}, chunks {l}, k {k}, r {r}]",
+                neighbors.shape()
+            );
+            let (ids, mask) = self.neighbor_ids(neighbors)?;
+            retrieval.embedded = Some(self.embed(tape, p, &ids)?);
+            retrieval.mask = mask;
+        }
+        let mut x = x;
+        for layer in &self.layers {
+            x = layer.forward(tape, p, &x, &mut retrieval)?;
+        }
+        self.final_ln.forward(tape, p, &x)
+    }
+
+    /// Logits [B, n, vocab] through the tied output embedding.
+    pub fn logits(&self, tape: &mut Tape, p: &[Var], tokens: &Tensor, neighbors: Option<&Tensor>) -> Result<Var> {
+        let h = self.hidden(tape, p, tokens, neighbors)?;
+        ops::linear(tape, &h, &p[self.word_embeddings], None)
+    }
+
+    /// Mean next-token cross-entropy of the batch.
+    pub fn loss(&self, tape: &mut Tape, p: &[Var], batch: &Batch) -> Result<Var> {
+        ensure!(
+            batch.labels.shape() == batch.tokens.shape(),
+            "model: labels {:?} do not match tokens {:?}",
+            batch.labels.shape(),
+            batch.tokens.shape()
+        );
+        let logits = self.logits(tape, p, &batch.tokens, batch.neighbors.as_ref())?;
+        ops::cross_entropy(tape, &logits, &batch.labels)
+    }
+
+    /// Forward and backward of one batch.
+    pub fn loss_and_grads(&self, batch: &Batch) -> Result<LossAndGrads> {
+        let mut tape = Tape::new();
+        let p = self.params.leaves(&mut tape);
+        let loss = self.loss(&mut tape, &p, batch)?;
+        let value = loss.value().to_f64_vec()[0];
+        let mut grads: Gradients = tape.backward(&loss)?;
+        let grads = p
+            .iter()
+            .zip(&self.params.tensors)
+            .map(|(v, t)| grads.take(v).unwrap_or_else(|| Tensor::zeros(t.shape(), t.dtype())))
+            .collect();
+        Ok(LossAndGrads { loss: value, grads })
+    }
+
+    /// Loss only, recording nothing.
+    pub fn eval_loss(&self, batch: &Batch) -> Result<f64> {
+        let mut tape = Tape::inference();
+        let p = self.params.leaves(&mut tape);
+        Ok(self.loss(&mut tape, &p, batch)?.value().to_f64_vec()[0])
+    }
+
+    /// word + learned position embeddings of ids [.., s] (positions 0..s-1).
+    fn embed(&self, tape: &mut Tape, p: &[Var], ids: &Tensor) -> Result<Var> {
+        let s = ids.last_dim();
+        let rows = ids.numel() / s.max(1);
+        let positions = Tensor::from_vec((0..rows).flat_map(|_| 0..s as i64).collect::<Vec<i64>>(), ids.shape())?;
+        let words = ops::embedding(tape, ids, &p[self.word_embeddings])?;
+        let pos = ops::embedding(tape, &positions, &p[self.position_embeddings])?;
+        ops::add(tape, &words, &pos)
+    }
+
+    /// Neighbour ids as [B·l·k, r] for the embedding, and the decoder CCA's key mask. A neighbour whose
+    /// r tokens are all -1 is missing: masked when the config allows it, an error otherwise.
+    fn neighbor_ids(&self, neighbors: &Tensor) -> Result<(Tensor, AttnMask)> {
+        let c = &self.config;
+        let (k, r) = (c.num_neighbors, c.retrieved_length());
+        let mut ids = neighbors.indices()?;
+        let mut visible = vec![true; ids.len()];
+        let mut any_missing = false;
+        for (nb, chunk) in ids.chunks_mut(r).enumerate() {
+            let missing = chunk.iter().filter(|&&t| t == -1).count();
+            if missing == 0 {
+                continue;
+            }
+            let (b, l, j) = (nb / (k * neighbors.shape()[1]), (nb / k) % neighbors.shape()[1], nb % k);
+            ensure!(
+                missing == r,
+                "model: neighbour {j} of chunk {l} of sample {b} has {missing} of {r} tokens = -1; only a whole neighbour may be missing"
+            );
+            ensure!(
+                c.mask_missing_neighbors,
+                "model: neighbour {j} of chunk {l} of sample {b} is missing (all -1); set mask_missing_neighbors to mask it"
+            );
+            chunk.iter_mut().for_each(|t| *t = 0);
+            visible[nb * r..(nb + 1) * r].iter_mut().for_each(|v| *v = false);
+            any_missing = true;
+        }
+        let rows = ids.len() / r;
+        let ids = Tensor::from_vec(ids, &[rows, r])?;
+        let mask = if any_missing { AttnMask::Keys(Arc::from(visible)) } else { AttnMask::None };
+        Ok((ids, mask))
+    }
+}

@@ -1,0 +1,70 @@
+use super::{InitStd, Linear};
+use crate::autograd::{Tape, Var};
+use crate::model::params::ParamBuilder;
+use crate::ops::{self, AttnMask};
+use crate::Result;
+
+/// Multi-head self-attention with a fused QKV projection: `linear_qkv.weight` is `[3d, d]` with row
+/// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+    pub causal: bool,
+}
+
+impl SelfAttention {
+    pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, causal: bool, init: InitStd) -> Self {
+        Self {
+            qkv: Linear::new(pb, &format!("{prefix}.linear_qkv"), d, 3 * d, init.std),
+            proj: Linear::new(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
+            heads,
+            causal,
+        }
+    }
+
+    /// x: [b, s, d] -> [b, s, d].
+    pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
+        let d = x.value().last_dim();
+        let qkv = self.qkv.forward(tape, p, x)?;
+        let q = ops::narrow(tape, &qkv, 2, 0, d)?;
+        let k = ops::narrow(tape, &qkv, 2, d, d)?;
+        let v = ops::narrow(tape, &qkv, 2, 2 * d, d)?;
+        let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };
+        let o = ops::attention(tape, &q, &k, &v, self.heads, &mask)?;
+        self.proj.forward(tape, p, &o)
+    }
+}
+
+/// Cross-attention: `linear_q` on the queries, `linear_kv` (`[2d, d]`, rows K | V) on the context,
+/// then `linear_proj`. Unmasked unless a key mask is given.
+#[derive(Debug, Clone)]
+pub struct CrossAttention {
+    pub q: Linear,
+    pub kv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+impl CrossAttention {
+    pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, init: InitStd) -> Self {
+        Self {
+            q: Linear::new(pb, &format!("{prefix}.linear_q"), d, d, init.std),
+            kv: Linear::new(pb, &format!("{prefix}.linear_kv"), d, 2 * d, init.std),
+            proj: Linear::new(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
+            heads,
+        }
+    }
+
+    /// x: [b, sq, d] queries, context: [b, sk, d] -> [b, sq, d].
+    pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, context: &Var, mask: &AttnMask) -> Result<Var> {
+        let d = x.value().last_dim();
+        let q = self.q.forward(tape, p, x)?;
+        let kv = self.kv.forward(tape, p, context)?;
+        let k = ops::narrow(tape, &kv, 2, 0, d)?;
+        let v = ops::narrow(tape, &kv, 2, d, d)?;
+        let o = ops::attention(tape, &q, &k, &v, self.heads, mask)?;
+        self.proj.forward(tape, p, &o)
+    }
+}

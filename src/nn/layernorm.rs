@@ -1,0 +1,26 @@
+use crate::autograd::{Tape, Var};
+use crate::model::params::{Init, ParamBuilder};
+use crate::ops;
+use crate::Result;
+
+/// LayerNorm with weight (ones) and bias (zeros), `<prefix>.weight` / `<prefix>.bias`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: usize,
+    pub bias: usize,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, eps: f64) -> Self {
+        Self {
+            weight: pb.add(format!("{prefix}.weight"), &[d], Init::Ones),
+            bias: pb.add(format!("{prefix}.bias"), &[d], Init::Zeros),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
+        ops::layer_norm(tape, x, &p[self.weight], &p[self.bias], self.eps)
+    }
+}

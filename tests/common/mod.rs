@@ -1,0 +1,79 @@
+//! Helpers shared by the integration tests: random tensors and gradient checking by central differences.
+#![allow(dead_code)]
+
+use retro::autograd::{Tape, Var};
+use retro::rng::Rng;
+use retro::tensor::{DType, Tensor};
+use retro::Result;
+
+pub fn randn(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec((0..n).map(|_| rng.normal() * scale).collect::<Vec<f64>>(), shape).unwrap()
+}
+
+pub fn to_f32(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap()
+}
+
+/// Largest |a - b| / max(|a|, |b|, floor) over all elements.
+pub fn max_rel_err(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(floor)).fold(0.0, f64::max)
+}
+
+/// Checks the tape's gradients of `sum(f(inputs) * r)` (r random) against central differences in f64
+/// (fourth-order stencil).
+/// Returns the max relative error over the checked elements of every differentiable input. At most
+/// `max_per_input` elements per input are checked (spread over the tensor).
+pub fn gradcheck(
+    inputs: &[Tensor],
+    differentiable: &[bool],
+    max_per_input: usize,
+    f: impl Fn(&mut Tape, &[Var]) -> Result<Var>,
+) -> f64 {
+    let mut rng = Rng::new(99);
+    let build = |xs: &[Tensor], tape: &mut Tape| -> (Vec<Var>, Var) {
+        let vars: Vec<Var> = xs
+            .iter()
+            .zip(differentiable)
+            .map(|(x, &d)| if d { tape.leaf(x.clone()) } else { Var::constant(x.clone()) })
+            .collect();
+        let out = f(tape, &vars).expect("forward failed");
+        (vars, out)
+    };
+    let mut tape = Tape::new();
+    let (vars, out) = build(inputs, &mut tape);
+    let r = randn(&mut rng, out.shape(), 1.0);
+    let rv = r.to_f64_vec();
+    let grads = tape.backward_with(&out, r).expect("backward failed");
+    let objective = |xs: &[Tensor]| -> f64 {
+        let (_, o) = build(xs, &mut Tape::inference());
+        o.value().to_f64_vec().iter().zip(&rv).map(|(a, b)| a * b).sum()
+    };
+    let mut worst: f64 = 0.0;
+    for (i, var) in vars.iter().enumerate() {
+        if !differentiable[i] {
+            continue;
+        }
+        let analytic = grads.get(var).expect("no gradient for a differentiable input").to_f64_vec();
+        let n = inputs[i].numel();
+        let step = (n / max_per_input).max(1);
+        let mut num = Vec::new();
+        let mut ana = Vec::new();
+        for j in (0..n).step_by(step) {
+            // Fourth-order central stencil: truncation O(h^4), round-off O(eps/h).
+            let h = 1e-4;
+            let at = |delta: f64| {
+                let mut xs = inputs.to_vec();
+                xs[i].data_mut::<f64>().unwrap()[j] += delta;
+                objective(&xs)
+            };
+            num.push((8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h));
+            ana.push(analytic[j]);
+        }
+        let scale = num.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = max_rel_err(&ana, &num, (1e-3 * scale).max(1e-9));
+        worst = worst.max(err);
+    }
+    worst
+}

@@ -1,0 +1,363 @@
+//! Every op: backward against central finite differences in f64, forward against a naive loop, f32
+//! against f64, and the errors it gives for bad shapes.
+
+mod common;
+
+use common::{gradcheck, max_rel_err, randn, to_f32};
+use retro::autograd::{Tape, Var};
+use retro::backend::cpu::attention::Dims;
+use retro::ops::{self, AttnMask};
+use retro::rng::Rng;
+use retro::tensor::Tensor;
+use std::sync::Arc;
+
+const GRAD_TOL: f64 = 1e-6;
+const F32_TOL: f64 = 1e-4;
+
+fn v64(t: &Tensor) -> Vec<f64> {
+    t.to_f64_vec()
+}
+
+/// Runs `f` in f64 and in f32 on the same inputs (float inputs converted) and compares.
+fn f32_matches_f64(inputs: &[Tensor], f: impl Fn(&mut Tape, &[Var]) -> retro::Result<Var>) -> f64 {
+    let run = |xs: Vec<Tensor>| {
+        let vars: Vec<Var> = xs.into_iter().map(Var::constant).collect();
+        f(&mut Tape::inference(), &vars).unwrap().value().to_f64_vec()
+    };
+    let a = run(inputs.to_vec());
+    let b = run(inputs.iter().map(|t| if t.dtype().is_float() { to_f32(t) } else { t.clone() }).collect());
+    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    max_rel_err(&a, &b, 1e-2 * scale.max(1e-6))
+}
+
+fn forward(inputs: &[Tensor], f: impl Fn(&mut Tape, &[Var]) -> retro::Result<Var>) -> Vec<f64> {
+    let vars: Vec<Var> = inputs.iter().cloned().map(Var::constant).collect();
+    f(&mut Tape::inference(), &vars).unwrap().value().to_f64_vec()
+}
+
+// ---------------------------------------------------------------- linear
+
+fn linear_op(t: &mut Tape, v: &[Var]) -> retro::Result<Var> {
+    ops::linear(t, &v[0], &v[1], Some(&v[2]))
+}
+
+#[test]
+fn linear_matches_naive_loop_finite_differences_and_f32() {
+    let mut rng = Rng::new(1);
+    let (x, w, b) = (randn(&mut rng, &[3, 5, 7], 1.0), randn(&mut rng, &[11, 7], 0.5), randn(&mut rng, &[11], 0.5));
+    let got = forward(&[x.clone(), w.clone(), b.clone()], linear_op);
+    let (xv, wv, bv) = (v64(&x), v64(&w), v64(&b));
+    let mut want = vec![0.0; 15 * 11];
+    for n in 0..15 {
+        for o in 0..11 {
+            want[n * 11 + o] = bv[o] + (0..7).map(|i| xv[n * 7 + i] * wv[o * 7 + i]).sum::<f64>();
+        }
+    }
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
+    let inputs = [x, w, b];
+    assert!(gradcheck(&inputs, &[true, true, true], 200, linear_op) <= GRAD_TOL);
+    assert!(f32_matches_f64(&inputs, linear_op) < F32_TOL);
+    // Without bias.
+    let no_bias = |t: &mut Tape, v: &[Var]| ops::linear(t, &v[0], &v[1], None);
+    assert!(gradcheck(&inputs[..2], &[true, true], 200, no_bias) <= GRAD_TOL);
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes_naming_them() {
+    let mut t = Tape::new();
+    let x = Var::constant(Tensor::zeros(&[2, 3], retro::tensor::DType::F32));
+    let w = Var::constant(Tensor::zeros(&[4, 5], retro::tensor::DType::F32));
+    let err = ops::linear(&mut t, &x, &w, None).unwrap_err().to_string();
+    assert!(err.contains("linear") && err.contains("[2, 3]") && err.contains("[4, 5]"), "{err}");
+    let w64 = Var::constant(Tensor::zeros(&[4, 3], retro::tensor::DType::F64));
+    let err = ops::linear(&mut t, &x, &w64, None).unwrap_err().to_string();
+    assert!(err.contains("dtypes differ") && err.contains("f64"), "{err}");
+}
+
+// ---------------------------------------------------------------- layernorm
+
+fn layernorm_op(t: &mut Tape, v: &[Var]) -> retro::Result<Var> {
+    ops::layer_norm(t, &v[0], &v[1], &v[2], 1e-5)
+}
+
+#[test]
+fn layernorm_matches_naive_loop_finite_differences_and_f32() {
+    let mut rng = Rng::new(2);
+    let x = randn(&mut rng, &[5, 13], 2.0);
+    let w =
+        Tensor::from_vec(randn(&mut rng, &[13], 0.1).to_f64_vec().iter().map(|v| 1.0 + v).collect::<Vec<_>>(), &[13])
+            .unwrap();
+    let b = randn(&mut rng, &[13], 0.1);
+    let got = forward(&[x.clone(), w.clone(), b.clone()], layernorm_op);
+    let (xv, wv, bv) = (v64(&x), v64(&w), v64(&b));
+    let mut want = vec![0.0; 65];
+    for r in 0..5 {
+        let row = &xv[r * 13..(r + 1) * 13];
+        let mean = row.iter().sum::<f64>() / 13.0;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 13.0;
+        for j in 0..13 {
+            want[r * 13 + j] = (row[j] - mean) / (var + 1e-5).sqrt() * wv[j] + bv[j];
+        }
+    }
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
+    let inputs = [x, w, b];
+    assert!(gradcheck(&inputs, &[true, true, true], 100, layernorm_op) <= GRAD_TOL);
+    assert!(f32_matches_f64(&inputs, layernorm_op) < F32_TOL);
+}
+
+#[test]
+fn layernorm_rejects_wrong_weight_shape() {
+    let z = |s: &[usize]| Var::constant(Tensor::zeros(s, retro::tensor::DType::F32));
+    let err = ops::layer_norm(&mut Tape::new(), &z(&[2, 4]), &z(&[5]), &z(&[4]), 1e-5).unwrap_err().to_string();
+    assert!(err.contains("layer_norm") && err.contains("[2, 4]") && err.contains("[5]"), "{err}");
+}
+
+// ---------------------------------------------------------------- gelu, add
+
+#[test]
+fn gelu_matches_formula_finite_differences_and_f32() {
+    let mut rng = Rng::new(3);
+    let x = randn(&mut rng, &[7, 9], 2.0);
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::gelu(t, &v[0]));
+    let want: Vec<f64> = v64(&x)
+        .iter()
+        .map(|&v| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh()))
+        .collect();
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-13);
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, |t, v| ops::gelu(t, &v[0])) <= GRAD_TOL);
+    assert!(f32_matches_f64(&[x], |t, v| ops::gelu(t, &v[0])) < F32_TOL);
+}
+
+#[test]
+fn add_matches_loop_finite_differences_and_rejects_shapes() {
+    let mut rng = Rng::new(4);
+    let (a, b) = (randn(&mut rng, &[3, 7], 1.0), randn(&mut rng, &[3, 7], 1.0));
+    let got = forward(&[a.clone(), b.clone()], |t, v| ops::add(t, &v[0], &v[1]));
+    let want: Vec<f64> = v64(&a).iter().zip(v64(&b)).map(|(x, y)| x + y).collect();
+    assert_eq!(got, want);
+    assert!(gradcheck(&[a.clone(), b], &[true, true], 100, |t, v| ops::add(t, &v[0], &v[1])) <= GRAD_TOL);
+    let c = Var::constant(Tensor::zeros(&[7, 3], retro::tensor::DType::F64));
+    let err = ops::add(&mut Tape::new(), &Var::constant(a), &c).unwrap_err().to_string();
+    assert!(err.contains("add") && err.contains("[3, 7]") && err.contains("[7, 3]"), "{err}");
+}
+
+// ---------------------------------------------------------------- embedding
+
+#[test]
+fn embedding_gathers_scatters_and_checks_ids() {
+    let mut rng = Rng::new(5);
+    let table = randn(&mut rng, &[11, 7], 1.0);
+    let ids = Tensor::from_vec(vec![3i64, 0, 10, 3, 3, 7, 0, 1, 10, 2, 5, 3, 9, 4, 6], &[3, 5]).unwrap();
+    let op = |ids: Tensor| move |t: &mut Tape, v: &[Var]| ops::embedding(t, &ids, &v[0]);
+    let got = forward(std::slice::from_ref(&table), op(ids.clone()));
+    let tv = v64(&table);
+    let want: Vec<f64> =
+        ids.indices().unwrap().iter().flat_map(|&i| tv[i as usize * 7..(i as usize + 1) * 7].to_vec()).collect();
+    assert_eq!(got, want);
+    assert!(gradcheck(std::slice::from_ref(&table), &[true], 100, op(ids.clone())) <= GRAD_TOL);
+    assert!(
+        f32_matches_f64(std::slice::from_ref(&table), op(ids.to_dtype(retro::tensor::DType::I32).unwrap())) < F32_TOL
+    );
+    let bad = Tensor::from_vec(vec![1i64, 11], &[2]).unwrap();
+    let err = ops::embedding(&mut Tape::new(), &bad, &Var::constant(table)).unwrap_err().to_string();
+    assert!(err.contains("embedding") && err.contains("id 11") && err.contains("11 rows"), "{err}");
+}
+
+// ---------------------------------------------------------------- attention
+
+/// Naive attention: explicit loops, softmax per query, optional causal and key masks.
+fn naive_attention(q: &[f64], k: &[f64], v: &[f64], dims: Dims, keys: Option<&[bool]>) -> Vec<f64> {
+    let Dims { batch: b, sq, sk, heads: h, head_dim: dh, causal } = dims;
+    let w = h * dh;
+    let mut out = vec![0.0; b * sq * w];
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..sq {
+                let visible: Vec<usize> =
+                    (0..sk).filter(|&j| (!causal || j <= i) && keys.is_none_or(|m| m[bi * sk + j])).collect();
+                if visible.is_empty() {
+                    continue;
+                }
+                let scores: Vec<f64> = visible
+                    .iter()
+                    .map(|&j| {
+                        (0..dh)
+                            .map(|d| q[(bi * sq + i) * w + hi * dh + d] * k[(bi * sk + j) * w + hi * dh + d])
+                            .sum::<f64>()
+                            / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..dh {
+                    out[(bi * sq + i) * w + hi * dh + d] =
+                        visible.iter().zip(&e).map(|(&j, p)| p / z * v[(bi * sk + j) * w + hi * dh + d]).sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_attention(b: usize, sq: usize, sk: usize, h: usize, dh: usize, mask: AttnMask) {
+    let mut rng = Rng::new(6 + sq as u64);
+    let q = randn(&mut rng, &[b, sq, h * dh], 1.0);
+    let k = randn(&mut rng, &[b, sk, h * dh], 1.0);
+    let v = randn(&mut rng, &[b, sk, h * dh], 1.0);
+    let m = mask.clone();
+    let op = move |t: &mut Tape, x: &[Var]| ops::attention(t, &x[0], &x[1], &x[2], h, &m);
+    let got = forward(&[q.clone(), k.clone(), v.clone()], op.clone());
+    let keys = match &mask {
+        AttnMask::Keys(m) => Some(m.as_ref()),
+        _ => None,
+    };
+    let dims = Dims { batch: b, sq, sk, heads: h, head_dim: dh, causal: matches!(mask, AttnMask::Causal) };
+    let want = naive_attention(&v64(&q), &v64(&k), &v64(&v), dims, keys);
+    assert!(max_rel_err(&got, &want, 1e-9) < 1e-10, "forward differs from the naive loop");
+    let inputs = [q, k, v];
+    let err = gradcheck(&inputs, &[true, true, true], 150, op.clone());
+    assert!(err <= GRAD_TOL, "gradient error {err}");
+    assert!(f32_matches_f64(&inputs, op) < F32_TOL);
+}
+
+#[test]
+fn causal_self_attention() {
+    check_attention(2, 6, 6, 3, 4, AttnMask::Causal);
+}
+
+#[test]
+fn bidirectional_self_attention() {
+    check_attention(2, 5, 5, 3, 4, AttnMask::None);
+}
+
+#[test]
+fn cross_attention_with_different_query_and_key_lengths() {
+    check_attention(3, 5, 9, 2, 5, AttnMask::None);
+    check_attention(2, 9, 3, 1, 3, AttnMask::None);
+}
+
+#[test]
+fn cross_attention_with_key_mask_including_a_fully_masked_row() {
+    // Batch row 1 sees no key at all: its output and gradients must be exactly zero.
+    let mut keys = vec![true; 2 * 7];
+    keys[2] = false;
+    keys[5] = false;
+    keys[7..].iter_mut().for_each(|k| *k = false);
+    check_attention(2, 4, 7, 2, 3, AttnMask::Keys(Arc::from(keys)));
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    let z = |s: &[usize]| Var::constant(Tensor::zeros(s, retro::tensor::DType::F32));
+    let mut t = Tape::new();
+    let err = ops::attention(&mut t, &z(&[2, 4, 6]), &z(&[2, 5, 6]), &z(&[2, 5, 6]), 4, &AttnMask::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not divisible by 4 heads"), "{err}");
+    let err = ops::attention(&mut t, &z(&[2, 4, 6]), &z(&[2, 5, 6]), &z(&[2, 5, 6]), 2, &AttnMask::Causal)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("causal") && err.contains("[2, 4, 6]") && err.contains("[2, 5, 6]"), "{err}");
+    let err = ops::attention(&mut t, &z(&[2, 4, 6]), &z(&[2, 5, 6]), &z(&[2, 4, 6]), 2, &AttnMask::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("attention") && err.contains("[2, 4, 6]"), "{err}");
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+#[test]
+fn cross_entropy_matches_naive_finite_differences_and_labels_are_checked() {
+    let mut rng = Rng::new(7);
+    let logits = randn(&mut rng, &[7, 13], 2.0);
+    let labels = Tensor::from_vec(vec![0i64, 12, 5, 5, 3, 9, 1], &[7]).unwrap();
+    let l = labels.clone();
+    let op = move |t: &mut Tape, v: &[Var]| ops::cross_entropy(t, &v[0], &l);
+    let got = forward(std::slice::from_ref(&logits), op.clone())[0];
+    let z = v64(&logits);
+    let want: f64 = (0..7)
+        .map(|i| {
+            let row = &z[i * 13..(i + 1) * 13];
+            row.iter().map(|x| x.exp()).sum::<f64>().ln() - row[labels.indices().unwrap()[i] as usize]
+        })
+        .sum::<f64>()
+        / 7.0;
+    assert!((got - want).abs() < 1e-12 * want.abs());
+    let e = gradcheck(std::slice::from_ref(&logits), &[true], 100, op.clone());
+    assert!(e <= GRAD_TOL, "{e}");
+    assert!(f32_matches_f64(std::slice::from_ref(&logits), op) < F32_TOL);
+    let bad = Tensor::from_vec(vec![0i64, 13, 0, 0, 0, 0, 0], &[7]).unwrap();
+    let err = ops::cross_entropy(&mut Tape::new(), &Var::constant(logits.clone()), &bad).unwrap_err().to_string();
+    assert!(err.contains("label 13") && err.contains("vocabulary of 13"), "{err}");
+    let short = Tensor::from_vec(vec![0i64; 6], &[6]).unwrap();
+    let err = ops::cross_entropy(&mut Tape::new(), &Var::constant(logits), &short).unwrap_err().to_string();
+    assert!(err.contains("[6]") && err.contains("[7, 13]"), "{err}");
+}
+
+// ---------------------------------------------------------------- layout
+
+#[test]
+fn reshape_window_pad_narrow_concat_move_data_and_gradients() {
+    let mut rng = Rng::new(8);
+    let x = randn(&mut rng, &[3, 5, 4], 1.0);
+    let xv = v64(&x);
+    // narrow dim 1, 1..4
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::narrow(t, &v[0], 1, 1, 3));
+    let want: Vec<f64> = (0..3)
+        .flat_map(|a| (1..4).flat_map(move |b| (0..4).map(move |c| (a, b, c))))
+        .map(|(a, b, c)| xv[(a * 5 + b) * 4 + c])
+        .collect();
+    assert_eq!(got, want);
+    // pad dim 1: 2 before, 1 after
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::pad(t, &v[0], 1, 2, 1));
+    for a in 0..3 {
+        for b in 0..8 {
+            for c in 0..4 {
+                let want = if (2..7).contains(&b) { xv[(a * 5 + b - 2) * 4 + c] } else { 0.0 };
+                assert_eq!(got[(a * 8 + b) * 4 + c], want);
+            }
+        }
+    }
+    let shift = |t: &mut Tape, v: &[Var]| ops::window(t, &v[0], 1, 3, 5);
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, shift) <= GRAD_TOL);
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, |t, v| ops::pad(t, &v[0], 2, 1, 3)) <= GRAD_TOL);
+    let rs = |t: &mut Tape, v: &[Var]| ops::reshape(t, &v[0], &[15, 4]);
+    assert_eq!(forward(std::slice::from_ref(&x), rs), xv);
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, rs) <= GRAD_TOL);
+    // concat along dim 1 of [3,5,4] and [3,2,4]
+    let y = randn(&mut rng, &[3, 2, 4], 1.0);
+    let cat = |t: &mut Tape, v: &[Var]| ops::concat(t, &[&v[0], &v[1]], 1);
+    let got = forward(&[x.clone(), y.clone()], cat);
+    let yv = v64(&y);
+    for a in 0..3 {
+        for b in 0..7 {
+            for c in 0..4 {
+                let want = if b < 5 { xv[(a * 5 + b) * 4 + c] } else { yv[(a * 2 + b - 5) * 4 + c] };
+                assert_eq!(got[(a * 7 + b) * 4 + c], want);
+            }
+        }
+    }
+    assert!(gradcheck(&[x.clone(), y], &[true, true], 100, cat) <= GRAD_TOL);
+    let err = ops::narrow(&mut Tape::new(), &Var::constant(x.clone()), 1, 3, 3).unwrap_err().to_string();
+    assert!(err.contains("narrow") && err.contains("3..6") && err.contains("[3, 5, 4]"), "{err}");
+    let err = ops::reshape(&mut Tape::new(), &Var::constant(x), &[7, 7]).unwrap_err().to_string();
+    assert!(err.contains("[3, 5, 4]") && err.contains("[7, 7]"), "{err}");
+}
+
+#[test]
+fn gradcheck_detects_a_slightly_wrong_backward() {
+    // An op whose backward is off by 1e-5 relative must fail the 1e-6 tolerance used above.
+    let mut rng = Rng::new(9);
+    let x = randn(&mut rng, &[4, 3], 1.0);
+    // Identity forward, backward scaled by (1 + 1e-5).
+    let off = |t: &mut Tape, v: &[Var]| -> retro::Result<Var> {
+        Ok(t.record("scaled_identity", &[&v[0]], v[0].value().clone(), |g, _| {
+            let mut g2 = g.clone();
+            g2.scale(1.0 + 1e-5)?;
+            Ok(vec![Some(g2)])
+        }))
+    };
+    let err = gradcheck(&[x], &[true], 100, off);
+    assert!(err > GRAD_TOL && err < 1e-4, "{err}");
+}
