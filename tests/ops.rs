@@ -361,3 +361,12 @@ fn gradcheck_detects_a_slightly_wrong_backward() {
     let err = gradcheck(&[x], &[true], 100, off);
     assert!(err > GRAD_TOL && err < 1e-4, "{err}");
 }
+
+#[test]
+fn scale_multiplies_values_and_gradients() {
+    let mut rng = Rng::new(10);
+    let x = randn(&mut rng, &[3, 5], 1.0);
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::scale(t, &v[0], -0.75));
+    assert_eq!(got, v64(&x).iter().map(|v| v * -0.75).collect::<Vec<_>>());
+    assert!(gradcheck(&[x], &[true], 100, |t, v| ops::scale(t, &v[0], 0.3)) <= GRAD_TOL);
+}

@@ -46,6 +46,10 @@ pub struct RetroConfig {
     /// cross-attention instead of being an error.
     #[serde(default)]
     pub mask_missing_neighbors: bool,
+    /// Megatron's legacy `--retro-attention-gate`: the CCA output is multiplied by this constant before
+    /// the residual add. 1 (the default) is Megatron core's behaviour.
+    #[serde(default = "default_gate")]
+    pub retro_attention_gate: f64,
     // Derived values some writers include (the golden file does); checked, never trusted.
     #[serde(default, skip_serializing)]
     retrieved_length: Option<usize>,
@@ -66,6 +70,9 @@ fn default_ffn_mult() -> usize {
 }
 fn default_eps() -> f64 {
     1e-5
+}
+fn default_gate() -> f64 {
+    1.0
 }
 fn default_init_std() -> f64 {
     0.02
@@ -98,6 +105,7 @@ impl RetroConfig {
             retro_layer_numbers: None,
             gpt_baseline: false,
             mask_missing_neighbors: false,
+            retro_attention_gate: 1.0,
             retrieved_length: None,
             head_dim: None,
             ffn_hidden_size: None,
@@ -180,6 +188,7 @@ impl RetroConfig {
             c.seq_length,
             c.chunk_length
         );
+        ensure!(c.retro_attention_gate.is_finite(), "model config: retro_attention_gate {} is not finite", c.retro_attention_gate);
         ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
         if !c.gpt_baseline {
             let layers = c.retro_layers();

@@ -5,6 +5,7 @@
 //! LN_ca(h)[pad..] followed by m - 1 zero rows, split into l = n/m chunks of m rows; chunk c attends,
 //! with no positions, to the k·r encoded tokens of its neighbours. The output is shifted back (pad zero
 //! rows in front, cut to n): token t sees the neighbours of chunk (t + 1)/m - 1, tokens 0..m-2 none.
+//! With Megatron's legacy `retro_attention_gate` g != 1 the CCA output is multiplied by g.
 
 use super::encoder::Encoder;
 use crate::autograd::{Tape, Var};
@@ -31,6 +32,7 @@ pub struct Cca {
     /// Owned by the first CCA layer (parameters `decoder.layers.<i>.encoder.*`).
     encoder: Option<Encoder>,
     chunk_length: usize,
+    gate: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +71,7 @@ impl DecoderLayer {
             attn,
             encoder: with_encoder.then(|| Encoder::new(pb, &format!("{pre}.encoder"), c, init)),
             chunk_length: c.chunk_length,
+            gate: c.retro_attention_gate,
         });
         Self { input_ln, self_attn, cca, pre_mlp_ln, mlp }
     }
@@ -109,6 +112,11 @@ impl Cca {
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let out = self.attn.forward(tape, p, &queries, encoded, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
-        ops::window(tape, &out, 1, -(pad as isize), n)
+        let out = ops::window(tape, &out, 1, -(pad as isize), n)?;
+        if self.gate == 1.0 {
+            Ok(out)
+        } else {
+            ops::scale(tape, &out, self.gate)
+        }
     }
 }

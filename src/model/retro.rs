@@ -98,6 +98,12 @@ impl RetroModel {
     /// Final-LayerNorm hidden states [B, n, d].
     pub fn hidden(&self, tape: &mut Tape, p: &[Var], tokens: &Tensor, neighbors: Option<&Tensor>) -> Result<Var> {
         let c = &self.config;
+        ensure!(
+            p.len() == self.params.specs.len(),
+            "model: {} parameter leaves given, the model has {}",
+            p.len(),
+            self.params.specs.len()
+        );
         ensure!(tokens.rank() == 2, "model: tokens must be [batch, seq], got {:?}", tokens.shape());
         let (b, n) = (tokens.shape()[0], tokens.shape()[1]);
         ensure!(n <= c.seq_length, "model: sequence of {n} tokens is longer than seq_length {}", c.seq_length);

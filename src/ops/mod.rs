@@ -9,6 +9,7 @@ mod gelu;
 mod layernorm;
 mod layout;
 mod linear;
+mod scale;
 
 pub use add::add;
 pub use attention::{attention, AttnMask};
@@ -18,6 +19,7 @@ pub use gelu::gelu;
 pub use layernorm::layer_norm;
 pub use layout::{concat, narrow, pad, reshape, window};
 pub use linear::linear;
+pub use scale::scale;
 
 use crate::autograd::Var;
 use crate::{ensure, Result};
