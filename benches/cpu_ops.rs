@@ -104,9 +104,19 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+fn gelu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gelu_f32");
+    let mut rng = Rng::new(3);
+    let n = 512 * 1024;
+    g.throughput(Throughput::Elements(n as u64));
+    let x = Var::constant(randn(&mut rng, &[n]));
+    g.bench_function("forward_512k", |bench| bench.iter(|| black_box(ops::gelu(&mut Tape::inference(), &x).unwrap())));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = linear, layernorm, attention
+    targets = linear, layernorm, attention, gelu
 }
 criterion_main!(benches);

@@ -1,9 +1,11 @@
 //! retro: a RETRO (Retrieval-Enhanced Transformer) training engine.
 //! See DESIGN.md in the repository for the architecture; each module's doc says what it holds.
 
+pub mod alloc_tuning;
 pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod dist;
 pub mod error;
 pub mod golden;
@@ -11,6 +13,7 @@ pub mod info;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod train;

@@ -148,7 +148,10 @@ fn gpt_baseline_equals_retro_with_its_cca_layers_removed() {
     assert!(gpt.params.specs.iter().all(|s| !s.name.contains("cross") && !s.name.contains("encoder")));
     // Zero the CCA output projections: the CCA then adds exactly zero.
     for (spec, t) in retro.params.specs.iter().zip(retro.params.tensors.iter_mut()) {
-        if spec.name.contains("decoder.layers") && spec.name.contains("cross_attention.linear_proj") && !spec.name.contains("encoder") {
+        if spec.name.contains("decoder.layers")
+            && spec.name.contains("cross_attention.linear_proj")
+            && !spec.name.contains("encoder")
+        {
             *t = Tensor::zeros(t.shape(), t.dtype());
         }
     }
@@ -183,7 +186,10 @@ fn missing_neighbours_are_an_error_by_default_and_masked_when_enabled() {
     let mut tape = Tape::inference();
     let p = m.params.leaves(&mut tape);
     let err = m.logits(&mut tape, &p, &bt.tokens, Some(&nb)).unwrap_err().to_string();
-    assert!(err.contains("neighbour 2 of chunk 0 of sample 0 is missing") && err.contains("mask_missing_neighbors"), "{err}");
+    assert!(
+        err.contains("neighbour 2 of chunk 0 of sample 0 is missing") && err.contains("mask_missing_neighbors"),
+        "{err}"
+    );
     // Masked, k = 3 with neighbour 2 missing equals k = 2 with neighbours 0 and 1 (same parameters).
     let mut c3 = config();
     c3.mask_missing_neighbors = true;
@@ -199,7 +205,12 @@ fn missing_neighbours_are_an_error_by_default_and_masked_when_enabled() {
     // A partly missing neighbour is always an error.
     let mut partial = bt.neighbors.clone().unwrap();
     set(&mut partial, 5, -1);
-    let err = masked.logits(&mut Tape::inference(), &masked.params.leaves(&mut Tape::inference()), &bt.tokens, Some(&partial));
+    let err = masked.logits(
+        &mut Tape::inference(),
+        &masked.params.leaves(&mut Tape::inference()),
+        &bt.tokens,
+        Some(&partial),
+    );
     let err = err.unwrap_err().to_string();
     assert!(err.contains("1 of 128 tokens = -1"), "{err}");
 }
@@ -228,12 +239,15 @@ fn whole_model_gradients_match_finite_differences_for_every_kind_of_parameter() 
     bt.tokens = bt.tokens.reshape(&[B * S]).unwrap();
     bt.tokens = Tensor::from_vec(bt.tokens.data::<i64>().unwrap()[..S].to_vec(), &[1, S]).unwrap();
     bt.labels = Tensor::from_vec(bt.labels.data::<i64>().unwrap()[..S].to_vec(), &[1, S]).unwrap();
-    bt.neighbors = Some(Tensor::from_vec(bt.neighbors.unwrap().data::<i64>().unwrap()[..L * K * R].to_vec(), &[1, L, K, R]).unwrap());
+    bt.neighbors = Some(
+        Tensor::from_vec(bt.neighbors.unwrap().data::<i64>().unwrap()[..L * K * R].to_vec(), &[1, L, K, R]).unwrap(),
+    );
     let LossAndGrads { loss, grads: analytic } = m.loss_and_grads(&bt).unwrap();
     // One parameter of every kind: the name with its layer numbers removed.
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for (i, s) in m.params.specs.iter().enumerate() {
-        let kind: String = s.name.split('.').filter(|part| part.parse::<usize>().is_err()).collect::<Vec<_>>().join(".");
+        let kind: String =
+            s.name.split('.').filter(|part| part.parse::<usize>().is_err()).collect::<Vec<_>>().join(".");
         kinds.entry(kind).or_insert(i);
     }
     assert!(kinds.len() >= 30, "only {} kinds", kinds.len());
@@ -285,21 +299,29 @@ fn strict_load_of_a_gpt_checkpoint_into_retro_lists_the_missing_names() {
     save_params(&path, &gpt.params, HashMap::new()).unwrap();
     let file = TensorFile::read(&path).unwrap();
     let err = load_params(&file, &retro.params.specs, DType::F64, true, 0, &[]).unwrap_err().to_string();
-    assert!(err.contains("missing parameter") && err.contains("decoder.layers.2.cross_attention.linear_q.weight"), "{err}");
+    assert!(
+        err.contains("missing parameter") && err.contains("decoder.layers.2.cross_attention.linear_q.weight"),
+        "{err}"
+    );
     assert!(err.contains("decoder.layers.2.encoder.layers.0.cross_attention.linear_kv.bias"), "{err}");
     // Non-strict: everything shared is loaded bitwise, the CCA and encoder parameters are initialised and listed.
     let (params, report) = load_params(&file, &retro.params.specs, DType::F64, false, 0, &[]).unwrap();
-    let expected_missing: Vec<String> = retro
-        .params
-        .specs
-        .iter()
-        .filter(|s| gpt.params.index(&s.name).is_none())
-        .map(|s| s.name.clone())
-        .collect();
+    let expected_missing: Vec<String> =
+        retro.params.specs.iter().filter(|s| gpt.params.index(&s.name).is_none()).map(|s| s.name.clone()).collect();
     assert_eq!(report.missing, expected_missing);
     assert!(report.unexpected.is_empty());
     for s in &gpt.params.specs {
         assert_eq!(params.get(&s.name).unwrap(), gpt.params.get(&s.name).unwrap());
     }
     std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn training_with_dropout_is_refused_until_dropout_exists() {
+    let mut c = config();
+    c.dropout = 0.1;
+    let m = RetroModel::from_params(&c, model(&config()).params).unwrap();
+    let err = m.loss_and_grads(&batch(1)).err().unwrap().to_string();
+    assert!(err.contains("dropout 0.1 is not implemented"), "{err}");
+    assert!(m.eval_loss(&batch(1)).is_ok(), "evaluation has no dropout");
 }

@@ -147,7 +147,8 @@ impl Tape {
                 continue;
             };
             let needs: Vec<bool> = node.inputs.iter().map(|(i, _)| i.is_some()).collect();
-            let input_grads = backward(&grad, &needs).map_err(|e| e.context(format!("backward of {}", node.op)))?;
+            let input_grads = crate::profile::timed(node.op, "backward", || backward(&grad, &needs))
+                .map_err(|e| e.context(format!("backward of {}", node.op)))?;
             drop(grad);
             ensure!(
                 input_grads.len() == node.inputs.len(),

@@ -188,7 +188,11 @@ impl RetroConfig {
             c.seq_length,
             c.chunk_length
         );
-        ensure!(c.retro_attention_gate.is_finite(), "model config: retro_attention_gate {} is not finite", c.retro_attention_gate);
+        ensure!(
+            c.retro_attention_gate.is_finite(),
+            "model config: retro_attention_gate {} is not finite",
+            c.retro_attention_gate
+        );
         ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
         if !c.gpt_baseline {
             let layers = c.retro_layers();

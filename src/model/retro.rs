@@ -154,8 +154,13 @@ impl RetroModel {
         ops::cross_entropy(tape, &logits, &batch.labels)
     }
 
-    /// Forward and backward of one batch.
+    /// Forward and backward of one batch (training: dropout would apply here).
     pub fn loss_and_grads(&self, batch: &Batch) -> Result<LossAndGrads> {
+        ensure!(
+            self.config.dropout == 0.0,
+            "model: training with dropout {} is not implemented yet (it arrives with `retro train`); use dropout 0",
+            self.config.dropout
+        );
         let mut tape = Tape::new();
         let p = self.params.leaves(&mut tape);
         let loss = self.loss(&mut tape, &p, batch)?;

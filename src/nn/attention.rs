@@ -26,13 +26,9 @@ impl SelfAttention {
 
     /// x: [b, s, d] -> [b, s, d].
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
-        let d = x.value().last_dim();
         let qkv = self.qkv.forward(tape, p, x)?;
-        let q = ops::narrow(tape, &qkv, 2, 0, d)?;
-        let k = ops::narrow(tape, &qkv, 2, d, d)?;
-        let v = ops::narrow(tape, &qkv, 2, 2 * d, d)?;
         let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };
-        let o = ops::attention(tape, &q, &k, &v, self.heads, &mask)?;
+        let o = ops::attention_qkv(tape, &qkv, self.heads, &mask)?;
         self.proj.forward(tape, p, &o)
     }
 }
@@ -59,12 +55,9 @@ impl CrossAttention {
 
     /// x: [b, sq, d] queries, context: [b, sk, d] -> [b, sq, d].
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, context: &Var, mask: &AttnMask) -> Result<Var> {
-        let d = x.value().last_dim();
         let q = self.q.forward(tape, p, x)?;
         let kv = self.kv.forward(tape, p, context)?;
-        let k = ops::narrow(tape, &kv, 2, 0, d)?;
-        let v = ops::narrow(tape, &kv, 2, d, d)?;
-        let o = ops::attention(tape, &q, &k, &v, self.heads, mask)?;
+        let o = ops::attention_kv(tape, &q, &kv, self.heads, mask)?;
         self.proj.forward(tape, p, &o)
     }
 }

@@ -8,8 +8,10 @@ use crate::{ensure, with_float, Result};
 pub fn add(tape: &mut Tape, a: &Var, b: &Var) -> Result<Var> {
     let dtype = same_float_dtype("add", &[a, b])?;
     ensure!(a.shape() == b.shape(), "add: shapes {:?} and {:?} differ", a.shape(), b.shape());
-    with_float!(dtype, "add", T => {
-        let out = Tensor::from_vec(cpu::add(a.value().data::<T>()?, b.value().data::<T>()?), a.shape())?;
-        Ok(tape.record("add", &[a, b], out, |g, _| Ok(vec![Some(g.clone()), Some(g.clone())])))
+    crate::profile::timed("add", "forward", || {
+        with_float!(dtype, "add", T => {
+            let out = Tensor::from_vec(cpu::add(a.value().data::<T>()?, b.value().data::<T>()?), a.shape())?;
+            Ok(tape.record("add", &[a, b], out, |g, _| Ok(vec![Some(g.clone()), Some(g.clone())])))
+        })
     })
 }

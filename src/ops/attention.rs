@@ -1,6 +1,7 @@
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
-use crate::backend::cpu::attention::{self as cpu, Dims};
+use crate::backend::cpu::attention::{self as cpu, Dims, GradTargets, Layout};
+use crate::backend::cpu::SendPtr;
 use crate::tensor::{Float, Tensor};
 use crate::{ensure, with_float, Result};
 use std::sync::Arc;
@@ -17,9 +18,8 @@ pub enum AttnMask {
 }
 
 /// Multi-head scaled dot-product attention with softmax scale 1/sqrt(head_dim).
-/// q: [b, sq, h·dh], k and v: [b, sk, h·dh] (heads are contiguous column blocks) -> [b, sq, h·dh].
+/// q: [b, sq, w], k and v: [b, sk, w] (heads are contiguous column blocks of w) -> [b, sq, w].
 pub fn attention(tape: &mut Tape, q: &Var, k: &Var, v: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
-    let dtype = same_float_dtype("attention", &[q, k, v])?;
     let (qs, ks) = (q.shape(), k.shape());
     ensure!(
         qs.len() == 3 && ks.len() == 3 && k.shape() == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
@@ -28,53 +28,91 @@ pub fn attention(tape: &mut Tape, q: &Var, k: &Var, v: &Var, heads: usize, mask:
         ks,
         v.shape()
     );
+    let w = qs[2];
+    run(tape, &[q, k, v], [0, 1, 2], Layout::separate(w), qs[0], qs[1], ks[1], w, heads, mask)
+}
+
+/// Self-attention on a fused projection qkv: [b, s, 3w] with column blocks Q | K | V -> [b, s, w].
+pub fn attention_qkv(tape: &mut Tape, qkv: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
+    let s = qkv.shape();
+    ensure!(s.len() == 3 && s[2] % 3 == 0, "attention_qkv: qkv {:?} must be [b, s, 3w]", s);
+    let w = s[2] / 3;
+    run(tape, &[qkv], [0, 0, 0], Layout::packed_qkv(w), s[0], s[1], s[1], w, heads, mask)
+}
+
+/// Cross-attention with a fused key / value projection: q [b, sq, w], kv [b, sk, 2w] (K | V) -> [b, sq, w].
+pub fn attention_kv(tape: &mut Tape, q: &Var, kv: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
+    let (qs, ks) = (q.shape(), kv.shape());
     ensure!(
-        heads > 0 && qs[2] % heads == 0,
-        "attention: width {} of q {:?} is not divisible by {heads} heads",
-        qs[2],
-        qs
-    );
-    let dims = Dims {
-        batch: qs[0],
-        sq: qs[1],
-        sk: ks[1],
-        heads,
-        head_dim: qs[2] / heads,
-        causal: matches!(mask, AttnMask::Causal),
-    };
-    ensure!(
-        !dims.causal || dims.sq == dims.sk,
-        "attention: a causal mask needs sq == sk, got q {:?} and k {:?}",
+        qs.len() == 3 && ks.len() == 3 && qs[0] == ks[0] && ks[2] == 2 * qs[2],
+        "attention_kv: q {:?} and kv {:?} must be [b, sq, w] and [b, sk, 2w]",
         qs,
         ks
+    );
+    run(tape, &[q, kv], [0, 1, 1], Layout::packed_kv(qs[2]), qs[0], qs[1], ks[1], qs[2], heads, mask)
+}
+
+/// `inputs` are the distinct buffers; `source[i]` says which one holds q, k, v (i = 0, 1, 2).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    tape: &mut Tape,
+    inputs: &[&Var],
+    source: [usize; 3],
+    layout: Layout,
+    batch: usize,
+    sq: usize,
+    sk: usize,
+    w: usize,
+    heads: usize,
+    mask: &AttnMask,
+) -> Result<Var> {
+    let shapes = || inputs.iter().map(|v| format!("{:?}", v.shape())).collect::<Vec<_>>().join(", ");
+    let dtype = same_float_dtype("attention", inputs)?;
+    ensure!(heads > 0 && w % heads == 0, "attention on {}: width {w} is not divisible by {heads} heads", shapes());
+    let dims = Dims { batch, sq, sk, heads, head_dim: w / heads, causal: matches!(mask, AttnMask::Causal) };
+    ensure!(
+        !dims.causal || sq == sk,
+        "attention on {}: a causal mask needs as many queries as keys, got {sq} queries and {sk} keys",
+        shapes()
     );
     let key_mask = match mask {
         AttnMask::Keys(m) => {
             ensure!(
-                m.len() == dims.batch * dims.sk,
-                "attention: key mask of {} entries for k {:?} (expected {})",
-                m.len(),
-                ks,
-                dims.batch * dims.sk
+                m.len() == batch * sk,
+                "attention on {}: key mask of {} entries for {batch} x {sk} keys",
+                shapes(),
+                m.len()
             );
             Some(m.clone())
         }
         _ => None,
     };
-    with_float!(dtype, "attention", T => run::<T>(tape, q, k, v, key_mask, dims))
+    crate::profile::timed(
+        "attention",
+        "forward",
+        || with_float!(dtype, "attention", T => run_typed::<T>(tape, inputs, source, layout, key_mask, dims)),
+    )
 }
 
-fn run<T: Float>(tape: &mut Tape, q: &Var, k: &Var, v: &Var, key_mask: Option<Arc<[bool]>>, dims: Dims) -> Result<Var> {
-    let (qv, kv, vv) = (q.value().clone(), k.value().clone(), v.value().clone());
-    let (o, probs) = cpu::forward(qv.data::<T>()?, kv.data::<T>()?, vv.data::<T>()?, key_mask.as_deref(), dims);
-    let out = Tensor::from_vec(o, q.shape())?;
-    Ok(tape.record("attention", &[q, k, v], out, move |g, _| {
-        let (dq, dk, dv) =
-            cpu::backward(g.data::<T>()?, qv.data::<T>()?, kv.data::<T>()?, vv.data::<T>()?, &probs, dims);
-        Ok(vec![
-            Some(Tensor::from_vec(dq, qv.shape())?),
-            Some(Tensor::from_vec(dk, kv.shape())?),
-            Some(Tensor::from_vec(dv, vv.shape())?),
-        ])
+fn run_typed<T: Float>(
+    tape: &mut Tape,
+    inputs: &[&Var],
+    source: [usize; 3],
+    layout: Layout,
+    key_mask: Option<Arc<[bool]>>,
+    dims: Dims,
+) -> Result<Var> {
+    let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
+    let data = |i: usize| values[source[i]].data::<T>();
+    let (o, probs) = cpu::forward(data(0)?, data(1)?, data(2)?, layout, key_mask.as_deref(), dims);
+    let out = Tensor::from_vec(o, &[dims.batch, dims.sq, dims.width()])?;
+    Ok(tape.record("attention", inputs, out, move |g, _| {
+        let mut grads: Vec<Vec<T>> = values.iter().map(|v| vec![T::ZERO; v.numel()]).collect();
+        let ptrs: Vec<SendPtr<T>> = grads.iter_mut().map(|g| SendPtr(g.as_mut_ptr())).collect();
+        let targets = GradTargets { dq: ptrs[source[0]], dk: ptrs[source[1]], dv: ptrs[source[2]] };
+        let data = |i: usize| values[source[i]].data::<T>();
+        // SAFETY: each target buffer has its input's size and layout; the kernel writes each element once.
+        unsafe { cpu::backward(g.data::<T>()?, data(0)?, data(1)?, data(2)?, &probs, layout, dims, targets) };
+        grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_vec(g, v.shape()).map(Some)).collect()
     }))
 }

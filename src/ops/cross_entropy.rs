@@ -22,7 +22,11 @@ pub fn cross_entropy(tape: &mut Tape, logits: &Var, labels: &Tensor) -> Result<V
         }
         idx.push(y as usize);
     }
-    with_float!(dtype, "cross_entropy", T => run::<T>(tape, logits, idx))
+    crate::profile::timed(
+        "cross_entropy",
+        "forward",
+        || with_float!(dtype, "cross_entropy", T => run::<T>(tape, logits, idx)),
+    )
 }
 
 fn run<T: Float>(tape: &mut Tape, logits: &Var, labels: Vec<usize>) -> Result<Var> {

@@ -20,7 +20,11 @@ pub fn embedding(tape: &mut Tape, ids: &Tensor, table: &Var) -> Result<Var> {
         }
         idx.push(id as usize);
     }
-    with_float!(dtype, "embedding", T => run::<T>(tape, idx, ids.shape(), table))
+    crate::profile::timed(
+        "embedding",
+        "forward",
+        || with_float!(dtype, "embedding", T => run::<T>(tape, idx, ids.shape(), table)),
+    )
 }
 
 fn run<T: Float>(tape: &mut Tape, idx: Vec<usize>, ids_shape: &[usize], table: &Var) -> Result<Var> {

@@ -7,7 +7,7 @@ use crate::{with_float, Result};
 /// tanh-approximated GELU (Megatron's bias_gelu fusion).
 pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
     let dtype = same_float_dtype("gelu", &[x])?;
-    with_float!(dtype, "gelu", T => run::<T>(tape, x))
+    crate::profile::timed("gelu", "forward", || with_float!(dtype, "gelu", T => run::<T>(tape, x)))
 }
 
 fn run<T: Float>(tape: &mut Tape, x: &Var) -> Result<Var> {

@@ -15,7 +15,11 @@ pub fn layer_norm(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Resul
         w.shape(),
         b.shape()
     );
-    with_float!(dtype, "layer_norm", T => run::<T>(tape, x, w, b, eps))
+    crate::profile::timed(
+        "layer_norm",
+        "forward",
+        || with_float!(dtype, "layer_norm", T => run::<T>(tape, x, w, b, eps)),
+    )
 }
 
 fn run<T: Float>(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {

@@ -38,7 +38,7 @@ fn window_values(x: &Tensor, dim: usize, offset: isize, len: usize) -> Result<Te
 /// Covers slicing (offset >= 0, short len) and zero padding (negative offset or long len).
 pub fn window(tape: &mut Tape, x: &Var, dim: usize, offset: isize, len: usize) -> Result<Var> {
     ensure!(dim < x.shape().len(), "window: dim {dim} out of range for shape {:?}", x.shape());
-    let out = window_values(x.value(), dim, offset, len)?;
+    let out = crate::profile::timed("window", "forward", || window_values(x.value(), dim, offset, len))?;
     let in_len = x.shape()[dim];
     Ok(tape.record("window", &[x], out, move |g, _| Ok(vec![Some(window_values(g, dim, -offset, in_len)?)])))
 }

@@ -19,7 +19,7 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
     if let Some(b) = b {
         ensure!(b.shape() == [w.shape()[0]], "linear: bias {:?} does not match weight {:?}", b.shape(), w.shape());
     }
-    with_float!(dtype, "linear", T => run::<T>(tape, x, w, b))
+    crate::profile::timed("linear", "forward", || with_float!(dtype, "linear", T => run::<T>(tape, x, w, b)))
 }
 
 fn run<T: Float>(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {

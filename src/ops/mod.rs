@@ -12,7 +12,7 @@ mod linear;
 mod scale;
 
 pub use add::add;
-pub use attention::{attention, AttnMask};
+pub use attention::{attention, attention_kv, attention_qkv, AttnMask};
 pub use cross_entropy::cross_entropy;
 pub use embedding::embedding;
 pub use gelu::gelu;

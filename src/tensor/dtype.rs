@@ -117,6 +117,7 @@ pub trait Float:
     const NEG_INFINITY: Self;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// Inlined, vectorisable exp (see `backend::cpu::math`).
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
@@ -149,7 +150,7 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $gemm:path) => {
+    ($t:ident, $gemm:path, $exp:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -164,7 +165,7 @@ macro_rules! float {
             }
             #[inline(always)]
             fn exp(self) -> Self {
-                $t::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -211,8 +212,8 @@ macro_rules! float {
         }
     };
 }
-float!(f32, matrixmultiply::sgemm);
-float!(f64, matrixmultiply::dgemm);
+float!(f32, matrixmultiply::sgemm, crate::backend::cpu::math::exp_f32);
+float!(f64, matrixmultiply::dgemm, crate::backend::cpu::math::exp_f64);
 
 /// Run `$body` with `$T` bound to the Rust float type of `$dtype` (f32 or f64), or return an error naming `$op`.
 #[macro_export]

@@ -1,8 +1,10 @@
 //! Scaled dot-product attention, one (batch, head) pair per task.
 //!
-//! q: [b, sq, h·dh], k and v: [b, sk, h·dh]; head `h` is the column block `h·dh .. (h+1)·dh` of each row,
-//! so heads are read and written in place through strides (no transposes). The probabilities
-//! P = softmax(scale · q·kᵀ + mask) are kept for the backward ([b, h, sq, sk]).
+//! Queries are `b·sq` rows and keys / values `b·sk` rows of their buffers; each operand is read in
+//! place through a row stride and a column offset ([`Layout`]), so a fused QKV projection
+//! `[b, s, 3w]` or a fused KV projection `[b, sk, 2w]` is attended without splitting copies. Head `h`
+//! is the column block `h·dh .. (h+1)·dh` of an operand. The output is `[b, sq, w]`, and the
+//! probabilities P = softmax(scale · q·kᵀ + mask) are kept for the backward (`[b, h, sq, sk]`).
 //! Masks: `causal` hides keys after the query (sq == sk); `key_mask[b·sk + j] == false` hides key j of
 //! batch b. A query that sees no key gets a zero output (and zero gradients).
 
@@ -22,7 +24,7 @@ pub struct Dims {
 }
 
 impl Dims {
-    fn width(&self) -> usize {
+    pub fn width(&self) -> usize {
         self.heads * self.head_dim
     }
     fn scale<T: Float>(&self) -> T {
@@ -30,86 +32,137 @@ impl Dims {
     }
 }
 
-/// Returns (output [b, sq, h·dh], probabilities [b, h, sq, sk]).
-pub fn forward<T: Float>(q: &[T], k: &[T], v: &[T], key_mask: Option<&[bool]>, dims: Dims) -> (Vec<T>, Vec<T>) {
+/// Where one operand's rows live in its buffer: element (row, col) is at `row·stride + offset + col`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operand {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub q: Operand,
+    pub k: Operand,
+    pub v: Operand,
+}
+
+impl Layout {
+    /// Three separate `[rows, w]` buffers.
+    pub fn separate(w: usize) -> Self {
+        let op = Operand { stride: w, offset: 0 };
+        Self { q: op, k: op, v: op }
+    }
+    /// One `[rows, 3w]` buffer with column blocks Q | K | V.
+    pub fn packed_qkv(w: usize) -> Self {
+        let op = |i| Operand { stride: 3 * w, offset: i * w };
+        Self { q: op(0), k: op(1), v: op(2) }
+    }
+    /// Q in a `[rows, w]` buffer, K | V in one `[rows, 2w]` buffer.
+    pub fn packed_kv(w: usize) -> Self {
+        Self {
+            q: Operand { stride: w, offset: 0 },
+            k: Operand { stride: 2 * w, offset: 0 },
+            v: Operand { stride: 2 * w, offset: w },
+        }
+    }
+}
+
+/// Start of head `h` of batch `b` in an operand with `rows` rows per batch.
+fn at(op: Operand, b: usize, rows: usize, h: usize, dh: usize) -> usize {
+    b * rows * op.stride + op.offset + h * dh
+}
+
+/// Returns (output [b, sq, w], probabilities [b, h, sq, sk]).
+pub fn forward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    layout: Layout,
+    key_mask: Option<&[bool]>,
+    dims: Dims,
+) -> (Vec<T>, Vec<T>) {
     let Dims { batch, sq, sk, heads, head_dim: dh, causal } = dims;
-    let w = dims.width() as isize;
+    let w = dims.width();
     let scale = dims.scale::<T>();
-    let mut out = vec![T::ZERO; batch * sq * dims.width()];
+    let mut out = vec![T::ZERO; batch * sq * w];
     let mut probs = vec![T::ZERO; batch * heads * sq * sk];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    probs.par_chunks_mut(sq * sk).enumerate().for_each(|(bh, p)| {
+    let (qs, ks, vs) = (layout.q.stride as isize, layout.k.stride as isize, layout.v.stride as isize);
+    // `move`: the scalars become locals of each task, so the row loops vectorise.
+    probs.par_chunks_mut(sq * sk).enumerate().for_each(move |(bh, p)| {
         let (b, h) = (bh / heads, bh % heads);
-        let col = h * dh;
-        let qb = &q[b * sq * dh * heads + col..];
-        let kb = &k[b * sk * dh * heads + col..];
-        let vb = &v[b * sk * dh * heads + col..];
-        // SAFETY: head column blocks of batch b are within the slices; p is [sq, sk].
-        unsafe { strided(sq, dh, sk, qb.as_ptr(), w, 1, kb.as_ptr(), 1, w, T::ZERO, p.as_mut_ptr(), sk as isize, 1) };
+        let qb = &q[at(layout.q, b, sq, h, dh)..];
+        let kb = &k[at(layout.k, b, sk, h, dh)..];
+        let vb = &v[at(layout.v, b, sk, h, dh)..];
+        // SAFETY: head blocks of batch b lie within the buffers; p is [sq, sk].
+        unsafe { strided(sq, dh, sk, qb.as_ptr(), qs, 1, kb.as_ptr(), 1, ks, T::ZERO, p.as_mut_ptr(), sk as isize, 1) };
         let mask = key_mask.map(|m| &m[b * sk..(b + 1) * sk]);
         for (i, row) in p.chunks_mut(sk).enumerate() {
-            let visible = |j: usize| (!causal || j <= i) && mask.is_none_or(|m| m[j]);
-            let mut max = T::NEG_INFINITY;
-            for (j, s) in row.iter_mut().enumerate() {
-                if visible(j) {
-                    *s *= scale;
-                    max = max.max(*s);
-                }
-            }
+            // Causal rows only see keys 0..=i; the rest of the row stays zero.
+            let (row, hidden) = row.split_at_mut(if causal { i + 1 } else { sk });
+            hidden.iter_mut().for_each(|s| *s = T::ZERO);
+            let max = match mask {
+                None => row.iter().copied().fold(T::NEG_INFINITY, T::max),
+                Some(m) => row.iter().zip(m).filter(|(_, &v)| v).map(|(&s, _)| s).fold(T::NEG_INFINITY, T::max),
+            };
             if max == T::NEG_INFINITY {
                 row.iter_mut().for_each(|s| *s = T::ZERO);
                 continue;
             }
-            let mut sum = T::ZERO;
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = if visible(j) { (*s - max).exp() } else { T::ZERO };
-                sum += *s;
+            let shift = max * scale;
+            row.iter_mut().for_each(|s| *s = (*s * scale - shift).exp());
+            if let Some(m) = mask {
+                row.iter_mut().zip(m).filter(|(_, &v)| !v).for_each(|(s, _)| *s = T::ZERO);
             }
-            let inv = T::ONE / sum;
+            let inv = T::ONE / row.iter().copied().sum::<T>();
             row.iter_mut().for_each(|s| *s *= inv);
         }
-        // SAFETY: task (b, h) writes only the head-h column block of batch b's rows.
+        // SAFETY: task (b, h) writes only the head-h column block of batch b's output rows.
         unsafe {
-            let o = out_ptr.add(b * sq * dh * heads + col);
-            strided(sq, sk, dh, p.as_ptr(), sk as isize, 1, vb.as_ptr(), w, 1, T::ZERO, o, w, 1);
+            let o = out_ptr.add(b * sq * w + h * dh);
+            strided(sq, sk, dh, p.as_ptr(), sk as isize, 1, vb.as_ptr(), vs, 1, T::ZERO, o, w as isize, 1);
         }
     });
     (out, probs)
 }
 
-/// Returns (dq, dk, dv) in the layouts of q, k, v.
-pub fn backward<T: Float>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], dims: Dims) -> (Vec<T>, Vec<T>, Vec<T>) {
+/// Where the backward writes dq, dk, dv: buffers with the layouts of q, k, v (they may be one buffer).
+#[derive(Clone, Copy)]
+pub struct GradTargets<T> {
+    pub dq: SendPtr<T>,
+    pub dk: SendPtr<T>,
+    pub dv: SendPtr<T>,
+}
+
+/// Writes dq, dk, dv (every element of their head blocks) into `targets`.
+///
+/// # Safety
+/// The targets must be valid for the layouts and dims, and not read or written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn backward<T: Float>(
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    probs: &[T],
+    layout: Layout,
+    dims: Dims,
+    targets: GradTargets<T>,
+) {
     let Dims { batch, sq, sk, heads, head_dim: dh, .. } = dims;
     let w = dims.width() as isize;
     let scale = dims.scale::<T>();
-    let mut dq = vec![T::ZERO; q.len()];
-    let mut dk = vec![T::ZERO; k.len()];
-    let mut dv = vec![T::ZERO; v.len()];
-    let (dq_ptr, dk_ptr, dv_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
-    (0..batch * heads).into_par_iter().for_each(|bh| {
+    let (qs, ks, vs) = (layout.q.stride as isize, layout.k.stride as isize, layout.v.stride as isize);
+    (0..batch * heads).into_par_iter().for_each(move |bh| {
         let (b, h) = (bh / heads, bh % heads);
-        let col = h * dh;
-        let (qo, ko) = (b * sq * dh * heads + col, b * sk * dh * heads + col);
+        let (qo, ko, vo) = (at(layout.q, b, sq, h, dh), at(layout.k, b, sk, h, dh), at(layout.v, b, sk, h, dh));
+        let od = &dout[b * sq * dh * heads + h * dh..];
         let p = &probs[bh * sq * sk..(bh + 1) * sq * sk];
         let mut ds = vec![T::ZERO; sq * sk];
-        // SAFETY: as in forward; each task writes only its own head block of dq, dk, dv.
+        // SAFETY: as in forward; each task writes only its own head blocks of dq, dk, dv.
         unsafe {
             // dP = dO·Vᵀ
-            strided(
-                sq,
-                dh,
-                sk,
-                dout[qo..].as_ptr(),
-                w,
-                1,
-                v[ko..].as_ptr(),
-                1,
-                w,
-                T::ZERO,
-                ds.as_mut_ptr(),
-                sk as isize,
-                1,
-            );
+            strided(sq, dh, sk, od.as_ptr(), w, 1, v[vo..].as_ptr(), 1, vs, T::ZERO, ds.as_mut_ptr(), sk as isize, 1);
             // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale
             for (dsr, pr) in ds.chunks_mut(sk).zip(p.chunks(sk)) {
                 let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
@@ -118,10 +171,37 @@ pub fn backward<T: Float>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], di
                 }
             }
             // dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q
-            strided(sk, sq, dh, p.as_ptr(), 1, sk as isize, dout[qo..].as_ptr(), w, 1, T::ZERO, dv_ptr.add(ko), w, 1);
-            strided(sq, sk, dh, ds.as_ptr(), sk as isize, 1, k[ko..].as_ptr(), w, 1, T::ZERO, dq_ptr.add(qo), w, 1);
-            strided(sk, sq, dh, ds.as_ptr(), 1, sk as isize, q[qo..].as_ptr(), w, 1, T::ZERO, dk_ptr.add(ko), w, 1);
+            strided(sk, sq, dh, p.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, T::ZERO, targets.dv.add(vo), vs, 1);
+            strided(
+                sq,
+                sk,
+                dh,
+                ds.as_ptr(),
+                sk as isize,
+                1,
+                k[ko..].as_ptr(),
+                ks,
+                1,
+                T::ZERO,
+                targets.dq.add(qo),
+                qs,
+                1,
+            );
+            strided(
+                sk,
+                sq,
+                dh,
+                ds.as_ptr(),
+                1,
+                sk as isize,
+                q[qo..].as_ptr(),
+                qs,
+                1,
+                T::ZERO,
+                targets.dk.add(ko),
+                ks,
+                1,
+            );
         }
     });
-    (dq, dk, dv)
 }

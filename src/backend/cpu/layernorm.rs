@@ -20,7 +20,7 @@ pub fn forward<T: Float>(x: &[T], w: &[T], b: &[T], d: usize, eps: f64) -> (Vec<
     y.par_chunks_mut(d * ROW_BLOCK)
         .zip(mean.par_chunks_mut(ROW_BLOCK).zip(rstd.par_chunks_mut(ROW_BLOCK)))
         .enumerate()
-        .for_each(|(blk, (yb, (mb, rb)))| {
+        .for_each(move |(blk, (yb, (mb, rb)))| {
             for (i, yr) in yb.chunks_mut(d).enumerate() {
                 let row = blk * ROW_BLOCK + i;
                 let xr = &x[row * d..(row + 1) * d];
@@ -42,7 +42,7 @@ pub fn backward<T: Float>(dy: &[T], x: &[T], w: &[T], stats: &Stats<T>, d: usize
     let n = x.len() / d;
     let inv_d = T::ONE / T::from_f64(d as f64);
     let mut dx = vec![T::ZERO; n * d];
-    dx.par_chunks_mut(d).enumerate().for_each(|(row, dxr)| {
+    dx.par_chunks_mut(d).enumerate().for_each(move |(row, dxr)| {
         let (mu, rs) = (stats.mean[row], stats.rstd[row]);
         let xr = &x[row * d..(row + 1) * d];
         let dyr = &dy[row * d..(row + 1) * d];

@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod layernorm;
 pub mod layout;
 pub mod linear;
+pub mod math;
 mod parallel;
 
 pub use parallel::{column_sums, SendPtr, ROW_BLOCK};

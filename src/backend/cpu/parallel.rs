@@ -13,6 +13,12 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its non-`Send` field).
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+
     /// # Safety
     /// `offset` must be in bounds and no other thread may access the same element concurrently.
     #[inline(always)]
