@@ -16,6 +16,45 @@ enum Command {
     /// Show the build (kernels, architectures, MPI), the CPU threads, and every GPU with a check that
     /// the embedded kernels load from both the fatbin and the PTX and compute what the CPU computes.
     Info,
+    /// Tokenize a corpus into Megatron's indexed dataset: writes `<PREFIX>_<KEY>_document.bin/.idx`,
+    /// byte-identical to Megatron-LM's tools/preprocess_data.py with --tokenizer-type GPT2BPETokenizer
+    /// (GPT-2 BPE, `<|endoftext|>` inside text is ordinary text, u16 tokens). Prints a JSON summary.
+    Tokenize {
+        /// A .jsonl / .json file (one JSON object per line), a .txt file, or a directory of .txt files;
+        /// each may be gzip-compressed (.gz).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output prefix P: writes P_<key>_document.bin and P_<key>_document.idx.
+        #[arg(long)]
+        output_prefix: PathBuf,
+        /// The JSON key holding each document's text (one key).
+        #[arg(long, default_value = "text")]
+        json_keys: String,
+        /// Append the end-of-document token (50256) to every non-empty document.
+        #[arg(long)]
+        append_eod: bool,
+        /// Text files: one document per blank-line-separated paragraph instead of per file.
+        #[arg(long, conflicts_with = "split_lines")]
+        split_paragraphs: bool,
+        /// Text files: one document per non-empty line.
+        #[arg(long)]
+        split_lines: bool,
+        /// Tokenizer threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.
+    /// Without --embedder-dir the default all-MiniLM-L6-v2 is fetched once into $RETRO_CACHE.
+    Embed {
+        /// A directory with model.safetensors, config.json and tokenizer.json (or vocab.txt).
+        #[arg(long)]
+        embedder_dir: Option<PathBuf>,
+        /// WordPiece tokens kept per text ([CLS] and [SEP] included).
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
     /// Benchmarks, one JSON line per measurement (conventions of ../shared/torch_retro/bench.py).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -95,6 +134,52 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("retro bench train: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Tokenize { input, output_prefix, json_keys, append_eod, split_paragraphs, split_lines, workers } => {
+            use retro::data::{corpus, tokenize};
+            if json_keys.contains(',') || json_keys.contains(' ') {
+                eprintln!("retro tokenize: one --json-keys value is supported, got {json_keys:?}");
+                return ExitCode::from(2);
+            }
+            let split = match (split_paragraphs, split_lines) {
+                (true, _) => corpus::Split::Paragraphs,
+                (_, true) => corpus::Split::Lines,
+                _ => corpus::Split::None,
+            };
+            let opts = tokenize::Options {
+                corpus: corpus::Options { json_key: json_keys, split },
+                append_eod,
+                workers,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            match tokenize::run(&input, &output_prefix, &opts) {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("retro tokenize: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Embed { embedder_dir, max_tokens, texts } => {
+            let run = || -> retro::Result<()> {
+                let dir = retro::retrieval::embedder_dir::resolve(embedder_dir.as_deref())?;
+                let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, max_tokens)?;
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                for (text, e) in texts.iter().zip(embedder.embed(&refs, 8192)?) {
+                    println!("{}", serde_json::json!({"text": text, "ids": e.ids, "embedding": e.embedding}));
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("retro embed: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -43,3 +43,22 @@ pub fn gelu_backward<T: Float>(x: &[T], dy: &[T]) -> Vec<T> {
 pub fn add<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
     zip_map(a, b, |x, y| x + y)
 }
+
+/// Exact GELU (BERT's `gelu`): x · Φ(x) = 0.5 x (1 + erf(x / sqrt 2)).
+pub fn gelu_erf_forward<T: Float>(x: &[T]) -> Vec<T> {
+    zip_map(x, x, |v, _| T::from_f64(gelu_erf(v.to_f64())))
+}
+
+/// d/dx [x Φ(x)] = Φ(x) + x φ(x).
+pub fn gelu_erf_backward<T: Float>(x: &[T], dy: &[T]) -> Vec<T> {
+    zip_map(x, dy, |v, g| {
+        let v = v.to_f64();
+        let cdf = 0.5 * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2));
+        let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        g * T::from_f64(cdf + v * pdf)
+    })
+}
+
+fn gelu_erf(v: f64) -> f64 {
+    0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2))
+}

@@ -1,0 +1,199 @@
+//! Exact k-nearest-neighbour search: blocked score GEMMs (a block of queries against a block of database
+//! vectors) feeding a per-query top-k min-heap, query blocks in parallel. Inner product or L2. The
+//! [`Index`] trait is what the IVF indexes of [retrieval-scale] implement too.
+
+use crate::backend::cpu::gemm;
+use crate::{ensure, Result};
+use rayon::prelude::*;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Metric {
+    /// Larger inner product is nearer (cosine for unit vectors).
+    InnerProduct,
+    /// Smaller squared Euclidean distance is nearer.
+    L2,
+}
+
+/// Results for `nq` queries: row q holds its `k` neighbours, nearest first. Scores are inner products
+/// (InnerProduct) or squared distances (L2). Rows with fewer than k database vectors end in id -1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbors {
+    pub k: usize,
+    pub ids: Vec<i64>,
+    pub scores: Vec<f32>,
+}
+
+pub trait Index: Send + Sync {
+    fn dim(&self) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn metric(&self) -> Metric;
+    /// `queries` holds nq·dim values, row-major.
+    fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors>;
+}
+
+/// Every database vector, compared with every query (faiss' IndexFlat).
+pub struct FlatIndex {
+    dim: usize,
+    metric: Metric,
+    vectors: Vec<f32>,
+    sq_norms: Vec<f32>,
+}
+
+const QUERY_BLOCK: usize = 64;
+const DB_BLOCK: usize = 2048;
+
+impl FlatIndex {
+    pub fn new(dim: usize, metric: Metric, vectors: Vec<f32>) -> Result<Self> {
+        ensure!(
+            dim > 0 && vectors.len() % dim == 0,
+            "flat index: {} values are not rows of dimension {dim}",
+            vectors.len()
+        );
+        let sq_norms = vectors.chunks(dim).map(|v| v.iter().map(|x| x * x).sum()).collect();
+        Ok(Self { dim, metric, vectors, sq_norms })
+    }
+}
+
+/// (score, id) ordered so that the heap's top is the worst kept neighbour.
+#[derive(PartialEq)]
+struct Entry(f32, i64);
+impl Eq for Entry {}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Worse = lower score, or equal score and larger id.
+        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Index for FlatIndex {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> usize {
+        self.sq_norms.len()
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
+        let d = self.dim;
+        ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
+        let nq = queries.len() / d;
+        let n = self.len();
+        let mut ids = vec![-1i64; nq * k];
+        let mut scores = vec![f32::NAN; nq * k];
+        ids.par_chunks_mut(QUERY_BLOCK * k).zip(scores.par_chunks_mut(QUERY_BLOCK * k)).enumerate().for_each(
+            |(blk, (ids, scores))| {
+                let q0 = blk * QUERY_BLOCK;
+                let qn = ids.len() / k.max(1);
+                let q = &queries[q0 * d..(q0 + qn) * d];
+                let mut heaps: Vec<BinaryHeap<Entry>> = (0..qn).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
+                let mut block = vec![0f32; qn * DB_BLOCK];
+                for x0 in (0..n).step_by(DB_BLOCK) {
+                    let xn = DB_BLOCK.min(n - x0);
+                    let x = &self.vectors[x0 * d..(x0 + xn) * d];
+                    // SAFETY: q is [qn, d], x is [xn, d] read transposed, block holds qn·xn.
+                    unsafe {
+                        gemm::strided(
+                            qn,
+                            d,
+                            xn,
+                            q.as_ptr(),
+                            d as isize,
+                            1,
+                            x.as_ptr(),
+                            1,
+                            d as isize,
+                            0.0,
+                            block.as_mut_ptr(),
+                            xn as isize,
+                            1,
+                        )
+                    };
+                    for (qi, heap) in heaps.iter_mut().enumerate() {
+                        for (j, &dot) in block[qi * xn..(qi + 1) * xn].iter().enumerate() {
+                            let s = match self.metric {
+                                Metric::InnerProduct => dot,
+                                Metric::L2 => 2.0 * dot - self.sq_norms[x0 + j],
+                            };
+                            let e = Entry(s, (x0 + j) as i64);
+                            if heap.len() < k {
+                                heap.push(e);
+                            } else if heap.peek().is_some_and(|worst| e < *worst) {
+                                heap.pop();
+                                heap.push(e);
+                            }
+                        }
+                    }
+                }
+                for (qi, heap) in heaps.into_iter().enumerate() {
+                    let qnorm: f32 = q[qi * d..(qi + 1) * d].iter().map(|x| x * x).sum();
+                    for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+                        ids[qi * k + r] = id;
+                        scores[qi * k + r] = match self.metric {
+                            Metric::InnerProduct => s,
+                            Metric::L2 => qnorm - s,
+                        };
+                    }
+                }
+            },
+        );
+        Ok(Neighbors { k, ids, scores })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn brute(db: &[f32], q: &[f32], d: usize, k: usize, metric: Metric) -> Vec<i64> {
+        let n = db.len() / d;
+        let mut all: Vec<(f64, i64)> = (0..n)
+            .map(|i| {
+                let x = &db[i * d..(i + 1) * d];
+                let s = match metric {
+                    Metric::InnerProduct => x.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(),
+                    Metric::L2 => -x.iter().zip(q).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>(),
+                };
+                (s, i as i64)
+            })
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all.iter().take(k).map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn exact_search_equals_brute_force_for_both_metrics() {
+        let mut rng = Rng::new(4);
+        let (d, n, nq, k) = (13, 5000, 150, 7);
+        let db: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+        let qs: Vec<f32> = (0..nq * d).map(|_| rng.normal() as f32).collect();
+        for metric in [Metric::InnerProduct, Metric::L2] {
+            let index = FlatIndex::new(d, metric, db.clone()).unwrap();
+            let res = index.search(&qs, k).unwrap();
+            for qi in 0..nq {
+                assert_eq!(
+                    &res.ids[qi * k..(qi + 1) * k],
+                    brute(&db, &qs[qi * d..(qi + 1) * d], d, k, metric).as_slice(),
+                    "{metric:?} query {qi}"
+                );
+            }
+        }
+        // Fewer vectors than k: the rest is -1.
+        let small = FlatIndex::new(d, Metric::InnerProduct, db[..3 * d].to_vec()).unwrap();
+        let res = small.search(&qs[..d], 5).unwrap();
+        assert_eq!(&res.ids[3..], &[-1, -1]);
+    }
+}
