@@ -14,6 +14,7 @@ pub mod info;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod preprocess;
 pub mod profile;
 pub mod retrieval;
 pub mod rng;

@@ -43,6 +43,71 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
+    /// Build a RETRO project directory: tokenize -> chunk database -> BERT embeddings -> exact index ->
+    /// neighbours of every training and validation chunk; writes DIR/config.json (Megatron's retro_*
+    /// keys). Stages resume after a kill; a directory made with other settings is refused.
+    Preprocess {
+        /// The corpus: .jsonl / .json / .txt (optionally .gz) or a directory of .txt files.
+        #[arg(long)]
+        input: PathBuf,
+        /// The project directory (Megatron's --retro-project-dir).
+        #[arg(long)]
+        project: PathBuf,
+        #[arg(long, default_value_t = 2048)]
+        seq_length: usize,
+        #[arg(long, default_value_t = 64)]
+        chunk_length: usize,
+        /// Document split weights train,valid,test.
+        #[arg(long, default_value = "98,2,0")]
+        split: String,
+        /// Training samples (0: one epoch of the training documents).
+        #[arg(long, default_value_t = 0)]
+        train_samples: usize,
+        #[arg(long, default_value_t = 256)]
+        global_batch_size: usize,
+        #[arg(long, default_value_t = 1000)]
+        eval_interval: usize,
+        #[arg(long, default_value_t = 10)]
+        eval_iters: usize,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Neighbours searched per chunk before removing those from the sample's own documents.
+        #[arg(long, default_value_t = 200)]
+        num_neighbors_query: usize,
+        /// Neighbours kept per chunk (-1 padded).
+        #[arg(long, default_value_t = 20)]
+        num_neighbors_save: usize,
+        /// BERT embedder directory (default: all-MiniLM-L6-v2, fetched once).
+        #[arg(long)]
+        embedder_dir: Option<PathBuf>,
+        /// WordPiece tokens per chunk given to BERT.
+        #[arg(long, default_value_t = 256)]
+        max_chunk_tokens: usize,
+        #[arg(long, default_value = "text")]
+        json_keys: String,
+        #[arg(long, conflicts_with = "split_lines")]
+        split_paragraphs: bool,
+        #[arg(long)]
+        split_lines: bool,
+        /// Run one stage: tokenize, db, embed, index or query.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Recompute this fraction of the embedding and neighbour blocks and check them bitwise.
+        #[arg(long, default_value_t = 0.0)]
+        validate: f64,
+    },
+    /// Print a sample's text chunk by chunk with each chunk's retrieved neighbours.
+    Inspect {
+        #[arg(long)]
+        project: PathBuf,
+        #[arg(long)]
+        sample: usize,
+        #[arg(long, default_value = "train", value_parser = ["train", "valid"])]
+        split: String,
+        /// Neighbours shown per chunk.
+        #[arg(long, default_value_t = 2)]
+        neighbors: usize,
+    },
     /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.
     /// Without --embedder-dir the default all-MiniLM-L6-v2 is fetched once into $RETRO_CACHE.
     Embed {
@@ -179,6 +244,97 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("retro embed: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Preprocess {
+            input,
+            project,
+            seq_length,
+            chunk_length,
+            split,
+            train_samples,
+            global_batch_size,
+            eval_interval,
+            eval_iters,
+            seed,
+            num_neighbors_query,
+            num_neighbors_save,
+            embedder_dir,
+            max_chunk_tokens,
+            json_keys,
+            split_paragraphs,
+            split_lines,
+            stage,
+            validate,
+        } => {
+            use retro::data::corpus;
+            use retro::preprocess::{self, project::ProjectConfig};
+            if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
+                eprintln!("retro preprocess: --seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
+                return ExitCode::from(2);
+            }
+            let config = ProjectConfig {
+                retro_format_version: preprocess::project::FORMAT_VERSION,
+                retro_input: input.display().to_string(),
+                retro_gpt_data_path: format!("data/corpus_{json_keys}_document"),
+                retro_gpt_tokenizer_type: "GPT2BPETokenizer".into(),
+                retro_gpt_vocab_size: retro::data::tokenizer::VOCAB_SIZE,
+                retro_gpt_eod: retro::data::tokenizer::EOD,
+                retro_gpt_seq_length: seq_length,
+                retro_gpt_chunk_length: chunk_length,
+                retro_gpt_global_batch_size: global_batch_size,
+                retro_gpt_train_samples: train_samples,
+                retro_gpt_eval_interval: eval_interval,
+                retro_gpt_eval_iters: eval_iters,
+                retro_gpt_seed: seed,
+                retro_gpt_split: split,
+                retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
+                retro_bert_embedder: embedder_dir
+                    .as_ref()
+                    .map_or("all-MiniLM-L6-v2".into(), |d| d.display().to_string()),
+                retro_bert_max_chunk_length: max_chunk_tokens,
+                retro_index_str: "Flat".into(),
+                retro_index_metric: "InnerProduct".into(),
+                retro_query_num_neighbors_query: num_neighbors_query,
+                retro_query_num_neighbors_save: num_neighbors_save,
+                retro_num_retrieved_chunks: 2,
+            };
+            let split = match (split_paragraphs, split_lines) {
+                (true, _) => corpus::Split::Paragraphs,
+                (_, true) => corpus::Split::Lines,
+                _ => corpus::Split::None,
+            };
+            let opts = preprocess::Options {
+                input,
+                project,
+                config,
+                corpus: corpus::Options { json_key: json_keys, split },
+                embedder_dir,
+                stage,
+                validate,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            match preprocess::run(&opts) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("retro preprocess: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Inspect { project, sample, split, neighbors } => {
+            match retro::preprocess::inspect(&project, &split, sample, neighbors) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("retro inspect: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -3,3 +3,4 @@
 pub mod bert;
 pub mod embedder_dir;
 pub mod knn;
+pub mod neighbors;

@@ -1,0 +1,431 @@
+//! `retro preprocess`: corpus -> tokens (Megatron .bin/.idx) -> chunk database -> BERT embeddings ->
+//! exact index -> neighbours of every sample chunk, in a project directory training reads.
+//!
+//! Stages run in order: `tokenize`, `db`, `embed`, `index`, `query`. Each one records a marker in
+//! `stages/` when complete and is skipped afterwards; `embed` and `query` work in blocks written
+//! atomically (temporary name, fsync, rename), so a killed run resumes at the first missing block.
+//! `--stage NAME` runs one stage; `--validate F` recomputes a random fraction F of the blocks and checks
+//! they are bitwise equal to the stored ones.
+
+pub mod project;
+
+use crate::data::chunks::{Chunk, ChunkDb};
+use crate::data::indexed::IndexedDataset;
+use crate::data::samples::Samples;
+use crate::data::{corpus, tokenize, tokenizer};
+use crate::retrieval::bert::BertEmbedder;
+use crate::retrieval::knn::{FlatIndex, Index, Metric};
+use crate::retrieval::neighbors::{self, NeighborStore};
+use crate::rng::Rng;
+use crate::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use project::{Layout, ProjectConfig};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const STAGES: [&str; 5] = ["tokenize", "db", "embed", "index", "query"];
+/// Chunks per embedding block and samples per neighbour block.
+pub const EMBED_BLOCK: usize = 256;
+pub const QUERY_BLOCK: usize = 16;
+/// Padded WordPiece tokens per embedder batch.
+const BATCH_TOKENS: usize = 8192;
+
+pub struct Options {
+    pub input: PathBuf,
+    pub project: PathBuf,
+    pub config: ProjectConfig,
+    pub corpus: corpus::Options,
+    pub embedder_dir: Option<PathBuf>,
+    /// Run only this stage.
+    pub stage: Option<String>,
+    pub validate: f64,
+    pub progress: bool,
+}
+
+/// Chunk text for the embedder: the GPT-2 detokenised tokens without the `<|endoftext|>` string.
+pub fn chunk_text(tokens: &[u32]) -> String {
+    tokenizer::decode(tokens).replace("<|endoftext|>", "")
+}
+
+fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
+    let b = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    b.set_style(
+        ProgressStyle::with_template(&format!("{what:>8} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b
+}
+
+struct Context_<'a> {
+    opts: &'a Options,
+    layout: Layout,
+    embedder: Option<BertEmbedder>,
+}
+
+impl Context_<'_> {
+    fn embedder(&mut self) -> Result<&BertEmbedder> {
+        if self.embedder.is_none() {
+            let dir = crate::retrieval::embedder_dir::resolve(self.opts.embedder_dir.as_deref())?;
+            self.embedder = Some(BertEmbedder::load(&dir, self.opts.config.retro_bert_max_chunk_length)?);
+        }
+        Ok(self.embedder.as_ref().expect("loaded above"))
+    }
+
+    fn dataset(&self) -> Result<IndexedDataset> {
+        IndexedDataset::open(&self.opts.config.data_prefix(&self.opts.project))
+            .map_err(|e| e.context("run the tokenize stage first"))
+    }
+}
+
+/// Runs the stages and returns the summary.
+pub fn run(opts: &Options) -> Result<Value> {
+    if let Some(s) = &opts.stage {
+        ensure!(STAGES.contains(&s.as_str()), "--stage {s:?}: stages are {}", STAGES.join(", "));
+    }
+    ensure!((0.0..=1.0).contains(&opts.validate), "--validate {}: a fraction in [0, 1]", opts.validate);
+    opts.config.create_or_check(&opts.project)?;
+    let mut cx = Context_ { opts, layout: Layout { dir: opts.project.clone() }, embedder: None };
+    let mut summary = serde_json::Map::new();
+    let mut times = serde_json::Map::new();
+    for stage in STAGES {
+        if opts.stage.as_deref().is_some_and(|s| s != stage) {
+            continue;
+        }
+        let marker = cx.layout.stage_marker(stage);
+        if opts.stage.is_none() && marker.exists() {
+            let done: Value = serde_json::from_str(&std::fs::read_to_string(&marker)?)?;
+            summary.insert(stage.into(), done);
+            continue;
+        }
+        let start = Instant::now();
+        let mut stats = match stage {
+            "tokenize" => stage_tokenize(&mut cx)?,
+            "db" => stage_db(&mut cx)?,
+            "embed" => stage_embed(&mut cx)?,
+            "index" => stage_index(&mut cx)?,
+            _ => stage_query(&mut cx)?,
+        };
+        let secs = start.elapsed().as_secs_f64();
+        stats["seconds"] = json!(secs);
+        times.insert(stage.into(), json!(secs));
+        std::fs::create_dir_all(marker.parent().expect("stages/"))?;
+        crate::atomic_file::write(&marker, serde_json::to_string(&stats)?.as_bytes())?;
+        summary.insert(stage.into(), stats);
+    }
+    if opts.validate > 0.0 {
+        summary.insert("validate".into(), validate(&mut cx)?);
+    }
+    summary.insert("project".into(), json!(opts.project));
+    Ok(Value::Object(summary))
+}
+
+fn stage_tokenize(cx: &mut Context_) -> Result<Value> {
+    let prefix_dir = cx.opts.project.join("data");
+    std::fs::create_dir_all(&prefix_dir)?;
+    let t_opts =
+        tokenize::Options { corpus: cx.opts.corpus.clone(), append_eod: true, workers: 0, progress: cx.opts.progress };
+    // tokenize writes <prefix>_<key>_document; the project's data path is that prefix.
+    let out_prefix = prefix_dir.join("corpus");
+    let s = tokenize::run(&cx.opts.input, &out_prefix, &t_opts)?;
+    let expected = cx.opts.config.data_prefix(&cx.opts.project);
+    ensure!(
+        s.prefix == expected,
+        "tokenize wrote {} but the project expects {}",
+        s.prefix.display(),
+        expected.display()
+    );
+    Ok(
+        json!({"documents": s.documents, "empty_documents": s.empty_documents, "tokens": s.tokens, "input_bytes": s.input_bytes}),
+    )
+}
+
+fn stage_db(cx: &mut Context_) -> Result<Value> {
+    let ds = cx.dataset()?;
+    let [train, _, _] = cx.opts.config.split_ranges(ds.len())?;
+    ensure!(
+        !train.is_empty(),
+        "the training split is empty ({} documents, --split {})",
+        ds.len(),
+        cx.opts.config.retro_gpt_split
+    );
+    let m = cx.opts.config.retro_gpt_chunk_length;
+    let all = ChunkDb::cut(&ds, train.clone(), m);
+    let b = bar(all.len(), "db", cx.opts.progress);
+    let embedder = cx.embedder()?;
+    let mut kept: Vec<Chunk> = Vec::with_capacity(all.len());
+    for c in &all {
+        let tokens = ds.tokens(c.doc as usize, c.start as usize, c.len as usize)?;
+        // Megatron drops chunks whose BERT tokenization is empty ([CLS] [SEP] only).
+        if embedder.tokenize(&chunk_text(&tokens))?.len() > 2 {
+            kept.push(*c);
+        }
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let db = ChunkDb { chunk_length: m, chunks: kept };
+    std::fs::create_dir_all(cx.layout.dir.join("db"))?;
+    db.write(&cx.layout.chunks())?;
+    Ok(json!({"train_documents": train.len(), "chunks": db.len(), "dropped_empty": all.len() - db.len()}))
+}
+
+/// Embeddings of chunks `ids` of the database, in order.
+fn embed_chunks(cx: &mut Context_, ds: &IndexedDataset, db: &ChunkDb, ids: std::ops::Range<usize>) -> Result<Vec<f32>> {
+    let texts: Vec<String> = ids.map(|i| Ok(chunk_text(&db.tokens(ds, i)?))).collect::<Result<_>>()?;
+    embed_texts(cx.embedder()?, &texts)
+}
+
+fn embed_texts(embedder: &BertEmbedder, texts: &[String]) -> Result<Vec<f32>> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    Ok(embedder.embed(&refs, BATCH_TOKENS)?.into_iter().flat_map(|e| e.embedding).collect())
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn stage_embed(cx: &mut Context_) -> Result<Value> {
+    let ds = cx.dataset()?;
+    let db = ChunkDb::read(&cx.layout.chunks()).map_err(|e| e.context("run the db stage first"))?;
+    let blocks = db.len().div_ceil(EMBED_BLOCK);
+    std::fs::create_dir_all(cx.layout.dir.join("db/embeddings"))?;
+    let b = bar(db.len(), "embed", cx.opts.progress);
+    let mut computed = 0;
+    for block in 0..blocks {
+        let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
+        let path = cx.layout.embedding_block(block);
+        if !path.exists() {
+            let v = embed_chunks(cx, &ds, &db, range.clone())?;
+            crate::atomic_file::write(&path, &f32_bytes(&v))?;
+            computed += 1;
+        }
+        b.inc(range.len() as u64);
+    }
+    b.finish_and_clear();
+    Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": cx.embedder()?.dim()}))
+}
+
+/// All chunk embeddings, from the blocks.
+fn load_embeddings(cx: &Context_, n: usize, dim: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(n * dim);
+    for block in 0..n.div_ceil(EMBED_BLOCK) {
+        let path = cx.layout.embedding_block(block);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading {} (run the embed stage)", path.display()))?;
+        let want = (EMBED_BLOCK.min(n - block * EMBED_BLOCK)) * dim * 4;
+        ensure!(
+            bytes.len() == want,
+            "{}: {} bytes, expected {want} (truncated or from another model)",
+            path.display(),
+            bytes.len()
+        );
+        out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+    }
+    Ok(out)
+}
+
+fn stage_index(cx: &mut Context_) -> Result<Value> {
+    let db = ChunkDb::read(&cx.layout.chunks())?;
+    let dim = cx.embedder()?.dim();
+    ensure!(
+        cx.opts.config.retro_index_str == "Flat",
+        "index {:?}: only exact \"Flat\" exists today (IVF comes with [retrieval-scale])",
+        cx.opts.config.retro_index_str
+    );
+    let vectors = load_embeddings(cx, db.len(), dim)?;
+    let index = FlatIndex::new(dim, Metric::InnerProduct, vectors)?;
+    let info = json!({"type": "Flat", "metric": "InnerProduct", "dim": dim, "vectors": index.len(), "embeddings": "db/embeddings"});
+    std::fs::create_dir_all(cx.layout.dir.join("index"))?;
+    crate::atomic_file::write(&cx.layout.index(), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    Ok(info)
+}
+
+/// Sample index of a split, built once and stored.
+fn samples(cx: &Context_, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {
+    let path = cx.layout.samples(split);
+    if path.exists() {
+        return Samples::read(&path).map(Some);
+    }
+    let [train, valid, _] = cx.opts.config.split_ranges(ds.len())?;
+    let (docs, count, seed) = match split {
+        "train" => (train, cx.opts.config.retro_gpt_train_samples, cx.opts.config.retro_gpt_seed),
+        _ => (valid, 0, cx.opts.config.retro_gpt_seed + 1),
+    };
+    let docs: Vec<usize> = docs.collect();
+    let tokens: usize = docs.iter().map(|&d| ds.lengths[d] as usize).sum();
+    if split == "valid" && tokens <= cx.opts.config.retro_gpt_seq_length {
+        return Ok(None);
+    }
+    let s = Samples::build(ds, &docs, cx.opts.config.retro_gpt_seq_length, count, seed)
+        .map_err(|e| e.context(format!("{split} samples")))?;
+    s.write(&path)?;
+    Ok(Some(s))
+}
+
+/// Neighbours of every chunk of samples `range` of a split.
+fn query_block(
+    cx: &mut Context_,
+    ds: &IndexedDataset,
+    db: &ChunkDb,
+    index: &FlatIndex,
+    samples: &Samples,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<i64>> {
+    let c = &cx.opts.config;
+    let (m, l) = (c.retro_gpt_chunk_length, c.retro_gpt_seq_length / c.retro_gpt_chunk_length);
+    let (nq, save) = (c.retro_query_num_neighbors_query, c.retro_query_num_neighbors_save);
+    let mut texts = Vec::new();
+    let mut docs = Vec::new();
+    for s in range.clone() {
+        let (tokens, sample_docs) = samples.tokens(ds, s)?;
+        for j in 0..l {
+            texts.push(chunk_text(&tokens[j * m..(j + 1) * m]));
+        }
+        docs.push(sample_docs);
+    }
+    let q = embed_texts(cx.embedder()?, &texts)?;
+    let found = index.search(&q, nq)?;
+    let mut out = Vec::with_capacity(range.len() * l * save);
+    for (i, sample_docs) in docs.iter().enumerate() {
+        for j in 0..l {
+            let row = &found.ids[(i * l + j) * nq..(i * l + j + 1) * nq];
+            out.extend(neighbors::filter(row, |id| db.chunks[id as usize].doc, sample_docs, save));
+        }
+    }
+    Ok(out)
+}
+
+fn stage_query(cx: &mut Context_) -> Result<Value> {
+    let ds = cx.dataset()?;
+    let db = ChunkDb::read(&cx.layout.chunks())?;
+    ensure!(cx.layout.index().exists(), "{} is missing: run the index stage first", cx.layout.index().display());
+    let c = cx.opts.config.clone();
+    ensure!(
+        db.len() >= c.retro_query_num_neighbors_query,
+        "the chunk database has {} chunks, fewer than the {} neighbours asked for (--num-neighbors-query); \
+         use a larger corpus or a smaller --num-neighbors-query",
+        db.len(),
+        c.retro_query_num_neighbors_query
+    );
+    ensure!(
+        c.retro_query_num_neighbors_save <= c.retro_query_num_neighbors_query,
+        "--num-neighbors-save must not exceed --num-neighbors-query"
+    );
+    let dim = cx.embedder()?.dim();
+    let index = FlatIndex::new(dim, Metric::InnerProduct, load_embeddings(cx, db.len(), dim)?)?;
+    let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
+    let mut stats = serde_json::Map::new();
+    for split in ["train", "valid"] {
+        let Some(samples) = samples(cx, &ds, split)? else {
+            stats.insert(split.into(), json!({"samples": 0}));
+            continue;
+        };
+        let out = cx.layout.neighbors(split);
+        if !out.exists() {
+            std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
+            let blocks = samples.len().div_ceil(QUERY_BLOCK);
+            let b = bar(samples.len(), split, cx.opts.progress);
+            for block in 0..blocks {
+                let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
+                let path = cx.layout.neighbor_block(split, block);
+                if !path.exists() {
+                    let ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
+                    crate::atomic_file::write(&path, &ids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+                }
+                b.inc(range.len() as u64);
+            }
+            b.finish_and_clear();
+            let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
+            for block in 0..blocks {
+                let bytes = std::fs::read(cx.layout.neighbor_block(split, block))?;
+                ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())));
+            }
+            ensure!(
+                ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
+                "neighbour blocks of {split} are incomplete"
+            );
+            let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
+            crate::atomic_file::write(&out, &store.bytes())?;
+        }
+        let store = NeighborStore::read(&out)?;
+        let found = store.ids.iter().filter(|&&x| x >= 0).count() as f64 / (store.samples() * l).max(1) as f64;
+        stats.insert(
+            split.into(),
+            json!({"samples": store.samples(), "chunks": store.samples() * l, "neighbors_found_per_chunk": found}),
+        );
+    }
+    Ok(Value::Object(stats))
+}
+
+/// Recompute a random fraction of the embedding and neighbour blocks; every one must be bitwise equal.
+fn validate(cx: &mut Context_) -> Result<Value> {
+    let ds = cx.dataset()?;
+    let db = ChunkDb::read(&cx.layout.chunks())?;
+    let mut rng = Rng::new(cx.opts.config.retro_gpt_seed ^ 0x5EED);
+    let frac = cx.opts.validate;
+    let mut checked = 0;
+    for block in 0..db.len().div_ceil(EMBED_BLOCK) {
+        if rng.uniform() >= frac {
+            continue;
+        }
+        let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
+        let fresh = f32_bytes(&embed_chunks(cx, &ds, &db, range)?);
+        let path = cx.layout.embedding_block(block);
+        if std::fs::read(&path)? != fresh {
+            bail!("validate: {} differs from a recomputation", path.display());
+        }
+        checked += 1;
+    }
+    let dim = cx.embedder()?.dim();
+    let index = FlatIndex::new(dim, Metric::InnerProduct, load_embeddings(cx, db.len(), dim)?)?;
+    let c = cx.opts.config.clone();
+    let per_sample = (c.retro_gpt_seq_length / c.retro_gpt_chunk_length) * c.retro_query_num_neighbors_save;
+    for split in ["train", "valid"] {
+        let Some(samples) = samples(cx, &ds, split)? else { continue };
+        let store = NeighborStore::read(&cx.layout.neighbors(split))?;
+        for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
+            if rng.uniform() >= frac {
+                continue;
+            }
+            let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
+            let fresh = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
+            if fresh[..] != store.ids[range.start * per_sample..range.end * per_sample] {
+                bail!(
+                    "validate: neighbours of {split} samples {}..{} differ from a recomputation",
+                    range.start,
+                    range.end
+                );
+            }
+            checked += 1;
+        }
+    }
+    Ok(json!({"fraction": frac, "blocks_checked": checked, "all_equal": true}))
+}
+
+/// `retro inspect`: a sample's text per chunk, and each chunk's neighbours (chunk + continuation).
+pub fn inspect(project: &Path, split: &str, sample: usize, show: usize) -> Result<String> {
+    let config = ProjectConfig::read(project)?;
+    let layout = Layout { dir: project.to_path_buf() };
+    let ds = IndexedDataset::open(&config.data_prefix(project))?;
+    let db = ChunkDb::read(&layout.chunks())?;
+    let samples = Samples::read(&layout.samples(split))?;
+    let store = NeighborStore::read(&layout.neighbors(split))?;
+    ensure!(sample < samples.len(), "sample {sample} out of range: the {split} split has {} samples", samples.len());
+    let (tokens, docs) = samples.tokens(&ds, sample)?;
+    let m = config.retro_gpt_chunk_length;
+    let mut out = format!("{split} sample {sample} (documents {docs:?})\n");
+    for c in 0..store.chunks_per_sample {
+        out += &format!("\n== chunk {c}: {:?}\n", chunk_text(&tokens[c * m..(c + 1) * m]));
+        for (rank, &id) in store.get(sample, c).iter().take(show).enumerate() {
+            if id < 0 {
+                out += &format!("  neighbour {rank}: (none)\n");
+                continue;
+            }
+            let ch = db.chunks[id as usize];
+            let text = chunk_text(&db.neighbor_tokens(&ds, id as usize, config.retro_num_retrieved_chunks)?);
+            out += &format!("  neighbour {rank}: chunk {id} (document {}, token {}): {:?}\n", ch.doc, ch.start, text);
+        }
+    }
+    Ok(out)
+}
