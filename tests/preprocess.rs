@@ -1,0 +1,206 @@
+//! `retro preprocess` end to end on a small synthetic corpus with three topics: neighbours come from other
+//! documents and mostly share the topic, stages resume after a kill, `--validate` recomputes blocks
+//! bitwise, and bad settings fail cleanly.
+
+use retro::data::chunks::ChunkDb;
+use retro::data::indexed::IndexedDataset;
+use retro::data::samples::Samples;
+use retro::preprocess::project::ProjectConfig;
+use retro::retrieval::neighbors::NeighborStore;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TOPICS: [&[&str]; 3] = [
+    &[
+        "The cat sleeps on the warm mat.",
+        "Kittens chase a ball of yarn.",
+        "My cat purrs when it is fed.",
+        "Cats love to climb tall trees.",
+    ],
+    &[
+        "The ship sails across the ocean.",
+        "Sailors raise the heavy anchor.",
+        "A storm rocks the wooden boat.",
+        "The harbor is full of ships.",
+    ],
+    &[
+        "Congress passed a new tax bill.",
+        "The budget deficit grew this year.",
+        "Senators debate the spending plan.",
+        "Taxes fund the public schools.",
+    ],
+];
+
+fn corpus(dir: &Path) -> PathBuf {
+    let mut lines = String::new();
+    for d in 0..30 {
+        let topic = TOPICS[d % 3];
+        let text: Vec<&str> = (0..24).map(|i| topic[(i * 7 + d) % topic.len()]).collect();
+        lines += &format!("{}\n", serde_json::json!({"text": text.join(" ")}));
+    }
+    // A document shorter than a chunk.
+    lines += &format!("{}\n", serde_json::json!({"text": "Short."}));
+    let path = dir.join("corpus.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("retro-pre-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn preprocess(input: &Path, project: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_retro"))
+        .args(["preprocess", "--input"])
+        .arg(input)
+        .arg("--project")
+        .arg(project)
+        .args(["--seq-length", "128", "--split", "90,10,0", "--num-neighbors-query", "20", "--num-neighbors-save", "3"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn read_all(project: &Path) -> (IndexedDataset, ChunkDb, Samples, NeighborStore) {
+    let config = ProjectConfig::read(project).unwrap();
+    let ds = IndexedDataset::open(&config.data_prefix(project)).unwrap();
+    let db = ChunkDb::read(&project.join("db/chunks.bin")).unwrap();
+    let samples = Samples::read(&project.join("data/samples_train.bin")).unwrap();
+    let store = NeighborStore::read(&project.join("neighbors/train.bin")).unwrap();
+    (ds, db, samples, store)
+}
+
+#[test]
+fn builds_a_project_whose_neighbours_are_from_other_documents_and_on_topic() {
+    let dir = tmpdir("full");
+    let input = corpus(&dir);
+    let project = dir.join("project");
+    let (code, stdout, err) = preprocess(&input, &project, &[]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["tokenize"]["documents"], 31);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.join("config.json")).unwrap()).unwrap();
+    for key in [
+        "retro_gpt_seq_length",
+        "retro_gpt_chunk_length",
+        "retro_gpt_split",
+        "retro_gpt_data_path",
+        "retro_index_str",
+        "retro_query_num_neighbors_save",
+    ] {
+        assert!(config.get(key).is_some(), "config.json lacks {key}");
+    }
+    let (ds, db, samples, store) = read_all(&project);
+    // 90% of 31 documents = 28 training documents; every chunk stays inside its document.
+    assert!(db
+        .chunks
+        .iter()
+        .all(|c| (c.doc as usize) < 28 && c.start as usize + c.len as usize <= ds.lengths[c.doc as usize] as usize));
+    assert_eq!(store.samples(), samples.len());
+    assert_eq!((store.chunks_per_sample, store.k), (2, 3));
+    let topic_of = |doc: u32| doc as usize % 3;
+    let (mut same, mut total) = (0, 0);
+    for s in 0..samples.len() {
+        let (_, docs) = samples.tokens(&ds, s).unwrap();
+        for c in 0..2 {
+            for &id in store.get(s, c) {
+                assert!(id >= 0, "sample {s} chunk {c} found fewer than 3 neighbours");
+                let doc = db.chunks[id as usize].doc;
+                assert!(!docs.contains(&doc), "sample {s} retrieved chunk {id} of its own document {doc}");
+                let (first, _) = samples.tokens(&ds, s).unwrap();
+                let _ = first;
+                // The chunk's topic: the document it starts in.
+                if docs.len() == 1 {
+                    same += (topic_of(doc) == topic_of(docs[0])) as usize;
+                    total += 1;
+                }
+            }
+        }
+    }
+    assert!(total > 0 && same * 10 >= total * 9, "only {same} of {total} neighbours share the topic");
+    // Inspect prints the neighbours' text.
+    let out = Command::new(env!("CARGO_BIN_EXE_retro"))
+        .args(["inspect", "--project"])
+        .arg(&project)
+        .args(["--sample", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("== chunk 1") && text.contains("neighbour 1: chunk"), "{text}");
+}
+
+#[test]
+fn a_killed_run_resumes_and_validate_recomputes_blocks_bitwise() {
+    let dir = tmpdir("resume");
+    let input = corpus(&dir);
+    let project = dir.join("project");
+    let (code, _, err) = preprocess(&input, &project, &[]);
+    assert_eq!(code, 0, "{err}");
+    let before = std::fs::read(project.join("neighbors/train.bin")).unwrap();
+    let embeddings = std::fs::read(project.join("db/embeddings/000000.f32")).unwrap();
+    // As after a kill in the middle of the query stage: its marker, the assembled file and a block gone.
+    std::fs::remove_file(project.join("stages/query.json")).unwrap();
+    std::fs::remove_file(project.join("neighbors/train.bin")).unwrap();
+    std::fs::remove_file(project.join("neighbors/train/000001.i64")).unwrap();
+    let (code, _, err) = preprocess(&input, &project, &["--validate", "1.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(project.join("neighbors/train.bin")).unwrap(), before);
+    // --stage reruns one stage; embedding blocks are reused, not recomputed.
+    let (code, stdout, err) = preprocess(&input, &project, &["--stage", "embed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("\"blocks_computed\":0"), "{stdout}");
+    // A tampered block is caught by --validate.
+    let mut bad = embeddings.clone();
+    bad[0] ^= 1;
+    std::fs::write(project.join("db/embeddings/000000.f32"), bad).unwrap();
+    let (code, _, err) = preprocess(&input, &project, &["--validate", "1.0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("000000.f32") && err.contains("differs"), "{err}");
+}
+
+#[test]
+fn a_project_written_with_another_config_is_refused_naming_the_key() {
+    let dir = tmpdir("mix");
+    let input = corpus(&dir);
+    let project = dir.join("project");
+    let (code, _, err) = preprocess(&input, &project, &["--stage", "tokenize"]);
+    assert_eq!(code, 0, "{err}");
+    let config_before = std::fs::read(project.join("config.json")).unwrap();
+    let (code, _, err) = preprocess(&input, &project, &["--chunk-length", "32"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("retro_gpt_chunk_length = 64") && err.contains("asks for 32"), "{err}");
+    assert_eq!(std::fs::read(project.join("config.json")).unwrap(), config_before, "config.json changed");
+}
+
+#[test]
+fn fewer_chunks_than_neighbours_asked_for_is_a_clear_error() {
+    let dir = tmpdir("few");
+    let input = corpus(&dir);
+    let project = dir.join("project");
+    let (code, _, err) = preprocess(&input, &project, &["--num-neighbors-query", "100000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("fewer than the 100000 neighbours asked for"), "{err}");
+    assert!(!project.join("neighbors/train.bin").exists());
+}
+
+#[test]
+fn bad_stage_and_seq_length_are_refused() {
+    let dir = tmpdir("flags");
+    let input = corpus(&dir);
+    let (code, _, err) = preprocess(&input, &dir.join("p1"), &["--stage", "embedd"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("stages are tokenize, db, embed, index, query"), "{err}");
+    let (code, _, err) = preprocess(&input, &dir.join("p2"), &["--chunk-length", "48"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("multiple of --chunk-length 48"), "{err}");
+}
