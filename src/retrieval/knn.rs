@@ -44,8 +44,10 @@ pub struct FlatIndex {
     sq_norms: Vec<f32>,
 }
 
-const QUERY_BLOCK: usize = 64;
+/// Database vectors per score GEMM; each GEMM packs its block of the database once for all the queries
+/// of a query block, so query blocks are made as large as the thread count allows.
 const DB_BLOCK: usize = 2048;
+const MAX_QUERY_BLOCK: usize = 512;
 
 impl FlatIndex {
     pub fn new(dim: usize, metric: Metric, vectors: Vec<f32>) -> Result<Self> {
@@ -90,66 +92,92 @@ impl Index for FlatIndex {
         let d = self.dim;
         ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
         let nq = queries.len() / d;
-        let n = self.len();
         let mut ids = vec![-1i64; nq * k];
         let mut scores = vec![f32::NAN; nq * k];
-        ids.par_chunks_mut(QUERY_BLOCK * k).zip(scores.par_chunks_mut(QUERY_BLOCK * k)).enumerate().for_each(
-            |(blk, (ids, scores))| {
-                let q0 = blk * QUERY_BLOCK;
-                let qn = ids.len() / k.max(1);
-                let q = &queries[q0 * d..(q0 + qn) * d];
-                let mut heaps: Vec<BinaryHeap<Entry>> = (0..qn).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
-                let mut block = vec![0f32; qn * DB_BLOCK];
-                for x0 in (0..n).step_by(DB_BLOCK) {
-                    let xn = DB_BLOCK.min(n - x0);
-                    let x = &self.vectors[x0 * d..(x0 + xn) * d];
-                    // SAFETY: q is [qn, d], x is [xn, d] read transposed, block holds qn·xn.
-                    unsafe {
-                        gemm::strided(
-                            qn,
-                            d,
-                            xn,
-                            q.as_ptr(),
-                            d as isize,
-                            1,
-                            x.as_ptr(),
-                            1,
-                            d as isize,
-                            0.0,
-                            block.as_mut_ptr(),
-                            xn as isize,
-                            1,
-                        )
+        if k == 0 || nq == 0 {
+            return Ok(Neighbors { k, ids, scores });
+        }
+        let query_block = nq.div_ceil(rayon::current_num_threads()).clamp(1, MAX_QUERY_BLOCK);
+        let blocks = ids.par_chunks_mut(query_block * k).zip(scores.par_chunks_mut(query_block * k));
+        blocks.enumerate().for_each(|(blk, (ids, scores))| {
+            let q = &queries[blk * query_block * d..][..ids.len() / k * d];
+            for (qi, heap) in self.search_block(q, k).into_iter().enumerate() {
+                let qnorm: f32 = q[qi * d..(qi + 1) * d].iter().map(|x| x * x).sum();
+                for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+                    ids[qi * k + r] = id;
+                    scores[qi * k + r] = match self.metric {
+                        Metric::InnerProduct => s,
+                        Metric::L2 => qnorm - s,
                     };
-                    for (qi, heap) in heaps.iter_mut().enumerate() {
-                        for (j, &dot) in block[qi * xn..(qi + 1) * xn].iter().enumerate() {
-                            let s = match self.metric {
-                                Metric::InnerProduct => dot,
-                                Metric::L2 => 2.0 * dot - self.sq_norms[x0 + j],
-                            };
-                            let e = Entry(s, (x0 + j) as i64);
-                            if heap.len() < k {
-                                heap.push(e);
-                            } else if heap.peek().is_some_and(|worst| e < *worst) {
-                                heap.pop();
-                                heap.push(e);
-                            }
-                        }
-                    }
                 }
-                for (qi, heap) in heaps.into_iter().enumerate() {
-                    let qnorm: f32 = q[qi * d..(qi + 1) * d].iter().map(|x| x * x).sum();
-                    for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
-                        ids[qi * k + r] = id;
-                        scores[qi * k + r] = match self.metric {
-                            Metric::InnerProduct => s,
-                            Metric::L2 => qnorm - s,
-                        };
-                    }
-                }
-            },
-        );
+            }
+        });
         Ok(Neighbors { k, ids, scores })
+    }
+}
+
+impl FlatIndex {
+    /// Top-k heaps of the queries `q` (rows of dim) against the whole database, one score GEMM per
+    /// database block. L2 ranks by 2·q·x − |x|² (|q|² is the same for every candidate).
+    fn search_block(&self, q: &[f32], k: usize) -> Vec<BinaryHeap<Entry>> {
+        let (d, n) = (self.dim, self.len());
+        let qn = q.len() / d;
+        let mut heaps: Vec<BinaryHeap<Entry>> = (0..qn).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
+        let mut block = vec![0f32; qn * DB_BLOCK];
+        for x0 in (0..n).step_by(DB_BLOCK) {
+            let xn = DB_BLOCK.min(n - x0);
+            let x = &self.vectors[x0 * d..(x0 + xn) * d];
+            // SAFETY: q is [qn, d], x is [xn, d] read transposed, block holds qn·xn.
+            unsafe {
+                gemm::strided(
+                    qn,
+                    d,
+                    xn,
+                    q.as_ptr(),
+                    d as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    block.as_mut_ptr(),
+                    xn as isize,
+                    1,
+                )
+            };
+            if self.metric == Metric::L2 {
+                for row in block[..qn * xn].chunks_mut(xn) {
+                    for (s, &norm) in row.iter_mut().zip(&self.sq_norms[x0..x0 + xn]) {
+                        *s = 2.0 * *s - norm;
+                    }
+                }
+            }
+            for (heap, row) in heaps.iter_mut().zip(block.chunks(xn)) {
+                push_scores(heap, row, x0, k);
+            }
+        }
+        heaps
+    }
+}
+
+/// Offer `scores` (of database ids x0, x0+1, ...) to a top-k heap. Scores below the worst kept one are
+/// skipped with one float compare, which is almost all of them once the heap is full.
+fn push_scores(heap: &mut BinaryHeap<Entry>, scores: &[f32], x0: usize, k: usize) {
+    let mut floor = if heap.len() < k { f32::NEG_INFINITY } else { heap.peek().map_or(f32::NEG_INFINITY, |w| w.0) };
+    for (j, &s) in scores.iter().enumerate() {
+        if s < floor {
+            continue;
+        }
+        let e = Entry(s, (x0 + j) as i64);
+        if heap.len() < k {
+            heap.push(e);
+        } else if heap.peek().is_some_and(|worst| e < *worst) {
+            heap.pop();
+            heap.push(e);
+        }
+        if heap.len() == k {
+            floor = heap.peek().map_or(floor, |w| w.0);
+        }
     }
 }
 
