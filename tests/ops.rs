@@ -270,7 +270,7 @@ fn fused_qkv_and_kv_attention_equal_the_separate_form_and_pass_finite_difference
     };
     for mask in [AttnMask::Causal, AttnMask::None] {
         let m = mask.clone();
-        let fused = forward(std::slice::from_ref(&qkv), move |t, v| ops::attention_qkv(t, &v[0], h, &m));
+        let fused = forward(std::slice::from_ref(&qkv), move |t, v| ops::attention_qkv(t, &v[0], h, &m, None));
         let m = mask.clone();
         let separate = forward(&[split(&qkv, 3, 0), split(&qkv, 3, 1), split(&qkv, 3, 2)], move |t, v| {
             ops::attention(t, &v[0], &v[1], &v[2], h, &m)
@@ -278,7 +278,7 @@ fn fused_qkv_and_kv_attention_equal_the_separate_form_and_pass_finite_difference
         assert_eq!(fused, separate);
         let m = mask.clone();
         assert!(
-            gradcheck(std::slice::from_ref(&qkv), &[true], 200, move |t, v| ops::attention_qkv(t, &v[0], h, &m))
+            gradcheck(std::slice::from_ref(&qkv), &[true], 200, move |t, v| ops::attention_qkv(t, &v[0], h, &m, None))
                 <= GRAD_TOL
         );
     }
@@ -288,14 +288,15 @@ fn fused_qkv_and_kv_attention_equal_the_separate_form_and_pass_finite_difference
     keys[3] = false;
     let mask = AttnMask::Keys(Arc::from(keys));
     let m = mask.clone();
-    let fused = forward(&[q.clone(), kv.clone()], move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &m));
+    let fused = forward(&[q.clone(), kv.clone()], move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &m, None));
     let m = mask.clone();
     let separate = forward(&[q.clone(), split(&kv, 2, 0), split(&kv, 2, 1)], move |t, v| {
         ops::attention(t, &v[0], &v[1], &v[2], h, &m)
     });
     assert_eq!(fused, separate);
     assert!(
-        gradcheck(&[q, kv], &[true, true], 200, move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &mask)) <= GRAD_TOL
+        gradcheck(&[q, kv], &[true, true], 200, move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &mask, None))
+            <= GRAD_TOL
     );
 }
 
@@ -424,4 +425,57 @@ fn scale_multiplies_values_and_gradients() {
     let got = forward(std::slice::from_ref(&x), |t, v| ops::scale(t, &v[0], -0.75));
     assert_eq!(got, v64(&x).iter().map(|v| v * -0.75).collect::<Vec<_>>());
     assert!(gradcheck(&[x], &[true], 100, |t, v| ops::scale(t, &v[0], 0.3)) <= GRAD_TOL);
+}
+
+#[test]
+fn dropout_masks_are_seeded_scaled_and_differentiable() {
+    let mut rng = Rng::new(40);
+    let x = randn(&mut rng, &[64, 50], 1.0);
+    let run = |seed: u64| {
+        let mut t = Tape::training(0.25, seed);
+        ops::dropout(&mut t, &Var::constant(x.clone())).unwrap().into_value().to_f64_vec()
+    };
+    let a = run(3);
+    assert_eq!(a, run(3));
+    assert_ne!(a, run(4));
+    let zeros = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+    assert!((zeros - 0.25).abs() < 0.03, "dropped fraction {zeros}");
+    for (o, i) in a.iter().zip(v64(&x)) {
+        assert!(*o == 0.0 || (o - i / 0.75).abs() < 1e-12);
+    }
+    // Identity without a training tape.
+    assert_eq!(forward(std::slice::from_ref(&x), |t, v| ops::dropout(t, &v[0])), v64(&x));
+    // Gradients, with the masks fixed by the seed (hidden and attention dropout).
+    let analytic_vs_numeric = |f: &dyn Fn(&mut Tape, &Var) -> Var, input: &Tensor| {
+        let mut t = Tape::training(0.3, 9);
+        let leaf = t.leaf(input.clone());
+        let out = f(&mut t, &leaf);
+        let r = randn(&mut Rng::new(1), out.shape(), 1.0);
+        let g = t.backward_with(&out, r.clone()).unwrap().get(&leaf).unwrap().to_f64_vec();
+        let obj = |xs: &Tensor| -> f64 {
+            let mut t = Tape::training(0.3, 9);
+            let o = f(&mut t, &Var::constant(xs.clone()));
+            o.value().to_f64_vec().iter().zip(r.to_f64_vec()).map(|(a, b)| a * b).sum()
+        };
+        let mut worst = 0f64;
+        for j in (0..input.numel()).step_by(7) {
+            let at = |d: f64| {
+                let mut y = input.clone();
+                y.data_mut::<f64>().unwrap()[j] += d;
+                obj(&y)
+            };
+            let h = 1e-4;
+            let num = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
+            worst = worst.max((num - g[j]).abs() / num.abs().max(g[j].abs()).max(1e-3));
+        }
+        worst
+    };
+    let e = analytic_vs_numeric(&|t, v| ops::dropout(t, v).unwrap(), &x);
+    assert!(e <= GRAD_TOL, "{e}");
+    let qkv = randn(&mut rng, &[2, 6, 3 * 8], 1.0);
+    let attn = |t: &mut Tape, v: &Var| {
+        let d = ops::Dropout::from_tape(t);
+        ops::attention_qkv(t, v, 2, &AttnMask::Causal, d).unwrap()
+    };
+    assert!(analytic_vs_numeric(&attn, &qkv) < GRAD_TOL);
 }

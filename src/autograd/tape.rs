@@ -60,6 +60,16 @@ struct Node {
 pub struct Tape {
     nodes: Vec<Node>,
     recording: bool,
+    dropout: Option<DropoutStream>,
+}
+
+/// Training-mode dropout: probability `p`, and a stream of per-op seeds derived from one seed, so a
+/// forward pass draws the same masks whatever the thread count.
+#[derive(Debug, Clone, Copy)]
+struct DropoutStream {
+    p: f64,
+    seed: u64,
+    counter: u64,
 }
 
 impl Default for Tape {
@@ -71,12 +81,26 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records for a later `backward`.
     pub fn new() -> Self {
-        Self { nodes: Vec::new(), recording: true }
+        Self { nodes: Vec::new(), recording: true, dropout: None }
+    }
+
+    /// A recording tape whose ops apply dropout with probability `p` (hidden and attention dropout),
+    /// masks drawn from `seed`. With p = 0 this is [`Tape::new`].
+    pub fn training(p: f64, seed: u64) -> Self {
+        let dropout = (p > 0.0).then_some(DropoutStream { p, seed, counter: 0 });
+        Self { nodes: Vec::new(), recording: true, dropout }
+    }
+
+    /// The next dropout mask's (probability, seed), or `None` when this tape applies no dropout.
+    pub fn next_dropout(&mut self) -> Option<(f64, u64)> {
+        let d = self.dropout.as_mut()?;
+        d.counter += 1;
+        Some((d.p, d.seed ^ d.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 
     /// Inference mode: ops compute their forward only and keep no activations.
     pub fn inference() -> Self {
-        Self { nodes: Vec::new(), recording: false }
+        Self { nodes: Vec::new(), recording: false, dropout: None }
     }
 
     pub fn is_recording(&self) -> bool {

@@ -84,13 +84,16 @@ impl DecoderLayer {
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, retrieval: &mut Retrieval) -> Result<Var> {
         let h = self.input_ln.forward(tape, p, x)?;
         let h = self.self_attn.forward(tape, p, &h)?;
+        let h = ops::dropout(tape, &h)?;
         let mut x = ops::add(tape, x, &h)?;
         if let Some(cca) = &self.cca {
             let out = cca.forward(tape, p, &x, retrieval)?;
+            let out = ops::dropout(tape, &out)?;
             x = ops::add(tape, &x, &out)?;
         }
         let h = self.pre_mlp_ln.forward(tape, p, &x)?;
         let h = self.mlp.forward(tape, p, &h)?;
+        let h = ops::dropout(tape, &h)?;
         ops::add(tape, &x, &h)
     }
 }

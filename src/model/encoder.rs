@@ -56,16 +56,19 @@ impl Encoder {
         for layer in &self.layers {
             let h = layer.input_ln.forward(tape, p, &x)?;
             let h = layer.self_attn.forward(tape, p, &h)?;
+            let h = ops::dropout(tape, &h)?;
             x = ops::add(tape, &x, &h)?;
             if let Some((ln, cross)) = &layer.cross {
                 let y = ln.forward(tape, p, &x)?;
                 let queries = ops::reshape(tape, &y, &[n, self.k * self.r, d])?;
                 let ca = cross.forward(tape, p, &queries, chunks, &AttnMask::None)?;
                 let ca = ops::reshape(tape, &ca, &[n * self.k, self.r, d])?;
+                let ca = ops::dropout(tape, &ca)?;
                 x = ops::add(tape, &y, &ca)?;
             }
             let h = layer.pre_mlp_ln.forward(tape, p, &x)?;
             let h = layer.mlp.forward(tape, p, &h)?;
+            let h = ops::dropout(tape, &h)?;
             x = ops::add(tape, &x, &h)?;
         }
         ops::reshape(tape, &x, &[n, self.k * self.r, d])

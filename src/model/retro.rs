@@ -154,14 +154,17 @@ impl RetroModel {
         ops::cross_entropy(tape, &logits, &batch.labels)
     }
 
-    /// Forward and backward of one batch (training: dropout would apply here).
+    /// Forward and backward of one batch, without dropout.
     pub fn loss_and_grads(&self, batch: &Batch) -> Result<LossAndGrads> {
-        ensure!(
-            self.config.dropout == 0.0,
-            "model: training with dropout {} is not implemented yet (it arrives with `retro train`); use dropout 0",
-            self.config.dropout
-        );
-        let mut tape = Tape::new();
+        self.loss_and_grads_with(batch, Tape::new())
+    }
+
+    /// Forward and backward of one batch in training mode: the config's dropout, masks drawn from `seed`.
+    pub fn train_step(&self, batch: &Batch, seed: u64) -> Result<LossAndGrads> {
+        self.loss_and_grads_with(batch, Tape::training(self.config.dropout, seed))
+    }
+
+    fn loss_and_grads_with(&self, batch: &Batch, mut tape: Tape) -> Result<LossAndGrads> {
         let p = self.params.leaves(&mut tape);
         let loss = self.loss(&mut tape, &p, batch)?;
         let value = loss.value().to_f64_vec()[0];
@@ -188,7 +191,8 @@ impl RetroModel {
         let positions = Tensor::from_vec((0..rows).flat_map(|_| 0..s as i64).collect::<Vec<i64>>(), ids.shape())?;
         let words = ops::embedding(tape, ids, &p[self.word_embeddings])?;
         let pos = ops::embedding(tape, &positions, &p[self.position_embeddings])?;
-        ops::add(tape, &words, &pos)
+        let x = ops::add(tape, &words, &pos)?;
+        ops::dropout(tape, &x)
     }
 
     /// Neighbour ids as [B·l·k, r] for the embedding, and the decoder CCA's key mask. A neighbour whose

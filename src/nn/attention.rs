@@ -28,7 +28,8 @@ impl SelfAttention {
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
         let qkv = self.qkv.forward(tape, p, x)?;
         let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };
-        let o = ops::attention_qkv(tape, &qkv, self.heads, &mask)?;
+        let drop = ops::Dropout::from_tape(tape);
+        let o = ops::attention_qkv(tape, &qkv, self.heads, &mask, drop)?;
         self.proj.forward(tape, p, &o)
     }
 }
@@ -57,7 +58,8 @@ impl CrossAttention {
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, context: &Var, mask: &AttnMask) -> Result<Var> {
         let q = self.q.forward(tape, p, x)?;
         let kv = self.kv.forward(tape, p, context)?;
-        let o = ops::attention_kv(tape, &q, &kv, self.heads, mask)?;
+        let drop = ops::Dropout::from_tape(tape);
+        let o = ops::attention_kv(tape, &q, &kv, self.heads, mask, drop)?;
         self.proj.forward(tape, p, &o)
     }
 }

@@ -6,6 +6,15 @@ use crate::tensor::{Float, Tensor};
 use crate::{ensure, with_float, Result};
 use std::sync::Arc;
 
+pub use crate::backend::cpu::attention::Dropout;
+
+impl Dropout {
+    /// The tape's next attention-dropout mask, if it is in training mode with dropout.
+    pub fn from_tape(tape: &mut Tape) -> Option<Self> {
+        tape.next_dropout().map(|(p, seed)| Dropout { p, seed })
+    }
+}
+
 /// Which keys a query may attend to.
 #[derive(Debug, Clone)]
 pub enum AttnMask {
@@ -20,6 +29,19 @@ pub enum AttnMask {
 /// Multi-head scaled dot-product attention with softmax scale 1/sqrt(head_dim).
 /// q: [b, sq, w], k and v: [b, sk, w] (heads are contiguous column blocks of w) -> [b, sq, w].
 pub fn attention(tape: &mut Tape, q: &Var, k: &Var, v: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
+    attention_dropout(tape, q, k, v, heads, mask, None)
+}
+
+/// [`attention`] with attention dropout on the probabilities.
+pub fn attention_dropout(
+    tape: &mut Tape,
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    heads: usize,
+    mask: &AttnMask,
+    dropout: Option<Dropout>,
+) -> Result<Var> {
     let (qs, ks) = (q.shape(), k.shape());
     ensure!(
         qs.len() == 3 && ks.len() == 3 && k.shape() == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
@@ -29,19 +51,48 @@ pub fn attention(tape: &mut Tape, q: &Var, k: &Var, v: &Var, heads: usize, mask:
         v.shape()
     );
     let w = qs[2];
-    run(tape, &[q, k, v], [0, 1, 2], Layout::separate(w), qs[0], qs[1], ks[1], w, heads, mask)
+    run(
+        tape,
+        &[q, k, v],
+        [0, 1, 2],
+        Layout::separate(w),
+        Shape { batch: qs[0], sq: qs[1], sk: ks[1], w, heads },
+        mask,
+        dropout,
+    )
 }
 
 /// Self-attention on a fused projection qkv: [b, s, 3w] with column blocks Q | K | V -> [b, s, w].
-pub fn attention_qkv(tape: &mut Tape, qkv: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
+pub fn attention_qkv(
+    tape: &mut Tape,
+    qkv: &Var,
+    heads: usize,
+    mask: &AttnMask,
+    dropout: Option<Dropout>,
+) -> Result<Var> {
     let s = qkv.shape();
     ensure!(s.len() == 3 && s[2] % 3 == 0, "attention_qkv: qkv {:?} must be [b, s, 3w]", s);
     let w = s[2] / 3;
-    run(tape, &[qkv], [0, 0, 0], Layout::packed_qkv(w), s[0], s[1], s[1], w, heads, mask)
+    run(
+        tape,
+        &[qkv],
+        [0, 0, 0],
+        Layout::packed_qkv(w),
+        Shape { batch: s[0], sq: s[1], sk: s[1], w, heads },
+        mask,
+        dropout,
+    )
 }
 
 /// Cross-attention with a fused key / value projection: q [b, sq, w], kv [b, sk, 2w] (K | V) -> [b, sq, w].
-pub fn attention_kv(tape: &mut Tape, q: &Var, kv: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
+pub fn attention_kv(
+    tape: &mut Tape,
+    q: &Var,
+    kv: &Var,
+    heads: usize,
+    mask: &AttnMask,
+    dropout: Option<Dropout>,
+) -> Result<Var> {
     let (qs, ks) = (q.shape(), kv.shape());
     ensure!(
         qs.len() == 3 && ks.len() == 3 && qs[0] == ks[0] && ks[2] == 2 * qs[2],
@@ -49,23 +100,29 @@ pub fn attention_kv(tape: &mut Tape, q: &Var, kv: &Var, heads: usize, mask: &Att
         qs,
         ks
     );
-    run(tape, &[q, kv], [0, 1, 1], Layout::packed_kv(qs[2]), qs[0], qs[1], ks[1], qs[2], heads, mask)
+    let shape = Shape { batch: qs[0], sq: qs[1], sk: ks[1], w: qs[2], heads };
+    run(tape, &[q, kv], [0, 1, 1], Layout::packed_kv(qs[2]), shape, mask, dropout)
 }
 
-/// `inputs` are the distinct buffers; `source[i]` says which one holds q, k, v (i = 0, 1, 2).
-#[allow(clippy::too_many_arguments)]
-fn run(
-    tape: &mut Tape,
-    inputs: &[&Var],
-    source: [usize; 3],
-    layout: Layout,
+struct Shape {
     batch: usize,
     sq: usize,
     sk: usize,
     w: usize,
     heads: usize,
+}
+
+/// `inputs` are the distinct buffers; `source[i]` says which one holds q, k, v (i = 0, 1, 2).
+fn run(
+    tape: &mut Tape,
+    inputs: &[&Var],
+    source: [usize; 3],
+    layout: Layout,
+    shape: Shape,
     mask: &AttnMask,
+    dropout: Option<Dropout>,
 ) -> Result<Var> {
+    let Shape { batch, sq, sk, w, heads } = shape;
     let shapes = || inputs.iter().map(|v| format!("{:?}", v.shape())).collect::<Vec<_>>().join(", ");
     let dtype = same_float_dtype("attention", inputs)?;
     ensure!(heads > 0 && w % heads == 0, "attention on {}: width {w} is not divisible by {heads} heads", shapes());
@@ -90,7 +147,7 @@ fn run(
     crate::profile::timed(
         "attention",
         "forward",
-        || with_float!(dtype, "attention", T => run_typed::<T>(tape, inputs, source, layout, key_mask, dims)),
+        || with_float!(dtype, "attention", T => run_typed::<T>(tape, inputs, source, layout, key_mask, dropout, dims)),
     )
 }
 
@@ -100,11 +157,12 @@ fn run_typed<T: Float>(
     source: [usize; 3],
     layout: Layout,
     key_mask: Option<Arc<[bool]>>,
+    dropout: Option<Dropout>,
     dims: Dims,
 ) -> Result<Var> {
     let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
     let data = |i: usize| values[source[i]].data::<T>();
-    let (o, probs) = cpu::forward(data(0)?, data(1)?, data(2)?, layout, key_mask.as_deref(), dims);
+    let (o, probs) = cpu::forward(data(0)?, data(1)?, data(2)?, layout, key_mask.as_deref(), dropout, dims);
     let out = Tensor::from_vec(o, &[dims.batch, dims.sq, dims.width()])?;
     Ok(tape.record("attention", inputs, out, move |g, _| {
         let mut grads: Vec<Vec<T>> = values.iter().map(|v| vec![T::ZERO; v.numel()]).collect();
@@ -112,7 +170,7 @@ fn run_typed<T: Float>(
         let targets = GradTargets { dq: ptrs[source[0]], dk: ptrs[source[1]], dv: ptrs[source[2]] };
         let data = |i: usize| values[source[i]].data::<T>();
         // SAFETY: each target buffer has its input's size and layout; the kernel writes each element once.
-        unsafe { cpu::backward(g.data::<T>()?, data(0)?, data(1)?, data(2)?, &probs, layout, dims, targets) };
+        unsafe { cpu::backward(g.data::<T>()?, data(0)?, data(1)?, data(2)?, &probs, layout, dropout, dims, targets) };
         grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_vec(g, v.shape()).map(Some)).collect()
     }))
 }

@@ -4,6 +4,7 @@
 mod add;
 mod attention;
 mod cross_entropy;
+mod dropout;
 mod embedding;
 mod gelu;
 mod gelu_erf;
@@ -13,8 +14,9 @@ mod linear;
 mod scale;
 
 pub use add::add;
-pub use attention::{attention, attention_kv, attention_qkv, AttnMask};
+pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, AttnMask, Dropout};
 pub use cross_entropy::cross_entropy;
+pub use dropout::dropout;
 pub use embedding::embedding;
 pub use gelu::gelu;
 pub use gelu_erf::gelu_erf;

@@ -216,7 +216,7 @@ impl BertEmbedder {
         x = ops::layer_norm(t, &x, &self.emb_ln.0, &self.emb_ln.1, eps)?;
         for l in &self.layers {
             let qkv = ops::linear(t, &x, &l.qkv_w, Some(&l.qkv_b))?;
-            let a = ops::attention_qkv(t, &qkv, self.config.num_attention_heads, &keys)?;
+            let a = ops::attention_qkv(t, &qkv, self.config.num_attention_heads, &keys, None)?;
             let a = ops::linear(t, &a, &l.out_w, Some(&l.out_b))?;
             let r = ops::add(t, &x, &a)?;
             x = ops::layer_norm(t, &r, &l.ln1.0, &l.ln1.1, eps)?;

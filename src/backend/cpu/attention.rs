@@ -67,6 +67,24 @@ impl Layout {
     }
 }
 
+/// Attention dropout: each probability is kept with chance 1 − p and scaled by 1/(1 − p). The mask of
+/// (batch, head) pair `bh` comes from its own RNG stream (seed, bh), so it is the same whatever the thread
+/// count, and the backward regenerates it instead of storing it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// Per-element factors (0 or 1/(1 − p)) for `n` probabilities of pair `bh`.
+    fn factors<T: Float>(&self, bh: usize, n: usize) -> Vec<T> {
+        let mut rng = crate::rng::Rng::new(self.seed ^ (bh as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let keep = T::from_f64(1.0 / (1.0 - self.p));
+        (0..n).map(|_| if rng.uniform() < self.p { T::ZERO } else { keep }).collect()
+    }
+}
+
 /// Start of head `h` of batch `b` in an operand with `rows` rows per batch.
 fn at(op: Operand, b: usize, rows: usize, h: usize, dh: usize) -> usize {
     b * rows * op.stride + op.offset + h * dh
@@ -79,6 +97,7 @@ pub fn forward<T: Float>(
     v: &[T],
     layout: Layout,
     key_mask: Option<&[bool]>,
+    dropout: Option<Dropout>,
     dims: Dims,
 ) -> (Vec<T>, Vec<T>) {
     let Dims { batch, sq, sk, heads, head_dim: dh, causal } = dims;
@@ -117,10 +136,14 @@ pub fn forward<T: Float>(
             let inv = T::ONE / row.iter().copied().sum::<T>();
             row.iter_mut().for_each(|s| *s *= inv);
         }
+        // The kept probabilities (P itself is stored for the backward).
+        let dropped: Option<Vec<T>> =
+            dropout.map(|d| p.iter().zip(d.factors::<T>(bh, sq * sk)).map(|(&x, f)| x * f).collect());
+        let pv = dropped.as_deref().unwrap_or(p);
         // SAFETY: task (b, h) writes only the head-h column block of batch b's output rows.
         unsafe {
             let o = out_ptr.add(b * sq * w + h * dh);
-            strided(sq, sk, dh, p.as_ptr(), sk as isize, 1, vb.as_ptr(), vs, 1, T::ZERO, o, w as isize, 1);
+            strided(sq, sk, dh, pv.as_ptr(), sk as isize, 1, vb.as_ptr(), vs, 1, T::ZERO, o, w as isize, 1);
         }
     });
     (out, probs)
@@ -146,6 +169,7 @@ pub unsafe fn backward<T: Float>(
     v: &[T],
     probs: &[T],
     layout: Layout,
+    dropout: Option<Dropout>,
     dims: Dims,
     targets: GradTargets<T>,
 ) {
@@ -158,11 +182,16 @@ pub unsafe fn backward<T: Float>(
         let (qo, ko, vo) = (at(layout.q, b, sq, h, dh), at(layout.k, b, sk, h, dh), at(layout.v, b, sk, h, dh));
         let od = &dout[b * sq * dh * heads + h * dh..];
         let p = &probs[bh * sq * sk..(bh + 1) * sq * sk];
+        let factors: Option<Vec<T>> = dropout.map(|d| d.factors(bh, sq * sk));
+        let kept: Option<Vec<T>> = factors.as_ref().map(|f| p.iter().zip(f).map(|(&x, &f)| x * f).collect());
         let mut ds = vec![T::ZERO; sq * sk];
         // SAFETY: as in forward; each task writes only its own head blocks of dq, dk, dv.
         unsafe {
-            // dP = dO·Vᵀ
+            // dP = dO·Vᵀ (through the dropout mask when there is one)
             strided(sq, dh, sk, od.as_ptr(), w, 1, v[vo..].as_ptr(), 1, vs, T::ZERO, ds.as_mut_ptr(), sk as isize, 1);
+            if let Some(f) = &factors {
+                ds.iter_mut().zip(f).for_each(|(x, &f)| *x *= f);
+            }
             // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale
             for (dsr, pr) in ds.chunks_mut(sk).zip(p.chunks(sk)) {
                 let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
@@ -170,8 +199,9 @@ pub unsafe fn backward<T: Float>(
                     *x = pp * (*x - dot) * scale;
                 }
             }
-            // dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q
-            strided(sk, sq, dh, p.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, T::ZERO, targets.dv.add(vo), vs, 1);
+            // dV = P'ᵀ·dO (P' = the kept probabilities), dQ = dS·K, dK = dSᵀ·Q
+            let pv = kept.as_deref().unwrap_or(p);
+            strided(sk, sq, dh, pv.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, T::ZERO, targets.dv.add(vo), vs, 1);
             strided(
                 sq,
                 sk,
