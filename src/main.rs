@@ -108,6 +108,75 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         neighbors: usize,
     },
+    /// Train RETRO (or, with --no-retrieval, the GPT baseline) on a preprocessed project. Settings the
+    /// project fixes (sequence and chunk length, vocabulary, global batch, seed, eval interval / iters)
+    /// are read from DIR/config.json; a flag that contradicts them is an error naming both values.
+    /// Checkpoints go to --save (Megatron layout); --load resumes exactly where a run stopped.
+    Train {
+        #[arg(long)]
+        project: PathBuf,
+        /// Model shape: a preset (tiny, 857m, 2b, 4b) or a JSON config file.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Run directory for checkpoints and metrics.jsonl.
+        #[arg(long)]
+        save: PathBuf,
+        /// Resume from the latest checkpoint in this run directory (usually the same as --save).
+        #[arg(long)]
+        load: Option<PathBuf>,
+        #[arg(long)]
+        train_iters: Option<u64>,
+        #[arg(long)]
+        train_samples: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        micro_batch_size: usize,
+        #[arg(long)]
+        global_batch_size: Option<usize>,
+        #[arg(long, default_value_t = 6e-4)]
+        lr: f64,
+        #[arg(long, default_value_t = 0.0)]
+        min_lr: f64,
+        #[arg(long, default_value_t = 0)]
+        lr_warmup_samples: u64,
+        /// Samples over which the LR decays to --min-lr (default: all training samples).
+        #[arg(long)]
+        lr_decay_samples: Option<u64>,
+        #[arg(long, default_value_t = 0.1)]
+        weight_decay: f64,
+        #[arg(long, default_value_t = 1.0)]
+        clip_grad: f64,
+        #[arg(long, default_value_t = 0.1)]
+        hidden_dropout: f64,
+        /// Must equal --hidden-dropout (one dropout rate drives both today).
+        #[arg(long)]
+        attention_dropout: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        save_interval: u64,
+        #[arg(long)]
+        eval_interval: Option<u64>,
+        #[arg(long)]
+        eval_iters: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Keep only the newest N checkpoints (0: all).
+        #[arg(long, default_value_t = 0)]
+        keep: usize,
+        /// Train the GPT baseline (no CCA, no encoder) on exactly the same samples.
+        #[arg(long)]
+        no_retrieval: bool,
+    },
+    /// Validation perplexity of a checkpoint with retrieval and with every neighbour masked.
+    Eval {
+        /// A checkpoint directory (iter_NNNNNNN) or a run directory (its latest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        project: PathBuf,
+        #[arg(long)]
+        eval_iters: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        micro_batch_size: usize,
+    },
     /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.
     /// Without --embedder-dir the default all-MiniLM-L6-v2 is fetched once into $RETRO_CACHE.
     Embed {
@@ -385,6 +454,149 @@ fn main() -> ExitCode {
                 let dir = retro::retrieval::embedder_dir::resolve(embedder_dir.as_deref())?;
                 let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, 256)?;
                 retro::bench::embed::run(&corpus, &embedder, chunks, batch_tokens)
+            })(),
+        ),
+        Command::Train {
+            project,
+            config,
+            save,
+            load,
+            train_iters,
+            train_samples,
+            micro_batch_size,
+            global_batch_size,
+            lr,
+            min_lr,
+            lr_warmup_samples,
+            lr_decay_samples,
+            weight_decay,
+            clip_grad,
+            hidden_dropout,
+            attention_dropout,
+            save_interval,
+            eval_interval,
+            eval_iters,
+            seed,
+            keep,
+            no_retrieval,
+        } => {
+            let run = || -> retro::Result<serde_json::Value> {
+                use retro::preprocess::project::ProjectConfig;
+                let pc =
+                    ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
+                fn agree<T: PartialEq + std::fmt::Display + Copy>(
+                    flag: &str,
+                    given: Option<T>,
+                    key: &str,
+                    project: T,
+                ) -> retro::Result<T> {
+                    match given {
+                        Some(v) if v != project => {
+                            Err(retro::Error::msg(format!("{flag} {v} contradicts the project's {key} = {project}")))
+                        }
+                        _ => Ok(project),
+                    }
+                }
+                let global = agree(
+                    "--global-batch-size",
+                    global_batch_size,
+                    "retro_gpt_global_batch_size",
+                    pc.retro_gpt_global_batch_size,
+                )?;
+                let seed = agree("--seed", seed, "retro_gpt_seed", pc.retro_gpt_seed)?;
+                let eval_interval = agree(
+                    "--eval-interval",
+                    eval_interval,
+                    "retro_gpt_eval_interval",
+                    pc.retro_gpt_eval_interval as u64,
+                )?;
+                let eval_iters = agree("--eval-iters", eval_iters, "retro_gpt_eval_iters", pc.retro_gpt_eval_iters)?;
+                if let Some(a) = attention_dropout {
+                    if a != hidden_dropout {
+                        return Err(retro::Error::msg(format!("--attention-dropout {a} differs from --hidden-dropout {hidden_dropout}; one rate drives both today")));
+                    }
+                }
+                let mut model = model_config(&config)?;
+                model.dropout = hidden_dropout;
+                model.gpt_baseline = no_retrieval;
+                let samples = retro::data::samples::Samples::read(
+                    &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
+                )?
+                .len() as u64;
+                let iters = match (train_iters, train_samples) {
+                    (Some(_), Some(_)) => {
+                        return Err(retro::Error::msg("give --train-iters or --train-samples, not both"))
+                    }
+                    (Some(i), None) => i,
+                    (None, Some(s)) => s.div_ceil(global as u64),
+                    (None, None) => samples.div_ceil(global as u64),
+                };
+                let total_samples = iters * global as u64;
+                let args = retro::train::trainer::TrainArgs {
+                    project: project.clone(),
+                    save: save.clone(),
+                    load,
+                    model,
+                    micro_batch: micro_batch_size,
+                    global_batch: global,
+                    train_iters: iters,
+                    schedule: retro::train::schedule::LrSchedule {
+                        lr,
+                        min_lr,
+                        warmup_samples: lr_warmup_samples,
+                        decay_samples: lr_decay_samples.unwrap_or(total_samples).max(lr_warmup_samples),
+                    },
+                    weight_decay,
+                    clip: clip_grad,
+                    seed,
+                    save_interval,
+                    eval_interval,
+                    eval_iters,
+                    keep,
+                    progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                };
+                let s = retro::train::trainer::train(&args)?;
+                Ok(
+                    serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save}),
+                )
+            };
+            match run() {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("retro train: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Eval { checkpoint, project, eval_iters, micro_batch_size } => print_record(
+            "eval",
+            (|| {
+                use retro::train::{checkpoint as ck, loader::ProjectData, trainer};
+                let dir = ck::resolve(&checkpoint)?;
+                let config = ck::model_config(&dir)?;
+                let model = ck::load_model(&dir, &config, retro::tensor::DType::F32)?;
+                let data = ProjectData::open(&project, config.num_neighbors, !config.gpt_baseline)?;
+                let Some(valid) = &data.valid else {
+                    return Err(retro::Error::msg(format!(
+                        "{}: the project has no validation samples",
+                        project.display()
+                    )));
+                };
+                let iters = eval_iters.unwrap_or(valid.len() / micro_batch_size).max(1);
+                let with = trainer::evaluate(&model, valid, micro_batch_size, iters, true)?;
+                let mut out = serde_json::json!({
+                    "checkpoint": dir, "model": if config.gpt_baseline { "gpt" } else { "retro" }, "valid_samples": iters * micro_batch_size,
+                    "valid_loss": with, "valid_ppl": with.exp(),
+                });
+                if !config.gpt_baseline {
+                    let without = trainer::evaluate(&model, valid, micro_batch_size, iters, false)?;
+                    out["valid_loss_without_retrieval"] = serde_json::json!(without);
+                    out["valid_ppl_without_retrieval"] = serde_json::json!(without.exp());
+                }
+                Ok(out)
             })(),
         ),
         Command::CheckGolden { weights, dtype } => {

@@ -76,16 +76,18 @@ pub fn load_params(
     let mut report = LoadReport::default();
     let mut rng = Rng::new(seed);
     let mut tensors = Vec::with_capacity(specs.len());
+    let mut mismatched = Vec::new();
     for spec in specs {
         match file.tensors.get(&spec.name) {
             Some(t) => {
                 if t.shape() != spec.shape.as_slice() {
-                    bail!(
+                    mismatched.push(format!(
                         "tensor {:?} has shape {:?}, but the model config needs {:?}",
                         spec.name,
                         t.shape(),
                         spec.shape
-                    );
+                    ));
+                    continue;
                 }
                 if !t.dtype().is_float() {
                     bail!("tensor {:?} has dtype {}, expected a float dtype", spec.name, t.dtype());
@@ -97,6 +99,9 @@ pub fn load_params(
                 tensors.push(init_tensor(spec, &mut rng, dtype)?);
             }
         }
+    }
+    if !mismatched.is_empty() {
+        bail!("{} shape mismatch(es): {}", mismatched.len(), mismatched.join("; "));
     }
     report.unexpected = file
         .tensors
@@ -126,7 +131,9 @@ fn st_dtype(d: DType) -> Dtype {
     }
 }
 
-/// Serialize named tensors with `metadata` (bitwise: the stored bytes are the tensors' bytes).
+/// Serialize named tensors with `metadata` (bitwise: the stored bytes are the tensors' bytes). The header
+/// is rewritten with its keys sorted (the safetensors crate keeps metadata in a HashMap, whose order
+/// changes from process to process), so equal inputs always give equal files.
 pub fn serialize(tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
@@ -137,7 +144,21 @@ pub fn serialize(tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>)
             Ok((name.to_string(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::msg(format!("safetensors: {e}")))
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::msg(format!("safetensors: {e}")))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    // BTreeMaps sort explicitly (serde_json's own map may keep insertion order if a dependency asks).
+    let mut header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n])?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, serde_json::Value> = serde_json::from_value(meta.take())?;
+        *meta = serde_json::to_value(sorted)?;
+    }
+    let mut sorted = serde_json::to_vec(&header)?;
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Save parameters (Megatron names) and metadata to `path`, atomically.

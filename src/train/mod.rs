@@ -1,5 +1,9 @@
-//! Training: the optimizer today; the LR schedule, loop, checkpoints and metrics come with [train].
+//! Training: the optimizer, the LR schedule, the data loader, checkpoints and the training loop.
 
+pub mod checkpoint;
+pub mod loader;
 pub mod optimizer;
+pub mod schedule;
+pub mod trainer;
 
 pub use optimizer::{AdamW, AdamWConfig, StepStats};

@@ -77,3 +77,40 @@ pub fn gradcheck(
     }
     worst
 }
+
+/// A small corpus with three topics (30 documents of ~24 sentences) and one document shorter than a
+/// chunk, as JSON lines in `dir/corpus.jsonl`.
+const TOPICS: [&[&str]; 3] = [
+    &[
+        "The cat sleeps on the warm mat.",
+        "Kittens chase a ball of yarn.",
+        "My cat purrs when it is fed.",
+        "Cats love to climb tall trees.",
+    ],
+    &[
+        "The ship sails across the ocean.",
+        "Sailors raise the heavy anchor.",
+        "A storm rocks the wooden boat.",
+        "The harbor is full of ships.",
+    ],
+    &[
+        "Congress passed a new tax bill.",
+        "The budget deficit grew this year.",
+        "Senators debate the spending plan.",
+        "Taxes fund the public schools.",
+    ],
+];
+
+pub fn corpus(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut lines = String::new();
+    for d in 0..30 {
+        let topic = TOPICS[d % 3];
+        let text: Vec<&str> = (0..24).map(|i| topic[(i * 7 + d) % topic.len()]).collect();
+        lines += &format!("{}\n", serde_json::json!({"text": text.join(" ")}));
+    }
+    // A document shorter than a chunk.
+    lines += &format!("{}\n", serde_json::json!({"text": "Short."}));
+    let path = dir.join("corpus.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}

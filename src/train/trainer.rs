@@ -1,0 +1,237 @@
+//! `retro train`: micro-batches accumulated to the global batch, AdamW with Megatron's schedule and
+//! clipping, evaluation every `eval_interval` iterations, checkpoints every `save_interval` and at the
+//! end, exact resume from `--load`, one JSON line per step in `RUN/metrics.jsonl`.
+//!
+//! Determinism: iteration i uses samples i·B .. (i+1)·B of the sample index, the dropout masks of
+//! micro-batch j come from (seed, i, j), and every kernel is bitwise reproducible, so a run resumed from a
+//! checkpoint continues exactly as if it had never stopped.
+
+use super::checkpoint::{self, State};
+use super::loader::{prefetch, ProjectData, SplitData};
+use super::schedule::LrSchedule;
+use super::{AdamW, AdamWConfig};
+use crate::model::{padded_vocab_size, Batch, RetroConfig, RetroModel};
+use crate::tensor::DType;
+use crate::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TrainArgs {
+    pub project: PathBuf,
+    pub save: PathBuf,
+    pub load: Option<PathBuf>,
+    /// Model shape (layers, hidden, heads, k, CCA layers); vocabulary and lengths come from the project.
+    pub model: RetroConfig,
+    pub micro_batch: usize,
+    pub global_batch: usize,
+    pub train_iters: u64,
+    pub schedule: LrSchedule,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub seed: u64,
+    pub save_interval: u64,
+    pub eval_interval: u64,
+    pub eval_iters: usize,
+    pub keep: usize,
+    pub progress: bool,
+}
+
+/// The model config for a project: the preset's shape with the project's vocabulary and lengths.
+pub fn project_model(preset: &RetroConfig, project: &crate::preprocess::project::ProjectConfig) -> Result<RetroConfig> {
+    let mut c = preset.clone();
+    c.vocab_size = padded_vocab_size(project.retro_gpt_vocab_size);
+    c.seq_length = project.retro_gpt_seq_length;
+    c.chunk_length = project.retro_gpt_chunk_length;
+    c.num_retrieved_chunks = project.retro_num_retrieved_chunks;
+    // Neighbours the query could not fill (-1) are masked, not attended.
+    c.mask_missing_neighbors = true;
+    c.validate()?;
+    Ok(c)
+}
+
+/// Mean loss over the first `iters` batches of a split (no dropout). `retrieval = false` masks every
+/// neighbour (the model then sees no retrieved text).
+pub fn evaluate(model: &RetroModel, split: &SplitData, batch: usize, iters: usize, retrieval: bool) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..iters {
+        let ids: Vec<usize> = (i * batch..(i + 1) * batch).collect();
+        let mut b = split.batch(&ids)?;
+        if !retrieval {
+            if let Some(nb) = &mut b.neighbors {
+                nb.data_mut::<i64>()?.iter_mut().for_each(|t| *t = -1);
+            }
+        }
+        total += model.eval_loss(&b)?;
+    }
+    Ok(total / iters as f64)
+}
+
+fn run_identity(args: &TrainArgs, model: &RetroConfig, data: &ProjectData) -> Value {
+    json!({
+        "model": serde_json::to_value(model).expect("config serializes"),
+        "project": serde_json::to_value(&data.config).expect("config serializes"),
+        "global_batch_size": args.global_batch,
+        "seed": args.seed,
+    })
+}
+
+fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--save {}: cannot create the directory", dir.display()))?;
+    let probe = dir.join(format!(".write-test.{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("--save {}: the directory is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
+pub struct Summary {
+    pub iterations: u64,
+    pub final_loss: f64,
+    pub valid_loss: Option<f64>,
+}
+
+pub fn train(args: &TrainArgs) -> Result<Summary> {
+    ensure!(
+        args.micro_batch > 0 && args.global_batch % args.micro_batch == 0,
+        "--global-batch-size {} is not a multiple of --micro-batch-size {}",
+        args.global_batch,
+        args.micro_batch
+    );
+    check_writable(&args.save)?;
+    let retrieval = !args.model.gpt_baseline;
+    let data = ProjectData::open(&args.project, args.model.num_neighbors, retrieval)?;
+    let config = project_model(&args.model, &data.config)?;
+    let identity = run_identity(args, &config, &data);
+    let mut model = RetroModel::init(&config, args.seed, DType::F32)?;
+    let opt_config = AdamWConfig {
+        lr: args.schedule.lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: args.weight_decay,
+        clip: (args.clip > 0.0).then_some(args.clip),
+    };
+    let mut opt = AdamW::new(opt_config, &model.params.tensors);
+    let (mut iteration, mut consumed) = (0u64, 0u64);
+    if let Some(load) = &args.load {
+        if let Some(it) = checkpoint::latest(load)? {
+            let dir = checkpoint::iteration_dir(load, it);
+            let state = checkpoint::load_state(&dir)?;
+            let diffs = checkpoint::differences(&state.run, &identity);
+            if !diffs.is_empty() {
+                bail!(
+                    "--load {}: the checkpoint was trained with other settings; refusing to resume ({})",
+                    dir.display(),
+                    diffs.join("; ")
+                );
+            }
+            model = checkpoint::load_model(&dir, &config, DType::F32)?;
+            checkpoint::load_optimizer(&dir, &model.params, &mut opt)?;
+            iteration = state.iteration;
+            consumed = state.consumed_samples;
+            eprintln!(
+                "retro train: resuming from {} (iteration {iteration}, {consumed} samples consumed)",
+                dir.display()
+            );
+        }
+    }
+    let metrics_path = args.save.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let train_split = Arc::new(data.train);
+    let micro_per_step = args.global_batch / args.micro_batch;
+    let plan: Vec<Vec<usize>> = (iteration..args.train_iters)
+        .flat_map(|it| (0..micro_per_step).map(move |j| (it, j)))
+        .map(|(it, j)| {
+            let start = (it as usize) * args.global_batch + j * args.micro_batch;
+            (start..start + args.micro_batch).collect()
+        })
+        .collect();
+    let batches = prefetch(train_split.clone(), plan, 4);
+    let bar = if args.progress { ProgressBar::new(args.train_iters) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(iteration);
+    let start = Instant::now();
+    let tokens_per_step = (args.global_batch * config.seq_length) as f64;
+    let (mut last_loss, mut valid_loss) = (f64::NAN, None);
+    let save_state = |model: &RetroModel, opt: &AdamW, iteration: u64, consumed: u64| -> Result<()> {
+        let state = State { iteration, consumed_samples: consumed, optimizer_step: opt.step, run: identity.clone() };
+        checkpoint::save(&args.save, model, opt, &state, args.keep).map(|_| ())
+    };
+    while iteration < args.train_iters {
+        let t0 = Instant::now();
+        let mut grads: Option<Vec<crate::tensor::Tensor>> = None;
+        let mut loss = 0.0;
+        for j in 0..micro_per_step {
+            let batch: Batch = batches.recv().map_err(|_| crate::Error::msg("the data loader stopped"))??;
+            let seed = args.seed
+                ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+            let step = model.train_step(&batch, seed)?;
+            if !step.loss.is_finite() {
+                bail!(
+                    "iteration {}: the loss is {} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
+                    iteration + 1,
+                    step.loss,
+                    args.save.display()
+                );
+            }
+            loss += step.loss / micro_per_step as f64;
+            match &mut grads {
+                None => grads = Some(step.grads),
+                Some(acc) => {
+                    for (a, g) in acc.iter_mut().zip(&step.grads) {
+                        a.add_assign(g)?;
+                    }
+                }
+            }
+        }
+        let mut grads = grads.expect("at least one micro-batch");
+        if micro_per_step > 1 {
+            for g in grads.iter_mut() {
+                g.scale(1.0 / micro_per_step as f64)?;
+            }
+        }
+        let lr = args.schedule.at(consumed);
+        let stats = opt
+            .step(&mut model.params.tensors, &mut grads, lr)
+            .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
+        iteration += 1;
+        consumed += args.global_batch as u64;
+        last_loss = loss;
+        let step_s = t0.elapsed().as_secs_f64();
+        let mut line = json!({
+            "step": iteration, "loss": loss, "lr": lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_step / step_s,
+            "elapsed_s": start.elapsed().as_secs_f64(), "consumed_samples": consumed,
+        });
+        if args.eval_interval > 0 && iteration % args.eval_interval == 0 {
+            if let Some(valid) = &data.valid {
+                let v = evaluate(&model, valid, args.micro_batch, args.eval_iters, retrieval)?;
+                line["valid_loss"] = json!(v);
+                line["valid_ppl"] = json!(v.exp());
+                valid_loss = Some(v);
+            }
+        }
+        writeln!(metrics, "{line}")?;
+        metrics.sync_data()?;
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
+        bar.set_position(iteration);
+        if (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters {
+            save_state(&model, &opt, iteration, consumed)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
+}

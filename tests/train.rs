@@ -1,0 +1,216 @@
+//! `retro train` and `retro eval` on a small preprocessed project: exact resume, metrics, evaluation,
+//! and the bad inputs the training issue names.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn retro(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_retro")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// One project shared by the tests (preprocessing is the slow part): seq 128, global batch 4.
+fn project() -> &'static PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("retro-train-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = common::corpus(&dir);
+        let project = dir.join("project");
+        let (code, _, err) = retro(&[
+            "preprocess",
+            "--input",
+            &s(&input),
+            "--project",
+            &s(&project),
+            "--seq-length",
+            "128",
+            "--split",
+            "80,20,0",
+            "--num-neighbors-query",
+            "20",
+            "--num-neighbors-save",
+            "3",
+            "--global-batch-size",
+            "4",
+            "--eval-interval",
+            "2",
+            "--eval-iters",
+            "1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        project
+    })
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let d = project().parent().unwrap().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const COMMON: [&str; 8] =
+    ["--micro-batch-size", "2", "--lr", "2e-3", "--lr-decay-samples", "24", "--lr-warmup-samples", "4"];
+
+fn train(run: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["train".to_string(), "--project".into(), s(project()), "--save".into(), s(run)];
+    args.extend(COMMON.iter().map(|x| x.to_string()));
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    retro(&refs)
+}
+
+fn losses(run: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn ten_steps_equal_five_then_resume_five_bitwise() {
+    let whole = run_dir("whole");
+    let (code, _, err) = train(&whole, &["--train-iters", "10"]);
+    assert_eq!(code, 0, "{err}");
+    let split = run_dir("split");
+    let (code, _, err) = train(&split, &["--train-iters", "5", "--save-interval", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = train(&split, &["--train-iters", "10", "--load", &s(&split)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming from") && err.contains("iteration 5"), "{err}");
+    assert_eq!(losses(&whole), losses(&split), "losses differ after resuming");
+    assert_eq!(losses(&split).iter().map(|x| x.0).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    let model = |run: &Path| std::fs::read(run.join("iter_0000010/model.safetensors")).unwrap();
+    assert!(model(&whole) == model(&split), "final weights differ");
+    let opt = |run: &Path| std::fs::read(run.join("iter_0000010/optimizer.safetensors")).unwrap();
+    assert!(opt(&whole) == opt(&split), "optimizer state differs");
+    // Validation loss is logged every eval_interval (2) steps; eval reads the checkpoint.
+    let metrics = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("valid_loss")).count(), 5);
+    let (code, out, err) =
+        retro(&["eval", "--checkpoint", &s(&whole), "--project", &s(project()), "--eval-iters", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["valid_ppl"].as_f64().unwrap().is_finite() && v["valid_ppl_without_retrieval"].as_f64().unwrap().is_finite(),
+        "{out}"
+    );
+    // Training lowers the loss.
+    let first: f64 = losses(&whole)[0].1.parse().unwrap();
+    let last: f64 = losses(&whole)[9].1.parse().unwrap();
+    assert!(last < first, "loss {first} -> {last}");
+}
+
+#[test]
+fn keep_retains_only_the_newest_checkpoints_and_the_gpt_baseline_trains() {
+    let run = run_dir("keep");
+    let (code, _, err) = train(&run, &["--train-iters", "4", "--save-interval", "1", "--keep", "2", "--no-retrieval"]);
+    assert_eq!(code, 0, "{err}");
+    let mut dirs: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("iter_"))
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, vec!["iter_0000003", "iter_0000004"]);
+    assert_eq!(std::fs::read_to_string(run.join("latest_checkpointed_iteration.txt")).unwrap(), "4");
+    let (code, out, err) = retro(&["eval", "--checkpoint", &s(&run), "--project", &s(project())]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"model\":\"gpt\""), "{out}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint() {
+    let run = run_dir("nan");
+    let (code, _, err) = train(&run, &["--train-iters", "2", "--save-interval", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let good = std::fs::read(run.join("iter_0000002/model.safetensors")).unwrap();
+    let (code, _, err) = train(
+        &run,
+        &["--train-iters", "30", "--load", &s(&run), "--lr", "1e30", "--lr-warmup-samples", "0", "--clip-grad", "0"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("iteration") && (err.contains("loss is") || err.contains("gradient norm")), "{err}");
+    assert_eq!(std::fs::read(run.join("iter_0000002/model.safetensors")).unwrap(), good);
+}
+
+#[test]
+fn bad_inputs_fail_before_training_with_clear_messages() {
+    let run = run_dir("bad");
+    let (code, _, err) = retro(&["train", "--project", "/nonexistent/project", "--save", &s(&run)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/project") && err.contains("retro preprocess"), "{err}");
+    let (code, _, err) = train(&run, &["--global-batch-size", "8"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--global-batch-size 8") && err.contains("retro_gpt_global_batch_size = 4"), "{err}");
+    // An unwritable output directory: a path below a regular file.
+    let file = project().parent().unwrap().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, err) = train(&file.join("run"), &["--train-iters", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--save") && err.contains("a-file"), "{err}");
+    // More neighbours per chunk than the project saved.
+    let cfg = project().parent().unwrap().join("k4.json");
+    let mut c = retro::model::RetroConfig::preset("tiny").unwrap();
+    c.num_neighbors = 4;
+    std::fs::write(&cfg, c.to_json()).unwrap();
+    let (code, _, err) = train(&run, &["--config", &s(&cfg), "--train-iters", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("3 neighbours per chunk saved") && err.contains("k = 4"), "{err}");
+    // Resuming with another model config lists what changed.
+    let (code, _, err) = train(&run, &["--train-iters", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let mut wide = retro::model::RetroConfig::preset("tiny").unwrap();
+    wide.hidden_size = 32;
+    let wide_cfg = project().parent().unwrap().join("wide.json");
+    std::fs::write(&wide_cfg, wide.to_json()).unwrap();
+    let (code, _, err) = train(&run, &["--config", &s(&wide_cfg), "--train-iters", "2", "--load", &s(&run)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("refusing to resume") && err.contains("model"), "{err}");
+    // A missing neighbour file.
+    let copy = project().parent().unwrap().join("project-no-neighbours");
+    let _ = std::fs::remove_dir_all(&copy);
+    let status = Command::new("cp").arg("-r").arg(project()).arg(&copy).status().unwrap();
+    assert!(status.success());
+    std::fs::remove_file(copy.join("neighbors/train.bin")).unwrap();
+    let (code, _, err) = retro(&["train", "--project", &s(&copy), "--save", &s(&run_dir("nb")), "--train-iters", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("neighbors/train.bin"), "{err}");
+    // A checkpoint of another config given to eval with a mismatched model: names and shapes listed.
+    let ck = run.join("iter_0000001");
+    let mut st = retro::model::safetensors_io::TensorFile::read(&ck.join("model.safetensors")).unwrap();
+    let mut meta_cfg: retro::model::RetroConfig = retro::model::RetroConfig::from_json(&st.metadata["config"]).unwrap();
+    meta_cfg.num_heads = 2;
+    meta_cfg.hidden_size = 32;
+    st.metadata.insert("config".into(), meta_cfg.to_json());
+    let named: Vec<(&str, &retro::tensor::Tensor)> = st.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    std::fs::write(
+        ck.join("model.safetensors"),
+        retro::model::safetensors_io::serialize(&named, st.metadata.clone()).unwrap(),
+    )
+    .unwrap();
+    let (code, _, err) = retro(&["eval", "--checkpoint", &s(&ck), "--project", &s(project())]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("shape mismatch")
+            && err.contains("embedding.word_embeddings.weight")
+            && err.contains("[50304, 64]"),
+        "{err}"
+    );
+}
