@@ -27,21 +27,21 @@ pub struct Retrieval {
 
 #[derive(Debug, Clone)]
 pub struct Cca {
-    ln: LayerNorm,
-    attn: CrossAttention,
+    pub(crate) ln: LayerNorm,
+    pub(crate) attn: CrossAttention,
     /// Owned by the first CCA layer (parameters `decoder.layers.<i>.encoder.*`).
-    encoder: Option<Encoder>,
+    pub(crate) encoder: Option<Encoder>,
     chunk_length: usize,
-    gate: f64,
+    pub(crate) gate: f64,
 }
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
-    input_ln: LayerNorm,
-    self_attn: SelfAttention,
-    cca: Option<Cca>,
-    pre_mlp_ln: LayerNorm,
-    mlp: Mlp,
+    pub(crate) input_ln: LayerNorm,
+    pub(crate) self_attn: SelfAttention,
+    pub(crate) cca: Option<Cca>,
+    pub(crate) pre_mlp_ln: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 impl DecoderLayer {

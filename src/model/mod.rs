@@ -4,6 +4,7 @@
 pub mod config;
 mod decoder;
 mod encoder;
+pub mod kv_decode;
 pub mod params;
 mod retro;
 pub mod safetensors_io;

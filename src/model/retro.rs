@@ -15,10 +15,10 @@ use std::sync::Arc;
 pub struct RetroModel {
     pub config: RetroConfig,
     pub params: Params,
-    word_embeddings: usize,
+    pub(crate) word_embeddings: usize,
     position_embeddings: usize,
-    layers: Vec<DecoderLayer>,
-    final_ln: LayerNorm,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) final_ln: LayerNorm,
 }
 
 /// One batch: tokens [B, n], labels [B, n] (next tokens), neighbour tokens [B, l, k, r] (i64 / i32).
@@ -185,12 +185,17 @@ impl RetroModel {
     }
 
     /// word + learned position embeddings of ids [.., s] (positions 0..s-1).
-    fn embed(&self, tape: &mut Tape, p: &[Var], ids: &Tensor) -> Result<Var> {
+    pub(crate) fn embed(&self, tape: &mut Tape, p: &[Var], ids: &Tensor) -> Result<Var> {
         let s = ids.last_dim();
         let rows = ids.numel() / s.max(1);
         let positions = Tensor::from_vec((0..rows).flat_map(|_| 0..s as i64).collect::<Vec<i64>>(), ids.shape())?;
+        self.embed_at(tape, p, ids, &positions)
+    }
+
+    /// word + position embeddings of `ids` at explicit `positions` (same shape).
+    pub(crate) fn embed_at(&self, tape: &mut Tape, p: &[Var], ids: &Tensor, positions: &Tensor) -> Result<Var> {
         let words = ops::embedding(tape, ids, &p[self.word_embeddings])?;
-        let pos = ops::embedding(tape, &positions, &p[self.position_embeddings])?;
+        let pos = ops::embedding(tape, positions, &p[self.position_embeddings])?;
         let x = ops::add(tape, &words, &pos)?;
         ops::dropout(tape, &x)
     }

@@ -1,0 +1,114 @@
+//! KV-cached decoding with live retrieval gives the same logits, and so the same greedy tokens, as
+//! recomputing the whole prefix with the full forward.
+
+use retro::autograd::Tape;
+use retro::model::kv_decode::KvDecoder;
+use retro::model::{RetroConfig, RetroModel};
+use retro::rng::Rng;
+use retro::tensor::{DType, Tensor};
+
+const M: usize = 64;
+
+fn config(gpt: bool) -> RetroConfig {
+    let mut c = RetroConfig::preset("tiny").unwrap();
+    c.num_layers = 5;
+    c.hidden_size = 32;
+    c.num_heads = 4;
+    c.vocab_size = 97;
+    c.seq_length = 320;
+    c.num_neighbors = 3;
+    c.retro_layer_numbers = Some(vec![2, 5]);
+    c.gpt_baseline = gpt;
+    c
+}
+
+/// Neighbour tokens [k, r] that depend on the chunk's content (a stand-in for embedding and search).
+fn neighbours_of(chunk: &[u32], c: &RetroConfig) -> Tensor {
+    let seed = chunk.iter().fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64));
+    let mut rng = Rng::new(seed);
+    let n = c.num_neighbors * c.retrieved_length();
+    Tensor::from_vec((0..n).map(|_| rng.below(c.vocab_size as u64) as i64).collect::<Vec<_>>(), &[c.num_neighbors, c.retrieved_length()]).unwrap()
+}
+
+/// Logits at the last position of `tokens` from the full forward (the prefix padded to whole chunks).
+fn full_forward_last(model: &RetroModel, tokens: &[u32]) -> Vec<f64> {
+    let c = &model.config;
+    let n = tokens.len().div_ceil(M) * M;
+    let mut padded: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    padded.resize(n, 0);
+    let ids = Tensor::from_vec(padded.clone(), &[1, n]).unwrap();
+    let neighbors = (!c.gpt_baseline).then(|| {
+        let per = c.num_neighbors * c.retrieved_length();
+        let mut all = Vec::new();
+        for chunk in 0..n / M {
+            let toks: Vec<u32> = padded[chunk * M..(chunk + 1) * M].iter().map(|&t| t as u32).collect();
+            all.extend(neighbours_of(&toks, c).data::<i64>().unwrap().iter().copied());
+        }
+        assert_eq!(all.len(), n / M * per);
+        Tensor::from_vec(all, &[1, n / M, c.num_neighbors, c.retrieved_length()]).unwrap()
+    });
+    let mut tape = Tape::inference();
+    let p = model.params.leaves(&mut tape);
+    let logits = model.logits(&mut tape, &p, &ids, neighbors.as_ref()).unwrap().into_value().to_f64_vec();
+    let v = c.vocab_size;
+    logits[(tokens.len() - 1) * v..tokens.len() * v].to_vec()
+}
+
+fn argmax(x: &[f64]) -> u32 {
+    x.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32
+}
+
+fn check(gpt: bool) {
+    let model = RetroModel::init(&config(gpt), 3, DType::F64).unwrap();
+    let mut rng = Rng::new(8);
+    let prompt: Vec<u32> = (0..70).map(|_| rng.below(97) as u32).collect();
+    let mut dec = KvDecoder::new(&model);
+    let c = model.config.clone();
+    let mut retrieved = Vec::new();
+    let mut retrieve = |chunk: usize, toks: &[u32]| {
+        retrieved.push(chunk);
+        Ok(neighbours_of(toks, &c))
+    };
+    let mut logits = Vec::new();
+    for &t in &prompt {
+        logits = dec.push(t, &mut retrieve).unwrap();
+    }
+    let mut generated = prompt.clone();
+    for _ in 0..(200 - prompt.len()) {
+        let want = full_forward_last(&model, &generated);
+        let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-10, "position {}: cached logits differ from the full forward by {worst}", generated.len() - 1);
+        let next = argmax(&logits);
+        assert_eq!(next, argmax(&want));
+        generated.push(next);
+        logits = dec.push(next, &mut retrieve).unwrap();
+    }
+    if !gpt {
+        // Retrieval ran once per completed chunk, in order.
+        assert_eq!(retrieved, vec![0, 1, 2]);
+    }
+}
+
+#[test]
+fn kv_cache_with_live_retrieval_equals_full_recompute() {
+    check(false);
+}
+
+#[test]
+fn kv_cache_equals_full_recompute_for_the_gpt_baseline() {
+    check(true);
+}
+
+#[test]
+fn decoding_past_the_positions_is_an_error() {
+    let mut c = config(true);
+    c.seq_length = 64;
+    let model = RetroModel::init(&c, 1, DType::F32).unwrap();
+    let mut dec = KvDecoder::new(&model);
+    let mut retrieve = |_: usize, _: &[u32]| -> retro::Result<Tensor> { unreachable!() };
+    for _ in 0..64 {
+        dec.push(1, &mut retrieve).unwrap();
+    }
+    let err = dec.push(1, &mut retrieve).err().unwrap().to_string();
+    assert!(err.contains("past the model's 64 positions"), "{err}");
+}
