@@ -9,6 +9,7 @@ pub mod bench;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod generate;
 pub mod golden;
 pub mod info;
 pub mod model;

@@ -177,6 +177,31 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         micro_batch_size: usize,
     },
+    /// Generate a continuation of a prompt with a KV cache; for RETRO, every completed 64-token chunk is
+    /// embedded, searched in the project's index, and its neighbours feed the following chunk.
+    Generate {
+        /// A checkpoint directory (iter_NNNNNNN) or a run directory (its latest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        project: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Print each chunk's retrieved neighbours.
+        #[arg(long)]
+        show_neighbours: bool,
+    },
     /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.
     /// Without --embedder-dir the default all-MiniLM-L6-v2 is fetched once into $RETRO_CACHE.
     Embed {
@@ -599,6 +624,48 @@ fn main() -> ExitCode {
                 Ok(out)
             })(),
         ),
+        Command::Generate {
+            checkpoint,
+            project,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            show_neighbours,
+        } => {
+            let run = || -> retro::Result<()> {
+                use retro::train::checkpoint as ck;
+                let dir = ck::resolve(&checkpoint)?;
+                let config = ck::model_config(&dir)?;
+                let model = ck::load_model(&dir, &config, retro::tensor::DType::F32)?;
+                let retriever = if model.is_retro() {
+                    Some(retro::retrieval::live::LiveRetriever::open(&project, config.num_neighbors)?)
+                } else {
+                    None
+                };
+                let sampling = retro::generate::Sampling { temperature, top_k, top_p };
+                let out = retro::generate::generate(&model, retriever.as_ref(), &prompt, max_tokens, &sampling, seed)?;
+                println!("{prompt}{}", out.text);
+                if show_neighbours {
+                    for r in &out.retrieved {
+                        println!("\n--- chunk {} {:?}", r.chunk, r.chunk_text);
+                        for (rank, (id, text)) in r.neighbors.iter().enumerate() {
+                            println!("    neighbour {rank} (chunk {id}): {text:?}");
+                        }
+                    }
+                }
+                Ok(())
+            };
+            match run() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("retro generate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::CheckGolden { weights, dtype } => {
             let dtype = dtype.parse().expect("clap restricts the values");
             match retro::golden::run(&weights, dtype) {

@@ -27,7 +27,11 @@ fn neighbours_of(chunk: &[u32], c: &RetroConfig) -> Tensor {
     let seed = chunk.iter().fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64));
     let mut rng = Rng::new(seed);
     let n = c.num_neighbors * c.retrieved_length();
-    Tensor::from_vec((0..n).map(|_| rng.below(c.vocab_size as u64) as i64).collect::<Vec<_>>(), &[c.num_neighbors, c.retrieved_length()]).unwrap()
+    Tensor::from_vec(
+        (0..n).map(|_| rng.below(c.vocab_size as u64) as i64).collect::<Vec<_>>(),
+        &[c.num_neighbors, c.retrieved_length()],
+    )
+    .unwrap()
 }
 
 /// Logits at the last position of `tokens` from the full forward (the prefix padded to whole chunks).
@@ -77,7 +81,11 @@ fn check(gpt: bool) {
     for _ in 0..(200 - prompt.len()) {
         let want = full_forward_last(&model, &generated);
         let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(worst < 1e-10, "position {}: cached logits differ from the full forward by {worst}", generated.len() - 1);
+        assert!(
+            worst < 1e-10,
+            "position {}: cached logits differ from the full forward by {worst}",
+            generated.len() - 1
+        );
         let next = argmax(&logits);
         assert_eq!(next, argmax(&want));
         generated.push(next);

@@ -81,7 +81,11 @@ impl<'m> KvDecoder<'m> {
                         let chunk = t / m;
                         let nb = retrieve(chunk, &self.tokens[chunk * m..(chunk + 1) * m])?;
                         let (k, r) = (c.num_neighbors, c.retrieved_length());
-                        ensure!(nb.shape() == [k, r], "retrieval returned neighbours {:?}, expected [{k}, {r}]", nb.shape());
+                        ensure!(
+                            nb.shape() == [k, r],
+                            "retrieval returned neighbours {:?}, expected [{k}, {r}]",
+                            nb.shape()
+                        );
                         let embedded = self.model.embed(tape, p, &nb)?;
                         let states: Vec<&Var> = self.chunk_states.iter().collect();
                         let states = ops::concat(tape, &states, 1)?;
@@ -98,7 +102,8 @@ impl<'m> KvDecoder<'m> {
                 if t + 1 >= m {
                     let chunk = (t + 1) / m - 1;
                     let q = cca.attn.q.forward(tape, p, &y)?;
-                    let o = ops::attention_kv(tape, &q, &self.cca_kv[li][chunk], cca.attn.heads, &AttnMask::None, None)?;
+                    let o =
+                        ops::attention_kv(tape, &q, &self.cca_kv[li][chunk], cca.attn.heads, &AttnMask::None, None)?;
                     let mut o = cca.attn.proj.forward(tape, p, &o)?;
                     if cca.gate != 1.0 {
                         o = ops::scale(tape, &o, cca.gate)?;

@@ -208,9 +208,14 @@ fn stage_embed(cx: &mut Context_) -> Result<Value> {
 
 /// All chunk embeddings, from the blocks.
 fn load_embeddings(cx: &Context_, n: usize, dim: usize) -> Result<Vec<f32>> {
+    read_embeddings(&cx.layout, n, dim)
+}
+
+/// The `n` chunk embeddings of a project, from its blocks.
+pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(n * dim);
     for block in 0..n.div_ceil(EMBED_BLOCK) {
-        let path = cx.layout.embedding_block(block);
+        let path = layout.embedding_block(block);
         let bytes =
             std::fs::read(&path).with_context(|| format!("reading {} (run the embed stage)", path.display()))?;
         let want = (EMBED_BLOCK.min(n - block * EMBED_BLOCK)) * dim * 4;

@@ -3,4 +3,5 @@
 pub mod bert;
 pub mod embedder_dir;
 pub mod knn;
+pub mod live;
 pub mod neighbors;
