@@ -113,6 +113,5 @@ pub fn generate(
             logits = dec.push(next, &mut retrieve)?;
         }
     }
-    drop(retrieve);
     Ok(Output { prompt_tokens: prompt_ids.len(), text: tokenizer::decode(&tokens), tokens, retrieved })
 }
