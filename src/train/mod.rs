@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod loader;
 pub mod optimizer;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use optimizer::{AdamW, AdamWConfig, StepStats};

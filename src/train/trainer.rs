@@ -39,6 +39,8 @@ pub struct TrainArgs {
     pub eval_iters: usize,
     pub keep: usize,
     pub progress: bool,
+    /// TensorBoard event files (Megatron's `--tensorboard-dir`).
+    pub tensorboard_dir: Option<PathBuf>,
 }
 
 /// The model config for a project: the preset's shape with the project's vocabulary and lengths.
@@ -140,6 +142,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             );
         }
     }
+    let mut tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
     let metrics_path = args.save.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -221,8 +224,27 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
                 let v = evaluate(&model, valid, args.micro_batch, args.eval_iters, retrieval)?;
                 line["valid_loss"] = json!(v);
                 line["valid_ppl"] = json!(v.exp());
+                if retrieval {
+                    let masked = evaluate(&model, valid, args.micro_batch, args.eval_iters, false)?;
+                    line["valid_ppl_without_retrieval"] = json!(masked.exp());
+                }
                 valid_loss = Some(v);
             }
+        }
+        if let Some(tb) = &mut tensorboard {
+            for (tag, key) in [
+                ("lm loss", "loss"),
+                ("learning-rate", "lr"),
+                ("grad-norm", "grad_norm"),
+                ("throughput tokens/s", "tokens_per_s"),
+                ("lm loss validation ppl", "valid_ppl"),
+                ("lm loss validation ppl without retrieval", "valid_ppl_without_retrieval"),
+            ] {
+                if let Some(v) = line[key].as_f64() {
+                    tb.scalar(tag, v, iteration)?;
+                }
+            }
+            tb.flush()?;
         }
         writeln!(metrics, "{line}")?;
         metrics.sync_data()?;
