@@ -95,6 +95,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             project: project.clone(),
             save: run.clone(),
             load: None,
+            init_from: None,
             model,
             micro_batch: o.micro_batch,
             global_batch: o.global_batch,

@@ -152,6 +152,10 @@ enum Command {
         /// Resume from the latest checkpoint in this run directory (usually the same as --save).
         #[arg(long)]
         load: Option<PathBuf>,
+        /// Retro-fit from a GPT baseline checkpoint: its parameters are loaded, the CCA and encoder
+        /// parameters start fresh (and are listed).
+        #[arg(long, conflicts_with = "load")]
+        init_from: Option<PathBuf>,
         #[arg(long)]
         train_iters: Option<u64>,
         #[arg(long)]
@@ -547,6 +551,7 @@ fn main() -> ExitCode {
             config,
             save,
             load,
+            init_from,
             train_iters,
             train_samples,
             micro_batch_size,
@@ -623,6 +628,7 @@ fn main() -> ExitCode {
                     project: project.clone(),
                     save: save.clone(),
                     load,
+                    init_from,
                     model,
                     micro_batch: micro_batch_size,
                     global_batch: global,

@@ -172,3 +172,34 @@ fn bad_stage_and_seq_length_are_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("multiple of --chunk-length 48"), "{err}");
 }
+
+#[test]
+fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
+    let dir = tmpdir("short");
+    let input = corpus(&dir);
+    let prefix = dir.join("tok");
+    let out = Command::new(env!("CARGO_BIN_EXE_retro"))
+        .args(["tokenize", "--append-eod", "--input"])
+        .arg(&input)
+        .arg("--output-prefix")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ds = IndexedDataset::open(&dir.join("tok_text_document")).unwrap();
+    let chunks = ChunkDb::cut(&ds, 0..ds.len(), 64);
+    let last = *chunks.last().unwrap();
+    assert_eq!(last.doc as usize, ds.len() - 1);
+    assert_eq!(last.start, 0);
+    assert_eq!(last.len as usize, ds.lengths[ds.len() - 1] as usize);
+    assert!(last.len < 64);
+    // No chunk crosses a document, and every document's chunks tile it exactly.
+    for d in 0..ds.len() {
+        let total: u32 = chunks.iter().filter(|c| c.doc as usize == d).map(|c| c.len).sum();
+        assert_eq!(total, ds.lengths[d] as u32);
+    }
+    let db = ChunkDb { chunk_length: 64, chunks };
+    let tokens = db.tokens(&ds, db.len() - 1).unwrap();
+    assert_eq!(tokens.len(), 64);
+    assert!(tokens[last.len as usize..].iter().all(|&t| t == retro::data::tokenizer::EOD));
+}

@@ -133,6 +133,20 @@ fn keep_retains_only_the_newest_checkpoints_and_the_gpt_baseline_trains() {
     let (code, out, err) = retro(&["eval", "--checkpoint", &s(&run), "--project", &s(project())]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"model\":\"gpt\""), "{out}");
+    // Retro-fit RETRO from that GPT checkpoint: the shared parameters load, CCA and encoder are listed.
+    let fit = run_dir("retrofit");
+    let (code, _, err) = train(&fit, &["--train-iters", "1", "--init-from", &s(&run)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("were not in it and start fresh")
+            && err.contains("decoder.layers.1.cross_attention.linear_q.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("decoder.layers.1.encoder.layers.0.self_attention.linear_qkv.weight")
+            && !err.contains("decoder.layers.0.mlp"),
+        "{err}"
+    );
 }
 
 #[test]

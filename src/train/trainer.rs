@@ -25,6 +25,9 @@ pub struct TrainArgs {
     pub project: PathBuf,
     pub save: PathBuf,
     pub load: Option<PathBuf>,
+    /// Retro-fit: start from this (GPT baseline) checkpoint, loading the parameters it has and
+    /// initialising the rest (CCA and encoder), which are listed.
+    pub init_from: Option<PathBuf>,
     /// Model shape (layers, hidden, heads, k, CCA layers); vocabulary and lengths come from the project.
     pub model: RetroConfig,
     pub micro_batch: usize,
@@ -110,6 +113,26 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let config = project_model(&args.model, &data.config)?;
     let identity = run_identity(args, &config, &data);
     let mut model = RetroModel::init(&config, args.seed, DType::F32)?;
+    if let Some(from) = &args.init_from {
+        let dir = checkpoint::resolve(from)?;
+        let file = crate::model::safetensors_io::TensorFile::read(&dir.join("model.safetensors"))?;
+        let (params, report) =
+            crate::model::safetensors_io::load_params(&file, &model.params.specs, DType::F32, false, args.seed, &[])
+                .map_err(|e| e.context(format!("--init-from {}", dir.display())))?;
+        ensure!(
+            report.unexpected.is_empty(),
+            "--init-from {}: tensors this model does not have: {}",
+            dir.display(),
+            report.unexpected.join(", ")
+        );
+        eprintln!(
+            "retro train: initialised from {}; {} parameter(s) were not in it and start fresh: {}",
+            dir.display(),
+            report.missing.len(),
+            report.missing.join(", ")
+        );
+        model = RetroModel::from_params(&config, params)?;
+    }
     let opt_config = AdamWConfig {
         lr: args.schedule.lr,
         beta1: 0.9,
