@@ -111,6 +111,9 @@ fn ten_steps_equal_five_then_resume_five_bitwise() {
         v["valid_ppl"].as_f64().unwrap().is_finite() && v["valid_ppl_without_retrieval"].as_f64().unwrap().is_finite(),
         "{out}"
     );
+    // The loss curves are drawn.
+    let png = std::fs::read(whole.join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // Training lowers the loss.
     let first: f64 = losses(&whole)[0].1.parse().unwrap();
     let last: f64 = losses(&whole)[9].1.parse().unwrap();
@@ -170,6 +173,9 @@ fn bad_inputs_fail_before_training_with_clear_messages() {
     let (code, _, err) = retro(&["train", "--project", "/nonexistent/project", "--save", &s(&run)]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/project") && err.contains("retro preprocess"), "{err}");
+    let (code, _, err) = train(&run, &["--device", "cuda"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--device cuda") && err.contains("--device cpu"), "{err}");
     let (code, _, err) = train(&run, &["--global-batch-size", "8"]);
     assert_eq!(code, 2);
     assert!(err.contains("--global-batch-size 8") && err.contains("retro_gpt_global_batch_size = 4"), "{err}");

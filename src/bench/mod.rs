@@ -4,4 +4,5 @@
 pub mod embed;
 pub mod flops;
 pub mod knn;
+pub mod loader;
 pub mod train;

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod loader;
 pub mod optimizer;
+pub mod plot;
 pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;

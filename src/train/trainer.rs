@@ -278,5 +278,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         }
     }
     bar.finish_and_clear();
+    let series = super::plot::metrics_series(&metrics_path, if retrieval { "retro" } else { "gpt" })?;
+    super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
     Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
 }

@@ -1,0 +1,30 @@
+//! `retro check-golden`: the model against PyTorch's golden values.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The golden file, e.g. ../shared/torch_retro/golden/retro_tiny.safetensors
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Compute in f64 (matches PyTorch's float64 golden values to ~1e-12) or f32.
+    #[arg(long, default_value = "f64", value_parser = ["f64", "f32"])]
+    pub dtype: String,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Args { weights, dtype } = args;
+    {
+        let dtype = dtype.parse().expect("clap restricts the values");
+        match retro::golden::run(&weights, dtype) {
+            Ok(report) => {
+                println!("{}", serde_json::to_string(&report).expect("report serializes"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("retro check-golden: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `retro preprocess`: corpus to a RETRO project directory.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The corpus: .jsonl / .json / .txt (optionally .gz) or a directory of .txt files.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The project directory (Megatron's --retro-project-dir).
+    #[arg(long)]
+    pub project: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    pub seq_length: usize,
+    #[arg(long, default_value_t = 64)]
+    pub chunk_length: usize,
+    /// Document split weights train,valid,test.
+    #[arg(long, default_value = "98,2,0")]
+    pub split: String,
+    /// Training samples (0: one epoch of the training documents).
+    #[arg(long, default_value_t = 0)]
+    pub train_samples: usize,
+    #[arg(long, default_value_t = 256)]
+    pub global_batch_size: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub eval_interval: usize,
+    #[arg(long, default_value_t = 10)]
+    pub eval_iters: usize,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Neighbours searched per chunk before removing those from the sample's own documents.
+    #[arg(long, default_value_t = 200)]
+    pub num_neighbors_query: usize,
+    /// Neighbours kept per chunk (-1 padded).
+    #[arg(long, default_value_t = 20)]
+    pub num_neighbors_save: usize,
+    /// BERT embedder directory (default: all-MiniLM-L6-v2, fetched once).
+    #[arg(long)]
+    pub embedder_dir: Option<PathBuf>,
+    /// WordPiece tokens per chunk given to BERT.
+    #[arg(long, default_value_t = 256)]
+    pub max_chunk_tokens: usize,
+    #[arg(long, default_value = "text")]
+    pub json_keys: String,
+    #[arg(long, conflicts_with = "split_lines")]
+    pub split_paragraphs: bool,
+    #[arg(long)]
+    pub split_lines: bool,
+    /// Run one stage: tokenize, db, embed, index or query.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Recompute this fraction of the embedding and neighbour blocks and check them bitwise.
+    #[arg(long, default_value_t = 0.0)]
+    pub validate: f64,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Args {
+        input,
+        project,
+        seq_length,
+        chunk_length,
+        split,
+        train_samples,
+        global_batch_size,
+        eval_interval,
+        eval_iters,
+        seed,
+        num_neighbors_query,
+        num_neighbors_save,
+        embedder_dir,
+        max_chunk_tokens,
+        json_keys,
+        split_paragraphs,
+        split_lines,
+        stage,
+        validate,
+    } = args;
+    {
+        use retro::data::corpus;
+        use retro::preprocess::{self, project::ProjectConfig};
+        if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
+            eprintln!("retro preprocess: --seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
+            return ExitCode::from(2);
+        }
+        let config = ProjectConfig {
+            retro_format_version: preprocess::project::FORMAT_VERSION,
+            retro_input: input.display().to_string(),
+            retro_gpt_data_path: format!("data/corpus_{json_keys}_document"),
+            retro_gpt_tokenizer_type: "GPT2BPETokenizer".into(),
+            retro_gpt_vocab_size: retro::data::tokenizer::VOCAB_SIZE,
+            retro_gpt_eod: retro::data::tokenizer::EOD,
+            retro_gpt_seq_length: seq_length,
+            retro_gpt_chunk_length: chunk_length,
+            retro_gpt_global_batch_size: global_batch_size,
+            retro_gpt_train_samples: train_samples,
+            retro_gpt_eval_interval: eval_interval,
+            retro_gpt_eval_iters: eval_iters,
+            retro_gpt_seed: seed,
+            retro_gpt_split: split,
+            retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
+            retro_bert_embedder: embedder_dir.as_ref().map_or("all-MiniLM-L6-v2".into(), |d| d.display().to_string()),
+            retro_bert_max_chunk_length: max_chunk_tokens,
+            retro_index_str: "Flat".into(),
+            retro_index_metric: "InnerProduct".into(),
+            retro_query_num_neighbors_query: num_neighbors_query,
+            retro_query_num_neighbors_save: num_neighbors_save,
+            retro_num_retrieved_chunks: 2,
+        };
+        let split = match (split_paragraphs, split_lines) {
+            (true, _) => corpus::Split::Paragraphs,
+            (_, true) => corpus::Split::Lines,
+            _ => corpus::Split::None,
+        };
+        let opts = preprocess::Options {
+            input,
+            project,
+            config,
+            corpus: corpus::Options { json_key: json_keys, split },
+            embedder_dir,
+            stage,
+            validate,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        match preprocess::run(&opts) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("retro preprocess: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `retro train`: training on a preprocessed project.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::*;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub project: PathBuf,
+    /// Model shape: a preset (tiny, 857m, 2b, 4b) or a JSON config file.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Run directory for checkpoints and metrics.jsonl.
+    #[arg(long)]
+    pub save: PathBuf,
+    /// Resume from the latest checkpoint in this run directory (usually the same as --save).
+    #[arg(long)]
+    pub load: Option<PathBuf>,
+    /// Retro-fit from a GPT baseline checkpoint: its parameters are loaded, the CCA and encoder
+    /// parameters start fresh (and are listed).
+    #[arg(long, conflicts_with = "load")]
+    pub init_from: Option<PathBuf>,
+    #[arg(long)]
+    pub train_iters: Option<u64>,
+    #[arg(long)]
+    pub train_samples: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch_size: usize,
+    #[arg(long)]
+    pub global_batch_size: Option<usize>,
+    #[arg(long, default_value_t = 6e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub lr_warmup_samples: u64,
+    /// Samples over which the LR decays to --min-lr (default: all training samples).
+    #[arg(long)]
+    pub lr_decay_samples: Option<u64>,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_grad: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub hidden_dropout: f64,
+    /// Must equal --hidden-dropout (one dropout rate drives both today).
+    #[arg(long)]
+    pub attention_dropout: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub save_interval: u64,
+    #[arg(long)]
+    pub eval_interval: Option<u64>,
+    #[arg(long)]
+    pub eval_iters: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep only the newest N checkpoints (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub keep: usize,
+    /// Train the GPT baseline (no CCA, no encoder) on exactly the same samples.
+    #[arg(long)]
+    pub no_retrieval: bool,
+    /// Write TensorBoard scalars (loss, lr, grad norm, tokens/s, validation perplexity) here.
+    #[arg(long)]
+    pub tensorboard_dir: Option<PathBuf>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Args {
+        project,
+        config,
+        save,
+        load,
+        init_from,
+        train_iters,
+        train_samples,
+        micro_batch_size,
+        global_batch_size,
+        lr,
+        min_lr,
+        lr_warmup_samples,
+        lr_decay_samples,
+        weight_decay,
+        clip_grad,
+        hidden_dropout,
+        attention_dropout,
+        save_interval,
+        eval_interval,
+        eval_iters,
+        seed,
+        keep,
+        no_retrieval,
+        tensorboard_dir,
+        device,
+    } = args;
+    {
+        let run = || -> retro::Result<serde_json::Value> {
+            retro::backend::select_device(&device)?;
+            use retro::preprocess::project::ProjectConfig;
+            let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
+            fn agree<T: PartialEq + std::fmt::Display + Copy>(
+                flag: &str,
+                given: Option<T>,
+                key: &str,
+                project: T,
+            ) -> retro::Result<T> {
+                match given {
+                    Some(v) if v != project => {
+                        Err(retro::Error::msg(format!("{flag} {v} contradicts the project's {key} = {project}")))
+                    }
+                    _ => Ok(project),
+                }
+            }
+            let global = agree(
+                "--global-batch-size",
+                global_batch_size,
+                "retro_gpt_global_batch_size",
+                pc.retro_gpt_global_batch_size,
+            )?;
+            let seed = agree("--seed", seed, "retro_gpt_seed", pc.retro_gpt_seed)?;
+            let eval_interval =
+                agree("--eval-interval", eval_interval, "retro_gpt_eval_interval", pc.retro_gpt_eval_interval as u64)?;
+            let eval_iters = agree("--eval-iters", eval_iters, "retro_gpt_eval_iters", pc.retro_gpt_eval_iters)?;
+            if let Some(a) = attention_dropout {
+                if a != hidden_dropout {
+                    return Err(retro::Error::msg(format!("--attention-dropout {a} differs from --hidden-dropout {hidden_dropout}; one rate drives both today")));
+                }
+            }
+            let mut model = model_config(&config)?;
+            model.dropout = hidden_dropout;
+            model.gpt_baseline = no_retrieval;
+            let samples = retro::data::samples::Samples::read(
+                &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
+            )?
+            .len() as u64;
+            let iters = match (train_iters, train_samples) {
+                (Some(_), Some(_)) => return Err(retro::Error::msg("give --train-iters or --train-samples, not both")),
+                (Some(i), None) => i,
+                (None, Some(s)) => s.div_ceil(global as u64),
+                (None, None) => samples.div_ceil(global as u64),
+            };
+            let total_samples = iters * global as u64;
+            let args = retro::train::trainer::TrainArgs {
+                project: project.clone(),
+                save: save.clone(),
+                load,
+                init_from,
+                model,
+                micro_batch: micro_batch_size,
+                global_batch: global,
+                train_iters: iters,
+                schedule: retro::train::schedule::LrSchedule {
+                    lr,
+                    min_lr,
+                    warmup_samples: lr_warmup_samples,
+                    decay_samples: lr_decay_samples.unwrap_or(total_samples).max(lr_warmup_samples),
+                },
+                weight_decay,
+                clip: clip_grad,
+                seed,
+                save_interval,
+                eval_interval,
+                eval_iters,
+                keep,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                tensorboard_dir,
+            };
+            let s = retro::train::trainer::train(&args)?;
+            Ok(
+                serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save}),
+            )
+        };
+        match run() {
+            Ok(v) => {
+                println!("{v}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("retro train: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
