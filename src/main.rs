@@ -67,23 +67,35 @@ enum Bench {
     Embed(cli::bench_embed::Args),
 }
 
+/// Exit code 0, or the error on stderr and `code` (2: bad input or settings, 1: failures of benchmarks
+/// and the demo).
+fn finish(command: &str, result: retro::Result<()>, code: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("retro {command}: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     retro::alloc_tuning::keep_freed_memory();
     match cli.command {
-        Command::Demo(a) => cli::demo::run(a),
+        Command::Demo(a) => finish("demo", cli::demo::run(a), 1),
         Command::Info => cli::info::run(),
-        Command::Tokenize(a) => cli::tokenize::run(a),
-        Command::Preprocess(a) => cli::preprocess::run(a),
-        Command::Inspect(a) => cli::inspect::run(a),
-        Command::Train(a) => cli::train::run(a),
-        Command::Eval(a) => cli::eval::run(a),
-        Command::Generate(a) => cli::generate::run(a),
-        Command::Embed(a) => cli::embed::run(a),
-        Command::CheckGolden(a) => cli::check_golden::run(a),
-        Command::Bench(Bench::Train(a)) => cli::bench_train::run(a),
-        Command::Bench(Bench::Knn(a)) => cli::bench_knn::run(a),
-        Command::Bench(Bench::Loader(a)) => cli::bench_loader::run(a),
-        Command::Bench(Bench::Embed(a)) => cli::bench_embed::run(a),
+        Command::Tokenize(a) => finish("tokenize", cli::tokenize::run(a), 2),
+        Command::Preprocess(a) => finish("preprocess", cli::preprocess::run(a), 2),
+        Command::Inspect(a) => finish("inspect", cli::inspect::run(a), 2),
+        Command::Train(a) => finish("train", cli::train::run(a), 2),
+        Command::Eval(a) => finish("eval", cli::eval::run(a), 2),
+        Command::Generate(a) => finish("generate", cli::generate::run(a), 2),
+        Command::Embed(a) => finish("embed", cli::embed::run(a), 2),
+        Command::CheckGolden(a) => finish("check-golden", cli::check_golden::run(a), 2),
+        Command::Bench(Bench::Train(a)) => finish("bench train", cli::bench_train::run(a), 1),
+        Command::Bench(Bench::Knn(a)) => finish("bench knn", cli::bench_knn::run(a), 1),
+        Command::Bench(Bench::Loader(a)) => finish("bench loader", cli::bench_loader::run(a), 1),
+        Command::Bench(Bench::Embed(a)) => finish("bench embed", cli::bench_embed::run(a), 1),
     }
 }

@@ -1,8 +1,5 @@
 //! `retro bench embed`: BERT chunk-embedding throughput.
 use std::path::PathBuf;
-use std::process::ExitCode;
-
-use super::*;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,14 +13,9 @@ pub struct Args {
     pub embedder_dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { corpus, chunks, batch_tokens, embedder_dir } = args;
-    print_record(
-        "bench embed",
-        (|| {
-            let dir = retro::retrieval::embedder_dir::resolve(embedder_dir.as_deref())?;
-            let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, 256)?;
-            retro::bench::embed::run(&corpus, &embedder, chunks, batch_tokens)
-        })(),
-    )
+pub fn run(args: Args) -> retro::Result<()> {
+    let dir = retro::retrieval::embedder_dir::resolve(args.embedder_dir.as_deref())?;
+    let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, 256)?;
+    println!("{}", retro::bench::embed::run(&args.corpus, &embedder, args.chunks, args.batch_tokens)?);
+    Ok(())
 }

@@ -1,7 +1,4 @@
 //! `retro bench knn`: exact KNN throughput on random unit vectors.
-use std::process::ExitCode;
-
-use super::*;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,9 +14,7 @@ pub struct Args {
     pub reps: usize,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { vectors, queries, dim, k, reps } = args;
-    {
-        print_record("bench knn", retro::bench::knn::run(vectors, queries, dim, k, reps))
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    println!("{}", retro::bench::knn::run(a.vectors, a.queries, a.dim, a.k, a.reps)?);
+    Ok(())
 }

@@ -1,8 +1,5 @@
 //! `retro bench loader`: the training data loader alone.
 use std::path::PathBuf;
-use std::process::ExitCode;
-
-use super::*;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +13,7 @@ pub struct Args {
     pub batches: usize,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { project, k, micro_batch_size, batches } = args;
-    {
-        print_record("bench loader", retro::bench::loader::run(&project, k, micro_batch_size, batches))
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    println!("{}", retro::bench::loader::run(&a.project, a.k, a.micro_batch_size, a.batches)?);
+    Ok(())
 }

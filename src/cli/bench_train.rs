@@ -1,7 +1,4 @@
 //! `retro bench train`: training-step throughput on random data.
-use std::process::ExitCode;
-
-use super::*;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,25 +15,18 @@ pub struct Args {
     pub seed: u64,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { config, micro_batch, steps, warmup, seed } = args;
-    {
-        let run = || -> retro::Result<serde_json::Value> {
-            let mut config = model_config(&config)?;
-            // As bench.py: dropout off for timing.
-            config.dropout = 0.0;
-            retro::bench::train::run(&retro::bench::train::TrainBench { config, micro_batch, steps, warmup, seed })
-        };
-        match run() {
-            Ok(record) => {
-                println!("{record}");
-                eprint!("{}", retro::profile::report());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro bench train: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    let mut config = super::model_config(&a.config)?;
+    // As bench.py: dropout off for timing.
+    config.dropout = 0.0;
+    let bench = retro::bench::train::TrainBench {
+        config,
+        micro_batch: a.micro_batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        seed: a.seed,
+    };
+    println!("{}", retro::bench::train::run(&bench)?);
+    eprint!("{}", retro::profile::report());
+    Ok(())
 }

@@ -1,6 +1,5 @@
 //! `retro check-golden`: the model against PyTorch's golden values.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,19 +11,9 @@ pub struct Args {
     pub dtype: String,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { weights, dtype } = args;
-    {
-        let dtype = dtype.parse().expect("clap restricts the values");
-        match retro::golden::run(&weights, dtype) {
-            Ok(report) => {
-                println!("{}", serde_json::to_string(&report).expect("report serializes"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro check-golden: {e}");
-                ExitCode::from(2)
-            }
-        }
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    let dtype = a.dtype.parse()?;
+    let report = retro::golden::run(&a.weights, dtype)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }

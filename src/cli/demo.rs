@@ -1,6 +1,5 @@
 //! `retro demo`: the whole product on the CPU in minutes.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,26 +28,16 @@ pub struct Args {
     pub prompt: String,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { dir, corpus, since_year, seq_length, steps, global_batch_size, micro_batch_size, lr, prompt } = args;
-    {
-        let o = retro::demo::DemoOptions {
-            dir,
-            corpus,
-            since_year,
-            seq_length,
-            steps,
-            global_batch: global_batch_size,
-            micro_batch: micro_batch_size,
-            lr,
-            prompt,
-        };
-        match retro::demo::run(&o) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("retro demo: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    retro::demo::run(&retro::demo::DemoOptions {
+        dir: a.dir,
+        corpus: a.corpus,
+        since_year: a.since_year,
+        seq_length: a.seq_length,
+        steps: a.steps,
+        global_batch: a.global_batch_size,
+        micro_batch: a.micro_batch_size,
+        lr: a.lr,
+        prompt: a.prompt,
+    })
 }

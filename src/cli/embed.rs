@@ -1,6 +1,5 @@
 //! `retro embed`: texts through the BERT chunk embedder.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,24 +13,12 @@ pub struct Args {
     pub texts: Vec<String>,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { embedder_dir, max_tokens, texts } = args;
-    {
-        let run = || -> retro::Result<()> {
-            let dir = retro::retrieval::embedder_dir::resolve(embedder_dir.as_deref())?;
-            let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, max_tokens)?;
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            for (text, e) in texts.iter().zip(embedder.embed(&refs, 8192)?) {
-                println!("{}", serde_json::json!({"text": text, "ids": e.ids, "embedding": e.embedding}));
-            }
-            Ok(())
-        };
-        match run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("retro embed: {e}");
-                ExitCode::from(2)
-            }
-        }
+pub fn run(a: Args) -> retro::Result<()> {
+    let dir = retro::retrieval::embedder_dir::resolve(a.embedder_dir.as_deref())?;
+    let embedder = retro::retrieval::bert::BertEmbedder::load(&dir, a.max_tokens)?;
+    let refs: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+    for (text, e) in a.texts.iter().zip(embedder.embed(&refs, 8192)?) {
+        println!("{}", serde_json::json!({"text": text, "ids": e.ids, "embedding": e.embedding}));
     }
+    Ok(())
 }

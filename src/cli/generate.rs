@@ -1,14 +1,10 @@
 //! `retro generate`: KV-cached sampling with live retrieval.
-use std::path::PathBuf;
-use std::process::ExitCode;
+use super::CheckpointArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A checkpoint directory (iter_NNNNNNN) or a run directory (its latest checkpoint).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long)]
-    pub project: PathBuf,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
     #[arg(long)]
     pub prompt: String,
     #[arg(long, default_value_t = 128)]
@@ -25,45 +21,25 @@ pub struct Args {
     /// Print each chunk's retrieved neighbours.
     #[arg(long)]
     pub show_neighbours: bool,
-    /// auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { checkpoint, project, prompt, max_tokens, temperature, top_k, top_p, seed, show_neighbours, device } =
-        args;
-    {
-        let run = || -> retro::Result<()> {
-            retro::backend::select_device(&device)?;
-            use retro::train::checkpoint as ck;
-            let dir = ck::resolve(&checkpoint)?;
-            let config = ck::model_config(&dir)?;
-            let model = ck::load_model(&dir, &config, retro::tensor::DType::F32)?;
-            let retriever = if model.is_retro() {
-                Some(retro::retrieval::live::LiveRetriever::open(&project, config.num_neighbors)?)
-            } else {
-                None
-            };
-            let sampling = retro::generate::Sampling { temperature, top_k, top_p };
-            let out = retro::generate::generate(&model, retriever.as_ref(), &prompt, max_tokens, &sampling, seed)?;
-            println!("{prompt}{}", out.text);
-            if show_neighbours {
-                for r in &out.retrieved {
-                    println!("\n--- chunk {} {:?}", r.chunk, r.chunk_text);
-                    for (rank, (id, text)) in r.neighbors.iter().enumerate() {
-                        println!("    neighbour {rank} (chunk {id}): {text:?}");
-                    }
-                }
-            }
-            Ok(())
-        };
-        match run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("retro generate: {e}");
-                ExitCode::from(2)
+pub fn run(a: Args) -> retro::Result<()> {
+    let (_, model) = a.checkpoint.load()?;
+    let retriever = if model.is_retro() {
+        Some(retro::retrieval::live::LiveRetriever::open(&a.checkpoint.project, model.config.num_neighbors)?)
+    } else {
+        None
+    };
+    let sampling = retro::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    let out = retro::generate::generate(&model, retriever.as_ref(), &a.prompt, a.max_tokens, &sampling, a.seed)?;
+    println!("{}{}", a.prompt, out.text);
+    if a.show_neighbours {
+        for r in &out.retrieved {
+            println!("\n--- chunk {} {:?}", r.chunk, r.chunk_text);
+            for (rank, (id, text)) in r.neighbors.iter().enumerate() {
+                println!("    neighbour {rank} (chunk {id}): {text:?}");
             }
         }
     }
+    Ok(())
 }

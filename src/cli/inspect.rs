@@ -1,6 +1,5 @@
 //! `retro inspect`: a sample and its retrieved neighbours.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,18 +14,7 @@ pub struct Args {
     pub neighbors: usize,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { project, sample, split, neighbors } = args;
-    {
-        match retro::preprocess::inspect(&project, &split, sample, neighbors) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro inspect: {e}");
-                ExitCode::from(2)
-            }
-        }
-    }
+pub fn run(a: Args) -> retro::Result<()> {
+    print!("{}", retro::preprocess::inspect(&a.project, &a.split, a.sample, a.neighbors)?);
+    Ok(())
 }

@@ -15,7 +15,29 @@ pub mod preprocess;
 pub mod tokenize;
 pub mod train;
 
-use std::process::ExitCode;
+use std::path::PathBuf;
+
+/// The checkpoint, project and device that eval and generate share.
+#[derive(clap::Args)]
+pub struct CheckpointArgs {
+    /// A checkpoint directory (iter_NNNNNNN) or a run directory (its latest checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The preprocessed project (its validation samples, index and chunk database).
+    #[arg(long)]
+    pub project: PathBuf,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl CheckpointArgs {
+    /// Select the device, then load the checkpoint's model.
+    pub fn load(&self) -> retro::Result<(PathBuf, retro::model::RetroModel)> {
+        retro::backend::select_device(&self.device)?;
+        retro::train::checkpoint::load(&self.checkpoint)
+    }
+}
 
 /// A model preset name or a JSON config file.
 pub fn model_config(name_or_file: &str) -> retro::Result<retro::model::RetroConfig> {
@@ -29,18 +51,4 @@ pub fn model_config(name_or_file: &str) -> retro::Result<retro::model::RetroConf
         ))
     })?;
     retro::model::RetroConfig::from_json(&text).map_err(|e| e.context(name_or_file))
-}
-
-/// Print a benchmark's JSON record, or its error (exit code 1).
-pub fn print_record(what: &str, record: retro::Result<serde_json::Value>) -> ExitCode {
-    match record {
-        Ok(r) => {
-            println!("{r}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("retro {what}: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

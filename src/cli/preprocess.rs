@@ -1,6 +1,5 @@
 //! `retro preprocess`: corpus to a RETRO project directory.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,7 +53,7 @@ pub struct Args {
     pub validate: f64,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub fn run(args: Args) -> retro::Result<()> {
     let Args {
         input,
         project,
@@ -80,8 +79,7 @@ pub fn run(args: Args) -> ExitCode {
         use retro::data::corpus;
         use retro::preprocess::{self, project::ProjectConfig};
         if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
-            eprintln!("retro preprocess: --seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
-            return ExitCode::from(2);
+            retro::bail!("--seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
         }
         let config = ProjectConfig {
             retro_format_version: preprocess::project::FORMAT_VERSION,
@@ -122,15 +120,7 @@ pub fn run(args: Args) -> ExitCode {
             validate,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         };
-        match preprocess::run(&opts) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro preprocess: {e}");
-                ExitCode::from(2)
-            }
-        }
+        println!("{}", preprocess::run(&opts)?);
+        Ok(())
     }
 }

@@ -1,6 +1,5 @@
 //! `retro tokenize`: corpus to Megatron's indexed dataset.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,34 +27,23 @@ pub struct Args {
     pub workers: usize,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let Args { input, output_prefix, json_keys, append_eod, split_paragraphs, split_lines, workers } = args;
-    {
-        use retro::data::{corpus, tokenize};
-        if json_keys.contains(',') || json_keys.contains(' ') {
-            eprintln!("retro tokenize: one --json-keys value is supported, got {json_keys:?}");
-            return ExitCode::from(2);
-        }
-        let split = match (split_paragraphs, split_lines) {
-            (true, _) => corpus::Split::Paragraphs,
-            (_, true) => corpus::Split::Lines,
-            _ => corpus::Split::None,
-        };
-        let opts = tokenize::Options {
-            corpus: corpus::Options { json_key: json_keys, split },
-            append_eod,
-            workers,
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        };
-        match tokenize::run(&input, &output_prefix, &opts) {
-            Ok(summary) => {
-                println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro tokenize: {e}");
-                ExitCode::from(2)
-            }
-        }
+pub fn run(a: Args) -> retro::Result<()> {
+    use retro::data::{corpus, tokenize};
+    if a.json_keys.contains(',') || a.json_keys.contains(' ') {
+        retro::bail!("one --json-keys value is supported, got {:?}", a.json_keys);
     }
+    let split = match (a.split_paragraphs, a.split_lines) {
+        (true, _) => corpus::Split::Paragraphs,
+        (_, true) => corpus::Split::Lines,
+        _ => corpus::Split::None,
+    };
+    let opts = tokenize::Options {
+        corpus: corpus::Options { json_key: a.json_keys, split },
+        append_eod: a.append_eod,
+        workers: a.workers,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let summary = tokenize::run(&a.input, &a.output_prefix, &opts)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }

@@ -1,8 +1,7 @@
 //! `retro train`: training on a preprocessed project.
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use super::*;
+use super::model_config;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,7 +68,7 @@ pub struct Args {
     pub device: String,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub fn run(args: Args) -> retro::Result<()> {
     let Args {
         project,
         config,
@@ -174,15 +173,7 @@ pub fn run(args: Args) -> ExitCode {
                 serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save}),
             )
         };
-        match run() {
-            Ok(v) => {
-                println!("{v}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("retro train: {e}");
-                ExitCode::from(2)
-            }
-        }
+        println!("{}", run()?);
+        Ok(())
     }
 }

@@ -116,6 +116,14 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The model of a checkpoint (or of a run's latest checkpoint), with the config stored in it, in f32.
+pub fn load(dir_or_run: &Path) -> Result<(PathBuf, RetroModel)> {
+    let dir = resolve(dir_or_run)?;
+    let config = model_config(&dir)?;
+    let model = load_model(&dir, &config, DType::F32)?;
+    Ok((dir, model))
+}
+
 /// Model parameters of a checkpoint for `config`: strict, and every mismatch is listed.
 pub fn load_model(dir: &Path, config: &RetroConfig, dtype: DType) -> Result<RetroModel> {
     let file = TensorFile::read(&dir.join("model.safetensors"))?;
