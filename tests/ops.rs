@@ -246,6 +246,12 @@ fn cross_attention_with_different_query_and_key_lengths() {
 }
 
 #[test]
+fn attention_with_head_dim_64_as_the_large_presets_use() {
+    check_attention(2, 5, 7, 1, 64, AttnMask::None);
+    check_attention(1, 6, 6, 2, 64, AttnMask::Causal);
+}
+
+#[test]
 fn cross_attention_with_key_mask_including_a_fully_masked_row() {
     // Batch row 1 sees no key at all: its output and gradients must be exactly zero.
     let mut keys = vec![true; 2 * 7];
