@@ -116,26 +116,31 @@ pub fn forward<T: Float>(
         // SAFETY: head blocks of batch b lie within the buffers; p is [sq, sk].
         unsafe { strided(sq, dh, sk, qb.as_ptr(), qs, 1, kb.as_ptr(), 1, ks, T::ZERO, p.as_mut_ptr(), sk as isize, 1) };
         let mask = key_mask.map(|m| &m[b * sk..(b + 1) * sk]);
-        for (i, row) in p.chunks_mut(sk).enumerate() {
-            // Causal rows only see keys 0..=i; the rest of the row stays zero.
-            let (row, hidden) = row.split_at_mut(if causal { i + 1 } else { sk });
-            hidden.iter_mut().for_each(|s| *s = T::ZERO);
-            let max = match mask {
-                None => row.iter().copied().fold(T::NEG_INFINITY, T::max),
-                Some(m) => row.iter().zip(m).filter(|(_, &v)| v).map(|(&s, _)| s).fold(T::NEG_INFINITY, T::max),
-            };
-            if max == T::NEG_INFINITY {
-                row.iter_mut().for_each(|s| *s = T::ZERO);
-                continue;
-            }
-            let shift = max * scale;
-            row.iter_mut().for_each(|s| *s = (*s * scale - shift).exp());
-            if let Some(m) = mask {
-                row.iter_mut().zip(m).filter(|(_, &v)| !v).for_each(|(s, _)| *s = T::ZERO);
-            }
-            let inv = T::ONE / row.iter().copied().sum::<T>();
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+        super::simd::with_avx2(
+            #[inline(always)]
+            || {
+                for (i, row) in p.chunks_mut(sk).enumerate() {
+                    // Causal rows only see keys 0..=i; the rest of the row stays zero.
+                    let (row, hidden) = row.split_at_mut(if causal { i + 1 } else { sk });
+                    hidden.iter_mut().for_each(|s| *s = T::ZERO);
+                    let max = match mask {
+                        None => row.iter().copied().fold(T::NEG_INFINITY, T::max),
+                        Some(m) => row.iter().zip(m).filter(|(_, &v)| v).map(|(&s, _)| s).fold(T::NEG_INFINITY, T::max),
+                    };
+                    if max == T::NEG_INFINITY {
+                        row.iter_mut().for_each(|s| *s = T::ZERO);
+                        continue;
+                    }
+                    let shift = max * scale;
+                    row.iter_mut().for_each(|s| *s = (*s * scale - shift).exp());
+                    if let Some(m) = mask {
+                        row.iter_mut().zip(m).filter(|(_, &v)| !v).for_each(|(s, _)| *s = T::ZERO);
+                    }
+                    let inv = T::ONE / row.iter().copied().sum::<T>();
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+            },
+        );
         // The kept probabilities (P itself is stored for the backward).
         let dropped: Option<Vec<T>> =
             dropout.map(|d| p.iter().zip(d.factors::<T>(bh, sq * sk)).map(|(&x, f)| x * f).collect());
@@ -193,12 +198,17 @@ pub unsafe fn backward<T: Float>(
                 ds.iter_mut().zip(f).for_each(|(x, &f)| *x *= f);
             }
             // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale
-            for (dsr, pr) in ds.chunks_mut(sk).zip(p.chunks(sk)) {
-                let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
-                for (x, &pp) in dsr.iter_mut().zip(pr) {
-                    *x = pp * (*x - dot) * scale;
-                }
-            }
+            super::simd::with_avx2(
+                #[inline(always)]
+                || {
+                    for (dsr, pr) in ds.chunks_mut(sk).zip(p.chunks(sk)) {
+                        let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
+                        for (x, &pp) in dsr.iter_mut().zip(pr) {
+                            *x = pp * (*x - dot) * scale;
+                        }
+                    }
+                },
+            );
             // dV = P'ᵀ·dO (P' = the kept probabilities), dQ = dS·K, dK = dSᵀ·Q
             let pv = kept.as_deref().unwrap_or(p);
             strided(sk, sq, dh, pv.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, T::ZERO, targets.dv.add(vo), vs, 1);

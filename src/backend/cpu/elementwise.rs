@@ -15,9 +15,14 @@ fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send + Cop
     let mut out = vec![T::ZERO; a.len()];
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(move |(o, (a, b))| {
         let f = f;
-        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+        super::simd::with_avx2(
+            #[inline(always)]
+            move || {
+                for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(x, y);
+                }
+            },
+        );
     });
     out
 }

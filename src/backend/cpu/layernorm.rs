@@ -39,18 +39,23 @@ pub fn forward<T: Float>(x: &[T], w: &[T], b: &[T], d: usize, eps: f64) -> (Vec<
         .zip(mean.par_chunks_mut(ROW_BLOCK).zip(rstd.par_chunks_mut(ROW_BLOCK)))
         .enumerate()
         .for_each(move |(blk, (yb, (mb, rb)))| {
-            for (i, yr) in yb.chunks_mut(d).enumerate() {
-                let row = blk * ROW_BLOCK + i;
-                let xr = &x[row * d..(row + 1) * d];
-                let mu = sum8(d, |j| xr[j]) * inv_d;
-                let var = sum8(d, |j| (xr[j] - mu) * (xr[j] - mu)) * inv_d;
-                let rs = T::ONE / (var + eps).sqrt();
-                for j in 0..d {
-                    yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
-                }
-                mb[i] = mu;
-                rb[i] = rs;
-            }
+            super::simd::with_avx2(
+                #[inline(always)]
+                move || {
+                    for (i, yr) in yb.chunks_mut(d).enumerate() {
+                        let row = blk * ROW_BLOCK + i;
+                        let xr = &x[row * d..(row + 1) * d];
+                        let mu = sum8(d, |j| xr[j]) * inv_d;
+                        let var = sum8(d, |j| (xr[j] - mu) * (xr[j] - mu)) * inv_d;
+                        let rs = T::ONE / (var + eps).sqrt();
+                        for j in 0..d {
+                            yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+                        }
+                        mb[i] = mu;
+                        rb[i] = rs;
+                    }
+                },
+            );
         });
     (y, Stats { mean, rstd })
 }
@@ -61,16 +66,21 @@ pub fn backward<T: Float>(dy: &[T], x: &[T], w: &[T], stats: &Stats<T>, d: usize
     let inv_d = T::ONE / T::from_f64(d as f64);
     let mut dx = vec![T::ZERO; n * d];
     dx.par_chunks_mut(d).enumerate().for_each(move |(row, dxr)| {
-        let (mu, rs) = (stats.mean[row], stats.rstd[row]);
-        let xr = &x[row * d..(row + 1) * d];
-        let dyr = &dy[row * d..(row + 1) * d];
-        let sum_g = sum8(d, |j| dyr[j] * w[j]);
-        let sum_gx = sum8(d, |j| dyr[j] * w[j] * (xr[j] - mu) * rs);
-        let (mean_g, mean_gx) = (sum_g * inv_d, sum_gx * inv_d);
-        for j in 0..d {
-            let xhat = (xr[j] - mu) * rs;
-            dxr[j] = rs * (dyr[j] * w[j] - mean_g - xhat * mean_gx);
-        }
+        super::simd::with_avx2(
+            #[inline(always)]
+            move || {
+                let (mu, rs) = (stats.mean[row], stats.rstd[row]);
+                let xr = &x[row * d..(row + 1) * d];
+                let dyr = &dy[row * d..(row + 1) * d];
+                let sum_g = sum8(d, |j| dyr[j] * w[j]);
+                let sum_gx = sum8(d, |j| dyr[j] * w[j] * (xr[j] - mu) * rs);
+                let (mean_g, mean_gx) = (sum_g * inv_d, sum_gx * inv_d);
+                for j in 0..d {
+                    let xhat = (xr[j] - mu) * rs;
+                    dxr[j] = rs * (dyr[j] * w[j] - mean_g - xhat * mean_gx);
+                }
+            },
+        );
     });
     let dwb = column_sums(n, 2 * d, |row, acc: &mut [T]| {
         let (mu, rs) = (stats.mean[row], stats.rstd[row]);

@@ -12,5 +12,6 @@ pub mod layout;
 pub mod linear;
 pub mod math;
 mod parallel;
+pub mod simd;
 
 pub use parallel::{column_sums, SendPtr, ROW_BLOCK};
