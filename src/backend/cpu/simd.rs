@@ -16,6 +16,11 @@ static AVX2_FMA: LazyLock<bool> = LazyLock::new(|| {
     }
 });
 
+/// Whether this CPU runs retro's loops with AVX2 + FMA.
+pub fn avx2_fma() -> bool {
+    *AVX2_FMA
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn in_avx2<R>(f: impl FnOnce() -> R) -> R {
