@@ -13,9 +13,9 @@ pub fn report() -> (String, bool) {
     let _ = writeln!(out, "kernels: {}", kernels_line());
     let _ = writeln!(
         out,
-        "cpu: {} rayon threads; GEMM matrixmultiply (MATMUL_NUM_THREADS={})",
+        "cpu: {} rayon threads (large GEMMs split over them, matrixmultiply kernels); loops {}",
         rayon::current_num_threads(),
-        std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "unset: physical cores, at most 4".into())
+        if crate::backend::cpu::simd::avx2_fma() { "with AVX2 + FMA" } else { "baseline SIMD (no AVX2 + FMA)" }
     );
     let _ = writeln!(
         out,
