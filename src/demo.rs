@@ -49,28 +49,14 @@ pub fn run(o: &DemoOptions) -> Result<()> {
     eprintln!("demo: {docs} State of the Union addresses since {} -> {}", o.since_year, input.display());
     let project = o.dir.join("project");
     let config = ProjectConfig {
-        retro_format_version: preprocess::project::FORMAT_VERSION,
-        retro_input: input.display().to_string(),
-        retro_gpt_data_path: "data/corpus_text_document".into(),
-        retro_gpt_tokenizer_type: "GPT2BPETokenizer".into(),
-        retro_gpt_vocab_size: crate::data::tokenizer::VOCAB_SIZE,
-        retro_gpt_eod: crate::data::tokenizer::EOD,
         retro_gpt_seq_length: o.seq_length,
-        retro_gpt_chunk_length: 64,
         retro_gpt_global_batch_size: o.global_batch,
-        retro_gpt_train_samples: 0,
         retro_gpt_eval_interval: (o.steps / 4).max(1) as usize,
         retro_gpt_eval_iters: 8,
-        retro_gpt_seed: 1234,
         retro_gpt_split: "95,5,0".into(),
-        retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
-        retro_bert_embedder: "all-MiniLM-L6-v2".into(),
-        retro_bert_max_chunk_length: 256,
-        retro_index_str: "Flat".into(),
-        retro_index_metric: "InnerProduct".into(),
         retro_query_num_neighbors_query: 100,
         retro_query_num_neighbors_save: 5,
-        retro_num_retrieved_chunks: 2,
+        ..ProjectConfig::new(&input, "text")
     };
     let t = Instant::now();
     let summary = preprocess::run(&preprocess::Options {
@@ -138,6 +124,13 @@ pub fn run(o: &DemoOptions) -> Result<()> {
         };
         results.push((name, with, without, valid.len(), m));
     }
+    let mut series = Vec::new();
+    for name in ["retro", "gpt"] {
+        series.extend(crate::train::plot::metrics_series(&o.dir.join(format!("run-{name}/metrics.jsonl")), name)?);
+    }
+    let plot = o.dir.join("loss.png");
+    crate::train::plot::losses(&plot, "RETRO vs GPT baseline on State of the Union addresses", &series)?;
+    eprintln!("demo: loss curves in {}", plot.display());
     println!(
         "\nvalidation ({} samples of {} tokens, {} training steps of {} samples each):",
         results[0].3, o.seq_length, o.steps, o.global_batch

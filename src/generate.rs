@@ -92,10 +92,17 @@ pub fn generate(
     let mut retrieve = |chunk: usize, tokens: &[u32]| -> Result<Tensor> {
         let r = retriever.expect("checked above");
         let (ids, t) = r.retrieve(tokens)?;
+        // The text of each neighbour (chunk + continuation) from the tokens the model receives.
+        let r_len = t.shape()[1];
+        let rows = t.data::<i64>()?;
         let neighbors = ids
             .iter()
-            .map(|&id| Ok((id, crate::preprocess::chunk_text(&r.db.neighbor_tokens(&r.ds, id as usize, 2)?))))
-            .collect::<Result<_>>()?;
+            .enumerate()
+            .map(|(i, &id)| {
+                let toks: Vec<u32> = rows[i * r_len..(i + 1) * r_len].iter().map(|&x| x as u32).collect();
+                (id, crate::preprocess::chunk_text(&toks))
+            })
+            .collect();
         retrieved.push(Retrieved { chunk, chunk_text: tokenizer::decode(tokens), neighbors });
         Ok(t)
     };

@@ -84,8 +84,6 @@ fn builds_a_project_whose_neighbours_are_from_other_documents_and_on_topic() {
                 assert!(id >= 0, "sample {s} chunk {c} found fewer than 3 neighbours");
                 let doc = db.chunks[id as usize].doc;
                 assert!(!docs.contains(&doc), "sample {s} retrieved chunk {id} of its own document {doc}");
-                let (first, _) = samples.tokens(&ds, s).unwrap();
-                let _ = first;
                 // The chunk's topic: the document it starts in.
                 if docs.len() == 1 {
                     same += (topic_of(doc) == topic_of(docs[0])) as usize;

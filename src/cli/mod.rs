@@ -52,3 +52,13 @@ pub fn model_config(name_or_file: &str) -> retro::Result<retro::model::RetroConf
     })?;
     retro::model::RetroConfig::from_json(&text).map_err(|e| e.context(name_or_file))
 }
+
+/// `--split-paragraphs` / `--split-lines` as a corpus split (clap keeps them exclusive).
+pub fn corpus_split(paragraphs: bool, lines: bool) -> retro::data::corpus::Split {
+    use retro::data::corpus::Split;
+    match (paragraphs, lines) {
+        (true, _) => Split::Paragraphs,
+        (_, true) => Split::Lines,
+        _ => Split::None,
+    }
+}

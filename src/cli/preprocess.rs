@@ -75,52 +75,37 @@ pub fn run(args: Args) -> retro::Result<()> {
         stage,
         validate,
     } = args;
-    {
-        use retro::data::corpus;
-        use retro::preprocess::{self, project::ProjectConfig};
-        if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
-            retro::bail!("--seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
-        }
-        let config = ProjectConfig {
-            retro_format_version: preprocess::project::FORMAT_VERSION,
-            retro_input: input.display().to_string(),
-            retro_gpt_data_path: format!("data/corpus_{json_keys}_document"),
-            retro_gpt_tokenizer_type: "GPT2BPETokenizer".into(),
-            retro_gpt_vocab_size: retro::data::tokenizer::VOCAB_SIZE,
-            retro_gpt_eod: retro::data::tokenizer::EOD,
-            retro_gpt_seq_length: seq_length,
-            retro_gpt_chunk_length: chunk_length,
-            retro_gpt_global_batch_size: global_batch_size,
-            retro_gpt_train_samples: train_samples,
-            retro_gpt_eval_interval: eval_interval,
-            retro_gpt_eval_iters: eval_iters,
-            retro_gpt_seed: seed,
-            retro_gpt_split: split,
-            retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
-            retro_bert_embedder: embedder_dir.as_ref().map_or("all-MiniLM-L6-v2".into(), |d| d.display().to_string()),
-            retro_bert_max_chunk_length: max_chunk_tokens,
-            retro_index_str: "Flat".into(),
-            retro_index_metric: "InnerProduct".into(),
-            retro_query_num_neighbors_query: num_neighbors_query,
-            retro_query_num_neighbors_save: num_neighbors_save,
-            retro_num_retrieved_chunks: 2,
-        };
-        let split = match (split_paragraphs, split_lines) {
-            (true, _) => corpus::Split::Paragraphs,
-            (_, true) => corpus::Split::Lines,
-            _ => corpus::Split::None,
-        };
-        let opts = preprocess::Options {
-            input,
-            project,
-            config,
-            corpus: corpus::Options { json_key: json_keys, split },
-            embedder_dir,
-            stage,
-            validate,
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        };
-        println!("{}", preprocess::run(&opts)?);
-        Ok(())
+    use retro::data::corpus;
+    use retro::preprocess::{self, project::ProjectConfig};
+    if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
+        retro::bail!("--seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
     }
+    let config = ProjectConfig {
+        retro_gpt_seq_length: seq_length,
+        retro_gpt_chunk_length: chunk_length,
+        retro_gpt_global_batch_size: global_batch_size,
+        retro_gpt_train_samples: train_samples,
+        retro_gpt_eval_interval: eval_interval,
+        retro_gpt_eval_iters: eval_iters,
+        retro_gpt_seed: seed,
+        retro_gpt_split: split,
+        retro_bert_embedder: embedder_dir.as_ref().map_or("all-MiniLM-L6-v2".into(), |d| d.display().to_string()),
+        retro_bert_max_chunk_length: max_chunk_tokens,
+        retro_query_num_neighbors_query: num_neighbors_query,
+        retro_query_num_neighbors_save: num_neighbors_save,
+        ..ProjectConfig::new(&input, &json_keys)
+    };
+    let split = super::corpus_split(split_paragraphs, split_lines);
+    let opts = preprocess::Options {
+        input,
+        project,
+        config,
+        corpus: corpus::Options { json_key: json_keys, split },
+        embedder_dir,
+        stage,
+        validate,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    println!("{}", preprocess::run(&opts)?);
+    Ok(())
 }

@@ -32,11 +32,7 @@ pub fn run(a: Args) -> retro::Result<()> {
     if a.json_keys.contains(',') || a.json_keys.contains(' ') {
         retro::bail!("one --json-keys value is supported, got {:?}", a.json_keys);
     }
-    let split = match (a.split_paragraphs, a.split_lines) {
-        (true, _) => corpus::Split::Paragraphs,
-        (_, true) => corpus::Split::Lines,
-        _ => corpus::Split::None,
-    };
+    let split = super::corpus_split(a.split_paragraphs, a.split_lines);
     let opts = tokenize::Options {
         corpus: corpus::Options { json_key: a.json_keys, split },
         append_eod: a.append_eod,

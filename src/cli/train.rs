@@ -96,84 +96,80 @@ pub fn run(args: Args) -> retro::Result<()> {
         tensorboard_dir,
         device,
     } = args;
-    {
-        let run = || -> retro::Result<serde_json::Value> {
-            retro::backend::select_device(&device)?;
-            use retro::preprocess::project::ProjectConfig;
-            let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
-            fn agree<T: PartialEq + std::fmt::Display + Copy>(
-                flag: &str,
-                given: Option<T>,
-                key: &str,
-                project: T,
-            ) -> retro::Result<T> {
-                match given {
-                    Some(v) if v != project => {
-                        Err(retro::Error::msg(format!("{flag} {v} contradicts the project's {key} = {project}")))
-                    }
-                    _ => Ok(project),
-                }
-            }
-            let global = agree(
-                "--global-batch-size",
-                global_batch_size,
-                "retro_gpt_global_batch_size",
-                pc.retro_gpt_global_batch_size,
-            )?;
-            let seed = agree("--seed", seed, "retro_gpt_seed", pc.retro_gpt_seed)?;
-            let eval_interval =
-                agree("--eval-interval", eval_interval, "retro_gpt_eval_interval", pc.retro_gpt_eval_interval as u64)?;
-            let eval_iters = agree("--eval-iters", eval_iters, "retro_gpt_eval_iters", pc.retro_gpt_eval_iters)?;
-            if let Some(a) = attention_dropout {
-                if a != hidden_dropout {
-                    return Err(retro::Error::msg(format!("--attention-dropout {a} differs from --hidden-dropout {hidden_dropout}; one rate drives both today")));
-                }
-            }
-            let mut model = model_config(&config)?;
-            model.dropout = hidden_dropout;
-            model.gpt_baseline = no_retrieval;
-            let samples = retro::data::samples::Samples::read(
-                &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
-            )?
-            .len() as u64;
-            let iters = match (train_iters, train_samples) {
-                (Some(_), Some(_)) => return Err(retro::Error::msg("give --train-iters or --train-samples, not both")),
-                (Some(i), None) => i,
-                (None, Some(s)) => s.div_ceil(global as u64),
-                (None, None) => samples.div_ceil(global as u64),
-            };
-            let total_samples = iters * global as u64;
-            let args = retro::train::trainer::TrainArgs {
-                project: project.clone(),
-                save: save.clone(),
-                load,
-                init_from,
-                model,
-                micro_batch: micro_batch_size,
-                global_batch: global,
-                train_iters: iters,
-                schedule: retro::train::schedule::LrSchedule {
-                    lr,
-                    min_lr,
-                    warmup_samples: lr_warmup_samples,
-                    decay_samples: lr_decay_samples.unwrap_or(total_samples).max(lr_warmup_samples),
-                },
-                weight_decay,
-                clip: clip_grad,
-                seed,
-                save_interval,
-                eval_interval,
-                eval_iters,
-                keep,
-                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                tensorboard_dir,
-            };
-            let s = retro::train::trainer::train(&args)?;
-            Ok(
-                serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save}),
-            )
-        };
-        println!("{}", run()?);
-        Ok(())
+    retro::backend::select_device(&device)?;
+    use retro::preprocess::project::ProjectConfig;
+    let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
+    let global =
+        agree("--global-batch-size", global_batch_size, "retro_gpt_global_batch_size", pc.retro_gpt_global_batch_size)?;
+    let seed = agree("--seed", seed, "retro_gpt_seed", pc.retro_gpt_seed)?;
+    let eval_interval =
+        agree("--eval-interval", eval_interval, "retro_gpt_eval_interval", pc.retro_gpt_eval_interval as u64)?;
+    let eval_iters = agree("--eval-iters", eval_iters, "retro_gpt_eval_iters", pc.retro_gpt_eval_iters)?;
+    if let Some(a) = attention_dropout {
+        if a != hidden_dropout {
+            return Err(retro::Error::msg(format!(
+                "--attention-dropout {a} differs from --hidden-dropout {hidden_dropout}; one rate drives both today"
+            )));
+        }
+    }
+    let mut model = model_config(&config)?;
+    model.dropout = hidden_dropout;
+    model.gpt_baseline = no_retrieval;
+    let samples = retro::data::samples::Samples::read(
+        &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
+    )?
+    .len() as u64;
+    let iters = match (train_iters, train_samples) {
+        (Some(_), Some(_)) => return Err(retro::Error::msg("give --train-iters or --train-samples, not both")),
+        (Some(i), None) => i,
+        (None, Some(s)) => s.div_ceil(global as u64),
+        (None, None) => samples.div_ceil(global as u64),
+    };
+    let total_samples = iters * global as u64;
+    let args = retro::train::trainer::TrainArgs {
+        project: project.clone(),
+        save: save.clone(),
+        load,
+        init_from,
+        model,
+        micro_batch: micro_batch_size,
+        global_batch: global,
+        train_iters: iters,
+        schedule: retro::train::schedule::LrSchedule {
+            lr,
+            min_lr,
+            warmup_samples: lr_warmup_samples,
+            decay_samples: lr_decay_samples.unwrap_or(total_samples).max(lr_warmup_samples),
+        },
+        weight_decay,
+        clip: clip_grad,
+        seed,
+        save_interval,
+        eval_interval,
+        eval_iters,
+        keep,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        tensorboard_dir,
+    };
+    let s = retro::train::trainer::train(&args)?;
+    println!(
+        "{}",
+        serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save})
+    );
+    Ok(())
+}
+
+/// The project's value, or an error if the flag was given with another one.
+fn agree<T: PartialEq + std::fmt::Display + Copy>(
+    flag: &str,
+    given: Option<T>,
+    key: &str,
+    project: T,
+) -> retro::Result<T> {
+    match given {
+        Some(v) if v != project => {
+            Err(retro::Error::msg(format!("{flag} {v} contradicts the project's {key} = {project}")))
+        }
+        _ => Ok(project),
     }
 }

@@ -58,13 +58,13 @@ fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
     b
 }
 
-struct Context_<'a> {
+struct Stages<'a> {
     opts: &'a Options,
     layout: Layout,
     embedder: Option<BertEmbedder>,
 }
 
-impl Context_<'_> {
+impl Stages<'_> {
     fn embedder(&mut self) -> Result<&BertEmbedder> {
         if self.embedder.is_none() {
             let dir = crate::retrieval::embedder_dir::resolve(self.opts.embedder_dir.as_deref())?;
@@ -86,7 +86,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     }
     ensure!((0.0..=1.0).contains(&opts.validate), "--validate {}: a fraction in [0, 1]", opts.validate);
     opts.config.create_or_check(&opts.project)?;
-    let mut cx = Context_ { opts, layout: Layout { dir: opts.project.clone() }, embedder: None };
+    let mut cx = Stages { opts, layout: Layout { dir: opts.project.clone() }, embedder: None };
     let mut summary = serde_json::Map::new();
     let mut times = serde_json::Map::new();
     for stage in STAGES {
@@ -121,7 +121,7 @@ pub fn run(opts: &Options) -> Result<Value> {
     Ok(Value::Object(summary))
 }
 
-fn stage_tokenize(cx: &mut Context_) -> Result<Value> {
+fn stage_tokenize(cx: &mut Stages) -> Result<Value> {
     let prefix_dir = cx.opts.project.join("data");
     std::fs::create_dir_all(&prefix_dir)?;
     let t_opts =
@@ -141,7 +141,7 @@ fn stage_tokenize(cx: &mut Context_) -> Result<Value> {
     )
 }
 
-fn stage_db(cx: &mut Context_) -> Result<Value> {
+fn stage_db(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let [train, _, _] = cx.opts.config.split_ranges(ds.len())?;
     ensure!(
@@ -171,7 +171,7 @@ fn stage_db(cx: &mut Context_) -> Result<Value> {
 }
 
 /// Embeddings of chunks `ids` of the database, in order.
-fn embed_chunks(cx: &mut Context_, ds: &IndexedDataset, db: &ChunkDb, ids: std::ops::Range<usize>) -> Result<Vec<f32>> {
+fn embed_chunks(cx: &mut Stages, ds: &IndexedDataset, db: &ChunkDb, ids: std::ops::Range<usize>) -> Result<Vec<f32>> {
     let texts: Vec<String> = ids.map(|i| Ok(chunk_text(&db.tokens(ds, i)?))).collect::<Result<_>>()?;
     embed_texts(cx.embedder()?, &texts)
 }
@@ -185,7 +185,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn stage_embed(cx: &mut Context_) -> Result<Value> {
+fn stage_embed(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks()).map_err(|e| e.context("run the db stage first"))?;
     let blocks = db.len().div_ceil(EMBED_BLOCK);
@@ -207,7 +207,7 @@ fn stage_embed(cx: &mut Context_) -> Result<Value> {
 }
 
 /// All chunk embeddings, from the blocks.
-fn load_embeddings(cx: &Context_, n: usize, dim: usize) -> Result<Vec<f32>> {
+fn load_embeddings(cx: &Stages, n: usize, dim: usize) -> Result<Vec<f32>> {
     read_embeddings(&cx.layout, n, dim)
 }
 
@@ -230,7 +230,7 @@ pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>
     Ok(out)
 }
 
-fn stage_index(cx: &mut Context_) -> Result<Value> {
+fn stage_index(cx: &mut Stages) -> Result<Value> {
     let db = ChunkDb::read(&cx.layout.chunks())?;
     let dim = cx.embedder()?.dim();
     ensure!(
@@ -247,7 +247,7 @@ fn stage_index(cx: &mut Context_) -> Result<Value> {
 }
 
 /// Sample index of a split, built once and stored.
-fn samples(cx: &Context_, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {
+fn samples(cx: &Stages, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {
     let path = cx.layout.samples(split);
     if path.exists() {
         return Samples::read(&path).map(Some);
@@ -270,7 +270,7 @@ fn samples(cx: &Context_, ds: &IndexedDataset, split: &str) -> Result<Option<Sam
 
 /// Neighbours of every chunk of samples `range` of a split.
 fn query_block(
-    cx: &mut Context_,
+    cx: &mut Stages,
     ds: &IndexedDataset,
     db: &ChunkDb,
     index: &FlatIndex,
@@ -301,7 +301,7 @@ fn query_block(
     Ok(out)
 }
 
-fn stage_query(cx: &mut Context_) -> Result<Value> {
+fn stage_query(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
     ensure!(cx.layout.index().exists(), "{} is missing: run the index stage first", cx.layout.index().display());
@@ -364,7 +364,7 @@ fn stage_query(cx: &mut Context_) -> Result<Value> {
 }
 
 /// Recompute a random fraction of the embedding and neighbour blocks; every one must be bitwise equal.
-fn validate(cx: &mut Context_) -> Result<Value> {
+fn validate(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
     let mut rng = Rng::new(cx.opts.config.retro_gpt_seed ^ 0x5EED);

@@ -40,6 +40,35 @@ pub struct ProjectConfig {
 }
 
 impl ProjectConfig {
+    /// Megatron's defaults for a corpus (seq 2048, chunk 64, global batch 256, split 98,2,0, seed 1234,
+    /// 200 neighbours searched and 20 kept, all-MiniLM-L6-v2 on 256 WordPiece tokens, a flat index).
+    pub fn new(input: &Path, json_key: &str) -> Self {
+        Self {
+            retro_format_version: FORMAT_VERSION,
+            retro_input: input.display().to_string(),
+            retro_gpt_data_path: format!("data/corpus_{json_key}_document"),
+            retro_gpt_tokenizer_type: "GPT2BPETokenizer".into(),
+            retro_gpt_vocab_size: crate::data::tokenizer::VOCAB_SIZE,
+            retro_gpt_eod: crate::data::tokenizer::EOD,
+            retro_gpt_seq_length: 2048,
+            retro_gpt_chunk_length: 64,
+            retro_gpt_global_batch_size: 256,
+            retro_gpt_train_samples: 0,
+            retro_gpt_eval_interval: 1000,
+            retro_gpt_eval_iters: 10,
+            retro_gpt_seed: 1234,
+            retro_gpt_split: "98,2,0".into(),
+            retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
+            retro_bert_embedder: "all-MiniLM-L6-v2".into(),
+            retro_bert_max_chunk_length: 256,
+            retro_index_str: "Flat".into(),
+            retro_index_metric: "InnerProduct".into(),
+            retro_query_num_neighbors_query: 200,
+            retro_query_num_neighbors_save: 20,
+            retro_num_retrieved_chunks: 2,
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
