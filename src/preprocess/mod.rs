@@ -206,9 +206,9 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": cx.embedder()?.dim()}))
 }
 
-/// All chunk embeddings, from the blocks.
-fn load_embeddings(cx: &Stages, n: usize, dim: usize) -> Result<Vec<f32>> {
-    read_embeddings(&cx.layout, n, dim)
+/// The project's exact inner-product index over its `n` chunk embeddings.
+pub fn flat_index(layout: &Layout, n: usize, dim: usize) -> Result<FlatIndex> {
+    FlatIndex::new(dim, Metric::InnerProduct, read_embeddings(layout, n, dim)?)
 }
 
 /// The `n` chunk embeddings of a project, from its blocks.
@@ -238,8 +238,7 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
         "index {:?}: only exact \"Flat\" exists today (IVF comes with [retrieval-scale])",
         cx.opts.config.retro_index_str
     );
-    let vectors = load_embeddings(cx, db.len(), dim)?;
-    let index = FlatIndex::new(dim, Metric::InnerProduct, vectors)?;
+    let index = flat_index(&cx.layout, db.len(), dim)?;
     let info = json!({"type": "Flat", "metric": "InnerProduct", "dim": dim, "vectors": index.len(), "embeddings": "db/embeddings"});
     std::fs::create_dir_all(cx.layout.dir.join("index"))?;
     crate::atomic_file::write(&cx.layout.index(), serde_json::to_string_pretty(&info)?.as_bytes())?;
@@ -318,7 +317,7 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
         "--num-neighbors-save must not exceed --num-neighbors-query"
     );
     let dim = cx.embedder()?.dim();
-    let index = FlatIndex::new(dim, Metric::InnerProduct, load_embeddings(cx, db.len(), dim)?)?;
+    let index = flat_index(&cx.layout, db.len(), dim)?;
     let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
     let mut stats = serde_json::Map::new();
     for split in ["train", "valid"] {
@@ -383,7 +382,7 @@ fn validate(cx: &mut Stages) -> Result<Value> {
         checked += 1;
     }
     let dim = cx.embedder()?.dim();
-    let index = FlatIndex::new(dim, Metric::InnerProduct, load_embeddings(cx, db.len(), dim)?)?;
+    let index = flat_index(&cx.layout, db.len(), dim)?;
     let c = cx.opts.config.clone();
     let per_sample = (c.retro_gpt_seq_length / c.retro_gpt_chunk_length) * c.retro_query_num_neighbors_save;
     for split in ["train", "valid"] {

@@ -2,11 +2,11 @@
 //! in the project's index, and its k nearest chunks come back as neighbour + continuation tokens.
 
 use super::bert::BertEmbedder;
-use super::knn::{FlatIndex, Index, Metric};
+use super::knn::{FlatIndex, Index};
 use crate::data::chunks::ChunkDb;
 use crate::data::indexed::IndexedDataset;
 use crate::preprocess::project::{Layout, ProjectConfig};
-use crate::preprocess::{chunk_text, read_embeddings};
+use crate::preprocess::{chunk_text, flat_index};
 use crate::tensor::Tensor;
 use crate::{ensure, Result};
 use std::path::Path;
@@ -32,8 +32,7 @@ impl LiveRetriever {
             BertEmbedder::load(&super::embedder_dir::resolve(embedder_dir)?, config.retro_bert_max_chunk_length)?;
         let db = ChunkDb::read(&layout.chunks())?;
         ensure!(db.len() >= k, "the project's chunk database has {} chunks, fewer than k = {k}", db.len());
-        let index =
-            FlatIndex::new(embedder.dim(), Metric::InnerProduct, read_embeddings(&layout, db.len(), embedder.dim())?)?;
+        let index = flat_index(&layout, db.len(), embedder.dim())?;
         let ds = IndexedDataset::open(&config.data_prefix(project))?;
         Ok(Self { embedder, index, db, ds, k, retrieved_chunks: config.retro_num_retrieved_chunks })
     }
