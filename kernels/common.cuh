@@ -22,3 +22,49 @@ __device__ inline T block_sum(T v) {
     }
     return v;
 }
+
+// Eight bf16 values moved as one 16-byte vector (every row length retro's kernels take is a multiple of 8).
+union Bf16x8 {
+    uint4 raw;
+    __nv_bfloat162 pair[4];
+};
+
+__device__ inline void load8(const __nv_bfloat16* p, float v[8]) {
+    Bf16x8 u;
+    u.raw = *reinterpret_cast<const uint4*>(p);
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(u.pair[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+}
+
+__device__ inline void store8(__nv_bfloat16* p, const float v[8]) {
+    Bf16x8 u;
+    for (int i = 0; i < 4; ++i) u.pair[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    *reinterpret_cast<uint4*>(p) = u.raw;
+}
+
+// Sum over the whole block, returned to every thread. `scratch` holds one float per warp; the two
+// barriers make back-to-back calls with the same scratch safe. Fixed order: deterministic.
+__device__ inline float block_allreduce_sum(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < warps; ++w) total += scratch[w];
+    return total;
+}
+
+__device__ inline float block_allreduce_max(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < warps; ++w) m = fmaxf(m, scratch[w]);
+    return m;
+}

@@ -98,21 +98,19 @@ fn kernel_checks(ordinal: usize) -> Vec<String> {
 fn adamw_check(ordinal: usize, image: cuda::module::Image) -> Result<String> {
     use crate::kernels::abi::AdamwParams;
     use crate::train::{optimizer, AdamWConfig};
-    use cuda::device::cuda_error;
-    let ctx = cuda::device::context(ordinal)?;
-    let module = cuda::module::load(&ctx, "adamw", image)?;
-    let stream = ctx.default_stream();
+    let gpu = cuda::Gpu::with_image(ordinal, image)?;
     let n = 4099;
     let mut rng = crate::rng::Rng::new(1);
     let mut draw = |s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
     let (mut p, g, mut m) = (draw(1.0), draw(0.1), draw(0.01));
     let mut v: Vec<f32> = draw(0.01).iter().map(|x| x * x).collect();
     let coef = AdamWConfig::default().coefficients(1e-3, 3, true);
-    let htod = |x: &Vec<f32>| stream.clone_htod(x).map_err(|e| cuda_error("copy to device", e));
-    let (mut dp, dg, mut dm, mut dv) = (htod(&p)?, htod(&g)?, htod(&m)?, htod(&v)?);
-    cuda::adamw::update(&stream, &module, &mut dp, &dg, &mut dm, &mut dv, AdamwParams::new(&coef, 1.0, n))?;
-    let sumsq = cuda::adamw::sum_squares(&stream, &module, &dg)?;
-    let gpu_p = stream.clone_dtoh(&dp).map_err(|e| cuda_error("copy to host", e))?;
+    let (dp, dg, dm, dv) = (gpu.upload(&p)?, gpu.upload(&g)?, gpu.upload(&m)?, gpu.upload(&v)?);
+    let segment =
+        cuda::adamw::Segment { param: &dp, grad: &dg, exp_avg: &dm, exp_avg_sq: &dv, weights_bf16: None, offset: 0 };
+    cuda::adamw::update(&gpu, &segment, AdamwParams::new(&coef, 1.0, n))?;
+    let sumsq = cuda::adamw::sum_squares(&gpu, &dg)?;
+    let gpu_p = gpu.download(&dp)?;
     optimizer::update_slice(&mut p, &g, &mut m, &mut v, &coef);
     let max_rel = p.iter().zip(&gpu_p).map(|(a, b)| ((a - b).abs() / a.abs().max(1e-3)) as f64).fold(0.0, f64::max);
     let cpu_sumsq: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum();

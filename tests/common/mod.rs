@@ -114,3 +114,5 @@ pub fn corpus(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&path, lines).unwrap();
     path
 }
+
+pub mod device;

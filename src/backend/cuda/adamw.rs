@@ -1,11 +1,13 @@
-//! Launchers for kernels/adamw.cu: the fused AdamW update and the two-pass global sum of squares.
+//! Launchers for kernels/adamw.cu: the fused AdamW update over a flat f32 parameter arena (all
+//! parameters in one launch per weight-decay group) and the deterministic global sum of squares.
 
-use super::device::cuda_error;
+use super::gpu::{DeviceBuffer, Gpu};
+use super::launch::{config, launch};
 use crate::kernels::abi::{AdamwParams, RETRO_ADAMW_BLOCK, RETRO_SUMSQ_BLOCKS};
 use crate::train::optimizer::Coefficients;
 use crate::Result;
-use cudarc::driver::{CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use cudarc::driver::DeviceRepr;
+use half::bf16;
 
 // SAFETY: AdamwParams is a plain C struct generated from bindings/adamw.h, passed by value.
 unsafe impl DeviceRepr for AdamwParams {}
@@ -27,52 +29,86 @@ impl AdamwParams {
     }
 }
 
-fn grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (RETRO_ADAMW_BLOCK, 1, 1), shared_mem_bytes: 0 }
+/// Elements `offset..offset + params.n` of one arena, updated in place; `weights_bf16` (same layout)
+/// receives the bf16 copy the GEMMs read, when given.
+pub struct Segment<'a> {
+    pub param: &'a DeviceBuffer<f32>,
+    pub grad: &'a DeviceBuffer<f32>,
+    pub exp_avg: &'a DeviceBuffer<f32>,
+    pub exp_avg_sq: &'a DeviceBuffer<f32>,
+    pub weights_bf16: Option<&'a DeviceBuffer<bf16>>,
+    pub offset: usize,
 }
 
-/// In-place AdamW step on f32 buffers (no bf16 weight copy).
-pub fn update(
-    stream: &Arc<CudaStream>,
-    module: &Arc<CudaModule>,
-    param: &mut CudaSlice<f32>,
-    grad: &CudaSlice<f32>,
-    exp_avg: &mut CudaSlice<f32>,
-    exp_avg_sq: &mut CudaSlice<f32>,
-    params: AdamwParams,
-) -> Result<()> {
-    let f = module.load_function("adamw_update_f32").map_err(|e| cuda_error("adamw_update_f32", e))?;
-    let no_bf16_copy: u64 = 0;
-    let mut launch = stream.launch_builder(&f);
-    launch.arg(param).arg(grad).arg(exp_avg).arg(exp_avg_sq).arg(&no_bf16_copy).arg(&params);
-    // SAFETY: the four buffers hold params.n elements; the signature matches kernels/adamw.cu.
-    unsafe { launch.launch(grid(params.n as usize)) }.map_err(|e| cuda_error("launching adamw_update_f32", e))?;
-    Ok(())
+pub fn update(gpu: &Gpu, s: &Segment, params: AdamwParams) -> Result<()> {
+    let end = s.offset + params.n as usize;
+    for (name, len) in [
+        ("param", s.param.len()),
+        ("grad", s.grad.len()),
+        ("exp_avg", s.exp_avg.len()),
+        ("exp_avg_sq", s.exp_avg_sq.len()),
+    ] {
+        crate::ensure!(end <= len, "AdamW segment {}..{end} is past the end of {name} ({len})", s.offset);
+    }
+    if let Some(w) = s.weights_bf16 {
+        crate::ensure!(
+            end <= w.len(),
+            "AdamW segment {}..{end} is past the end of the bf16 weights ({})",
+            s.offset,
+            w.len()
+        );
+    }
+    let bf16_ptr = s.weights_bf16.map_or(0, |w| w.ptr_at(s.offset));
+    let blocks = (params.n as usize).div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
+    // SAFETY: argument list of adamw_update_f32; the segment lies inside every buffer (checked above).
+    unsafe {
+        launch(
+            gpu,
+            "adamw",
+            "adamw_update_f32",
+            config((blocks, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[
+                &s.param.ptr_at(s.offset),
+                &s.grad.ptr_at(s.offset),
+                &s.exp_avg.ptr_at(s.offset),
+                &s.exp_avg_sq.ptr_at(s.offset),
+                &bf16_ptr,
+                &params,
+            ],
+        )
+    }
 }
 
-/// Sum of squares of `x` in f64, deterministic (fixed grid, no atomics).
-pub fn sum_squares(stream: &Arc<CudaStream>, module: &Arc<CudaModule>, x: &CudaSlice<f32>) -> Result<f64> {
-    let pass1 = module.load_function("sum_squares_f32").map_err(|e| cuda_error("sum_squares_f32", e))?;
-    let pass2 = module.load_function("sum_partials_f64").map_err(|e| cuda_error("sum_partials_f64", e))?;
-    let mut partials = stream.alloc_zeros::<f64>(RETRO_SUMSQ_BLOCKS as usize).map_err(|e| cuda_error("alloc", e))?;
-    let mut out = stream.alloc_zeros::<f64>(1).map_err(|e| cuda_error("alloc", e))?;
+/// Sum of squares of `x` in f64, deterministic (fixed grid, no atomics); waits for the result.
+pub fn sum_squares(gpu: &Gpu, x: &DeviceBuffer<f32>) -> Result<f64> {
+    let partials = gpu.alloc::<f64>(RETRO_SUMSQ_BLOCKS as usize)?;
+    let out = gpu.alloc::<f64>(1)?;
     let n = x.len() as u64;
-    let cfg = LaunchConfig {
-        grid_dim: (RETRO_SUMSQ_BLOCKS, 1, 1),
-        block_dim: (RETRO_ADAMW_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut l1 = stream.launch_builder(&pass1);
-    l1.arg(x).arg(&n).arg(&mut partials);
-    // SAFETY: partials holds RETRO_SUMSQ_BLOCKS doubles, one per block.
-    unsafe { l1.launch(cfg) }.map_err(|e| cuda_error("launching sum_squares_f32", e))?;
     let count = RETRO_SUMSQ_BLOCKS;
-    let mut l2 = stream.launch_builder(&pass2);
-    l2.arg(&partials).arg(&count).arg(&mut out);
-    let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (RETRO_ADAMW_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: reads `count` partials, writes one double.
-    unsafe { l2.launch(one_block) }.map_err(|e| cuda_error("launching sum_partials_f64", e))?;
-    let host = stream.clone_dtoh(&out).map_err(|e| cuda_error("copy to host", e))?;
-    Ok(host[0])
+    // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64.
+    unsafe {
+        launch(
+            gpu,
+            "adamw",
+            "sum_squares_f32",
+            config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[&x.ptr(), &n, &partials.ptr()],
+        )?;
+        launch(
+            gpu,
+            "adamw",
+            "sum_partials_f64",
+            config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[&partials.ptr(), &count, &out.ptr()],
+        )?;
+    }
+    Ok(gpu.download(&out)?[0])
+}
+
+/// `x *= factor`.
+pub fn scale(gpu: &Gpu, x: &DeviceBuffer<f32>, factor: f32) -> Result<()> {
+    let n = x.len() as u64;
+    let blocks = (x.len()).div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
+    // SAFETY: argument list of scale_f32.
+    unsafe { launch(gpu, "adamw", "scale_f32", config((blocks, 1, 1), RETRO_ADAMW_BLOCK, 0), &[&x.ptr(), &factor, &n]) }
 }

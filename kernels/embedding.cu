@@ -1,0 +1,63 @@
+// Token + learned position embedding, bf16 tables and activations, f32 gradients.
+//   forward: out[t] = word[tokens[t]] + position[t % period]   (period = sequence length for the decoder,
+//            r for neighbour chunks, whose positions restart at 0 per chunk: Megatron's RETRO)
+//   word backward: dword[v] += sum of dout[t] over the tokens t with tokens[t] == v.
+//   position backward: dposition[p] += sum of dout[t] over t with t % period == p.
+//
+// Deterministic word backward without float atomics: the host (the data loader, which has the tokens
+// anyway) groups positions by token id into CSR form: `unique` ids, `starts` offsets into `order` (token
+// positions sorted by id, ascending positions within an id). One block per unique id adds its rows in that
+// fixed order and owns row `unique[u]` of dword, so no two blocks write the same row.
+// Tiling: threads over 8-element column groups (16-byte loads); memory-bound throughout.
+#include "common.cuh"
+#include "elementwise.h"
+
+extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* __restrict__ out, const int32_t* __restrict__ tokens,
+                                                  const __nv_bfloat16* __restrict__ word,
+                                                  const __nv_bfloat16* __restrict__ position, uint64_t count, int d,
+                                                  int period) {
+    const uint64_t groups = (uint64_t)d / 8;
+    RETRO_GRID_STRIDE(i, count * groups) {
+        const uint64_t t = i / groups;
+        const int c = (int)(i % groups) * 8;
+        float a[8], b[8];
+        load8(word + (size_t)tokens[t] * d + c, a);
+        load8(position + (size_t)(t % period) * d + c, b);
+        for (int e = 0; e < 8; ++e) a[e] += b[e];
+        store8(out + t * d + c, a);
+    }
+}
+
+extern "C" __global__ void embedding_word_backward(float* __restrict__ dword, const __nv_bfloat16* __restrict__ dout,
+                                                   const int32_t* __restrict__ unique, const int32_t* __restrict__ starts,
+                                                   const int32_t* __restrict__ order, int d) {
+    const int u = blockIdx.x;
+    const int begin = starts[u], end = starts[u + 1];
+    float* row = dword + (size_t)unique[u] * d;
+    for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8) {
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int j = begin; j < end; ++j) {
+            float v[8];
+            load8(dout + (size_t)order[j] * d + c, v);
+            for (int e = 0; e < 8; ++e) acc[e] += v[e];
+        }
+        for (int e = 0; e < 8; ++e) row[c + e] += acc[e];
+    }
+}
+
+extern "C" __global__ void embedding_position_backward(float* __restrict__ dposition, const __nv_bfloat16* __restrict__ dout,
+                                                       uint64_t count, int d, int period) {
+    const uint64_t groups = (uint64_t)d / 8;
+    const uint64_t rows = min((uint64_t)period, count);
+    RETRO_GRID_STRIDE(i, rows * groups) {
+        const uint64_t p = i / groups;
+        const int c = (int)(i % groups) * 8;
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (uint64_t t = p; t < count; t += period) {
+            float v[8];
+            load8(dout + t * d + c, v);
+            for (int e = 0; e < 8; ++e) acc[e] += v[e];
+        }
+        for (int e = 0; e < 8; ++e) dposition[p * d + c + e] += acc[e];
+    }
+}

@@ -1,0 +1,130 @@
+//! Launchers for kernels/embedding.cu, and `TokenBatch`: token ids on the device together with the
+//! CSR grouping (positions by token id) that makes the word-embedding backward deterministic.
+
+use super::gpu::{DeviceBuffer, Gpu};
+use super::launch::{config, grid_for, launch};
+use crate::kernels::abi::RETRO_ELEMENTWISE_BLOCK;
+use crate::Result;
+use half::bf16;
+
+pub struct TokenBatch {
+    pub tokens: DeviceBuffer<i32>,
+    /// Distinct ids, ascending.
+    unique: DeviceBuffer<i32>,
+    /// `starts[u]..starts[u + 1]` indexes `order` for id `unique[u]`.
+    starts: DeviceBuffer<i32>,
+    /// Token positions sorted by id (ascending positions within an id).
+    order: DeviceBuffer<i32>,
+    pub count: usize,
+    unique_count: usize,
+}
+
+impl TokenBatch {
+    /// Validate the ids against `vocab` (a bad id is an error here, not an out-of-bounds read on the
+    /// GPU) and build the grouping. This is host work the data loader does once per batch.
+    pub fn new(gpu: &Gpu, tokens: &[i32], vocab: usize) -> Result<Self> {
+        if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= vocab) {
+            crate::bail!("token {t} at position {i} is outside the vocabulary of {vocab}");
+        }
+        crate::ensure!(tokens.len() < i32::MAX as usize, "{} tokens in one batch", tokens.len());
+        let mut order: Vec<i32> = (0..tokens.len() as i32).collect();
+        order.sort_by_key(|&i| tokens[i as usize]);
+        let mut unique = Vec::new();
+        let mut starts = Vec::new();
+        for (j, &i) in order.iter().enumerate() {
+            let t = tokens[i as usize];
+            if unique.last() != Some(&t) {
+                unique.push(t);
+                starts.push(j as i32);
+            }
+        }
+        starts.push(order.len() as i32);
+        Ok(Self {
+            tokens: gpu.upload(tokens)?,
+            unique_count: unique.len(),
+            unique: gpu.upload(&unique)?,
+            starts: gpu.upload(&starts)?,
+            order: gpu.upload(&order)?,
+            count: tokens.len(),
+        })
+    }
+}
+
+fn check(word: usize, position: usize, d: usize, period: usize, vocab: usize) -> Result<()> {
+    crate::ensure!(d % 8 == 0 && d > 0, "embedding width {d} must be a multiple of 8 on the GPU");
+    crate::ensure!(word == vocab * d, "word table of {word} elements is not {vocab} x {d}");
+    crate::ensure!(
+        period > 0 && position >= period * d,
+        "position table of {position} elements has fewer than {period} rows of {d}"
+    );
+    Ok(())
+}
+
+/// `out[t] = word[tokens[t]] + position[t % period]`.
+pub fn forward(
+    gpu: &Gpu,
+    batch: &TokenBatch,
+    word: &DeviceBuffer<bf16>,
+    position: &DeviceBuffer<bf16>,
+    d: usize,
+    period: usize,
+) -> Result<DeviceBuffer<bf16>> {
+    check(word.len(), position.len(), d, period, word.len() / d.max(1))?;
+    let out = gpu.alloc::<bf16>(batch.count * d)?;
+    let (count, dd, p) = (batch.count as u64, d as i32, period as i32);
+    let items = count * (d / 8) as u64;
+    // SAFETY: argument list of embedding_forward_bf16; ids validated in TokenBatch::new.
+    unsafe {
+        launch(
+            gpu,
+            "embedding",
+            "embedding_forward_bf16",
+            config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
+            &[&out.ptr(), &batch.tokens.ptr(), &word.ptr(), &position.ptr(), &count, &dd, &p],
+        )?;
+    }
+    Ok(out)
+}
+
+/// `dword += ...` and `dposition += ...` (f32 accumulators) from `dout` [count, d]. Deterministic.
+pub fn backward(
+    gpu: &Gpu,
+    batch: &TokenBatch,
+    dout: &DeviceBuffer<bf16>,
+    dword: &DeviceBuffer<f32>,
+    dposition: &DeviceBuffer<f32>,
+    d: usize,
+    period: usize,
+) -> Result<()> {
+    check(dword.len(), dposition.len(), d, period, dword.len() / d.max(1))?;
+    crate::ensure!(
+        dout.len() == batch.count * d,
+        "embedding backward: dout has {} elements, not {} x {d}",
+        dout.len(),
+        batch.count
+    );
+    let dd = d as i32;
+    let threads = ((d / 8).div_ceil(32) * 32).clamp(32, RETRO_ELEMENTWISE_BLOCK as usize) as u32;
+    // SAFETY: argument list of embedding_word_backward; one block per distinct id.
+    unsafe {
+        launch(
+            gpu,
+            "embedding",
+            "embedding_word_backward",
+            config((batch.unique_count.max(1) as u32, 1, 1), threads, 0),
+            &[&dword.ptr(), &dout.ptr(), &batch.unique.ptr(), &batch.starts.ptr(), &batch.order.ptr(), &dd],
+        )?;
+    }
+    let (count, p) = (batch.count as u64, period as i32);
+    let items = (period.min(batch.count) * d / 8) as u64;
+    // SAFETY: argument list of embedding_position_backward.
+    unsafe {
+        launch(
+            gpu,
+            "embedding",
+            "embedding_position_backward",
+            config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
+            &[&dposition.ptr(), &dout.ptr(), &count, &dd, &p],
+        )
+    }
+}

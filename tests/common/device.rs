@@ -1,0 +1,470 @@
+//! One test body, two backends. `test_device!(name, |dev| ...)` makes `name::cpu` and `name::cuda`; the
+//! CUDA copy prints why it skipped when there is no usable GPU (and fails instead when
+//! RETRO_REQUIRE_GPU=1, which `scripts/gpu-check` sets, so a GPU run never passes by skipping).
+//!
+//! `Dev` runs each kernel-level op on host `f32` data: the CPU backend computes in f32; the CUDA backend
+//! uploads bf16 activations (f32 for parameters and gradients that are f32 on the GPU), runs the kernel
+//! and downloads. Test inputs are rounded to bf16 first, so both backends see exactly the same numbers.
+#![allow(dead_code)]
+
+use half::bf16;
+use retro::backend::cpu;
+
+pub enum Dev {
+    Cpu,
+    #[cfg(not(no_cuda_kernels))]
+    Cuda(std::sync::Arc<retro::backend::cuda::Gpu>),
+}
+
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cpu() {
+                let body: fn(&Dev) = $body;
+                body(&Dev::Cpu);
+            }
+            #[test]
+            fn cuda() {
+                let body: fn(&Dev) = $body;
+                if let Some(dev) = $crate::common::device::cuda() {
+                    body(&dev);
+                }
+            }
+        }
+    };
+}
+
+/// The CUDA device for the `cuda` copy of a test, or None after printing why not.
+pub fn cuda() -> Option<Dev> {
+    let required = std::env::var("RETRO_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let skip = |why: String| {
+        assert!(!required, "RETRO_REQUIRE_GPU=1 but {why}");
+        eprintln!("SKIPPED on CUDA: {why}");
+        None
+    };
+    #[cfg(no_cuda_kernels)]
+    return skip("this build has no CUDA kernels (nvcc was not found at build time)".into());
+    #[cfg(not(no_cuda_kernels))]
+    {
+        if !retro::backend::cuda::driver_present() {
+            return skip("no CUDA driver (libcuda.so) on this machine".into());
+        }
+        match retro::backend::cuda::devices() {
+            Ok(d) if d.is_empty() => return skip("the CUDA driver sees no device".into()),
+            Err(e) => return skip(format!("cannot list CUDA devices: {e}")),
+            Ok(_) => {}
+        }
+        // One Gpu per test thread would create many contexts' worth of streams; share one.
+        static GPU: std::sync::OnceLock<std::sync::Arc<retro::backend::cuda::Gpu>> = std::sync::OnceLock::new();
+        let gpu = GPU.get_or_init(|| retro::backend::cuda::Gpu::new(0).expect("opening GPU 0"));
+        Some(Dev::Cuda(gpu.clone()))
+    }
+}
+
+/// Round to the nearest bf16 (what the GPU stores).
+pub fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+}
+
+pub fn rand_bf16(rng: &mut retro::rng::Rng, n: usize, scale: f64) -> Vec<f32> {
+    round_bf16(&(0..n).map(|_| (rng.normal() * scale) as f32).collect::<Vec<_>>())
+}
+
+/// max |a - b| / max(max |reference|, floor): a norm-wise relative error.
+pub fn rel_err(got: &[f32], reference: &[f32], floor: f32) -> f32 {
+    assert_eq!(got.len(), reference.len(), "length mismatch");
+    let scale = reference.iter().fold(floor, |m, v| m.max(v.abs()));
+    got.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, dev: &Dev, got: &[f32], reference: &[f32], cpu_tol: f32, cuda_tol: f32) {
+    let tol = match dev {
+        Dev::Cpu => cpu_tol,
+        #[cfg(not(no_cuda_kernels))]
+        Dev::Cuda(_) => cuda_tol,
+    };
+    let e = rel_err(got, reference, 1e-6);
+    assert!(e <= tol, "{what} on {}: relative error {e:.3e} > {tol:.1e}", dev.name());
+    eprintln!("{what} on {}: relative error {e:.2e} (tolerance {tol:.0e})", dev.name());
+}
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+fn from_bf16(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Attn {
+    pub batch: usize,
+    pub heads: usize,
+    pub sq: usize,
+    pub sk: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl Attn {
+    fn dims(&self) -> cpu::attention::Dims {
+        cpu::attention::Dims {
+            batch: self.batch,
+            sq: self.sq,
+            sk: self.sk,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            causal: self.causal,
+        }
+    }
+}
+
+impl Dev {
+    pub fn name(&self) -> String {
+        match self {
+            Dev::Cpu => "cpu".into(),
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(g) => g.name(),
+        }
+    }
+
+    /// (y, mean, rstd)
+    pub fn layernorm(&self, x: &[f32], g: &[f32], b: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let (y, s) = cpu::layernorm::forward(x, g, b, d, eps as f64);
+                (y, s.mean, s.rstd)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::layernorm;
+                let (dx, dg, db) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
+                let (y, s) = layernorm::forward(gpu, &dx, &dg, &db, d, eps).unwrap();
+                (from_bf16(&gpu.download(&y).unwrap()), gpu.download(&s.mean).unwrap(), gpu.download(&s.rstd).unwrap())
+            }
+        }
+    }
+
+    /// (h = x + r, y = LN(h))
+    pub fn residual_layernorm(
+        &self,
+        x: &[f32],
+        r: &[f32],
+        g: &[f32],
+        b: &[f32],
+        d: usize,
+        eps: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let h = cpu::elementwise::add(x, r);
+                let (y, _) = cpu::layernorm::forward(&h, g, b, d, eps as f64);
+                (h, y)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::layernorm;
+                let (dx, dr) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(&to_bf16(r)).unwrap());
+                let (dg, db) = (gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
+                let (h, y, _) = layernorm::residual_forward(gpu, &dx, &dr, &dg, &db, d, eps).unwrap();
+                (from_bf16(&gpu.download(&h).unwrap()), from_bf16(&gpu.download(&y).unwrap()))
+            }
+        }
+    }
+
+    /// (dx, dgamma, dbeta)
+    pub fn layernorm_backward(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        g: &[f32],
+        b: &[f32],
+        d: usize,
+        eps: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let (_, s) = cpu::layernorm::forward(x, g, b, d, eps as f64);
+                cpu::layernorm::backward(dy, x, g, &s, d)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::layernorm;
+                let (dx_in, dg, db) =
+                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
+                let (_, s) = layernorm::forward(gpu, &dx_in, &dg, &db, d, eps).unwrap();
+                let (gg, gb) = (gpu.zeros::<f32>(d).unwrap(), gpu.zeros::<f32>(d).unwrap());
+                let ddy = gpu.upload(&to_bf16(dy)).unwrap();
+                let dx = layernorm::backward(gpu, &ddy, &dx_in, &s, &dg, &gg, &gb, d).unwrap();
+                (from_bf16(&gpu.download(&dx).unwrap()), gpu.download(&gg).unwrap(), gpu.download(&gb).unwrap())
+            }
+        }
+    }
+
+    pub fn bias_gelu(&self, x: &[f32], bias: &[f32], d: usize) -> Vec<f32> {
+        match self {
+            Dev::Cpu => {
+                let u: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + bias[i % d]).collect();
+                cpu::elementwise::gelu_forward(&u)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                let (dx, db) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(bias).unwrap());
+                let y = retro::backend::cuda::gelu::forward(gpu, &dx, &db, d).unwrap();
+                from_bf16(&gpu.download(&y).unwrap())
+            }
+        }
+    }
+
+    /// (dx, dbias)
+    pub fn bias_gelu_backward(&self, dy: &[f32], x: &[f32], bias: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let u: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + bias[i % d]).collect();
+                let du = cpu::elementwise::gelu_backward(&u, dy);
+                let db = cpu::linear::backward_bias(&du, du.len() / d, d);
+                (du, db)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                let (dx, db, ddy) =
+                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(bias).unwrap(), gpu.upload(&to_bf16(dy)).unwrap());
+                let dbias = gpu.zeros::<f32>(d).unwrap();
+                let du = retro::backend::cuda::gelu::backward(gpu, &ddy, &dx, &db, &dbias, d).unwrap();
+                (from_bf16(&gpu.download(&du).unwrap()), gpu.download(&dbias).unwrap())
+            }
+        }
+    }
+
+    /// word[tokens[t]] + position[t % period]
+    pub fn embedding(&self, tokens: &[i32], word: &[f32], position: &[f32], d: usize, period: usize) -> Vec<f32> {
+        match self {
+            Dev::Cpu => {
+                let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+                let pos: Vec<usize> = (0..tokens.len()).map(|t| t % period).collect();
+                cpu::elementwise::add(
+                    &cpu::embedding::forward(&ids, word, d),
+                    &cpu::embedding::forward(&pos, position, d),
+                )
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::embedding;
+                let batch = embedding::TokenBatch::new(gpu, tokens, word.len() / d).unwrap();
+                let (w, p) = (gpu.upload(&to_bf16(word)).unwrap(), gpu.upload(&to_bf16(position)).unwrap());
+                let out = embedding::forward(gpu, &batch, &w, &p, d, period).unwrap();
+                from_bf16(&gpu.download(&out).unwrap())
+            }
+        }
+    }
+
+    /// (dword, dposition)
+    pub fn embedding_backward(
+        &self,
+        tokens: &[i32],
+        dout: &[f32],
+        vocab: usize,
+        positions: usize,
+        d: usize,
+        period: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
+                let pos: Vec<usize> = (0..tokens.len()).map(|t| t % period).collect();
+                (cpu::embedding::backward(&ids, dout, vocab, d), cpu::embedding::backward(&pos, dout, positions, d))
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::embedding;
+                let batch = embedding::TokenBatch::new(gpu, tokens, vocab).unwrap();
+                let (dw, dp) = (gpu.zeros::<f32>(vocab * d).unwrap(), gpu.zeros::<f32>(positions * d).unwrap());
+                let g = gpu.upload(&to_bf16(dout)).unwrap();
+                embedding::backward(gpu, &batch, &g, &dw, &dp, d, period).unwrap();
+                (gpu.download(&dw).unwrap(), gpu.download(&dp).unwrap())
+            }
+        }
+    }
+
+    /// (per-row losses, dlogits) for a total loss with d(total)/d(row loss) = scale; target -1 ignored.
+    pub fn cross_entropy(&self, logits: &[f32], targets: &[i32], classes: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let mut losses = Vec::new();
+                let mut grads = Vec::new();
+                for (row, &t) in logits.chunks(classes).zip(targets) {
+                    if t < 0 {
+                        losses.push(0.0);
+                        grads.extend(std::iter::repeat_n(0.0, classes));
+                        continue;
+                    }
+                    let (loss, lse) = cpu::cross_entropy::forward(row, &[t as usize], classes);
+                    losses.push(loss as f32);
+                    grads.extend(cpu::cross_entropy::backward(row, &[t as usize], &lse, classes, scale));
+                }
+                (losses, grads)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::cross_entropy;
+                let mut z = gpu.upload(&to_bf16(logits)).unwrap();
+                let t = cross_entropy::targets(gpu, targets, classes).unwrap();
+                let losses = cross_entropy::forward_backward(gpu, &mut z, &t, classes, scale).unwrap();
+                (gpu.download(&losses).unwrap(), from_bf16(&gpu.download(&z).unwrap()))
+            }
+        }
+    }
+
+    /// `x w^T + b` (GELU'd with `gelu`), w [out, in].
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        rows: usize,
+        din: usize,
+        dout: usize,
+        gelu: bool,
+    ) -> Vec<f32> {
+        match self {
+            Dev::Cpu => {
+                let y = cpu::linear::forward(x, w, Some(b), rows, din, dout);
+                if gelu {
+                    cpu::elementwise::gelu_forward(&y)
+                } else {
+                    y
+                }
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::linear::Linear;
+                let l = Linear { rows, in_features: din, out_features: dout };
+                let (dx, dw, db) =
+                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(&to_bf16(w)).unwrap(), gpu.upload(b).unwrap());
+                let y = l.forward(gpu, &dx, &dw, Some(&db), gelu).unwrap();
+                from_bf16(&gpu.download(&y).unwrap())
+            }
+        }
+    }
+
+    /// (dx, dw, db)
+    pub fn linear_backward(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rows: usize,
+        din: usize,
+        dout: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => (
+                cpu::linear::backward_input(dy, w, rows, din, dout),
+                cpu::linear::backward_weight(dy, x, rows, din, dout),
+                cpu::linear::backward_bias(dy, rows, dout),
+            ),
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::linear::Linear;
+                let l = Linear { rows, in_features: din, out_features: dout };
+                let (gx, gw, gy) = (
+                    gpu.upload(&to_bf16(x)).unwrap(),
+                    gpu.upload(&to_bf16(w)).unwrap(),
+                    gpu.upload(&to_bf16(dy)).unwrap(),
+                );
+                let (dw, db) = (gpu.zeros::<f32>(dout * din).unwrap(), gpu.zeros::<f32>(dout).unwrap());
+                let dx = l.backward(gpu, &gy, &gx, &gw, &dw, Some(&db)).unwrap();
+                (from_bf16(&gpu.download(&dx).unwrap()), gpu.download(&dw).unwrap(), gpu.download(&db).unwrap())
+            }
+        }
+    }
+
+    /// Attention output for separate q [b, sq, w], k, v [b, sk, w].
+    pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], a: Attn) -> Vec<f32> {
+        match self {
+            Dev::Cpu => {
+                let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
+                cpu::attention::forward(q, k, v, layout, None, None, a.dims()).0
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::attention::{forward, Shape, View};
+                let s = Shape {
+                    batch: a.batch,
+                    heads: a.heads,
+                    sq: a.sq,
+                    sk: a.sk,
+                    head_dim: a.head_dim,
+                    causal: a.causal,
+                };
+                let (gq, gk, gv) = (
+                    gpu.upload(&to_bf16(q)).unwrap(),
+                    gpu.upload(&to_bf16(k)).unwrap(),
+                    gpu.upload(&to_bf16(v)).unwrap(),
+                );
+                let w = s.width();
+                let (o, _) =
+                    forward(gpu, &s, View::contiguous(&gq, w), View::contiguous(&gk, w), View::contiguous(&gv, w))
+                        .unwrap();
+                from_bf16(&gpu.download(&o).unwrap())
+            }
+        }
+    }
+
+    /// (dq, dk, dv) for the output gradient `dout`.
+    pub fn attention_backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dout: &[f32],
+        a: Attn,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
+                let (_, probs) = cpu::attention::forward(q, k, v, layout, None, None, a.dims());
+                let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+                let targets = cpu::attention::GradTargets {
+                    dq: cpu::SendPtr(dq.as_mut_ptr()),
+                    dk: cpu::SendPtr(dk.as_mut_ptr()),
+                    dv: cpu::SendPtr(dv.as_mut_ptr()),
+                };
+                // SAFETY: three separate buffers of the operands' sizes.
+                unsafe { cpu::attention::backward(dout, q, k, v, &probs, layout, None, a.dims(), targets) };
+                (dq, dk, dv)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => {
+                use retro::backend::cuda::attention::{backward, forward, Shape, View};
+                let s = Shape {
+                    batch: a.batch,
+                    heads: a.heads,
+                    sq: a.sq,
+                    sk: a.sk,
+                    head_dim: a.head_dim,
+                    causal: a.causal,
+                };
+                let w = s.width();
+                let (gq, gk, gv) = (
+                    gpu.upload(&to_bf16(q)).unwrap(),
+                    gpu.upload(&to_bf16(k)).unwrap(),
+                    gpu.upload(&to_bf16(v)).unwrap(),
+                );
+                let c = |b| View::contiguous(b, w);
+                let (o, lse) = forward(gpu, &s, c(&gq), c(&gk), c(&gv)).unwrap();
+                let gdo = gpu.upload(&to_bf16(dout)).unwrap();
+                let (dq, dk, dv) =
+                    (gpu.alloc(q.len()).unwrap(), gpu.alloc(k.len()).unwrap(), gpu.alloc(v.len()).unwrap());
+                backward(gpu, &s, (c(&gq), c(&gk), c(&gv)), &o, &lse, &gdo, (c(&dq), c(&dk), c(&dv))).unwrap();
+                let down = |b: &retro::backend::cuda::DeviceBuffer<bf16>| from_bf16(&gpu.download(b).unwrap());
+                (down(&dq), down(&dk), down(&dv))
+            }
+        }
+    }
+}
