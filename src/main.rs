@@ -61,6 +61,8 @@ enum Bench {
     Train(cli::bench_train::Args),
     /// Exact inner-product KNN on random unit vectors (compare: scripts/bench-knn-faiss.py).
     Knn(cli::bench_knn::Args),
+    /// `bench.py kernels` on the GPU: GEMM, attention, LayerNorm, embedding, cross-entropy kernels.
+    Kernels(cli::bench_kernels::Args),
     /// The training data loader alone (batches of tokens and neighbour tokens) on a project.
     Loader(cli::bench_loader::Args),
     /// BERT chunk-embedding throughput on 64-token chunks of a corpus.
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::CheckGolden(a) => finish("check-golden", cli::check_golden::run(a), 2),
         Command::Bench(Bench::Train(a)) => finish("bench train", cli::bench_train::run(a), 1),
         Command::Bench(Bench::Knn(a)) => finish("bench knn", cli::bench_knn::run(a), 1),
+        Command::Bench(Bench::Kernels(a)) => finish("bench kernels", cli::bench_kernels::run(a), 1),
         Command::Bench(Bench::Loader(a)) => finish("bench loader", cli::bench_loader::run(a), 1),
         Command::Bench(Bench::Embed(a)) => finish("bench embed", cli::bench_embed::run(a), 1),
     }

@@ -3,6 +3,8 @@
 
 pub mod embed;
 pub mod flops;
+#[cfg(not(no_cuda_kernels))]
+pub mod kernels;
 pub mod knn;
 pub mod loader;
 pub mod train;

@@ -1,6 +1,7 @@
 //! One module per `retro` command: its clap arguments and what it runs.
 
 pub mod bench_embed;
+pub mod bench_kernels;
 pub mod bench_knn;
 pub mod bench_loader;
 pub mod bench_train;
