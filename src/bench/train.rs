@@ -1,6 +1,8 @@
 //! `retro bench train`: the training step of `torch_retro/bench.py train` (random tokens and
 //! neighbours from a fixed seed, two batches alternating; forward, backward, clip 1.0, AdamW lr 6e-4,
-//! betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on dim >= 2), timed per step on the CPU.
+//! betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on dim >= 2), timed per step: on the CPU (the tape
+//! model, f32) or on the GPU (the explicit step on the CUDA kernels: bf16 activations, f32 master weights;
+//! CUDA events around each step).
 
 use super::flops::{count_params, model_flops_per_step};
 use crate::model::{Batch, RetroConfig, RetroModel};
@@ -85,6 +87,61 @@ pub fn run(b: &TrainBench) -> Result<Value> {
         "warmup_s": warmup_s,
         "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
         "loss_finite": losses.iter().all(|l| l.is_finite()),
+        "params": count_params(&model.params.specs),
+        "model_flops_per_step": fl.total,
+        "flops_breakdown": fl,
+        "achieved_tflops": fl.total / step_s / 1e12,
+    }))
+}
+
+/// The same benchmark on the GPU: `model::step` on the CUDA kernels.
+#[cfg(not(no_cuda_kernels))]
+pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -> Result<Value> {
+    use crate::backend::cuda::device::cuda_error;
+    use cudarc::driver::sys::CUevent_flags;
+    ensure!(b.steps > 0 && b.micro_batch > 0, "bench train: --steps and --micro-batch must be positive");
+    let c = &b.config;
+    let model = RetroModel::init(c, b.seed, DType::F32)?;
+    let opt_config = AdamWConfig { lr: 6e-4, ..AdamWConfig::default() };
+    let mut trainer = crate::train::gpu_step::GpuTrainer::new(gpu.clone(), &model, opt_config)?;
+    let mut rng = Rng::new(b.seed);
+    let batches = [random_batch(c, b.micro_batch, &mut rng)?, random_batch(c, b.micro_batch, &mut rng)?];
+    let mut losses = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..b.warmup {
+        losses.push(trainer.train_step(&model, &batches[i % 2], opt_config.lr)?.0);
+    }
+    gpu.synchronize()?;
+    let warmup_s = t0.elapsed().as_secs_f64();
+    let allocations_after_warmup = gpu.memory().driver_allocations;
+    let event = || gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| cuda_error("event", e));
+    let mut times = Vec::with_capacity(b.steps);
+    let t1 = Instant::now();
+    for i in 0..b.steps {
+        let (start, end) = (event()?, event()?);
+        start.record(&gpu.compute).map_err(|e| cuda_error("event record", e))?;
+        losses.push(trainer.train_step(&model, &batches[(b.warmup + i) % 2], opt_config.lr)?.0);
+        end.record(&gpu.compute).map_err(|e| cuda_error("event record", e))?;
+        times.push(start.elapsed_ms(&end).map_err(|e| cuda_error("event timing", e))? as f64 / 1e3);
+    }
+    let wall = t1.elapsed().as_secs_f64();
+    let step_s = median(&mut times);
+    let fl = model_flops_per_step(c, b.micro_batch);
+    let mem = gpu.memory();
+    Ok(json!({
+        "bench": "train", "status": "ok", "impl": "retro", "config": c.name, "micro_batch": b.micro_batch,
+        "seq_len": c.seq_length, "steps": b.steps, "warmup": b.warmup, "dropout": c.dropout,
+        "precision": "bf16 activations, f32 master weights", "device": gpu.name(),
+        "tokens_per_s": fl.decoder_tokens / step_s,
+        "neighbor_tokens_per_s": fl.neighbor_tokens / step_s,
+        "step_ms_median": 1e3 * step_s,
+        "step_ms_mean": 1e3 * wall / b.steps as f64,
+        "warmup_s": warmup_s,
+        "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+        "loss_finite": losses.iter().all(|l| l.is_finite()),
+        "losses": losses,
+        "peak_mem_gb": mem.peak_allocated as f64 / 1e9, "peak_mem_reserved_gb": mem.peak_reserved as f64 / 1e9,
+        "driver_allocations_in_timed_steps": mem.driver_allocations - allocations_after_warmup,
         "params": count_params(&model.params.specs),
         "model_flops_per_step": fl.total,
         "flops_breakdown": fl,

@@ -35,7 +35,7 @@ pub struct CheckpointArgs {
 impl CheckpointArgs {
     /// Select the device, then load the checkpoint's model.
     pub fn load(&self) -> retro::Result<(PathBuf, retro::model::RetroModel)> {
-        retro::backend::select_device(&self.device)?;
+        retro::backend::select_device(&self.device, "this command", false)?;
         retro::train::checkpoint::load(&self.checkpoint)
     }
 }

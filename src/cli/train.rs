@@ -96,7 +96,7 @@ pub fn run(args: Args) -> retro::Result<()> {
         tensorboard_dir,
         device,
     } = args;
-    retro::backend::select_device(&device)?;
+    retro::backend::select_device(&device, "retro train", false)?;
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
     let global =

@@ -31,7 +31,7 @@ pub struct Cca {
     pub(crate) attn: CrossAttention,
     /// Owned by the first CCA layer (parameters `decoder.layers.<i>.encoder.*`).
     pub(crate) encoder: Option<Encoder>,
-    chunk_length: usize,
+    pub(crate) chunk_length: usize,
     pub(crate) gate: f64,
 }
 

@@ -13,18 +13,18 @@ use crate::ops::{self, AttnMask};
 use crate::Result;
 
 #[derive(Debug, Clone)]
-struct EncoderLayer {
-    input_ln: LayerNorm,
-    self_attn: SelfAttention,
+pub(crate) struct EncoderLayer {
+    pub(crate) input_ln: LayerNorm,
+    pub(crate) self_attn: SelfAttention,
     /// Layer 1 only: LN_ca and the cross-attention to the decoder chunk.
-    cross: Option<(LayerNorm, CrossAttention)>,
-    pre_mlp_ln: LayerNorm,
-    mlp: Mlp,
+    pub(crate) cross: Option<(LayerNorm, CrossAttention)>,
+    pub(crate) pre_mlp_ln: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    layers: Vec<EncoderLayer>,
+    pub(crate) layers: Vec<EncoderLayer>,
     k: usize,
     r: usize,
 }

@@ -16,7 +16,7 @@ pub struct RetroModel {
     pub config: RetroConfig,
     pub params: Params,
     pub(crate) word_embeddings: usize,
-    position_embeddings: usize,
+    pub(crate) position_embeddings: usize,
     pub(crate) layers: Vec<DecoderLayer>,
     pub(crate) final_ln: LayerNorm,
 }

@@ -1,6 +1,8 @@
 //! Training: the optimizer, the LR schedule, the data loader, checkpoints and the training loop.
 
 pub mod checkpoint;
+#[cfg(not(no_cuda_kernels))]
+pub mod gpu_step;
 pub mod loader;
 pub mod optimizer;
 pub mod plot;

@@ -166,6 +166,15 @@ pub fn backward(
         dq.stride == q.stride && dk.stride == k.stride && dv.stride == v.stride,
         "attention gradients must have the strides of their inputs"
     );
+    // dK and dV are written before the dQ kernel reads K and V: they must not overwrite them.
+    for (g, name) in [(&dk, "dk"), (&dv, "dv")] {
+        for (x, xname) in [(&k, "k"), (&v, "v")] {
+            crate::ensure!(
+                !std::ptr::eq(g.buf, x.buf),
+                "attention backward: {name} must not share a buffer with {xname} (it is written before {xname} is read)"
+            );
+        }
+    }
     let (nq, nk) = (s.batch * s.sq, s.batch * s.sk);
     crate::ensure!(o.len() == nq * w && dout.len() == nq * w, "attention backward: o / dout are not [{nq}, {w}]");
     crate::ensure!(lse.len() == s.batch * s.heads * s.sq, "attention backward: lse has {} rows", lse.len());

@@ -65,6 +65,7 @@ struct Plan {
 }
 
 pub struct Blas {
+    ctx: std::sync::Arc<cudarc::driver::CudaContext>,
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer<u8>,
     stream: sys::cudaStream_t,
@@ -88,6 +89,7 @@ impl Blas {
         gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
         let handle = result::create_handle().map_err(|e| blas_error("creating the handle", e))?;
         Ok(Self {
+            ctx: gpu.ctx.clone(),
             handle,
             workspace: gpu.alloc::<u8>(WORKSPACE_BYTES)?,
             stream: gpu.compute.cu_stream() as sys::cudaStream_t,
@@ -160,6 +162,7 @@ impl Blas {
             bias.is_some() == (s.epilogue != Epilogue::None),
             "GEMM {s:?}: a bias pointer is needed exactly for the bias epilogues"
         );
+        self.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
         let mut plans = self.plans.lock().unwrap();
         if !plans.contains_key(s) {
             let p = self.plan(s)?;

@@ -27,6 +27,9 @@ pub fn forward_backward(
         targets.len()
     );
     let losses = gpu.alloc::<f32>(rows)?;
+    if rows == 0 {
+        return Ok(losses);
+    }
     let c = classes as i32;
     // SAFETY: argument list of softmax_cross_entropy_bf16; one block per row; targets are < classes
     // (checked by the caller's data validation) or -1.

@@ -71,6 +71,9 @@ pub fn forward(
 ) -> Result<DeviceBuffer<bf16>> {
     check(word.len(), position.len(), d, period, word.len() / d.max(1))?;
     let out = gpu.alloc::<bf16>(batch.count * d)?;
+    if batch.count == 0 {
+        return Ok(out);
+    }
     let (count, dd, p) = (batch.count as u64, d as i32, period as i32);
     let items = count * (d / 8) as u64;
     // SAFETY: argument list of embedding_forward_bf16; ids validated in TokenBatch::new.
@@ -103,6 +106,9 @@ pub fn backward(
         dout.len(),
         batch.count
     );
+    if batch.count == 0 {
+        return Ok(());
+    }
     let dd = d as i32;
     let threads = ((d / 8).div_ceil(32) * 32).clamp(32, RETRO_ELEMENTWISE_BLOCK as usize) as u32;
     // SAFETY: argument list of embedding_word_backward; one block per distinct id.

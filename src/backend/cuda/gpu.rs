@@ -199,11 +199,12 @@ impl Gpu {
     /// Upload a pinned host buffer into `dst` on the copy stream, overlapping with host work; the compute
     /// stream waits for the copy before any kernel queued after this call. The copy stream first waits for
     /// the compute stream, so `dst` (a cached block maybe used just before) is never overwritten early.
+    /// Returns the copy's completion event: `src` must not be rewritten before it has completed.
     pub fn upload_pinned<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         &self,
         src: &PinnedHostSlice<T>,
         dst: &DeviceBuffer<T>,
-    ) -> Result<()> {
+    ) -> Result<cudarc::driver::CudaEvent> {
         crate::ensure!(src.len() == dst.len(), "pinned upload of {} elements into {}", src.len(), dst.len());
         let host = src.as_slice().map_err(|e| cuda_error("pinned buffer", e))?;
         let ready = self.compute.record_event(None).map_err(|e| cuda_error("recording an event", e))?;
@@ -212,7 +213,8 @@ impl Gpu {
         unsafe { result::memcpy_htod_async(dst.ptr(), host, self.copy.cu_stream()) }
             .map_err(|e| cuda_error("async host-to-device copy", e))?;
         let done = self.copy.record_event(None).map_err(|e| cuda_error("recording an event", e))?;
-        self.compute.wait(&done).map_err(|e| cuda_error("compute stream wait", e))
+        self.compute.wait(&done).map_err(|e| cuda_error("compute stream wait", e))?;
+        Ok(done)
     }
 
     pub fn name(&self) -> String {

@@ -40,6 +40,9 @@ pub fn forward(
     check(rows, d, x.len(), gamma.len())?;
     let y = gpu.alloc::<bf16>(x.len())?;
     let stats = Stats { mean: gpu.alloc(rows)?, rstd: gpu.alloc(rows)? };
+    if rows == 0 {
+        return Ok((y, stats));
+    }
     let (r, dd) = (rows as i32, d as i32);
     // SAFETY: argument list of layernorm_forward_bf16; buffers sized by `check`.
     unsafe {
@@ -75,6 +78,9 @@ pub fn residual_forward(
     let h = gpu.alloc::<bf16>(x.len())?;
     let y = gpu.alloc::<bf16>(x.len())?;
     let stats = Stats { mean: gpu.alloc(rows)?, rstd: gpu.alloc(rows)? };
+    if rows == 0 {
+        return Ok((h, y, stats));
+    }
     let (r, dd) = (rows as i32, d as i32);
     // SAFETY: argument list of residual_layernorm_forward_bf16; buffers sized by `check`.
     unsafe {
@@ -125,8 +131,11 @@ pub fn backward(
     let rows = x.len() / d.max(1);
     check(rows, d, x.len(), gamma.len())?;
     crate::ensure!(dy.len() == x.len() && dgamma.len() == d && dbeta.len() == d, "layernorm backward: shape mismatch");
-    let blocks = backward_blocks(gpu, rows);
     let dx = gpu.alloc::<bf16>(x.len())?;
+    if rows == 0 {
+        return Ok(dx);
+    }
+    let blocks = backward_blocks(gpu, rows);
     let gp = gpu.alloc::<f32>(blocks * d)?;
     let bp = gpu.alloc::<f32>(blocks * d)?;
     let (r, dd) = (rows as i32, d as i32);

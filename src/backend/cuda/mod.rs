@@ -34,6 +34,10 @@ pub mod linear;
 pub mod module;
 #[cfg(not(no_cuda_kernels))]
 pub mod reduce;
+#[cfg(not(no_cuda_kernels))]
+pub mod residual;
+#[cfg(not(no_cuda_kernels))]
+pub mod step;
 
 #[cfg(not(no_cuda_kernels))]
 pub use gpu::{DeviceBuffer, Gpu};

@@ -1,0 +1,188 @@
+//! The explicit training step (`model::step`, what the GPU runs) against the tape-based model and the
+//! PyTorch golden values, on its CPU backend: same loss, same gradient for every parameter. Its CUDA
+//! backend runs the same program on the kernels that tests/cuda_kernels.rs checks one by one.
+
+use retro::backend::cpu::step::CpuStep;
+use retro::model::step::{loss_and_grads, DeviceParams};
+use retro::model::{Batch, RetroConfig, RetroModel};
+use retro::rng::Rng;
+use retro::tensor::{DType, Tensor};
+use std::path::Path;
+
+fn ints(t: &Tensor) -> Vec<i32> {
+    t.indices().unwrap().iter().map(|&v| v as i32).collect()
+}
+
+/// Step loss and gradients vs the tape's, both in f32; returns the worst relative gradient error.
+fn compare(model: &RetroModel, batch: &Batch) -> (f64, f64, f64) {
+    let reference = model.loss_and_grads(batch).unwrap();
+    let mut params = DeviceParams::upload(&CpuStep, model).unwrap();
+    let b = batch.tokens.shape()[0];
+    let neighbors = batch.neighbors.as_ref().map(ints);
+    let loss = loss_and_grads(
+        &CpuStep,
+        model,
+        &mut params,
+        &ints(&batch.tokens),
+        &ints(&batch.labels),
+        neighbors.as_deref(),
+        b,
+    )
+    .unwrap();
+    let mut worst = 0.0f64;
+    for ((spec, want), got) in model.params.specs.iter().zip(&reference.grads).zip(&params.grads) {
+        let want = want.to_f64_vec();
+        let scale = want.iter().fold(1e-8f64, |m, v| m.max(v.abs()));
+        let err = want.iter().zip(got).map(|(a, &b)| (a - b as f64).abs()).fold(0.0, f64::max) / scale;
+        assert!(err < 1e-3, "gradient of {} differs by {err:.2e} (relative to its largest element)", spec.name);
+        worst = worst.max(err);
+    }
+    (loss, reference.loss, worst)
+}
+
+#[test]
+fn golden_tiny_loss_and_every_gradient_match_the_tape_model() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/torch_retro/golden/retro_tiny.safetensors");
+    let (model, batch) = retro::golden::load(&path, DType::F32).unwrap();
+    let (loss, reference, worst) = compare(&model, &batch);
+    let golden = 6.261789235114643;
+    assert!((loss - golden).abs() / golden < 1e-5, "step loss {loss} vs golden {golden}");
+    assert!((loss - reference).abs() / reference < 1e-6, "step loss {loss} vs tape {reference}");
+    eprintln!("golden tiny: step loss {loss}, tape {reference}, golden {golden}; worst gradient error {worst:.1e}");
+}
+
+#[test]
+fn gpt_baseline_and_a_deeper_retro_with_two_cca_layers_match() {
+    for gpt in [true, false] {
+        let mut c = RetroConfig::preset("tiny").unwrap();
+        c.num_layers = 7;
+        c.retro_layer_numbers = Some(vec![3, 6]);
+        c.gpt_baseline = gpt;
+        c.seq_length = 128;
+        c.vocab_size = 256;
+        let model = RetroModel::init(&c, 5, DType::F32).unwrap();
+        let mut rng = Rng::new(3);
+        let (b, n, l, k, r) = (2, 128, 2, c.num_neighbors, c.retrieved_length());
+        let mut draw = |len: usize| {
+            let v: Vec<i64> = (0..len).map(|_| rng.below(256) as i64).collect();
+            v
+        };
+        let tokens = Tensor::from_vec(draw(b * n), &[b, n]).unwrap();
+        let labels = Tensor::from_vec(draw(b * n), &[b, n]).unwrap();
+        let neighbors = (!gpt).then(|| Tensor::from_vec(draw(b * l * k * r), &[b, l, k, r]).unwrap());
+        let (loss, reference, worst) = compare(&model, &Batch { tokens, labels, neighbors });
+        assert!((loss - reference).abs() / reference < 1e-6, "gpt {gpt}: step loss {loss} vs tape {reference}");
+        eprintln!("gpt {gpt}: step loss {loss} vs tape {reference}; worst gradient error {worst:.1e}");
+    }
+}
+
+#[test]
+fn dropout_and_missing_neighbours_are_refused_not_ignored() {
+    let mut c = RetroConfig::preset("tiny").unwrap();
+    c.dropout = 0.1;
+    let model = RetroModel::init(&c, 1, DType::F32).unwrap();
+    let mut params = DeviceParams::upload(&CpuStep, &model).unwrap();
+    let n = c.seq_length;
+    let err = loss_and_grads(&CpuStep, &model, &mut params, &vec![1; n], &vec![1; n], None, 1).err().unwrap();
+    assert!(err.to_string().contains("without dropout"), "{err}");
+}
+
+mod common;
+use common::device::Dev;
+
+/// A RETRO small enough for the CPU but with the GPU kernels' head dim (64): 4 layers, CCA at 2 and 4.
+fn gpu_sized_config() -> RetroConfig {
+    let mut c = RetroConfig::preset("tiny").unwrap();
+    c.hidden_size = 128;
+    c.num_heads = 2;
+    c.num_layers = 4;
+    c.retro_layer_numbers = Some(vec![2, 4]);
+    c.seq_length = 128;
+    c.vocab_size = 512;
+    c
+}
+
+fn random_batch(c: &RetroConfig, b: usize, seed: u64) -> Batch {
+    let mut rng = Rng::new(seed);
+    let (n, l, k, r) = (c.seq_length, c.seq_length / c.chunk_length, c.num_neighbors, c.retrieved_length());
+    let mut draw = |len: usize| -> Vec<i64> { (0..len).map(|_| rng.below(c.vocab_size as u64) as i64).collect() };
+    Batch {
+        tokens: Tensor::from_vec(draw(b * n), &[b, n]).unwrap(),
+        labels: Tensor::from_vec(draw(b * n), &[b, n]).unwrap(),
+        neighbors: Some(Tensor::from_vec(draw(b * l * k * r), &[b, l, k, r]).unwrap()),
+    }
+}
+
+// The step on each backend against the tape model in f32: the CPU backend to f32 rounding, the GPU
+// (bf16 activations) to bf16 accuracy.
+test_device!(step_matches_the_tape_model_on_each_backend, |dev| {
+    let c = gpu_sized_config();
+    let model = RetroModel::init(&c, 11, DType::F32).unwrap();
+    let batch = random_batch(&c, 2, 12);
+    let reference = model.loss_and_grads(&batch).unwrap();
+    let (loss, grads, loss_tol, grad_tol) = match dev {
+        Dev::Cpu => {
+            let mut p = DeviceParams::upload(&CpuStep, &model).unwrap();
+            let nb = ints(batch.neighbors.as_ref().unwrap());
+            let loss =
+                loss_and_grads(&CpuStep, &model, &mut p, &ints(&batch.tokens), &ints(&batch.labels), Some(&nb), 2)
+                    .unwrap();
+            (loss, p.grads.clone(), 1e-6, 1e-3)
+        }
+        #[cfg(not(no_cuda_kernels))]
+        Dev::Cuda(gpu) => {
+            use retro::model::step::StepBackend;
+            let backend = retro::backend::cuda::step::CudaStep { gpu: gpu.clone() };
+            let mut p = DeviceParams::upload(&backend, &model).unwrap();
+            let nb = ints(batch.neighbors.as_ref().unwrap());
+            let loss =
+                loss_and_grads(&backend, &model, &mut p, &ints(&batch.tokens), &ints(&batch.labels), Some(&nb), 2)
+                    .unwrap();
+            let grads = p.grads.iter().map(|g| backend.read_vec32(g).unwrap()).collect::<Vec<_>>();
+            (loss, grads, 1e-2, 8e-2)
+        }
+    };
+    let rel = (loss - reference.loss).abs() / reference.loss;
+    assert!(rel < loss_tol, "{}: step loss {loss} vs tape {} ({rel:.1e})", dev.name(), reference.loss);
+    let mut worst = (0.0f64, String::new());
+    for ((spec, want), got) in model.params.specs.iter().zip(&reference.grads).zip(&grads) {
+        let want = want.to_f64_vec();
+        let scale = want.iter().fold(1e-8f64, |m, v| m.max(v.abs()));
+        let err = want.iter().zip(got).map(|(a, &b)| (a - b as f64).abs()).fold(0.0, f64::max) / scale;
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    assert!(worst.0 < grad_tol, "{}: gradient of {} differs by {:.2e}", dev.name(), worst.1, worst.0);
+    eprintln!(
+        "{}: loss {loss} vs {} ({rel:.1e}); worst gradient {} at {:.1e}",
+        dev.name(),
+        reference.loss,
+        worst.1,
+        worst.0
+    );
+});
+
+// 20 AdamW steps of the 857m config on two alternating random batches: finite, and the loss falls.
+// The GPU only: on the CPU this model takes minutes per step.
+test_device!(gpu_857m_twenty_steps_lower_the_loss, |dev| {
+    #[cfg(not(no_cuda_kernels))]
+    if let Dev::Cuda(gpu) = dev {
+        use retro::train::{gpu_step::GpuTrainer, AdamWConfig};
+        let c = RetroConfig::preset("857m").unwrap();
+        let model = RetroModel::init(&c, 1, DType::F32).unwrap();
+        let mut trainer =
+            GpuTrainer::new(gpu.clone(), &model, AdamWConfig { lr: 6e-4, ..AdamWConfig::default() }).unwrap();
+        let batches = [random_batch(&c, 1, 1), random_batch(&c, 1, 2)];
+        let losses: Vec<f64> = (0..20).map(|i| trainer.train_step(&model, &batches[i % 2], 6e-4).unwrap().0).collect();
+        eprintln!("857m losses: {losses:?}; memory {:?}", gpu.memory());
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        assert!(
+            mean(&losses[16..]) < mean(&losses[..4]) && losses[19] < losses[0],
+            "the loss did not fall: {losses:?}"
+        );
+        return;
+    }
+    eprintln!("{}: skipped (the 857m model is for the GPU)", dev.name());
+});
