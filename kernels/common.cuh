@@ -45,6 +45,30 @@ __device__ inline void store8(__nv_bfloat16* p, const float v[8]) {
     *reinterpret_cast<uint4*>(p) = u.raw;
 }
 
+// The f32 versions (two 16-byte vectors): every element-wise kernel is a template over its element type,
+// bf16 for training and f32 for the exact checks against the CPU reference.
+__device__ inline void load8(const float* p, float v[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ inline void store8(float* p, const float v[8]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ inline float to_float(float x) { return x; }
+template <typename T> __device__ inline T from_float(float x);
+template <> __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ inline float from_float<float>(float x) { return x; }
+
+// Instantiate the kernel template `name<T>` (a __device__ function) as the extern "C" entry points
+// `name_bf16` and `name_f32`. PARAMS(T) is a macro giving the parameter list for element type T; the
+// remaining arguments are the parameter names, passed through.
+#define RETRO_BF16_AND_F32(bounds, name, PARAMS, ...) \
+    extern "C" __global__ void bounds name##_bf16(PARAMS(__nv_bfloat16)) { name<__nv_bfloat16>(__VA_ARGS__); } \
+    extern "C" __global__ void bounds name##_f32(PARAMS(float)) { name<float>(__VA_ARGS__); }
 // Sum over the whole block, returned to every thread. `scratch` holds one float per warp; the two
 // barriers make back-to-back calls with the same scratch safe. Fixed order: deterministic.
 __device__ inline float block_allreduce_sum(float v, float* scratch) {

@@ -1,4 +1,4 @@
-// Fused softmax cross-entropy over bf16 logits [rows, classes], gradient written in place:
+// Fused softmax cross-entropy over bf16 (or f32) logits [rows, classes], gradient written in place:
 //   loss[r]      = logsumexp(z_r) - z_r[target_r]                    (0 for target -1: ignored row)
 //   dlogits[r]j  = (softmax(z_r)_j - [j == target_r]) * grad_scale   (0 for an ignored row)
 // grad_scale is d(total loss)/d(loss[r]), e.g. 1 / (rows counted in the mean).
@@ -9,12 +9,12 @@
 #include "common.cuh"
 #include "cross_entropy.h"
 
-extern "C" __global__ void __launch_bounds__(RETRO_CE_BLOCK)
-    softmax_cross_entropy_bf16(__nv_bfloat16* __restrict__ logits, float* __restrict__ losses,
-                               const int32_t* __restrict__ targets, int classes, float grad_scale) {
+template <typename T>
+__device__ inline void softmax_cross_entropy(T* __restrict__ logits, float* __restrict__ losses,
+                                             const int32_t* __restrict__ targets, int classes, float grad_scale) {
     __shared__ float scratch[RETRO_CE_BLOCK / 32];
     const size_t row = blockIdx.x;
-    __nv_bfloat16* z = logits + row * classes;
+    T* z = logits + row * classes;
     const int target = targets[row];
     const int groups = classes / 8;
     float m = -INFINITY, s = 0.f;
@@ -32,7 +32,7 @@ extern "C" __global__ void __launch_bounds__(RETRO_CE_BLOCK)
     const float max = block_allreduce_max(m, scratch);
     const float sum = block_allreduce_sum(m == -INFINITY ? 0.f : s * __expf(m - max), scratch);
     const float inv = 1.f / sum;
-    if (threadIdx.x == 0) losses[row] = target < 0 ? 0.f : __logf(sum) + max - __bfloat162float(z[target]);
+    if (threadIdx.x == 0) losses[row] = target < 0 ? 0.f : __logf(sum) + max - to_float(z[target]);
     // Every thread has read z[target] (thread 0 above) before anyone overwrites it.
     __syncthreads();
     const float scale = target < 0 ? 0.f : grad_scale;
@@ -43,3 +43,6 @@ extern "C" __global__ void __launch_bounds__(RETRO_CE_BLOCK)
         store8(z + 8 * g, v);
     }
 }
+#define CE_PARAMS(T) T *__restrict__ logits, float *__restrict__ losses, const int32_t *__restrict__ targets, int classes, float grad_scale
+RETRO_BF16_AND_F32(__launch_bounds__(RETRO_CE_BLOCK), softmax_cross_entropy, CE_PARAMS, logits, losses, targets, classes,
+                   grad_scale)

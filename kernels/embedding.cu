@@ -1,4 +1,4 @@
-// Token + learned position embedding, bf16 tables and activations, f32 gradients.
+// Token + learned position embedding, bf16 (or f32) tables and activations, f32 gradients.
 //   forward: out[t] = word[tokens[t]] + position[t % period]   (period = sequence length for the decoder,
 //            r for neighbour chunks, whose positions restart at 0 per chunk: Megatron's RETRO)
 //   word backward: dword[v] += sum of dout[t] over the tokens t with tokens[t] == v.
@@ -12,10 +12,10 @@
 #include "common.cuh"
 #include "elementwise.h"
 
-extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* __restrict__ out, const int32_t* __restrict__ tokens,
-                                                  const __nv_bfloat16* __restrict__ word,
-                                                  const __nv_bfloat16* __restrict__ position, uint64_t count, int d,
-                                                  int period) {
+template <typename T>
+__device__ inline void embedding_forward(T* __restrict__ out, const int32_t* __restrict__ tokens,
+                                         const T* __restrict__ word, const T* __restrict__ position, uint64_t count,
+                                         int d, int period) {
     const uint64_t groups = (uint64_t)d / 8;
     RETRO_GRID_STRIDE(i, count * groups) {
         const uint64_t t = i / groups;
@@ -27,10 +27,15 @@ extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* __restrict__ ou
         store8(out + t * d + c, a);
     }
 }
+#define EMBEDDING_FORWARD_PARAMS(T)                                                                           \
+    T *__restrict__ out, const int32_t *__restrict__ tokens, const T *__restrict__ word,                      \
+        const T *__restrict__ position, uint64_t count, int d, int period
+RETRO_BF16_AND_F32(, embedding_forward, EMBEDDING_FORWARD_PARAMS, out, tokens, word, position, count, d, period)
 
-extern "C" __global__ void embedding_word_backward(float* __restrict__ dword, const __nv_bfloat16* __restrict__ dout,
-                                                   const int32_t* __restrict__ unique, const int32_t* __restrict__ starts,
-                                                   const int32_t* __restrict__ order, int d) {
+template <typename T>
+__device__ inline void embedding_word_backward(float* __restrict__ dword, const T* __restrict__ dout,
+                                               const int32_t* __restrict__ unique, const int32_t* __restrict__ starts,
+                                               const int32_t* __restrict__ order, int d) {
     const int u = blockIdx.x;
     const int begin = starts[u], end = starts[u + 1];
     float* row = dword + (size_t)unique[u] * d;
@@ -44,9 +49,14 @@ extern "C" __global__ void embedding_word_backward(float* __restrict__ dword, co
         for (int e = 0; e < 8; ++e) row[c + e] += acc[e];
     }
 }
+#define WORD_BACKWARD_PARAMS(T)                                                                               \
+    float *__restrict__ dword, const T *__restrict__ dout, const int32_t *__restrict__ unique,                 \
+        const int32_t *__restrict__ starts, const int32_t *__restrict__ order, int d
+RETRO_BF16_AND_F32(, embedding_word_backward, WORD_BACKWARD_PARAMS, dword, dout, unique, starts, order, d)
 
-extern "C" __global__ void embedding_position_backward(float* __restrict__ dposition, const __nv_bfloat16* __restrict__ dout,
-                                                       uint64_t count, int d, int period) {
+template <typename T>
+__device__ inline void embedding_position_backward(float* __restrict__ dposition, const T* __restrict__ dout,
+                                                   uint64_t count, int d, int period) {
     const uint64_t groups = (uint64_t)d / 8;
     const uint64_t rows = min((uint64_t)period, count);
     RETRO_GRID_STRIDE(i, rows * groups) {
@@ -61,3 +71,5 @@ extern "C" __global__ void embedding_position_backward(float* __restrict__ dposi
         for (int e = 0; e < 8; ++e) dposition[p * d + c + e] += acc[e];
     }
 }
+#define POSITION_BACKWARD_PARAMS(T) float *__restrict__ dposition, const T *__restrict__ dout, uint64_t count, int d, int period
+RETRO_BF16_AND_F32(, embedding_position_backward, POSITION_BACKWARD_PARAMS, dposition, dout, count, d, period)

@@ -1,4 +1,4 @@
-// Bias + tanh-approximated GELU (Megatron's bias_gelu_fusion), bf16 activations, f32 bias:
+// Bias + tanh-approximated GELU (Megatron's bias_gelu_fusion), bf16 (or f32) activations, f32 bias:
 //   forward:  y = gelu(x + b), gelu(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
 //   backward: du = dy * gelu'(x + b), recomputing u from x and b instead of storing it.
 // The bias gradient is the column sum of du (kernels/reduce.cu).
@@ -15,8 +15,9 @@ __device__ inline float gelu_tanh(float u, float* derivative) {
     return 0.5f * u * (1.f + t);
 }
 
-extern "C" __global__ void bias_gelu_forward_bf16(__nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ x,
-                                                  const float* __restrict__ bias, uint64_t n, int d) {
+template <typename T>
+__device__ inline void bias_gelu_forward(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ bias,
+                                         uint64_t n, int d) {
     RETRO_GRID_STRIDE(g, n / 8) {
         const int col = (int)((g * 8) % d);
         float v[8];
@@ -28,10 +29,12 @@ extern "C" __global__ void bias_gelu_forward_bf16(__nv_bfloat16* __restrict__ y,
         store8(y + g * 8, v);
     }
 }
+#define GELU_FORWARD_PARAMS(T) T *__restrict__ y, const T *__restrict__ x, const float *__restrict__ bias, uint64_t n, int d
+RETRO_BF16_AND_F32(, bias_gelu_forward, GELU_FORWARD_PARAMS, y, x, bias, n, d)
 
-extern "C" __global__ void bias_gelu_backward_bf16(__nv_bfloat16* __restrict__ du, const __nv_bfloat16* __restrict__ dy,
-                                                   const __nv_bfloat16* __restrict__ x, const float* __restrict__ bias,
-                                                   uint64_t n, int d) {
+template <typename T>
+__device__ inline void bias_gelu_backward(T* __restrict__ du, const T* __restrict__ dy, const T* __restrict__ x,
+                                          const float* __restrict__ bias, uint64_t n, int d) {
     RETRO_GRID_STRIDE(g, n / 8) {
         const int col = (int)((g * 8) % d);
         float v[8], dv[8];
@@ -45,3 +48,6 @@ extern "C" __global__ void bias_gelu_backward_bf16(__nv_bfloat16* __restrict__ d
         store8(du + g * 8, dv);
     }
 }
+#define GELU_BACKWARD_PARAMS(T) \
+    T *__restrict__ du, const T *__restrict__ dy, const T *__restrict__ x, const float *__restrict__ bias, uint64_t n, int d
+RETRO_BF16_AND_F32(, bias_gelu_backward, GELU_BACKWARD_PARAMS, du, dy, x, bias, n, d)

@@ -1,4 +1,4 @@
-// LayerNorm over the last dimension of bf16 rows, f32 statistics and f32 gamma / beta:
+// LayerNorm over the last dimension of bf16 (or f32) rows, f32 statistics and f32 gamma / beta:
 //   y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps) (biased variance).
 //
 // Tiling: one block of RETRO_LN_BLOCK threads per row (forward) or per strided set of rows (backward).
@@ -7,10 +7,10 @@
 // exactly once. Mean and variance are two block reductions in a fixed order (deterministic), the variance
 // from the centred values held in registers (no E[x^2] - E[x]^2 cancellation).
 //
-// layernorm_forward_bf16: y, mean, rstd from x.
-// residual_layernorm_forward_bf16: h = x + r rounded to bf16 (the residual stream), then y = LN(h);
+// layernorm_forward_{bf16,f32}: y, mean, rstd from x.
+// residual_layernorm_forward_*: h = x + r rounded to the element type (the residual stream), then y = LN(h);
 //   writes h and y in one pass (saves a separate add kernel and one read of h).
-// layernorm_backward_bf16: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma. The
+// layernorm_backward_*: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma. The
 //   gamma / beta gradients are accumulated per block in registers over the block's rows (each thread owns
 //   its columns: no atomics), written as partials[block][d] and summed by column_sum_partials_f32 in a
 //   fixed order: deterministic.
@@ -21,7 +21,8 @@ struct RowRegs {
     float v[RETRO_LN_MAX_GROUPS][8];
 };
 
-__device__ inline void layernorm_row(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y,
+template <typename T>
+__device__ inline void layernorm_row(const T* __restrict__ x, T* __restrict__ y,
                                      float* __restrict__ mean_out, float* __restrict__ rstd_out,
                                      const float* __restrict__ gamma, const float* __restrict__ beta, int d,
                                      float eps, RowRegs& r, float* scratch) {
@@ -62,23 +63,27 @@ __device__ inline void layernorm_row(const __nv_bfloat16* __restrict__ x, __nv_b
     }
 }
 
-extern "C" __global__ void __launch_bounds__(RETRO_LN_BLOCK)
-    layernorm_forward_bf16(__nv_bfloat16* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
-                           const __nv_bfloat16* __restrict__ x, const float* __restrict__ gamma,
-                           const float* __restrict__ beta, int rows, int d, float eps) {
+template <typename T>
+__device__ inline void layernorm_forward(T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
+                                         const T* __restrict__ x, const float* __restrict__ gamma,
+                                         const float* __restrict__ beta, int rows, int d, float eps) {
     __shared__ float scratch[RETRO_LN_BLOCK / 32];
     const int row = blockIdx.x;
     if (row >= rows) return;
     RowRegs r;
-    layernorm_row(x + (size_t)row * d, y + (size_t)row * d, mean + row, rstd + row, gamma, beta, d, eps, r, scratch);
+    layernorm_row<T>(x + (size_t)row * d, y + (size_t)row * d, mean + row, rstd + row, gamma, beta, d, eps, r, scratch);
 }
+#define LN_FORWARD_PARAMS(T)                                                                                   \
+    T *__restrict__ y, float *__restrict__ mean, float *__restrict__ rstd, const T *__restrict__ x,            \
+        const float *__restrict__ gamma, const float *__restrict__ beta, int rows, int d, float eps
+RETRO_BF16_AND_F32(__launch_bounds__(RETRO_LN_BLOCK), layernorm_forward, LN_FORWARD_PARAMS, y, mean, rstd, x, gamma,
+                   beta, rows, d, eps)
 
-extern "C" __global__ void __launch_bounds__(RETRO_LN_BLOCK)
-    residual_layernorm_forward_bf16(__nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ y,
-                                    float* __restrict__ mean, float* __restrict__ rstd,
-                                    const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ residual,
-                                    const float* __restrict__ gamma, const float* __restrict__ beta, int rows, int d,
-                                    float eps) {
+template <typename T>
+__device__ inline void residual_layernorm_forward(T* __restrict__ h, T* __restrict__ y, float* __restrict__ mean,
+                                                  float* __restrict__ rstd, const T* __restrict__ x,
+                                                  const T* __restrict__ residual, const float* __restrict__ gamma,
+                                                  const float* __restrict__ beta, int rows, int d, float eps) {
     __shared__ float scratch[RETRO_LN_BLOCK / 32];
     const int row = blockIdx.x;
     if (row >= rows) return;
@@ -93,18 +98,25 @@ extern "C" __global__ void __launch_bounds__(RETRO_LN_BLOCK)
             load8(residual + base + 8 * g, b);
             for (int e = 0; e < 8; ++e) a[e] += b[e];
             store8(h + base + 8 * g, a);
-            // Normalise the stored (bf16-rounded) residual, which is what the backward will see.
+            // Normalise the stored (rounded) residual, which is what the backward will see.
             load8(h + base + 8 * g, r.v[j]);
         }
     }
-    layernorm_row(nullptr, y + base, mean + row, rstd + row, gamma, beta, d, eps, r, scratch);
+    layernorm_row<T>(nullptr, y + base, mean + row, rstd + row, gamma, beta, d, eps, r, scratch);
 }
+#define RESIDUAL_LN_PARAMS(T)                                                                                  \
+    T *__restrict__ h, T *__restrict__ y, float *__restrict__ mean, float *__restrict__ rstd,                 \
+        const T *__restrict__ x, const T *__restrict__ residual, const float *__restrict__ gamma,              \
+        const float *__restrict__ beta, int rows, int d, float eps
+RETRO_BF16_AND_F32(__launch_bounds__(RETRO_LN_BLOCK), residual_layernorm_forward, RESIDUAL_LN_PARAMS, h, y, mean,
+                   rstd, x, residual, gamma, beta, rows, d, eps)
 
-extern "C" __global__ void __launch_bounds__(RETRO_LN_BLOCK)
-    layernorm_backward_bf16(__nv_bfloat16* __restrict__ dx, float* __restrict__ dgamma_partials,
-                            float* __restrict__ dbeta_partials, const __nv_bfloat16* __restrict__ dy,
-                            const __nv_bfloat16* __restrict__ x, const float* __restrict__ mean,
-                            const float* __restrict__ rstd, const float* __restrict__ gamma, int rows, int d) {
+template <typename T>
+__device__ inline void layernorm_backward(T* __restrict__ dx, float* __restrict__ dgamma_partials,
+                                          float* __restrict__ dbeta_partials, const T* __restrict__ dy,
+                                          const T* __restrict__ x, const float* __restrict__ mean,
+                                          const float* __restrict__ rstd, const float* __restrict__ gamma, int rows,
+                                          int d) {
     __shared__ float scratch[RETRO_LN_BLOCK / 32];
     const int groups = d / 8;
     float dgamma[RETRO_LN_MAX_GROUPS][8], dbeta[RETRO_LN_MAX_GROUPS][8];
@@ -155,3 +167,9 @@ extern "C" __global__ void __launch_bounds__(RETRO_LN_BLOCK)
             }
     }
 }
+#define LN_BACKWARD_PARAMS(T)                                                                                  \
+    T *__restrict__ dx, float *__restrict__ dgamma_partials, float *__restrict__ dbeta_partials,              \
+        const T *__restrict__ dy, const T *__restrict__ x, const float *__restrict__ mean,                    \
+        const float *__restrict__ rstd, const float *__restrict__ gamma, int rows, int d
+RETRO_BF16_AND_F32(__launch_bounds__(RETRO_LN_BLOCK), layernorm_backward, LN_BACKWARD_PARAMS, dx, dgamma_partials,
+                   dbeta_partials, dy, x, mean, rstd, gamma, rows, d)

@@ -2,6 +2,7 @@
 //! kernels load (fatbin and PTX) and compute what the CPU reference computes.
 
 use crate::backend::cuda;
+#[cfg(not(no_cuda_kernels))]
 use crate::Result;
 use std::fmt::Write;
 

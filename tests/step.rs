@@ -113,35 +113,48 @@ fn random_batch(c: &RetroConfig, b: usize, seed: u64) -> Batch {
     }
 }
 
-// The step on each backend against the tape model in f32: the CPU backend to f32 rounding, the GPU
-// (bf16 activations) to bf16 accuracy.
+/// The step on `backend`: (loss, every parameter's gradient).
+fn run_step<B: retro::model::step::StepBackend>(
+    backend: &B,
+    model: &RetroModel,
+    batch: &Batch,
+) -> (f64, Vec<Vec<f32>>) {
+    let mut p = DeviceParams::upload(backend, model).unwrap();
+    let nb = batch.neighbors.as_ref().map(ints);
+    let b = batch.tokens.shape()[0];
+    let loss =
+        loss_and_grads(backend, model, &mut p, &ints(&batch.tokens), &ints(&batch.labels), nb.as_deref(), b).unwrap();
+    (loss, p.grads.iter().map(|g| backend.read_vec32(g).unwrap()).collect())
+}
+
+/// (loss, gradients, loss tolerance, gradient tolerance) of the step on `dev`.
+fn step_on(dev: &Dev, model: &RetroModel, batch: &Batch) -> (f64, Vec<Vec<f32>>, f64, f64) {
+    match dev {
+        Dev::Cpu => {
+            let (l, g) = run_step(&CpuStep, model, batch);
+            (l, g, 1e-6, 1e-3)
+        }
+        #[cfg(not(no_cuda_kernels))]
+        Dev::Cuda(gpu) => {
+            let (l, g) = run_step(&retro::backend::cuda::step::CudaStep::<half::bf16>::new(gpu.clone()), model, batch);
+            (l, g, 1e-2, 8e-2)
+        }
+        #[cfg(not(no_cuda_kernels))]
+        Dev::CudaF32(gpu) => {
+            let (l, g) = run_step(&retro::backend::cuda::step::CudaStep::<f32>::new(gpu.clone()), model, batch);
+            (l, g, 1e-5, 1e-3)
+        }
+    }
+}
+
+// The step on each backend against the tape model in f32: the CPU backend and the GPU in f32 to f32
+// rounding, the GPU's bf16 training kernels to bf16 accuracy.
 test_device!(step_matches_the_tape_model_on_each_backend, |dev| {
     let c = gpu_sized_config();
     let model = RetroModel::init(&c, 11, DType::F32).unwrap();
     let batch = random_batch(&c, 2, 12);
     let reference = model.loss_and_grads(&batch).unwrap();
-    let (loss, grads, loss_tol, grad_tol) = match dev {
-        Dev::Cpu => {
-            let mut p = DeviceParams::upload(&CpuStep, &model).unwrap();
-            let nb = ints(batch.neighbors.as_ref().unwrap());
-            let loss =
-                loss_and_grads(&CpuStep, &model, &mut p, &ints(&batch.tokens), &ints(&batch.labels), Some(&nb), 2)
-                    .unwrap();
-            (loss, p.grads.clone(), 1e-6, 1e-3)
-        }
-        #[cfg(not(no_cuda_kernels))]
-        Dev::Cuda(gpu) => {
-            use retro::model::step::StepBackend;
-            let backend = retro::backend::cuda::step::CudaStep { gpu: gpu.clone() };
-            let mut p = DeviceParams::upload(&backend, &model).unwrap();
-            let nb = ints(batch.neighbors.as_ref().unwrap());
-            let loss =
-                loss_and_grads(&backend, &model, &mut p, &ints(&batch.tokens), &ints(&batch.labels), Some(&nb), 2)
-                    .unwrap();
-            let grads = p.grads.iter().map(|g| backend.read_vec32(g).unwrap()).collect::<Vec<_>>();
-            (loss, grads, 1e-2, 8e-2)
-        }
-    };
+    let (loss, grads, loss_tol, grad_tol) = step_on(dev, &model, &batch);
     let rel = (loss - reference.loss).abs() / reference.loss;
     assert!(rel < loss_tol, "{}: step loss {loss} vs tape {} ({rel:.1e})", dev.name(), reference.loss);
     let mut worst = (0.0f64, String::new());
@@ -161,6 +174,29 @@ test_device!(step_matches_the_tape_model_on_each_backend, |dev| {
         worst.1,
         worst.0
     );
+});
+
+/// The golden directory: $RETRO_GOLDEN_DIR (the GPU machine's copy), else ../shared beside the checkout.
+fn golden_file() -> std::path::PathBuf {
+    match std::env::var_os("RETRO_GOLDEN_DIR") {
+        Some(d) => std::path::PathBuf::from(d).join("retro_tiny.safetensors"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/torch_retro/golden/retro_tiny.safetensors"),
+    }
+}
+
+// PyTorch's golden tiny model through the step: within 1e-5 of the float64 golden loss in f32 (CPU, and
+// the GPU's exact f32 kernels). The bf16 kernels cannot run it: its head dim is 16.
+test_device!(golden_tiny_loss_through_the_step, |dev| {
+    let (model, batch) = retro::golden::load(&golden_file(), DType::F32).unwrap();
+    #[cfg(not(no_cuda_kernels))]
+    if let Dev::Cuda(_) = dev {
+        eprintln!("{}: skipped (the tiny config's head dim 16 is below the tensor-core kernels' 64)", dev.name());
+        return;
+    }
+    let (loss, _, _, _) = step_on(dev, &model, &batch);
+    let golden = 6.261789235114643;
+    assert!((loss - golden).abs() / golden < 1e-5, "{}: step loss {loss} vs golden {golden}", dev.name());
+    eprintln!("{}: golden tiny loss {loss} (golden {golden})", dev.name());
 });
 
 // 20 AdamW steps of the 857m config on two alternating random batches: finite, and the loss falls.

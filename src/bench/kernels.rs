@@ -123,7 +123,7 @@ impl Suite {
         let (a, b) = (random_bf16(gpu, n * n, 1.0, 1)?, random_bf16(gpu, n * n, 1.0, 2)?);
         let c = gpu.alloc::<bf16>(n * n)?;
         let l = cuda::linear::Linear { rows: n, in_features: n, out_features: n };
-        let shape = l.forward_shape(cuda::blas::Epilogue::None);
+        let shape = l.forward_shape::<bf16>(cuda::blas::Epilogue::None);
         let blas = gpu.blas()?;
         // SAFETY: three n x n bf16 buffers.
         let t = self.time(|| unsafe { blas.gemm(&shape, a.ptr(), b.ptr(), c.ptr(), None, 1.0, 0.0) })?;

@@ -9,11 +9,12 @@ use crate::model::step::{loss_and_grads, DeviceParams};
 use crate::model::{Batch, RetroModel};
 use crate::train::{optimizer::StepStats, AdamWConfig};
 use crate::Result;
+use half::bf16;
 use std::sync::Arc;
 
 pub struct GpuTrainer {
-    pub backend: CudaStep,
-    pub params: DeviceParams<CudaStep>,
+    pub backend: CudaStep<bf16>,
+    pub params: DeviceParams<CudaStep<bf16>>,
     exp_avg: Vec<DeviceBuffer<f32>>,
     exp_avg_sq: Vec<DeviceBuffer<f32>>,
     decays: Vec<bool>,
@@ -27,9 +28,9 @@ fn ints(t: &crate::tensor::Tensor) -> Result<Vec<i32>> {
 
 impl GpuTrainer {
     pub fn new(gpu: Arc<Gpu>, model: &RetroModel, config: AdamWConfig) -> Result<Self> {
-        let backend = CudaStep { gpu };
+        let backend = CudaStep::new(gpu);
         let params = DeviceParams::upload(&backend, model)?;
-        let zeros = |p: &DeviceParams<CudaStep>| {
+        let zeros = |p: &DeviceParams<CudaStep<bf16>>| {
             p.values.iter().map(|v| backend.gpu.zeros::<f32>(v.len())).collect::<Result<Vec<_>>>()
         };
         let (exp_avg, exp_avg_sq) = (zeros(&params)?, zeros(&params)?);

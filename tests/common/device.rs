@@ -7,13 +7,18 @@
 //! and downloads. Test inputs are rounded to bf16 first, so both backends see exactly the same numbers.
 #![allow(dead_code)]
 
-use half::bf16;
 use retro::backend::cpu;
+#[cfg(not(no_cuda_kernels))]
+use retro::backend::cuda::element::GpuFloat;
 
 pub enum Dev {
     Cpu,
+    /// The training kernels: bf16 activations.
     #[cfg(not(no_cuda_kernels))]
     Cuda(std::sync::Arc<retro::backend::cuda::Gpu>),
+    /// The same launchers on f32 data (exact attention kernels): checked to f32 accuracy.
+    #[cfg(not(no_cuda_kernels))]
+    CudaF32(std::sync::Arc<retro::backend::cuda::Gpu>),
 }
 
 #[macro_export]
@@ -29,7 +34,14 @@ macro_rules! test_device {
             #[test]
             fn cuda() {
                 let body: fn(&Dev) = $body;
-                if let Some(dev) = $crate::common::device::cuda() {
+                if let Some(dev) = $crate::common::device::cuda(false) {
+                    body(&dev);
+                }
+            }
+            #[test]
+            fn cuda_f32() {
+                let body: fn(&Dev) = $body;
+                if let Some(dev) = $crate::common::device::cuda(true) {
                     body(&dev);
                 }
             }
@@ -37,14 +49,16 @@ macro_rules! test_device {
     };
 }
 
-/// The CUDA device for the `cuda` copy of a test, or None after printing why not.
-pub fn cuda() -> Option<Dev> {
+/// The CUDA device for the `cuda` (bf16) or `cuda_f32` copy of a test, or None after printing why not.
+pub fn cuda(f32: bool) -> Option<Dev> {
     let required = std::env::var("RETRO_REQUIRE_GPU").is_ok_and(|v| v == "1");
     let skip = |why: String| {
         assert!(!required, "RETRO_REQUIRE_GPU=1 but {why}");
         eprintln!("SKIPPED on CUDA: {why}");
         None
     };
+    #[cfg(no_cuda_kernels)]
+    let _ = f32;
     #[cfg(no_cuda_kernels)]
     return skip("this build has no CUDA kernels (nvcc was not found at build time)".into());
     #[cfg(not(no_cuda_kernels))]
@@ -60,13 +74,13 @@ pub fn cuda() -> Option<Dev> {
         // One Gpu per test thread would create many contexts' worth of streams; share one.
         static GPU: std::sync::OnceLock<std::sync::Arc<retro::backend::cuda::Gpu>> = std::sync::OnceLock::new();
         let gpu = GPU.get_or_init(|| retro::backend::cuda::Gpu::new(0).expect("opening GPU 0"));
-        Some(Dev::Cuda(gpu.clone()))
+        Some(if f32 { Dev::CudaF32(gpu.clone()) } else { Dev::Cuda(gpu.clone()) })
     }
 }
 
 /// Round to the nearest bf16 (what the GPU stores).
 pub fn round_bf16(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
 }
 
 pub fn rand_bf16(rng: &mut retro::rng::Rng, n: usize, scale: f64) -> Vec<f32> {
@@ -82,22 +96,49 @@ pub fn rel_err(got: &[f32], reference: &[f32], floor: f32) -> f32 {
 
 #[track_caller]
 pub fn assert_close(what: &str, dev: &Dev, got: &[f32], reference: &[f32], cpu_tol: f32, cuda_tol: f32) {
+    #[cfg(no_cuda_kernels)]
+    let _ = cuda_tol;
     let tol = match dev {
         Dev::Cpu => cpu_tol,
         #[cfg(not(no_cuda_kernels))]
         Dev::Cuda(_) => cuda_tol,
+        // Exact kernels in f32: as accurate as the CPU, up to summation order and fast-math exp / rsqrt.
+        #[cfg(not(no_cuda_kernels))]
+        Dev::CudaF32(_) => cpu_tol.max(1e-5),
     };
     let e = rel_err(got, reference, 1e-6);
     assert!(e <= tol, "{what} on {}: relative error {e:.3e} > {tol:.1e}", dev.name());
     eprintln!("{what} on {}: relative error {e:.2e} (tolerance {tol:.0e})", dev.name());
 }
 
-fn to_bf16(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
+#[cfg(not(no_cuda_kernels))]
+fn to_e<E: GpuFloat>(x: &[f32]) -> Vec<E> {
+    x.iter().map(|&v| E::from_f32(v)).collect()
 }
 
-fn from_bf16(x: &[bf16]) -> Vec<f32> {
+#[cfg(not(no_cuda_kernels))]
+fn from_e<E: GpuFloat>(x: &[E]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
+}
+
+#[allow(unused_macros)]
+/// The CUDA arms of a `Dev` method: `$body` runs with `$E` = bf16 (the training kernels) or f32 (exact).
+macro_rules! on_cuda {
+    ($self:expr, $gpu:ident, $E:ident, $body:block) => {
+        match $self {
+            Dev::Cuda($gpu) => {
+                #[allow(dead_code)]
+                type $E = half::bf16;
+                $body
+            }
+            Dev::CudaF32($gpu) => {
+                #[allow(dead_code)]
+                type $E = f32;
+                $body
+            }
+            Dev::Cpu => unreachable!(),
+        }
+    };
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +169,9 @@ impl Dev {
         match self {
             Dev::Cpu => "cpu".into(),
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(g) => g.name(),
+            Dev::Cuda(g) => format!("{} (bf16)", g.name()),
+            #[cfg(not(no_cuda_kernels))]
+            Dev::CudaF32(g) => format!("{} (f32)", g.name()),
         }
     }
 
@@ -140,12 +183,12 @@ impl Dev {
                 (y, s.mean, s.rstd)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::layernorm;
-                let (dx, dg, db) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
+                let (dx, dg, db) = (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
                 let (y, s) = layernorm::forward(gpu, &dx, &dg, &db, d, eps).unwrap();
-                (from_bf16(&gpu.download(&y).unwrap()), gpu.download(&s.mean).unwrap(), gpu.download(&s.rstd).unwrap())
-            }
+                (from_e(&gpu.download(&y).unwrap()), gpu.download(&s.mean).unwrap(), gpu.download(&s.rstd).unwrap())
+            }),
         }
     }
 
@@ -166,13 +209,13 @@ impl Dev {
                 (h, y)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::layernorm;
-                let (dx, dr) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(&to_bf16(r)).unwrap());
+                let (dx, dr) = (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(&to_e::<E>(r)).unwrap());
                 let (dg, db) = (gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
                 let (h, y, _) = layernorm::residual_forward(gpu, &dx, &dr, &dg, &db, d, eps).unwrap();
-                (from_bf16(&gpu.download(&h).unwrap()), from_bf16(&gpu.download(&y).unwrap()))
-            }
+                (from_e(&gpu.download(&h).unwrap()), from_e(&gpu.download(&y).unwrap()))
+            }),
         }
     }
 
@@ -192,16 +235,16 @@ impl Dev {
                 cpu::layernorm::backward(dy, x, g, &s, d)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::layernorm;
                 let (dx_in, dg, db) =
-                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
+                    (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(g).unwrap(), gpu.upload(b).unwrap());
                 let (_, s) = layernorm::forward(gpu, &dx_in, &dg, &db, d, eps).unwrap();
                 let (gg, gb) = (gpu.zeros::<f32>(d).unwrap(), gpu.zeros::<f32>(d).unwrap());
-                let ddy = gpu.upload(&to_bf16(dy)).unwrap();
+                let ddy = gpu.upload(&to_e::<E>(dy)).unwrap();
                 let dx = layernorm::backward(gpu, &ddy, &dx_in, &s, &dg, &gg, &gb, d).unwrap();
-                (from_bf16(&gpu.download(&dx).unwrap()), gpu.download(&gg).unwrap(), gpu.download(&gb).unwrap())
-            }
+                (from_e(&gpu.download(&dx).unwrap()), gpu.download(&gg).unwrap(), gpu.download(&gb).unwrap())
+            }),
         }
     }
 
@@ -212,11 +255,11 @@ impl Dev {
                 cpu::elementwise::gelu_forward(&u)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
-                let (dx, db) = (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(bias).unwrap());
+            _ => on_cuda!(self, gpu, E, {
+                let (dx, db) = (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(bias).unwrap());
                 let y = retro::backend::cuda::gelu::forward(gpu, &dx, &db, d).unwrap();
-                from_bf16(&gpu.download(&y).unwrap())
-            }
+                from_e(&gpu.download(&y).unwrap())
+            }),
         }
     }
 
@@ -230,13 +273,16 @@ impl Dev {
                 (du, db)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
-                let (dx, db, ddy) =
-                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(bias).unwrap(), gpu.upload(&to_bf16(dy)).unwrap());
+            _ => on_cuda!(self, gpu, E, {
+                let (dx, db, ddy) = (
+                    gpu.upload(&to_e::<E>(x)).unwrap(),
+                    gpu.upload(bias).unwrap(),
+                    gpu.upload(&to_e::<E>(dy)).unwrap(),
+                );
                 let dbias = gpu.zeros::<f32>(d).unwrap();
                 let du = retro::backend::cuda::gelu::backward(gpu, &ddy, &dx, &db, &dbias, d).unwrap();
-                (from_bf16(&gpu.download(&du).unwrap()), gpu.download(&dbias).unwrap())
-            }
+                (from_e(&gpu.download(&du).unwrap()), gpu.download(&dbias).unwrap())
+            }),
         }
     }
 
@@ -252,13 +298,13 @@ impl Dev {
                 )
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::embedding;
                 let batch = embedding::TokenBatch::new(gpu, tokens, word.len() / d).unwrap();
-                let (w, p) = (gpu.upload(&to_bf16(word)).unwrap(), gpu.upload(&to_bf16(position)).unwrap());
+                let (w, p) = (gpu.upload(&to_e::<E>(word)).unwrap(), gpu.upload(&to_e::<E>(position)).unwrap());
                 let out = embedding::forward(gpu, &batch, &w, &p, d, period).unwrap();
-                from_bf16(&gpu.download(&out).unwrap())
-            }
+                from_e(&gpu.download(&out).unwrap())
+            }),
         }
     }
 
@@ -279,14 +325,14 @@ impl Dev {
                 (cpu::embedding::backward(&ids, dout, vocab, d), cpu::embedding::backward(&pos, dout, positions, d))
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::embedding;
                 let batch = embedding::TokenBatch::new(gpu, tokens, vocab).unwrap();
                 let (dw, dp) = (gpu.zeros::<f32>(vocab * d).unwrap(), gpu.zeros::<f32>(positions * d).unwrap());
-                let g = gpu.upload(&to_bf16(dout)).unwrap();
+                let g = gpu.upload(&to_e::<E>(dout)).unwrap();
                 embedding::backward(gpu, &batch, &g, &dw, &dp, d, period).unwrap();
                 (gpu.download(&dw).unwrap(), gpu.download(&dp).unwrap())
-            }
+            }),
         }
     }
 
@@ -309,13 +355,13 @@ impl Dev {
                 (losses, grads)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::cross_entropy;
-                let mut z = gpu.upload(&to_bf16(logits)).unwrap();
+                let mut z = gpu.upload(&to_e::<E>(logits)).unwrap();
                 let t = cross_entropy::targets(gpu, targets, classes).unwrap();
                 let losses = cross_entropy::forward_backward(gpu, &mut z, &t, classes, scale).unwrap();
-                (gpu.download(&losses).unwrap(), from_bf16(&gpu.download(&z).unwrap()))
-            }
+                (gpu.download(&losses).unwrap(), from_e(&gpu.download(&z).unwrap()))
+            }),
         }
     }
 
@@ -341,14 +387,14 @@ impl Dev {
                 }
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::linear::Linear;
                 let l = Linear { rows, in_features: din, out_features: dout };
                 let (dx, dw, db) =
-                    (gpu.upload(&to_bf16(x)).unwrap(), gpu.upload(&to_bf16(w)).unwrap(), gpu.upload(b).unwrap());
+                    (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(&to_e::<E>(w)).unwrap(), gpu.upload(b).unwrap());
                 let y = l.forward(gpu, &dx, &dw, Some(&db), gelu).unwrap();
-                from_bf16(&gpu.download(&y).unwrap())
-            }
+                from_e(&gpu.download(&y).unwrap())
+            }),
         }
     }
 
@@ -369,18 +415,18 @@ impl Dev {
                 cpu::linear::backward_bias(dy, rows, dout),
             ),
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::linear::Linear;
                 let l = Linear { rows, in_features: din, out_features: dout };
                 let (gx, gw, gy) = (
-                    gpu.upload(&to_bf16(x)).unwrap(),
-                    gpu.upload(&to_bf16(w)).unwrap(),
-                    gpu.upload(&to_bf16(dy)).unwrap(),
+                    gpu.upload(&to_e::<E>(x)).unwrap(),
+                    gpu.upload(&to_e::<E>(w)).unwrap(),
+                    gpu.upload(&to_e::<E>(dy)).unwrap(),
                 );
                 let (dw, db) = (gpu.zeros::<f32>(dout * din).unwrap(), gpu.zeros::<f32>(dout).unwrap());
                 let dx = l.backward(gpu, &gy, &gx, &gw, &dw, Some(&db)).unwrap();
-                (from_bf16(&gpu.download(&dx).unwrap()), gpu.download(&dw).unwrap(), gpu.download(&db).unwrap())
-            }
+                (from_e(&gpu.download(&dx).unwrap()), gpu.download(&dw).unwrap(), gpu.download(&db).unwrap())
+            }),
         }
     }
 
@@ -392,7 +438,7 @@ impl Dev {
                 cpu::attention::forward(q, k, v, layout, None, None, a.dims()).0
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::attention::{forward, Shape, View};
                 let s = Shape {
                     batch: a.batch,
@@ -403,16 +449,16 @@ impl Dev {
                     causal: a.causal,
                 };
                 let (gq, gk, gv) = (
-                    gpu.upload(&to_bf16(q)).unwrap(),
-                    gpu.upload(&to_bf16(k)).unwrap(),
-                    gpu.upload(&to_bf16(v)).unwrap(),
+                    gpu.upload(&to_e::<E>(q)).unwrap(),
+                    gpu.upload(&to_e::<E>(k)).unwrap(),
+                    gpu.upload(&to_e::<E>(v)).unwrap(),
                 );
                 let w = s.width();
                 let (o, _) =
                     forward(gpu, &s, View::contiguous(&gq, w), View::contiguous(&gk, w), View::contiguous(&gv, w))
                         .unwrap();
-                from_bf16(&gpu.download(&o).unwrap())
-            }
+                from_e(&gpu.download(&o).unwrap())
+            }),
         }
     }
 
@@ -440,7 +486,7 @@ impl Dev {
                 (dq, dk, dv)
             }
             #[cfg(not(no_cuda_kernels))]
-            Dev::Cuda(gpu) => {
+            _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::attention::{backward, forward, Shape, View};
                 let s = Shape {
                     batch: a.batch,
@@ -452,19 +498,19 @@ impl Dev {
                 };
                 let w = s.width();
                 let (gq, gk, gv) = (
-                    gpu.upload(&to_bf16(q)).unwrap(),
-                    gpu.upload(&to_bf16(k)).unwrap(),
-                    gpu.upload(&to_bf16(v)).unwrap(),
+                    gpu.upload(&to_e::<E>(q)).unwrap(),
+                    gpu.upload(&to_e::<E>(k)).unwrap(),
+                    gpu.upload(&to_e::<E>(v)).unwrap(),
                 );
                 let c = |b| View::contiguous(b, w);
                 let (o, lse) = forward(gpu, &s, c(&gq), c(&gk), c(&gv)).unwrap();
-                let gdo = gpu.upload(&to_bf16(dout)).unwrap();
+                let gdo = gpu.upload(&to_e::<E>(dout)).unwrap();
                 let (dq, dk, dv) =
                     (gpu.alloc(q.len()).unwrap(), gpu.alloc(k.len()).unwrap(), gpu.alloc(v.len()).unwrap());
                 backward(gpu, &s, (c(&gq), c(&gk), c(&gv)), &o, &lse, &gdo, (c(&dq), c(&dk), c(&dv))).unwrap();
-                let down = |b: &retro::backend::cuda::DeviceBuffer<bf16>| from_bf16(&gpu.download(b).unwrap());
+                let down = |b: &retro::backend::cuda::DeviceBuffer<E>| from_e(&gpu.download(b).unwrap());
                 (down(&dq), down(&dk), down(&dv))
-            }
+            }),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! Launchers for kernels/attention.cu: flash attention forward and backward (causal, bidirectional,
-//! cross) for head dims 64 and 128, reading Q, K, V in place from (possibly fused) projection outputs.
+//! Launchers for kernels/attention.cu (bf16: flash attention on tensor cores, head dims 64 and 128) and
+//! kernels/attention_exact.cu (f32: exact, any head dim up to 128), forward and backward, causal,
+//! bidirectional or cross, reading Q, K, V in place from (possibly fused) projection outputs.
 
 use super::device::cuda_error;
+use super::element::GpuFloat;
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
 use crate::kernels::abi::{
@@ -9,7 +11,6 @@ use crate::kernels::abi::{
 };
 use crate::Result;
 use cudarc::driver::{sys::CUfunction_attribute, DeviceRepr};
-use half::bf16;
 
 // SAFETY: AttentionParams is a plain C struct generated from bindings/attention.h, passed by value.
 unsafe impl DeviceRepr for AttentionParams {}
@@ -33,14 +34,14 @@ impl Shape {
 /// One operand read in place: row `r` of batch `b`, head `h` starts at `offset + (b * rows + r) * stride
 /// + h * head_dim` (a fused QKV output is three views of one buffer, with stride 3 * width).
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub buf: &'a DeviceBuffer<bf16>,
+pub struct View<'a, E> {
+    pub buf: &'a DeviceBuffer<E>,
     pub offset: usize,
     pub stride: usize,
 }
 
-impl<'a> View<'a> {
-    pub fn contiguous(buf: &'a DeviceBuffer<bf16>, width: usize) -> Self {
+impl<'a, E> View<'a, E> {
+    pub fn contiguous(buf: &'a DeviceBuffer<E>, width: usize) -> Self {
         Self { buf, offset: 0, stride: width }
     }
 
@@ -61,11 +62,19 @@ impl<'a> View<'a> {
     }
 }
 
-fn suffix(s: &Shape) -> Result<&'static str> {
+fn suffix<E: GpuFloat>(s: &Shape) -> Result<&'static str> {
+    if E::NAME == "f32" {
+        crate::ensure!(
+            s.head_dim > 0 && s.head_dim <= 128,
+            "exact (f32) GPU attention supports head dims up to 128, not {}",
+            s.head_dim
+        );
+        return Ok("exact");
+    }
     match s.head_dim {
         64 => Ok("hd64"),
         128 => Ok("hd128"),
-        d => crate::bail!("GPU attention supports head dims 64 and 128, not {d}"),
+        d => crate::bail!("GPU attention (bf16) supports head dims 64 and 128, not {d}"),
     }
 }
 
@@ -108,7 +117,15 @@ fn shared_bytes(kernel: &str, hd: usize) -> u32 {
     bytes as u32
 }
 
+/// One warp per row of `rows` rows per (batch, head): the exact kernels' grid.
+fn warp_per_row(s: &Shape, rows: usize) -> (u32, u32, u32) {
+    (((s.batch * s.heads * rows) as u64 * 32).div_ceil(RETRO_ATTN_THREADS as u64) as u32, 1, 1)
+}
+
 unsafe fn run(gpu: &Gpu, name: &'static str, grid: (u32, u32, u32), smem: u32, p: &AttentionParams) -> Result<()> {
+    if name.starts_with("attention_exact") {
+        return launch(gpu, "attention_exact", name, config(grid, RETRO_ATTN_THREADS, 0), &[p]);
+    }
     let f = gpu.function("attention", name)?;
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .map_err(|e| cuda_error(&format!("allowing {smem} bytes of shared memory for {name}"), e))?;
@@ -117,6 +134,9 @@ unsafe fn run(gpu: &Gpu, name: &'static str, grid: (u32, u32, u32), smem: u32, p
 
 fn kernel_name(prefix: &str, sfx: &str) -> &'static str {
     match (prefix, sfx) {
+        ("forward", "exact") => "attention_exact_forward",
+        ("dkv", "exact") => "attention_exact_backward_dkv",
+        ("dq", "exact") => "attention_exact_backward_dq",
         ("forward", "hd64") => "attention_forward_hd64",
         ("forward", _) => "attention_forward_hd128",
         ("dkv", "hd64") => "attention_backward_dkv_hd64",
@@ -127,9 +147,15 @@ fn kernel_name(prefix: &str, sfx: &str) -> &'static str {
 }
 
 /// Returns (o [batch, sq, width] contiguous, lse [batch * heads, sq] in the log2 domain).
-pub fn forward(gpu: &Gpu, s: &Shape, q: View, k: View, v: View) -> Result<(DeviceBuffer<bf16>, DeviceBuffer<f32>)> {
+pub fn forward<E: GpuFloat>(
+    gpu: &Gpu,
+    s: &Shape,
+    q: View<E>,
+    k: View<E>,
+    v: View<E>,
+) -> Result<(DeviceBuffer<E>, DeviceBuffer<f32>)> {
     check_shape(s)?;
-    let sfx = suffix(s)?;
+    let sfx = suffix::<E>(s)?;
     let w = s.width();
     let p = params(
         s,
@@ -138,10 +164,14 @@ pub fn forward(gpu: &Gpu, s: &Shape, q: View, k: View, v: View) -> Result<(Devic
         v.check("v", s.batch * s.sk, w)?,
         [q.stride, k.stride, v.stride],
     );
-    let o = gpu.alloc::<bf16>(s.batch * s.sq * w)?;
+    let o = gpu.alloc::<E>(s.batch * s.sq * w)?;
     let lse = gpu.alloc::<f32>(s.batch * s.heads * s.sq)?;
     let p = AttentionParams { o: o.ptr(), lse: lse.ptr(), ..p };
-    let grid = (s.sq.div_ceil(RETRO_ATTN_BLOCK_M as usize) as u32, (s.batch * s.heads) as u32, 1);
+    let grid = if sfx == "exact" {
+        warp_per_row(s, s.sq)
+    } else {
+        (s.sq.div_ceil(RETRO_ATTN_BLOCK_M as usize) as u32, (s.batch * s.heads) as u32, 1)
+    };
     // SAFETY: every operand was bounds-checked for this shape; o and lse were just sized for it.
     unsafe { run(gpu, kernel_name("forward", sfx), grid, shared_bytes("forward", s.head_dim), &p)? };
     Ok((o, lse))
@@ -150,17 +180,17 @@ pub fn forward(gpu: &Gpu, s: &Shape, q: View, k: View, v: View) -> Result<(Devic
 /// Gradients of the attention inputs, written into `dq`, `dk`, `dv` (views with the same strides as
 /// q, k, v: a fused dQKV buffer is filled in place).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
     s: &Shape,
-    (q, k, v): (View, View, View),
-    o: &DeviceBuffer<bf16>,
+    (q, k, v): (View<E>, View<E>, View<E>),
+    o: &DeviceBuffer<E>,
     lse: &DeviceBuffer<f32>,
-    dout: &DeviceBuffer<bf16>,
-    (dq, dk, dv): (View, View, View),
+    dout: &DeviceBuffer<E>,
+    (dq, dk, dv): (View<E>, View<E>, View<E>),
 ) -> Result<()> {
     check_shape(s)?;
-    let sfx = suffix(s)?;
+    let sfx = suffix::<E>(s)?;
     let w = s.width();
     crate::ensure!(
         dq.stride == q.stride && dk.stride == k.stride && dv.stride == v.stride,
@@ -194,6 +224,12 @@ pub fn backward(
     let bh = (s.batch * s.heads) as u32;
     // SAFETY: every operand was bounds-checked for this shape; delta was just sized for it.
     unsafe {
+        if sfx == "exact" {
+            run(gpu, "attention_exact_delta", warp_per_row(s, s.sq), 0, &p)?;
+            run(gpu, kernel_name("dkv", sfx), warp_per_row(s, s.sk), 0, &p)?;
+            run(gpu, kernel_name("dq", sfx), warp_per_row(s, s.sq), 0, &p)?;
+            return Ok(());
+        }
         launch(gpu, "attention", "attention_backward_delta", config((delta_blocks, 1, 1), 256, 0), &[&p])?;
         let key_tiles = s.sk.div_ceil(RETRO_ATTN_BLOCK_N as usize) as u32;
         run(gpu, kernel_name("dkv", sfx), (key_tiles, bh, 1), shared_bytes("dkv", s.head_dim), &p)?;

@@ -1,16 +1,16 @@
 //! Launcher for kernels/cross_entropy.cu: fused softmax cross-entropy with the gradient in place.
 
+use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
 use crate::kernels::abi::RETRO_CE_BLOCK;
 use crate::Result;
-use half::bf16;
 
 /// Per-row losses of `logits` [rows, classes] against `targets` (-1: ignored row); `logits` is
 /// overwritten with `dloss/dlogits` for a total loss whose derivative per row loss is `grad_scale`.
-pub fn forward_backward(
+pub fn forward_backward<E: GpuFloat>(
     gpu: &Gpu,
-    logits: &mut DeviceBuffer<bf16>,
+    logits: &mut DeviceBuffer<E>,
     targets: &DeviceBuffer<i32>,
     classes: usize,
     grad_scale: f32,
@@ -31,13 +31,13 @@ pub fn forward_backward(
         return Ok(losses);
     }
     let c = classes as i32;
-    // SAFETY: argument list of softmax_cross_entropy_bf16; one block per row; targets are < classes
+    // SAFETY: argument list of softmax_cross_entropy_{bf16,f32}; one block per row; targets are < classes
     // (checked by the caller's data validation) or -1.
     unsafe {
         launch(
             gpu,
             "cross_entropy",
-            "softmax_cross_entropy_bf16",
+            &kernel::<E>("softmax_cross_entropy"),
             config((rows as u32, 1, 1), RETRO_CE_BLOCK, 0),
             &[&logits.ptr(), &losses.ptr(), &targets.ptr(), &c, &grad_scale],
         )?;

@@ -1,11 +1,11 @@
 //! Launchers for kernels/embedding.cu, and `TokenBatch`: token ids on the device together with the
 //! CSR grouping (positions by token id) that makes the word-embedding backward deterministic.
 
+use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, grid_for, launch};
 use crate::kernels::abi::RETRO_ELEMENTWISE_BLOCK;
 use crate::Result;
-use half::bf16;
 
 pub struct TokenBatch {
     pub tokens: DeviceBuffer<i32>,
@@ -61,27 +61,27 @@ fn check(word: usize, position: usize, d: usize, period: usize, vocab: usize) ->
 }
 
 /// `out[t] = word[tokens[t]] + position[t % period]`.
-pub fn forward(
+pub fn forward<E: GpuFloat>(
     gpu: &Gpu,
     batch: &TokenBatch,
-    word: &DeviceBuffer<bf16>,
-    position: &DeviceBuffer<bf16>,
+    word: &DeviceBuffer<E>,
+    position: &DeviceBuffer<E>,
     d: usize,
     period: usize,
-) -> Result<DeviceBuffer<bf16>> {
+) -> Result<DeviceBuffer<E>> {
     check(word.len(), position.len(), d, period, word.len() / d.max(1))?;
-    let out = gpu.alloc::<bf16>(batch.count * d)?;
+    let out = gpu.alloc::<E>(batch.count * d)?;
     if batch.count == 0 {
         return Ok(out);
     }
     let (count, dd, p) = (batch.count as u64, d as i32, period as i32);
     let items = count * (d / 8) as u64;
-    // SAFETY: argument list of embedding_forward_bf16; ids validated in TokenBatch::new.
+    // SAFETY: argument list of embedding_forward_{bf16,f32}; ids validated in TokenBatch::new.
     unsafe {
         launch(
             gpu,
             "embedding",
-            "embedding_forward_bf16",
+            &kernel::<E>("embedding_forward"),
             config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
             &[&out.ptr(), &batch.tokens.ptr(), &word.ptr(), &position.ptr(), &count, &dd, &p],
         )?;
@@ -90,10 +90,10 @@ pub fn forward(
 }
 
 /// `dword += ...` and `dposition += ...` (f32 accumulators) from `dout` [count, d]. Deterministic.
-pub fn backward(
+pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
     batch: &TokenBatch,
-    dout: &DeviceBuffer<bf16>,
+    dout: &DeviceBuffer<E>,
     dword: &DeviceBuffer<f32>,
     dposition: &DeviceBuffer<f32>,
     d: usize,
@@ -116,7 +116,7 @@ pub fn backward(
         launch(
             gpu,
             "embedding",
-            "embedding_word_backward",
+            &kernel::<E>("embedding_word_backward"),
             config((batch.unique_count.max(1) as u32, 1, 1), threads, 0),
             &[&dword.ptr(), &dout.ptr(), &batch.unique.ptr(), &batch.starts.ptr(), &batch.order.ptr(), &dd],
         )?;
@@ -128,7 +128,7 @@ pub fn backward(
         launch(
             gpu,
             "embedding",
-            "embedding_position_backward",
+            &kernel::<E>("embedding_position_backward"),
             config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
             &[&dposition.ptr(), &dout.ptr(), &count, &dd, &p],
         )

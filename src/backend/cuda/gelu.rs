@@ -1,11 +1,11 @@
 //! Launchers for kernels/gelu.cu: bias + tanh-GELU forward and backward (bias gradient included).
 
+use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, grid_for, launch};
 use super::reduce;
 use crate::kernels::abi::RETRO_ELEMENTWISE_BLOCK;
 use crate::Result;
-use half::bf16;
 
 fn check(x: usize, bias: usize, d: usize) -> Result<()> {
     crate::ensure!(d % 8 == 0 && d > 0 && x % d == 0, "bias-GELU: {x} elements in rows of {d} (a multiple of 8)");
@@ -14,16 +14,21 @@ fn check(x: usize, bias: usize, d: usize) -> Result<()> {
 }
 
 /// `y = gelu(x + bias)` over rows of `d`.
-pub fn forward(gpu: &Gpu, x: &DeviceBuffer<bf16>, bias: &DeviceBuffer<f32>, d: usize) -> Result<DeviceBuffer<bf16>> {
+pub fn forward<E: GpuFloat>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<E>,
+    bias: &DeviceBuffer<f32>,
+    d: usize,
+) -> Result<DeviceBuffer<E>> {
     check(x.len(), bias.len(), d)?;
-    let y = gpu.alloc::<bf16>(x.len())?;
+    let y = gpu.alloc::<E>(x.len())?;
     let (n, dd) = (x.len() as u64, d as i32);
-    // SAFETY: argument list of bias_gelu_forward_bf16.
+    // SAFETY: argument list of bias_gelu_forward_{bf16,f32}.
     unsafe {
         launch(
             gpu,
             "gelu",
-            "bias_gelu_forward_bf16",
+            &kernel::<E>("bias_gelu_forward"),
             config((grid_for(n / 8, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
             &[&y.ptr(), &x.ptr(), &bias.ptr(), &n, &dd],
         )?;
@@ -32,24 +37,24 @@ pub fn forward(gpu: &Gpu, x: &DeviceBuffer<bf16>, bias: &DeviceBuffer<f32>, d: u
 }
 
 /// `du = dy * gelu'(x + bias)`, and `dbias += column sums of du`.
-pub fn backward(
+pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
-    dy: &DeviceBuffer<bf16>,
-    x: &DeviceBuffer<bf16>,
+    dy: &DeviceBuffer<E>,
+    x: &DeviceBuffer<E>,
     bias: &DeviceBuffer<f32>,
     dbias: &DeviceBuffer<f32>,
     d: usize,
-) -> Result<DeviceBuffer<bf16>> {
+) -> Result<DeviceBuffer<E>> {
     check(x.len(), bias.len(), d)?;
     crate::ensure!(dy.len() == x.len() && dbias.len() == d, "bias-GELU backward: shape mismatch");
-    let du = gpu.alloc::<bf16>(x.len())?;
+    let du = gpu.alloc::<E>(x.len())?;
     let (n, dd) = (x.len() as u64, d as i32);
-    // SAFETY: argument list of bias_gelu_backward_bf16.
+    // SAFETY: argument list of bias_gelu_backward_{bf16,f32}.
     unsafe {
         launch(
             gpu,
             "gelu",
-            "bias_gelu_backward_bf16",
+            &kernel::<E>("bias_gelu_backward"),
             config((grid_for(n / 8, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
             &[&du.ptr(), &dy.ptr(), &x.ptr(), &bias.ptr(), &n, &dd],
         )?;

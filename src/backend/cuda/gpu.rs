@@ -17,7 +17,7 @@ pub struct Gpu {
     pub copy: Arc<CudaStream>,
     allocator: Arc<Allocator>,
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, Image)>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     blas: OnceLock<super::blas::Blas>,
     only_image: Option<Image>,
 }
@@ -86,8 +86,8 @@ impl Gpu {
     }
 
     /// A kernel entry point of `kernels/<module>.cu`, loaded once per process.
-    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap().get(&(module, name)) {
+    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(&(module, name.to_string())) {
             return Ok(f.clone());
         }
         let m = {
@@ -105,7 +105,7 @@ impl Gpu {
             }
         };
         let f = m.load_function(name).map_err(|e| cuda_error(&format!("kernel {name} in kernels/{module}.cu"), e))?;
-        self.functions.lock().unwrap().insert((module, name), f.clone());
+        self.functions.lock().unwrap().insert((module, name.to_string()), f.clone());
         Ok(f)
     }
 

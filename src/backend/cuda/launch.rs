@@ -31,13 +31,7 @@ impl<T: DeviceRepr> Arg for T {
 /// # Safety
 /// `args` must match the kernel's parameter list in order and type, and every device address must
 /// point to memory of the extent the kernel will touch for these sizes.
-pub unsafe fn launch(
-    gpu: &Gpu,
-    module: &'static str,
-    name: &'static str,
-    cfg: LaunchConfig,
-    args: &[&dyn Arg],
-) -> Result<()> {
+pub unsafe fn launch(gpu: &Gpu, module: &'static str, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
     let f = gpu.function(module, name)?;
     let mut l = gpu.compute.launch_builder(&f);
     for a in args {

@@ -1,11 +1,11 @@
 //! Launchers for kernels/layernorm.cu: LayerNorm forward, fused residual-add + LayerNorm, backward.
 
+use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
 use super::reduce;
 use crate::kernels::abi::{RETRO_LN_BLOCK, RETRO_LN_MAX_GROUPS};
 use crate::Result;
-use half::bf16;
 
 /// Per-row statistics saved for the backward.
 pub struct Stats {
@@ -28,28 +28,28 @@ fn check(rows: usize, d: usize, x: usize, gamma: usize) -> Result<()> {
 }
 
 /// `y = LN(x)` over rows of `d`.
-pub fn forward(
+pub fn forward<E: GpuFloat>(
     gpu: &Gpu,
-    x: &DeviceBuffer<bf16>,
+    x: &DeviceBuffer<E>,
     gamma: &DeviceBuffer<f32>,
     beta: &DeviceBuffer<f32>,
     d: usize,
     eps: f32,
-) -> Result<(DeviceBuffer<bf16>, Stats)> {
+) -> Result<(DeviceBuffer<E>, Stats)> {
     let rows = x.len() / d.max(1);
     check(rows, d, x.len(), gamma.len())?;
-    let y = gpu.alloc::<bf16>(x.len())?;
+    let y = gpu.alloc::<E>(x.len())?;
     let stats = Stats { mean: gpu.alloc(rows)?, rstd: gpu.alloc(rows)? };
     if rows == 0 {
         return Ok((y, stats));
     }
     let (r, dd) = (rows as i32, d as i32);
-    // SAFETY: argument list of layernorm_forward_bf16; buffers sized by `check`.
+    // SAFETY: argument list of layernorm_forward_{bf16,f32}; buffers sized by `check`.
     unsafe {
         launch(
             gpu,
             "layernorm",
-            "layernorm_forward_bf16",
+            &kernel::<E>("layernorm_forward"),
             config((rows as u32, 1, 1), RETRO_LN_BLOCK, 0),
             &[&y.ptr(), &stats.mean.ptr(), &stats.rstd.ptr(), &x.ptr(), &gamma.ptr(), &beta.ptr(), &r, &dd, &eps],
         )?;
@@ -57,16 +57,16 @@ pub fn forward(
     Ok((y, stats))
 }
 
-/// `h = x + residual` (bf16) and `y = LN(h)` in one pass. Returns (h, y, stats).
-pub fn residual_forward(
+/// `h = x + residual` and `y = LN(h)` in one pass. Returns (h, y, stats).
+pub fn residual_forward<E: GpuFloat>(
     gpu: &Gpu,
-    x: &DeviceBuffer<bf16>,
-    residual: &DeviceBuffer<bf16>,
+    x: &DeviceBuffer<E>,
+    residual: &DeviceBuffer<E>,
     gamma: &DeviceBuffer<f32>,
     beta: &DeviceBuffer<f32>,
     d: usize,
     eps: f32,
-) -> Result<(DeviceBuffer<bf16>, DeviceBuffer<bf16>, Stats)> {
+) -> Result<(DeviceBuffer<E>, DeviceBuffer<E>, Stats)> {
     let rows = x.len() / d.max(1);
     check(rows, d, x.len(), gamma.len())?;
     crate::ensure!(
@@ -75,19 +75,19 @@ pub fn residual_forward(
         x.len(),
         residual.len()
     );
-    let h = gpu.alloc::<bf16>(x.len())?;
-    let y = gpu.alloc::<bf16>(x.len())?;
+    let h = gpu.alloc::<E>(x.len())?;
+    let y = gpu.alloc::<E>(x.len())?;
     let stats = Stats { mean: gpu.alloc(rows)?, rstd: gpu.alloc(rows)? };
     if rows == 0 {
         return Ok((h, y, stats));
     }
     let (r, dd) = (rows as i32, d as i32);
-    // SAFETY: argument list of residual_layernorm_forward_bf16; buffers sized by `check`.
+    // SAFETY: argument list of residual_layernorm_forward_{bf16,f32}; buffers sized by `check`.
     unsafe {
         launch(
             gpu,
             "layernorm",
-            "residual_layernorm_forward_bf16",
+            &kernel::<E>("residual_layernorm_forward"),
             config((rows as u32, 1, 1), RETRO_LN_BLOCK, 0),
             &[
                 &h.ptr(),
@@ -118,20 +118,20 @@ fn backward_blocks(gpu: &Gpu, rows: usize) -> usize {
 
 /// `dx`, and `dgamma += ...`, `dbeta += ...` (f32 accumulators, deterministic).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
-    dy: &DeviceBuffer<bf16>,
-    x: &DeviceBuffer<bf16>,
+    dy: &DeviceBuffer<E>,
+    x: &DeviceBuffer<E>,
     stats: &Stats,
     gamma: &DeviceBuffer<f32>,
     dgamma: &DeviceBuffer<f32>,
     dbeta: &DeviceBuffer<f32>,
     d: usize,
-) -> Result<DeviceBuffer<bf16>> {
+) -> Result<DeviceBuffer<E>> {
     let rows = x.len() / d.max(1);
     check(rows, d, x.len(), gamma.len())?;
     crate::ensure!(dy.len() == x.len() && dgamma.len() == d && dbeta.len() == d, "layernorm backward: shape mismatch");
-    let dx = gpu.alloc::<bf16>(x.len())?;
+    let dx = gpu.alloc::<E>(x.len())?;
     if rows == 0 {
         return Ok(dx);
     }
@@ -139,12 +139,12 @@ pub fn backward(
     let gp = gpu.alloc::<f32>(blocks * d)?;
     let bp = gpu.alloc::<f32>(blocks * d)?;
     let (r, dd) = (rows as i32, d as i32);
-    // SAFETY: argument list of layernorm_backward_bf16; partials hold `blocks` rows of d.
+    // SAFETY: argument list of layernorm_backward_{bf16,f32}; partials hold `blocks` rows of d.
     unsafe {
         launch(
             gpu,
             "layernorm",
-            "layernorm_backward_bf16",
+            &kernel::<E>("layernorm_backward"),
             config((blocks as u32, 1, 1), RETRO_LN_BLOCK, 0),
             &[
                 &dx.ptr(),

@@ -2,10 +2,10 @@
 //! weight gradient) through cuBLASLt, plus the bias gradient as a deterministic column sum.
 
 use super::blas::{ElementType, Epilogue, GemmShape};
+use super::element::GpuFloat;
 use super::gpu::{DeviceBuffer, Gpu};
 use super::reduce;
 use crate::Result;
-use half::bf16;
 
 /// Row-major linear-layer GEMMs on top of `Blas` (weights `[out, in]` as in torch and Megatron).
 #[derive(Debug, Clone, Copy)]
@@ -16,8 +16,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `y[rows, out] = x[rows, in] w[out, in]^T (+ bias) (GELU)`; bf16 x, w, y; f32 bias.
-    pub fn forward_shape(&self, epilogue: Epilogue) -> GemmShape {
+    /// `y[rows, out] = x[rows, in] w[out, in]^T (+ bias) (GELU)`; x, w, y of type `E`, f32 bias.
+    pub fn forward_shape<E: GpuFloat>(&self, epilogue: Epilogue) -> GemmShape {
         GemmShape {
             trans_a: true,
             trans_b: false,
@@ -27,14 +27,14 @@ impl Linear {
             lda: self.in_features as i64,
             ldb: self.in_features as i64,
             ldc: self.out_features as i64,
-            input: ElementType::BF16,
-            output: ElementType::BF16,
+            input: E::BLAS,
+            output: E::BLAS,
             epilogue,
         }
     }
 
-    /// `dx[rows, in] = dy[rows, out] w[out, in]`; bf16.
-    pub fn grad_input_shape(&self) -> GemmShape {
+    /// `dx[rows, in] = dy[rows, out] w[out, in]`, all of type `E`.
+    pub fn grad_input_shape<E: GpuFloat>(&self) -> GemmShape {
         GemmShape {
             trans_a: false,
             trans_b: false,
@@ -44,14 +44,14 @@ impl Linear {
             lda: self.in_features as i64,
             ldb: self.out_features as i64,
             ldc: self.in_features as i64,
-            input: ElementType::BF16,
-            output: ElementType::BF16,
+            input: E::BLAS,
+            output: E::BLAS,
             epilogue: Epilogue::None,
         }
     }
 
-    /// `dw[out, in] (+)= dy[rows, out]^T x[rows, in]`; bf16 inputs, f32 gradient (beta 1 accumulates).
-    pub fn grad_weight_shape(&self) -> GemmShape {
+    /// `dw[out, in] (+)= dy[rows, out]^T x[rows, in]`; inputs of type `E`, f32 gradient (beta 1 accumulates).
+    pub fn grad_weight_shape<E: GpuFloat>(&self) -> GemmShape {
         GemmShape {
             trans_a: false,
             trans_b: true,
@@ -61,7 +61,7 @@ impl Linear {
             lda: self.in_features as i64,
             ldb: self.out_features as i64,
             ldc: self.in_features as i64,
-            input: ElementType::BF16,
+            input: E::BLAS,
             output: ElementType::F32,
             epilogue: Epilogue::None,
         }
@@ -76,14 +76,14 @@ impl Linear {
     }
 
     /// `y = x w^T (+ bias)`, or `gelu(x w^T + bias)` with `gelu` (cuBLASLt's epilogue).
-    pub fn forward(
+    pub fn forward<E: GpuFloat>(
         &self,
         gpu: &Gpu,
-        x: &DeviceBuffer<bf16>,
-        w: &DeviceBuffer<bf16>,
+        x: &DeviceBuffer<E>,
+        w: &DeviceBuffer<E>,
         bias: Option<&DeviceBuffer<f32>>,
         gelu: bool,
-    ) -> Result<DeviceBuffer<bf16>> {
+    ) -> Result<DeviceBuffer<E>> {
         self.check(x.len(), w.len())?;
         if let Some(b) = bias {
             crate::ensure!(
@@ -99,11 +99,11 @@ impl Linear {
             (Some(_), true) => Epilogue::BiasGelu,
             (None, true) => crate::bail!("the GELU epilogue is only wired with a bias"),
         };
-        let y = gpu.alloc::<bf16>(self.rows * self.out_features)?;
+        let y = gpu.alloc::<E>(self.rows * self.out_features)?;
         // SAFETY: shapes checked above; y sized [rows, out].
         unsafe {
             gpu.blas()?.gemm(
-                &self.forward_shape(epilogue),
+                &self.forward_shape::<E>(epilogue),
                 w.ptr(),
                 x.ptr(),
                 y.ptr(),
@@ -116,26 +116,26 @@ impl Linear {
     }
 
     /// `dx = dy w`; `dw += dy^T x` (f32); `dbias += column sums of dy`.
-    pub fn backward(
+    pub fn backward<E: GpuFloat>(
         &self,
         gpu: &Gpu,
-        dy: &DeviceBuffer<bf16>,
-        x: &DeviceBuffer<bf16>,
-        w: &DeviceBuffer<bf16>,
+        dy: &DeviceBuffer<E>,
+        x: &DeviceBuffer<E>,
+        w: &DeviceBuffer<E>,
         dw: &DeviceBuffer<f32>,
         dbias: Option<&DeviceBuffer<f32>>,
-    ) -> Result<DeviceBuffer<bf16>> {
+    ) -> Result<DeviceBuffer<E>> {
         self.check(x.len(), w.len())?;
         crate::ensure!(
             dy.len() == self.rows * self.out_features && dw.len() == w.len(),
             "linear backward: shape mismatch"
         );
-        let dx = gpu.alloc::<bf16>(self.rows * self.in_features)?;
+        let dx = gpu.alloc::<E>(self.rows * self.in_features)?;
         let blas = gpu.blas()?;
         // SAFETY: shapes checked above.
         unsafe {
-            blas.gemm(&self.grad_input_shape(), w.ptr(), dy.ptr(), dx.ptr(), None, 1.0, 0.0)?;
-            blas.gemm(&self.grad_weight_shape(), x.ptr(), dy.ptr(), dw.ptr(), None, 1.0, 1.0)?;
+            blas.gemm(&self.grad_input_shape::<E>(), w.ptr(), dy.ptr(), dx.ptr(), None, 1.0, 0.0)?;
+            blas.gemm(&self.grad_weight_shape::<E>(), x.ptr(), dy.ptr(), dw.ptr(), None, 1.0, 1.0)?;
         }
         if let Some(db) = dbias {
             reduce::add_column_sums(gpu, db, dy, self.out_features)?;

@@ -1,10 +1,10 @@
 //! Launchers for kernels/reduce.cu: deterministic column sums (bias and LayerNorm parameter gradients).
 
+use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
 use crate::kernels::abi::{RETRO_COLSUM_BLOCK, RETRO_COLSUM_ROWS};
 use crate::Result;
-use half::bf16;
 
 /// `out[c] += sum_p partials[p][c]`.
 pub fn add_partials(
@@ -27,7 +27,7 @@ pub fn add_partials(
         launch(
             gpu,
             "reduce",
-            "column_sum_partials_f32",
+            "add_column_partials",
             config((blocks, 1, 1), RETRO_COLSUM_BLOCK, 0),
             &[&out.ptr(), &partials.ptr(), &p, &dd],
         )
@@ -35,7 +35,7 @@ pub fn add_partials(
 }
 
 /// `out[c] += sum_r x[r][c]` for bf16 `x` of rows of `d` (a bias gradient).
-pub fn add_column_sums(gpu: &Gpu, out: &DeviceBuffer<f32>, x: &DeviceBuffer<bf16>, d: usize) -> Result<()> {
+pub fn add_column_sums<E: GpuFloat>(gpu: &Gpu, out: &DeviceBuffer<f32>, x: &DeviceBuffer<E>, d: usize) -> Result<()> {
     let rows = x.len() / d.max(1);
     crate::ensure!(
         rows * d == x.len() && out.len() == d,
@@ -47,12 +47,12 @@ pub fn add_column_sums(gpu: &Gpu, out: &DeviceBuffer<f32>, x: &DeviceBuffer<bf16
     let partials = gpu.alloc::<f32>(parts * d)?;
     let (r, dd) = (rows as i32, d as i32);
     let blocks = d.div_ceil(RETRO_COLSUM_BLOCK as usize) as u32;
-    // SAFETY: argument list of column_sum_bf16_partials; partials hold `parts` rows of d.
+    // SAFETY: argument list of column_sum_{bf16,f32}_partials; partials hold `parts` rows of d.
     unsafe {
         launch(
             gpu,
             "reduce",
-            "column_sum_bf16_partials",
+            &kernel::<E>("column_sum_partials"),
             config((blocks, parts as u32, 1), RETRO_COLSUM_BLOCK, 0),
             &[&partials.ptr(), &x.ptr(), &r, &dd],
         )?;

@@ -1,26 +1,34 @@
-//! The CUDA backend of the explicit training step (`model::step`): bf16 activations and weight copies,
-//! f32 parameters, gradients and statistics, every call a kernel of this directory.
+//! The CUDA backend of the explicit training step (`model::step`): activations and weight copies of
+//! element type `E` (bf16 for training; f32 to check the whole step against the CPU to f32 accuracy), f32
+//! parameters, gradients and statistics, every call a kernel of this directory.
 
 use super::attention::{self, Shape, View};
+use super::element::GpuFloat;
 use super::gpu::{DeviceBuffer, Gpu};
 use super::{cross_entropy, embedding, gelu, layernorm, linear::Linear, residual};
 use crate::model::step::{AttnInputs, AttnShape, StepBackend};
 use crate::Result;
-use half::bf16;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-pub struct CudaStep {
+pub struct CudaStep<E> {
     pub gpu: Arc<Gpu>,
+    element: PhantomData<E>,
 }
 
-type Act = DeviceBuffer<bf16>;
+impl<E> CudaStep<E> {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        Self { gpu, element: PhantomData }
+    }
+}
+
 type V32 = DeviceBuffer<f32>;
 
 fn shape(s: &AttnShape) -> Shape {
     Shape { batch: s.batch, heads: s.heads, sq: s.sq, sk: s.sk, head_dim: s.head_dim, causal: s.causal }
 }
 
-fn views<'a>(x: &AttnInputs<'a, Act>, w: usize) -> (View<'a>, View<'a>, View<'a>) {
+fn views<'a, E>(x: &AttnInputs<'a, DeviceBuffer<E>>, w: usize) -> (View<'a, E>, View<'a, E>, View<'a, E>) {
     match *x {
         AttnInputs::Qkv(qkv) => (
             View { buf: qkv, offset: 0, stride: 3 * w },
@@ -35,8 +43,8 @@ fn views<'a>(x: &AttnInputs<'a, Act>, w: usize) -> (View<'a>, View<'a>, View<'a>
     }
 }
 
-impl StepBackend for CudaStep {
-    type Act = Act;
+impl<E: GpuFloat> StepBackend for CudaStep<E> {
+    type Act = DeviceBuffer<E>;
     type Vec32 = V32;
     type Stats = layernorm::Stats;
     type AttnSaved = V32;
@@ -47,8 +55,8 @@ impl StepBackend for CudaStep {
         self.gpu.upload(x)
     }
 
-    fn act(&self, x: &[f32]) -> Result<Act> {
-        self.gpu.upload(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
+    fn act(&self, x: &[f32]) -> Result<DeviceBuffer<E>> {
+        self.gpu.upload(&x.iter().map(|&v| E::from_f32(v)).collect::<Vec<_>>())
     }
 
     fn read_vec32(&self, x: &V32) -> Result<Vec<f32>> {
@@ -63,14 +71,21 @@ impl StepBackend for CudaStep {
         cross_entropy::targets(&self.gpu, labels, classes)
     }
 
-    fn embedding(&self, ids: &Self::Tokens, word: &Act, position: &Act, d: usize, period: usize) -> Result<Act> {
+    fn embedding(
+        &self,
+        ids: &Self::Tokens,
+        word: &DeviceBuffer<E>,
+        position: &DeviceBuffer<E>,
+        d: usize,
+        period: usize,
+    ) -> Result<DeviceBuffer<E>> {
         embedding::forward(&self.gpu, ids, word, position, d, period)
     }
 
     fn embedding_backward(
         &self,
         ids: &Self::Tokens,
-        dout: &Act,
+        dout: &DeviceBuffer<E>,
         dword: &mut V32,
         dposition: &mut V32,
         d: usize,
@@ -79,50 +94,72 @@ impl StepBackend for CudaStep {
         embedding::backward(&self.gpu, ids, dout, dword, dposition, d, period)
     }
 
-    fn layernorm(&self, x: &Act, g: &V32, b: &V32, d: usize, eps: f64) -> Result<(Act, Self::Stats)> {
+    fn layernorm(
+        &self,
+        x: &DeviceBuffer<E>,
+        g: &V32,
+        b: &V32,
+        d: usize,
+        eps: f64,
+    ) -> Result<(DeviceBuffer<E>, Self::Stats)> {
         layernorm::forward(&self.gpu, x, g, b, d, eps as f32)
     }
 
     fn layernorm_backward(
         &self,
-        dy: &Act,
-        x: &Act,
+        dy: &DeviceBuffer<E>,
+        x: &DeviceBuffer<E>,
         stats: &Self::Stats,
         g: &V32,
         dg: &mut V32,
         db: &mut V32,
         d: usize,
-    ) -> Result<Act> {
+    ) -> Result<DeviceBuffer<E>> {
         layernorm::backward(&self.gpu, dy, x, stats, g, dg, db, d)
     }
 
-    fn linear(&self, x: &Act, w: &Act, b: Option<&V32>, rows: usize, din: usize, dout: usize) -> Result<Act> {
+    fn linear(
+        &self,
+        x: &DeviceBuffer<E>,
+        w: &DeviceBuffer<E>,
+        b: Option<&V32>,
+        rows: usize,
+        din: usize,
+        dout: usize,
+    ) -> Result<DeviceBuffer<E>> {
         Linear { rows, in_features: din, out_features: dout }.forward(&self.gpu, x, w, b, false)
     }
 
     fn linear_backward(
         &self,
-        dy: &Act,
-        x: &Act,
-        w: &Act,
+        dy: &DeviceBuffer<E>,
+        x: &DeviceBuffer<E>,
+        w: &DeviceBuffer<E>,
         dw: &mut V32,
         db: Option<&mut V32>,
         rows: usize,
         din: usize,
         dout: usize,
-    ) -> Result<Act> {
+    ) -> Result<DeviceBuffer<E>> {
         Linear { rows, in_features: din, out_features: dout }.backward(&self.gpu, dy, x, w, dw, db.map(|b| &*b))
     }
 
-    fn bias_gelu(&self, x: &Act, b: &V32, d: usize) -> Result<Act> {
+    fn bias_gelu(&self, x: &DeviceBuffer<E>, b: &V32, d: usize) -> Result<DeviceBuffer<E>> {
         gelu::forward(&self.gpu, x, b, d)
     }
 
-    fn bias_gelu_backward(&self, dy: &Act, x: &Act, b: &V32, db: &mut V32, d: usize) -> Result<Act> {
+    fn bias_gelu_backward(
+        &self,
+        dy: &DeviceBuffer<E>,
+        x: &DeviceBuffer<E>,
+        b: &V32,
+        db: &mut V32,
+        d: usize,
+    ) -> Result<DeviceBuffer<E>> {
         gelu::backward(&self.gpu, dy, x, b, db, d)
     }
 
-    fn attention(&self, s: &AttnShape, x: AttnInputs<Act>) -> Result<(Act, V32)> {
+    fn attention(&self, s: &AttnShape, x: AttnInputs<DeviceBuffer<E>>) -> Result<(DeviceBuffer<E>, V32)> {
         let (q, k, v) = views(&x, s.heads * s.head_dim);
         attention::forward(&self.gpu, &shape(s), q, k, v)
     }
@@ -130,22 +167,22 @@ impl StepBackend for CudaStep {
     fn attention_backward(
         &self,
         s: &AttnShape,
-        x: AttnInputs<Act>,
-        o: &Act,
+        x: AttnInputs<DeviceBuffer<E>>,
+        o: &DeviceBuffer<E>,
         lse: &V32,
-        dout: &Act,
-    ) -> Result<Vec<Act>> {
+        dout: &DeviceBuffer<E>,
+    ) -> Result<Vec<DeviceBuffer<E>>> {
         let w = s.heads * s.head_dim;
         let (q, k, v) = views(&x, w);
         match x {
             AttnInputs::Qkv(qkv) => {
-                let dqkv = self.gpu.alloc::<bf16>(qkv.len())?;
+                let dqkv = self.gpu.alloc::<E>(qkv.len())?;
                 let g = views(&AttnInputs::Qkv(&dqkv), w);
                 attention::backward(&self.gpu, &shape(s), (q, k, v), o, lse, dout, g)?;
                 Ok(vec![dqkv])
             }
             AttnInputs::QKv(qb, kvb) => {
-                let (dq, dkv) = (self.gpu.alloc::<bf16>(qb.len())?, self.gpu.alloc::<bf16>(kvb.len())?);
+                let (dq, dkv) = (self.gpu.alloc::<E>(qb.len())?, self.gpu.alloc::<E>(kvb.len())?);
                 let g = views(&AttnInputs::QKv(&dq, &dkv), w);
                 attention::backward(&self.gpu, &shape(s), (q, k, v), o, lse, dout, g)?;
                 Ok(vec![dq, dkv])
@@ -153,27 +190,33 @@ impl StepBackend for CudaStep {
         }
     }
 
-    fn add(&self, a: &Act, b: &Act) -> Result<Act> {
+    fn add(&self, a: &DeviceBuffer<E>, b: &DeviceBuffer<E>) -> Result<DeviceBuffer<E>> {
         residual::add(&self.gpu, a, b)
     }
 
-    fn add_into(&self, a: &mut Act, b: &Act) -> Result<()> {
+    fn add_into(&self, a: &mut DeviceBuffer<E>, b: &DeviceBuffer<E>) -> Result<()> {
         residual::add_into(&self.gpu, a, b)
     }
 
     fn shift_rows(
         &self,
-        x: &Act,
+        x: &DeviceBuffer<E>,
         batch: usize,
         rows_in: usize,
         rows_out: usize,
         d: usize,
         shift: isize,
-    ) -> Result<Act> {
+    ) -> Result<DeviceBuffer<E>> {
         residual::shift_rows(&self.gpu, x, batch, rows_in, rows_out, d, shift)
     }
 
-    fn cross_entropy(&self, logits: Act, targets: &Self::Targets, classes: usize, scale: f32) -> Result<(f64, Act)> {
+    fn cross_entropy(
+        &self,
+        logits: DeviceBuffer<E>,
+        targets: &Self::Targets,
+        classes: usize,
+        scale: f32,
+    ) -> Result<(f64, DeviceBuffer<E>)> {
         let mut logits = logits;
         let losses = cross_entropy::forward_backward(&self.gpu, &mut logits, targets, classes, scale)?;
         let sum = self.gpu.download(&losses)?.iter().map(|&l| l as f64).sum();
