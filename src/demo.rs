@@ -101,6 +101,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             keep: 1,
             progress: true,
             tensorboard_dir: Some(o.dir.join(format!("tensorboard-{name}"))),
+            device: crate::tensor::Device::Cpu,
         };
         let t = Instant::now();
         let s = trainer::train(&args)?;

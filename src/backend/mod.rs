@@ -24,10 +24,10 @@ pub fn cuda_unavailable() -> Option<String> {
 }
 
 /// `--device auto|cpu|cuda` for a command; `gpu_ready` says whether that command runs on the GPU yet
-/// (`retro bench train` does; the trainer, eval and generate do not). `auto` says what it picked and why.
+/// (`retro train` and `retro bench train` do; eval and generate do not). `auto` says what it picked and why.
 pub fn select_device(choice: &str, command: &str, gpu_ready: bool) -> crate::Result<Device> {
     let not_ready = || {
-        format!("{command} runs on the CPU only so far (the GPU training step is `retro bench train --device cuda`; the trainer, loader and checkpoints are not wired to it yet)")
+        format!("{command} runs on the CPU only so far (training runs on the GPU: `retro train`, `retro bench train`)")
     };
     match choice {
         "cpu" => Ok(Device::Cpu),

@@ -96,7 +96,12 @@ pub fn run(args: Args) -> retro::Result<()> {
         tensorboard_dir,
         device,
     } = args;
-    retro::backend::select_device(&device, "retro train", false)?;
+    // The GPU step has no dropout yet: `auto` keeps a run with dropout on the CPU; `cuda` says what to pass.
+    let device = if device == "auto" && hidden_dropout > 0.0 {
+        retro::backend::select_device(&device, "retro train with dropout", false)?
+    } else {
+        retro::backend::select_device(&device, "retro train", true)?
+    };
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
     let global =
@@ -150,6 +155,7 @@ pub fn run(args: Args) -> retro::Result<()> {
         keep,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         tensorboard_dir,
+        device,
     };
     let s = retro::train::trainer::train(&args)?;
     println!(

@@ -1,13 +1,16 @@
-//! One optimizer step on the GPU: zero the f32 gradients, run the explicit training step
-//! (`model::step` on `CudaStep`), take the global gradient norm (deterministic per-parameter sums of
-//! squares), and apply AdamW with the clip coefficient folded into each fused update, which also
-//! refreshes the bf16 weight copies the GEMMs read.
+//! Optimizer steps on the GPU: the explicit training step (`model::step` on `CudaStep<bf16>`) adds each
+//! micro-batch's gradients into f32 accumulators; `apply` takes the global gradient norm (deterministic
+//! per-parameter sums of squares), and runs the fused AdamW kernel per parameter with the
+//! micro-batch average and the clip coefficient folded into its gradient scale; the kernel also refreshes
+//! the bf16 weight copies the GEMMs read. Master weights and moments stay on the GPU; `to_host` /
+//! `from_host` move them to and from the CPU model and `AdamW` for checkpoints and evaluation.
 
 use crate::backend::cuda::{adamw, step::CudaStep, DeviceBuffer, Gpu};
 use crate::kernels::abi::AdamwParams;
-use crate::model::step::{loss_and_grads, DeviceParams};
+use crate::model::step::{loss_and_grads, DeviceParams, StepBackend};
 use crate::model::{Batch, RetroModel};
-use crate::train::{optimizer::StepStats, AdamWConfig};
+use crate::tensor::Tensor;
+use crate::train::{optimizer::StepStats, AdamW, AdamWConfig};
 use crate::Result;
 use half::bf16;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ pub struct GpuTrainer {
     step: u64,
 }
 
-fn ints(t: &crate::tensor::Tensor) -> Result<Vec<i32>> {
+fn ints(t: &Tensor) -> Result<Vec<i32>> {
     Ok(t.indices()?.iter().map(|&v| v as i32).collect())
 }
 
@@ -38,15 +41,11 @@ impl GpuTrainer {
         Ok(Self { backend, params, exp_avg, exp_avg_sq, decays, config, step: 0 })
     }
 
-    /// Forward, backward and AdamW at `lr` on one batch; returns the loss and the gradient statistics.
-    pub fn train_step(&mut self, model: &RetroModel, batch: &Batch, lr: f64) -> Result<(f64, StepStats)> {
-        let gpu = self.backend.gpu.clone();
-        for g in &self.params.grads {
-            gpu.fill_zero(g)?;
-        }
+    /// Forward and backward of one micro-batch, its gradients added to the accumulators. Returns its loss.
+    pub fn accumulate(&mut self, model: &RetroModel, batch: &Batch) -> Result<f64> {
         let b = batch.tokens.shape()[0];
         let neighbors = batch.neighbors.as_ref().map(ints).transpose()?;
-        let loss = loss_and_grads(
+        loss_and_grads(
             &self.backend,
             model,
             &mut self.params,
@@ -54,16 +53,19 @@ impl GpuTrainer {
             &ints(&batch.labels)?,
             neighbors.as_deref(),
             b,
-        )?;
+        )
+    }
+
+    /// AdamW at `lr` on the accumulated gradients times `grad_scale` (1 / micro-batches), clipped as
+    /// `AdamW::step` clips; then the accumulators are zeroed for the next step.
+    pub fn apply(&mut self, lr: f64, grad_scale: f64) -> Result<StepStats> {
+        let gpu = self.backend.gpu.clone();
         let mut sumsq = 0.0;
         for g in &self.params.grads {
             sumsq += adamw::sum_squares(&gpu, g)?;
         }
-        let grad_norm = sumsq.sqrt();
-        crate::ensure!(
-            loss.is_finite() && grad_norm.is_finite(),
-            "non-finite loss {loss} or gradient norm {grad_norm}"
-        );
+        let grad_norm = sumsq.sqrt() * grad_scale;
+        crate::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}; no update was applied");
         let clip_coef = match self.config.clip {
             Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,
@@ -79,8 +81,48 @@ impl GpuTrainer {
                 weights_bf16: self.params.matrices[i].as_ref(),
                 offset: 0,
             };
-            adamw::update(&gpu, &segment, AdamwParams::new(&c, clip_coef, self.params.values[i].len()))?;
+            adamw::update(&gpu, &segment, AdamwParams::new(&c, grad_scale * clip_coef, self.params.values[i].len()))?;
         }
-        Ok((loss, StepStats { grad_norm, clip_coef }))
+        for g in &self.params.grads {
+            gpu.fill_zero(g)?;
+        }
+        Ok(StepStats { grad_norm, clip_coef })
+    }
+
+    /// One optimizer step on one batch: (loss, gradient statistics).
+    pub fn train_step(&mut self, model: &RetroModel, batch: &Batch, lr: f64) -> Result<(f64, StepStats)> {
+        let loss = self.accumulate(model, batch)?;
+        crate::ensure!(loss.is_finite(), "the loss is {loss}; no update was applied");
+        Ok((loss, self.apply(lr, 1.0)?))
+    }
+
+    /// Copy the master weights into `model` and the moments and step count into `opt` (for a
+    /// checkpoint or a CPU evaluation).
+    pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
+        let download = |b: &DeviceBuffer<f32>, like: &Tensor| -> Result<Tensor> {
+            Tensor::from_vec(self.backend.read_vec32(b)?, like.shape())?.to_dtype(like.dtype())
+        };
+        for i in 0..self.params.values.len() {
+            model.params.tensors[i] = download(&self.params.values[i], &model.params.tensors[i])?;
+            opt.exp_avg[i] = download(&self.exp_avg[i], &opt.exp_avg[i])?;
+            opt.exp_avg_sq[i] = download(&self.exp_avg_sq[i], &opt.exp_avg_sq[i])?;
+        }
+        opt.step = self.step;
+        Ok(())
+    }
+
+    /// Take the optimizer state of a resumed run (the weights come with `new`).
+    pub fn from_host(&mut self, opt: &AdamW) -> Result<()> {
+        let gpu = &self.backend.gpu;
+        let upload = |t: &Tensor, dst: &DeviceBuffer<f32>| -> Result<()> {
+            let host: Vec<f32> = t.to_f64_vec().iter().map(|&v| v as f32).collect();
+            gpu.write(dst, 0, &host)
+        };
+        for i in 0..self.params.values.len() {
+            upload(&opt.exp_avg[i], &self.exp_avg[i])?;
+            upload(&opt.exp_avg_sq[i], &self.exp_avg_sq[i])?;
+        }
+        self.step = opt.step;
+        Ok(())
     }
 }

@@ -44,6 +44,9 @@ pub struct TrainArgs {
     pub progress: bool,
     /// TensorBoard event files (Megatron's `--tensorboard-dir`).
     pub tensorboard_dir: Option<PathBuf>,
+    /// Where the steps run: the CPU (the tape model, f32) or a GPU (the explicit step, bf16 activations,
+    /// f32 master weights; evaluation and checkpoints go through the CPU copy of the model).
+    pub device: crate::tensor::Device,
 }
 
 /// The model config for a project: the preset's shape with the project's vocabulary and lengths.
@@ -142,6 +145,13 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         clip: (args.clip > 0.0).then_some(args.clip),
     };
     let mut opt = AdamW::new(opt_config, &model.params.tensors);
+    if args.device != crate::tensor::Device::Cpu {
+        ensure!(
+            config.dropout == 0.0,
+            "--device {}: training on the GPU runs without dropout so far; pass --hidden-dropout 0 --attention-dropout 0",
+            args.device
+        );
+    }
     let (mut iteration, mut consumed) = (0u64, 0u64);
     if let Some(load) = &args.load {
         if let Some(it) = checkpoint::latest(load)? {
@@ -165,6 +175,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             );
         }
     }
+    let mut engine = Engine::new(args.device, &model, &opt)?;
     let mut tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
     let metrics_path = args.save.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -193,6 +204,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let tokens_per_step = (args.global_batch * config.seq_length) as f64;
     let (mut last_loss, mut valid_loss) = (f64::NAN, None);
     let save_state = |model: &RetroModel, opt: &AdamW, iteration: u64, consumed: u64| -> Result<()> {
+        // (For a GPU run, the caller has copied the weights and moments into `model` and `opt`.)
         let state = State { iteration, consumed_samples: consumed, optimizer_step: opt.step, run: identity.clone() };
         checkpoint::save(&args.save, model, opt, &state, args.keep).map(|_| ())
     };
@@ -205,35 +217,53 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             let seed = args.seed
                 ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
-            let step = model.train_step(&batch, seed)?;
-            if !step.loss.is_finite() {
+            let micro_loss = match &mut engine {
+                Engine::Cpu => {
+                    let step = model.train_step(&batch, seed)?;
+                    match &mut grads {
+                        None => grads = Some(step.grads),
+                        Some(acc) => {
+                            for (a, g) in acc.iter_mut().zip(&step.grads) {
+                                a.add_assign(g)?;
+                            }
+                        }
+                    }
+                    step.loss
+                }
+                #[cfg(not(no_cuda_kernels))]
+                Engine::Gpu(gpu) => gpu.accumulate(&model, &batch)?,
+            };
+            if !micro_loss.is_finite() {
                 bail!(
                     "iteration {}: the loss is {} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
                     iteration + 1,
-                    step.loss,
+                    micro_loss,
                     args.save.display()
                 );
             }
-            loss += step.loss / micro_per_step as f64;
-            match &mut grads {
-                None => grads = Some(step.grads),
-                Some(acc) => {
-                    for (a, g) in acc.iter_mut().zip(&step.grads) {
-                        a.add_assign(g)?;
-                    }
-                }
-            }
-        }
-        let mut grads = grads.expect("at least one micro-batch");
-        if micro_per_step > 1 {
-            for g in grads.iter_mut() {
-                g.scale(1.0 / micro_per_step as f64)?;
-            }
+            loss += micro_loss / micro_per_step as f64;
         }
         let lr = args.schedule.at(consumed);
-        let stats = opt
-            .step(&mut model.params.tensors, &mut grads, lr)
-            .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
+        let stats = match &mut engine {
+            Engine::Cpu => {
+                let mut grads = grads.expect("at least one micro-batch");
+                if micro_per_step > 1 {
+                    for g in grads.iter_mut() {
+                        g.scale(1.0 / micro_per_step as f64)?;
+                    }
+                }
+                opt.step(&mut model.params.tensors, &mut grads, lr)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Engine::Gpu(gpu) => gpu.apply(lr, 1.0 / micro_per_step as f64),
+        }
+        .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
+        let evaluating = args.eval_interval > 0 && (iteration + 1) % args.eval_interval == 0 && data.valid.is_some();
+        let saving =
+            (args.save_interval > 0 && (iteration + 1) % args.save_interval == 0) || iteration + 1 == args.train_iters;
+        if evaluating || saving {
+            engine.to_host(&mut model, &mut opt)?;
+        }
         iteration += 1;
         consumed += args.global_batch as u64;
         last_loss = loss;
@@ -281,4 +311,42 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let series = super::plot::metrics_series(&metrics_path, if retrieval { "retro" } else { "gpt" })?;
     super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
     Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
+}
+
+/// Where the training steps run.
+enum Engine {
+    /// The tape model; its parameters and `AdamW` are the state.
+    Cpu,
+    /// The explicit step on the GPU; `model` and `AdamW` are refreshed from it before evaluations and
+    /// checkpoints.
+    #[cfg(not(no_cuda_kernels))]
+    Gpu(Box<super::gpu_step::GpuTrainer>),
+}
+
+impl Engine {
+    fn new(device: crate::tensor::Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
+        match device {
+            crate::tensor::Device::Cpu => Ok(Engine::Cpu),
+            #[cfg(not(no_cuda_kernels))]
+            crate::tensor::Device::Cuda(ordinal) => {
+                let gpu = crate::backend::cuda::Gpu::new(ordinal)?;
+                let mut trainer = super::gpu_step::GpuTrainer::new(gpu, model, opt.config)?;
+                trainer.from_host(opt)?;
+                Ok(Engine::Gpu(Box::new(trainer)))
+            }
+            #[cfg(no_cuda_kernels)]
+            crate::tensor::Device::Cuda(_) => bail!("this build has no CUDA kernels"),
+        }
+    }
+
+    fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
+        match self {
+            Engine::Cpu => {
+                let _ = (model, opt);
+                Ok(())
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Engine::Gpu(gpu) => gpu.to_host(model, opt),
+        }
+    }
 }
