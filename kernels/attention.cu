@@ -75,11 +75,13 @@ __device__ inline void load_rows(bf16* dst, const bf16* src, int stride, int row
     }
 }
 
-// The same tile stored transposed: shared [HD][rows + PAD].
+// The same tile stored transposed: shared [HD][rows + PAD]. Consecutive threads take consecutive rows
+// (keys), so each of the 8 scalar stores of a warp writes 32 adjacent bf16 of one transposed row: no bank
+// conflicts (with the column group fastest they would all hit the same bank, 16-way at HD = 128).
 template <int HD>
 __device__ inline void load_rows_transposed(bf16* dst, const bf16* src, int stride, int rows, int valid) {
     for (int i = threadIdx.x; i < rows * HD / 8; i += blockDim.x) {
-        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        const int r = i % rows, c = (i / rows) * 8;
         Bf16x8 v;
         v.raw = make_uint4(0, 0, 0, 0);
         if (r < valid) v.raw = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
