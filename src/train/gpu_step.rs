@@ -60,10 +60,8 @@ impl GpuTrainer {
     /// `AdamW::step` clips; then the accumulators are zeroed for the next step.
     pub fn apply(&mut self, lr: f64, grad_scale: f64) -> Result<StepStats> {
         let gpu = self.backend.gpu.clone();
-        let mut sumsq = 0.0;
-        for g in &self.params.grads {
-            sumsq += adamw::sum_squares(&gpu, g)?;
-        }
+        let grads: Vec<&DeviceBuffer<f32>> = self.params.grads.iter().collect();
+        let sumsq: f64 = adamw::sum_squares_each(&gpu, &grads)?.iter().sum();
         let grad_norm = sumsq.sqrt() * grad_scale;
         crate::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}; no update was applied");
         let clip_coef = match self.config.clip {

@@ -81,28 +81,36 @@ pub fn update(gpu: &Gpu, s: &Segment, params: AdamwParams) -> Result<()> {
 
 /// Sum of squares of `x` in f64, deterministic (fixed grid, no atomics); waits for the result.
 pub fn sum_squares(gpu: &Gpu, x: &DeviceBuffer<f32>) -> Result<f64> {
+    Ok(sum_squares_each(gpu, &[x])?[0])
+}
+
+/// The sum of squares of each buffer (one f64 each), with a single wait at the end.
+pub fn sum_squares_each(gpu: &Gpu, xs: &[&DeviceBuffer<f32>]) -> Result<Vec<f64>> {
     let partials = gpu.alloc::<f64>(RETRO_SUMSQ_BLOCKS as usize)?;
-    let out = gpu.alloc::<f64>(1)?;
-    let n = x.len() as u64;
+    let out = gpu.alloc::<f64>(xs.len())?;
     let count = RETRO_SUMSQ_BLOCKS;
-    // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64.
-    unsafe {
-        launch(
-            gpu,
-            "adamw",
-            "sum_squares_f32",
-            config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
-            &[&x.ptr(), &n, &partials.ptr()],
-        )?;
-        launch(
-            gpu,
-            "adamw",
-            "sum_partials_f64",
-            config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
-            &[&partials.ptr(), &count, &out.ptr()],
-        )?;
+    for (i, x) in xs.iter().enumerate() {
+        let n = x.len() as u64;
+        // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64 (one
+        // double at out[i]); the partials buffer is reused in stream order.
+        unsafe {
+            launch(
+                gpu,
+                "adamw",
+                "sum_squares_f32",
+                config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
+                &[&x.ptr(), &n, &partials.ptr()],
+            )?;
+            launch(
+                gpu,
+                "adamw",
+                "sum_partials_f64",
+                config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
+                &[&partials.ptr(), &count, &out.ptr_at(i)],
+            )?;
+        }
     }
-    Ok(gpu.download(&out)?[0])
+    gpu.download(&out)
 }
 
 /// `x *= factor`.
