@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::device::{assert_close, rand_bf16, Attn, Dev};
+use common::device::{assert_close, rand_bf16, Dev};
 use retro::backend::cpu;
+use retro::backend::cpu::attention::Dims;
 use retro::rng::Rng;
 
 fn f64v(x: &[f32]) -> Vec<f64> {
@@ -184,16 +185,16 @@ test_device!(linear_forward_and_backward, |dev| {
 /// The attention problems RETRO has: causal decoder self-attention, the encoder's bidirectional
 /// self-attention over r = 128 neighbour tokens, its cross-attention (k·r... queries of a neighbour to the
 /// 64 chunk tokens), the CCA (64 queries to k·r = 256 keys), and tails that are not tile multiples.
-const ATTENTION_CASES: [Attn; 6] = [
-    Attn { batch: 2, heads: 2, sq: 130, sk: 130, head_dim: 64, causal: true },
-    Attn { batch: 1, heads: 3, sq: 256, sk: 256, head_dim: 128, causal: true },
-    Attn { batch: 3, heads: 2, sq: 128, sk: 128, head_dim: 64, causal: false },
-    Attn { batch: 3, heads: 2, sq: 128, sk: 64, head_dim: 128, causal: false },
-    Attn { batch: 2, heads: 2, sq: 64, sk: 256, head_dim: 64, causal: false },
-    Attn { batch: 2, heads: 1, sq: 70, sk: 100, head_dim: 128, causal: false },
+const ATTENTION_CASES: [Dims; 6] = [
+    Dims { batch: 2, heads: 2, sq: 130, sk: 130, head_dim: 64, causal: true },
+    Dims { batch: 1, heads: 3, sq: 256, sk: 256, head_dim: 128, causal: true },
+    Dims { batch: 3, heads: 2, sq: 128, sk: 128, head_dim: 64, causal: false },
+    Dims { batch: 3, heads: 2, sq: 128, sk: 64, head_dim: 128, causal: false },
+    Dims { batch: 2, heads: 2, sq: 64, sk: 256, head_dim: 64, causal: false },
+    Dims { batch: 2, heads: 1, sq: 70, sk: 100, head_dim: 128, causal: false },
 ];
 
-fn attention_inputs(rng: &mut Rng, a: &Attn) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+fn attention_inputs(rng: &mut Rng, a: &Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let w = a.heads * a.head_dim;
     (
         rand_bf16(rng, a.batch * a.sq * w, 1.0),
@@ -203,17 +204,13 @@ fn attention_inputs(rng: &mut Rng, a: &Attn) -> (Vec<f32>, Vec<f32>, Vec<f32>, V
     )
 }
 
-fn attention_dims(a: &Attn) -> cpu::attention::Dims {
-    cpu::attention::Dims { batch: a.batch, sq: a.sq, sk: a.sk, heads: a.heads, head_dim: a.head_dim, causal: a.causal }
-}
-
 test_device!(attention_forward, |dev| {
     let mut rng = Rng::new(8);
     for a in ATTENTION_CASES {
         let (q, k, v, _) = attention_inputs(&mut rng, &a);
         let o = dev.attention(&q, &k, &v, a);
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-        let (r, _) = cpu::attention::forward(&f64v(&q), &f64v(&k), &f64v(&v), layout, None, None, attention_dims(&a));
+        let (r, _) = cpu::attention::forward(&f64v(&q), &f64v(&k), &f64v(&v), layout, None, None, a);
         assert_close(&format!("attention o {a:?}"), dev, &o, &f32v(&r), 1e-5, 2e-2);
     }
 });
@@ -225,7 +222,7 @@ test_device!(attention_backward, |dev| {
         let (dq, dk, dv) = dev.attention_backward(&q, &k, &v, &dout, a);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-        let (_, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, None, None, attention_dims(&a));
+        let (_, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, None, None, a);
         let (mut rq, mut rk, mut rv) = (vec![0f64; q.len()], vec![0f64; k.len()], vec![0f64; v.len()]);
         let targets = cpu::attention::GradTargets {
             dq: cpu::SendPtr(rq.as_mut_ptr()),
@@ -233,9 +230,7 @@ test_device!(attention_backward, |dev| {
             dv: cpu::SendPtr(rv.as_mut_ptr()),
         };
         // SAFETY: three separate buffers of the operands' sizes.
-        unsafe {
-            cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, None, attention_dims(&a), targets)
-        };
+        unsafe { cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, None, a, targets) };
         assert_close(&format!("attention dq {a:?}"), dev, &dq, &f32v(&rq), 1e-5, 3e-2);
         assert_close("attention dk", dev, &dk, &f32v(&rk), 1e-5, 3e-2);
         assert_close("attention dv", dev, &dv, &f32v(&rv), 1e-5, 3e-2);
@@ -245,14 +240,14 @@ test_device!(attention_backward, |dev| {
 test_device!(attention_refuses_unsupported_shapes_cleanly, |dev| {
     #[cfg(not(no_cuda_kernels))]
     if let Dev::Cuda(gpu) = dev {
-        use retro::backend::cuda::attention::{forward, Shape, View};
+        use retro::backend::cuda::attention::{forward, View};
         let buf = gpu.zeros::<half::bf16>(2 * 16 * 80).unwrap();
-        let s = Shape { batch: 2, heads: 1, sq: 16, sk: 16, head_dim: 80, causal: false };
+        let s = Dims { batch: 2, heads: 1, sq: 16, sk: 16, head_dim: 80, causal: false };
         let err = forward(gpu, &s, View::contiguous(&buf, 80), View::contiguous(&buf, 80), View::contiguous(&buf, 80))
             .err()
             .unwrap();
         assert!(err.to_string().contains("head dims 64 and 128"), "{err}");
-        let s = Shape { head_dim: 64, ..s };
+        let s = Dims { head_dim: 64, ..s };
         let short = gpu.zeros::<half::bf16>(10).unwrap();
         let err =
             forward(gpu, &s, View::contiguous(&short, 64), View::contiguous(&buf, 64), View::contiguous(&buf, 64))

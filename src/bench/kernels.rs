@@ -139,7 +139,7 @@ impl Suite {
         &self,
         emit: &mut dyn FnMut(Value),
         kernel: &str,
-        s: attention::Shape,
+        s: attention::Dims,
         extra: Value,
     ) -> Result<()> {
         let gpu = &self.gpu;
@@ -184,8 +184,8 @@ impl Suite {
                 e.as_object_mut().unwrap().extend(more.as_object().cloned().unwrap_or_default());
                 e
             };
-            let shape = |batch, sq, sk, causal| attention::Shape { batch, heads: h, sq, sk, head_dim: dh, causal };
-            let cases: Vec<(&str, &str, attention::Shape, Value)> = vec![
+            let shape = |batch, sq, sk, causal| attention::Dims { batch, heads: h, sq, sk, head_dim: dh, causal };
+            let cases: Vec<(&str, &str, attention::Dims, Value)> = vec![
                 ("cca", "cca_sdpa", shape(chunks, m, kn * r, false), with(json!({"m": m, "k": kn, "r": r}))),
                 ("self_attn", "causal_self_attn", shape(b, s, s, true), extra.clone()),
                 ("encoder_attn", "encoder_self_attn", shape(chunks * kn, r, r, false), with(json!({"r": r}))),

@@ -14,15 +14,8 @@ use super::RetroModel;
 use crate::nn::{CrossAttention, LayerNorm, Linear, Mlp, SelfAttention};
 use crate::{ensure, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttnShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub sq: usize,
-    pub sk: usize,
-    pub head_dim: usize,
-    pub causal: bool,
-}
+/// An attention problem's sizes: the CPU reference's type, shared by every backend.
+pub use crate::backend::cpu::attention::Dims;
 
 /// Attention operands as the projections produce them: a fused QKV buffer `[rows, 3w]`, or Q `[rows_q, w]`
 /// with a fused KV buffer `[rows_k, 2w]`. The backward returns the gradients in the same packing.
@@ -119,10 +112,10 @@ pub trait StepBackend {
         db: &mut Self::Vec32,
         d: usize,
     ) -> Result<Self::Act>;
-    fn attention(&self, s: &AttnShape, x: AttnInputs<Self::Act>) -> Result<(Self::Act, Self::AttnSaved)>;
+    fn attention(&self, s: &Dims, x: AttnInputs<Self::Act>) -> Result<(Self::Act, Self::AttnSaved)>;
     fn attention_backward(
         &self,
-        s: &AttnShape,
+        s: &Dims,
         x: AttnInputs<Self::Act>,
         o: &Self::Act,
         saved: &Self::AttnSaved,
@@ -372,8 +365,8 @@ impl<B: StepBackend> Step<'_, B> {
         Ok((dq_in, dcontext))
     }
 
-    fn shape(&self, batch: usize, sq: usize, sk: usize, causal: bool) -> AttnShape {
-        AttnShape { batch, heads: self.heads, sq, sk, head_dim: self.d / self.heads, causal }
+    fn shape(&self, batch: usize, sq: usize, sk: usize, causal: bool) -> Dims {
+        Dims { batch, heads: self.heads, sq, sk, head_dim: self.d / self.heads, causal }
     }
 }
 
@@ -397,7 +390,7 @@ struct LayerSaved<B: StepBackend> {
 
 /// Sizes of one batch.
 #[derive(Clone, Copy)]
-struct Dims {
+struct BatchDims {
     b: usize,
     n: usize,
     m: usize,
@@ -415,7 +408,7 @@ impl<B: StepBackend> Step<'_, B> {
         layers: &[EncoderLayer],
         x: B::Act,
         chunks: &B::Act,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<(B::Act, Vec<EncoderLayerSaved<B>>)> {
         let (nk, chunk_count) = (z.b * z.l * z.k, z.b * z.l);
         let mut x = x;
@@ -446,7 +439,7 @@ impl<B: StepBackend> Step<'_, B> {
         saved: &[EncoderLayerSaved<B>],
         chunks: &B::Act,
         dout: B::Act,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<(B::Act, Option<B::Act>)> {
         let (nk, chunk_count) = (z.b * z.l * z.k, z.b * z.l);
         let mut dx = dout;
@@ -478,7 +471,7 @@ impl<B: StepBackend> Step<'_, B> {
         cca: &Cca,
         x: B::Act,
         retrieval: &mut Retrieval<B>,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<(B::Act, CcaSaved<B>)> {
         let d = self.d;
         let ln = self.ln(&cca.ln, x)?;
@@ -504,7 +497,7 @@ impl<B: StepBackend> Step<'_, B> {
         s: &CcaSaved<B>,
         dout: B::Act,
         retrieval: &mut Retrieval<B>,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<B::Act> {
         let d = self.d;
         let pad = (z.n - 1) % z.m;
@@ -537,7 +530,7 @@ impl<B: StepBackend> Step<'_, B> {
         layer: &DecoderLayer,
         x: B::Act,
         retrieval: &mut Retrieval<B>,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<(B::Act, LayerSaved<B>)> {
         let (x, attn) = self.self_attention(&layer.input_ln, &layer.self_attn, x, z.b, z.n)?;
         let (x, cca) = match &layer.cca {
@@ -557,7 +550,7 @@ impl<B: StepBackend> Step<'_, B> {
         s: &LayerSaved<B>,
         dout: B::Act,
         retrieval: &mut Retrieval<B>,
-        z: Dims,
+        z: BatchDims,
     ) -> Result<B::Act> {
         let mut dx = self.mlp_backward(&layer.pre_mlp_ln, &layer.mlp, &s.mlp, dout, z.b * z.n, z.ffn)?;
         if let (Some(cca), Some(cs)) = (&layer.cca, &s.cca) {
@@ -608,7 +601,7 @@ pub fn loss_and_grads<B: StepBackend>(
     if retro {
         ensure!(n % m == 0, "step: sequence of {n} tokens is not a multiple of chunk_length {m}");
     }
-    let z = Dims { b: batch, n, m, l: if retro { n / m } else { 0 }, k, r, ffn: c.ffn_hidden_size() };
+    let z = BatchDims { b: batch, n, m, l: if retro { n / m } else { 0 }, k, r, ffn: c.ffn_hidden_size() };
     let mut step = Step { b: backend, p: params, d, heads: c.num_heads, eps: c.layernorm_eps };
     let (word, position) = (model.word_embeddings, model.position_embeddings);
     let vocab = c.vocab_size;

@@ -141,29 +141,6 @@ macro_rules! on_cuda {
     };
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Attn {
-    pub batch: usize,
-    pub heads: usize,
-    pub sq: usize,
-    pub sk: usize,
-    pub head_dim: usize,
-    pub causal: bool,
-}
-
-impl Attn {
-    fn dims(&self) -> cpu::attention::Dims {
-        cpu::attention::Dims {
-            batch: self.batch,
-            sq: self.sq,
-            sk: self.sk,
-            heads: self.heads,
-            head_dim: self.head_dim,
-            causal: self.causal,
-        }
-    }
-}
-
 impl Dev {
     pub fn name(&self) -> String {
         match self {
@@ -431,23 +408,16 @@ impl Dev {
     }
 
     /// Attention output for separate q [b, sq, w], k, v [b, sk, w].
-    pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], a: Attn) -> Vec<f32> {
+    pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], a: cpu::attention::Dims) -> Vec<f32> {
         match self {
             Dev::Cpu => {
                 let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-                cpu::attention::forward(q, k, v, layout, None, None, a.dims()).0
+                cpu::attention::forward(q, k, v, layout, None, None, a).0
             }
             #[cfg(not(no_cuda_kernels))]
             _ => on_cuda!(self, gpu, E, {
-                use retro::backend::cuda::attention::{forward, Shape, View};
-                let s = Shape {
-                    batch: a.batch,
-                    heads: a.heads,
-                    sq: a.sq,
-                    sk: a.sk,
-                    head_dim: a.head_dim,
-                    causal: a.causal,
-                };
+                use retro::backend::cuda::attention::{forward, View};
+                let s = a;
                 let (gq, gk, gv) = (
                     gpu.upload(&to_e::<E>(q)).unwrap(),
                     gpu.upload(&to_e::<E>(k)).unwrap(),
@@ -469,12 +439,12 @@ impl Dev {
         k: &[f32],
         v: &[f32],
         dout: &[f32],
-        a: Attn,
+        a: cpu::attention::Dims,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         match self {
             Dev::Cpu => {
                 let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-                let (_, probs) = cpu::attention::forward(q, k, v, layout, None, None, a.dims());
+                let (_, probs) = cpu::attention::forward(q, k, v, layout, None, None, a);
                 let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
                 let targets = cpu::attention::GradTargets {
                     dq: cpu::SendPtr(dq.as_mut_ptr()),
@@ -482,20 +452,13 @@ impl Dev {
                     dv: cpu::SendPtr(dv.as_mut_ptr()),
                 };
                 // SAFETY: three separate buffers of the operands' sizes.
-                unsafe { cpu::attention::backward(dout, q, k, v, &probs, layout, None, a.dims(), targets) };
+                unsafe { cpu::attention::backward(dout, q, k, v, &probs, layout, None, a, targets) };
                 (dq, dk, dv)
             }
             #[cfg(not(no_cuda_kernels))]
             _ => on_cuda!(self, gpu, E, {
-                use retro::backend::cuda::attention::{backward, forward, Shape, View};
-                let s = Shape {
-                    batch: a.batch,
-                    heads: a.heads,
-                    sq: a.sq,
-                    sk: a.sk,
-                    head_dim: a.head_dim,
-                    causal: a.causal,
-                };
+                use retro::backend::cuda::attention::{backward, forward, View};
+                let s = a;
                 let w = s.width();
                 let (gq, gk, gv) = (
                     gpu.upload(&to_e::<E>(q)).unwrap(),

@@ -1,19 +1,15 @@
 //! The CPU backend of the explicit training step (`model::step`): the CPU reference kernels in f32.
 //! It exists to check the step program itself against the tape-based model, on any machine.
 
-use super::attention::{self as attn, Dims, GradTargets, Layout};
+use super::attention::{self as attn, GradTargets, Layout};
 use super::{cross_entropy, elementwise, embedding, layernorm, linear, SendPtr};
-use crate::model::step::{AttnInputs, AttnShape, StepBackend};
+use crate::model::step::{AttnInputs, Dims, StepBackend};
 use crate::{ensure, Result};
 
 pub struct CpuStep;
 
 fn add_to(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
-}
-
-fn dims(s: &AttnShape) -> Dims {
-    Dims { batch: s.batch, sq: s.sq, sk: s.sk, heads: s.heads, head_dim: s.head_dim, causal: s.causal }
 }
 
 fn layout(x: &AttnInputs<Vec<f32>>, w: usize) -> Layout {
@@ -173,14 +169,14 @@ impl StepBackend for CpuStep {
         Ok(du)
     }
 
-    fn attention(&self, s: &AttnShape, x: AttnInputs<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
+    fn attention(&self, s: &Dims, x: AttnInputs<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
         let (q, kv) = operands(&x);
-        Ok(attn::forward(q, kv, kv, layout(&x, s.heads * s.head_dim), None, None, dims(s)))
+        Ok(attn::forward(q, kv, kv, layout(&x, s.heads * s.head_dim), None, None, *s))
     }
 
     fn attention_backward(
         &self,
-        s: &AttnShape,
+        s: &Dims,
         x: AttnInputs<Vec<f32>>,
         _o: &Vec<f32>,
         probs: &Vec<f32>,
@@ -197,7 +193,7 @@ impl StepBackend for CpuStep {
         let kvp = if dkv.is_empty() { qp } else { SendPtr(dkv.as_mut_ptr()) };
         // SAFETY: dq (and dkv) have the sizes and layouts of q (and kv); for a fused QKV all three targets
         // are the one dqkv buffer, whose column blocks the layout keeps apart.
-        unsafe { attn::backward(dout, q, kv, kv, probs, lay, None, dims(s), GradTargets { dq: qp, dk: kvp, dv: kvp }) };
+        unsafe { attn::backward(dout, q, kv, kv, probs, lay, None, *s, GradTargets { dq: qp, dk: kvp, dv: kvp }) };
         Ok(if dkv.is_empty() { vec![dq] } else { vec![dq, dkv] })
     }
 

@@ -15,21 +15,8 @@ use cudarc::driver::{sys::CUfunction_attribute, DeviceRepr};
 // SAFETY: AttentionParams is a plain C struct generated from bindings/attention.h, passed by value.
 unsafe impl DeviceRepr for AttentionParams {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
-    pub batch: usize,
-    pub heads: usize,
-    pub sq: usize,
-    pub sk: usize,
-    pub head_dim: usize,
-    pub causal: bool,
-}
-
-impl Shape {
-    pub fn width(&self) -> usize {
-        self.heads * self.head_dim
-    }
-}
+/// The problem's sizes: the CPU reference's type (batch, sq, sk, heads, head_dim, causal).
+pub use crate::backend::cpu::attention::Dims;
 
 /// One operand read in place: row `r` of batch `b`, head `h` starts at `offset + (b * rows + r) * stride
 /// + h * head_dim` (a fused QKV output is three views of one buffer, with stride 3 * width).
@@ -62,7 +49,7 @@ impl<'a, E> View<'a, E> {
     }
 }
 
-fn suffix<E: GpuFloat>(s: &Shape) -> Result<&'static str> {
+fn suffix<E: GpuFloat>(s: &Dims) -> Result<&'static str> {
     if E::NAME == "f32" {
         crate::ensure!(
             s.head_dim > 0 && s.head_dim <= 128,
@@ -78,14 +65,14 @@ fn suffix<E: GpuFloat>(s: &Shape) -> Result<&'static str> {
     }
 }
 
-fn check_shape(s: &Shape) -> Result<()> {
+fn check_shape(s: &Dims) -> Result<()> {
     crate::ensure!(s.batch > 0 && s.heads > 0 && s.sq > 0 && s.sk > 0, "empty attention problem {s:?}");
     crate::ensure!(!s.causal || s.sq == s.sk, "causal attention needs sq == sk, got {} and {}", s.sq, s.sk);
     crate::ensure!(s.batch * s.heads <= 65_535, "attention: batch x heads = {} exceeds the grid", s.batch * s.heads);
     Ok(())
 }
 
-fn params(s: &Shape, q: u64, k: u64, v: u64, strides: [usize; 3]) -> AttentionParams {
+fn params(s: &Dims, q: u64, k: u64, v: u64, strides: [usize; 3]) -> AttentionParams {
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     AttentionParams {
         q,
@@ -118,7 +105,7 @@ fn shared_bytes(kernel: &str, hd: usize) -> u32 {
 }
 
 /// One warp per row of `rows` rows per (batch, head): the exact kernels' grid.
-fn warp_per_row(s: &Shape, rows: usize) -> (u32, u32, u32) {
+fn warp_per_row(s: &Dims, rows: usize) -> (u32, u32, u32) {
     (((s.batch * s.heads * rows) as u64 * 32).div_ceil(RETRO_ATTN_THREADS as u64) as u32, 1, 1)
 }
 
@@ -149,7 +136,7 @@ fn kernel_name(prefix: &str, sfx: &str) -> &'static str {
 /// Returns (o [batch, sq, width] contiguous, lse [batch * heads, sq] in the log2 domain).
 pub fn forward<E: GpuFloat>(
     gpu: &Gpu,
-    s: &Shape,
+    s: &Dims,
     q: View<E>,
     k: View<E>,
     v: View<E>,
@@ -182,7 +169,7 @@ pub fn forward<E: GpuFloat>(
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
-    s: &Shape,
+    s: &Dims,
     (q, k, v): (View<E>, View<E>, View<E>),
     o: &DeviceBuffer<E>,
     lse: &DeviceBuffer<f32>,

@@ -2,11 +2,11 @@
 //! element type `E` (bf16 for training; f32 to check the whole step against the CPU to f32 accuracy), f32
 //! parameters, gradients and statistics, every call a kernel of this directory.
 
-use super::attention::{self, Shape, View};
+use super::attention::{self, View};
 use super::element::GpuFloat;
 use super::gpu::{DeviceBuffer, Gpu};
 use super::{cross_entropy, embedding, gelu, layernorm, linear::Linear, residual};
-use crate::model::step::{AttnInputs, AttnShape, StepBackend};
+use crate::model::step::{AttnInputs, Dims, StepBackend};
 use crate::Result;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -23,10 +23,6 @@ impl<E> CudaStep<E> {
 }
 
 type V32 = DeviceBuffer<f32>;
-
-fn shape(s: &AttnShape) -> Shape {
-    Shape { batch: s.batch, heads: s.heads, sq: s.sq, sk: s.sk, head_dim: s.head_dim, causal: s.causal }
-}
 
 fn views<'a, E>(x: &AttnInputs<'a, DeviceBuffer<E>>, w: usize) -> (View<'a, E>, View<'a, E>, View<'a, E>) {
     match *x {
@@ -159,14 +155,14 @@ impl<E: GpuFloat> StepBackend for CudaStep<E> {
         gelu::backward(&self.gpu, dy, x, b, db, d)
     }
 
-    fn attention(&self, s: &AttnShape, x: AttnInputs<DeviceBuffer<E>>) -> Result<(DeviceBuffer<E>, V32)> {
+    fn attention(&self, s: &Dims, x: AttnInputs<DeviceBuffer<E>>) -> Result<(DeviceBuffer<E>, V32)> {
         let (q, k, v) = views(&x, s.heads * s.head_dim);
-        attention::forward(&self.gpu, &shape(s), q, k, v)
+        attention::forward(&self.gpu, s, q, k, v)
     }
 
     fn attention_backward(
         &self,
-        s: &AttnShape,
+        s: &Dims,
         x: AttnInputs<DeviceBuffer<E>>,
         o: &DeviceBuffer<E>,
         lse: &V32,
@@ -178,13 +174,13 @@ impl<E: GpuFloat> StepBackend for CudaStep<E> {
             AttnInputs::Qkv(qkv) => {
                 let dqkv = self.gpu.alloc::<E>(qkv.len())?;
                 let g = views(&AttnInputs::Qkv(&dqkv), w);
-                attention::backward(&self.gpu, &shape(s), (q, k, v), o, lse, dout, g)?;
+                attention::backward(&self.gpu, s, (q, k, v), o, lse, dout, g)?;
                 Ok(vec![dqkv])
             }
             AttnInputs::QKv(qb, kvb) => {
                 let (dq, dkv) = (self.gpu.alloc::<E>(qb.len())?, self.gpu.alloc::<E>(kvb.len())?);
                 let g = views(&AttnInputs::QKv(&dq, &dkv), w);
-                attention::backward(&self.gpu, &shape(s), (q, k, v), o, lse, dout, g)?;
+                attention::backward(&self.gpu, s, (q, k, v), o, lse, dout, g)?;
                 Ok(vec![dq, dkv])
             }
         }
