@@ -74,12 +74,27 @@ pub fn run(b: &TrainBench) -> Result<Value> {
         times.push(s.elapsed().as_secs_f64());
     }
     let wall = t1.elapsed().as_secs_f64();
-    let step_s = median(&mut times);
+    let fields = json!({"precision": "fp32", "device": "cpu", "threads": rayon::current_num_threads()});
+    Ok(record(b, &model, &losses, warmup_s, &mut times, wall, fields))
+}
+
+/// The JSON line of a run (bench.py's fields), from its losses and step times; `fields` adds what is
+/// particular to the device.
+fn record(
+    b: &TrainBench,
+    model: &RetroModel,
+    losses: &[f64],
+    warmup_s: f64,
+    times: &mut [f64],
+    wall: f64,
+    fields: Value,
+) -> Value {
+    let c = &b.config;
+    let step_s = median(times);
     let fl = model_flops_per_step(c, b.micro_batch);
-    Ok(json!({
+    let mut line = json!({
         "bench": "train", "status": "ok", "impl": "retro", "config": c.name, "micro_batch": b.micro_batch,
         "seq_len": c.seq_length, "steps": b.steps, "warmup": b.warmup, "dropout": c.dropout,
-        "precision": "fp32", "device": "cpu", "threads": rayon::current_num_threads(),
         "tokens_per_s": fl.decoder_tokens / step_s,
         "neighbor_tokens_per_s": fl.neighbor_tokens / step_s,
         "step_ms_median": 1e3 * step_s,
@@ -91,7 +106,9 @@ pub fn run(b: &TrainBench) -> Result<Value> {
         "model_flops_per_step": fl.total,
         "flops_breakdown": fl,
         "achieved_tflops": fl.total / step_s / 1e12,
-    }))
+    });
+    line.as_object_mut().expect("an object").extend(fields.as_object().cloned().unwrap_or_default());
+    line
 }
 
 /// The same benchmark on the GPU: `model::step` on the CUDA kernels.
@@ -125,26 +142,11 @@ pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -
         times.push(start.elapsed_ms(&end).map_err(|e| cuda_error("event timing", e))? as f64 / 1e3);
     }
     let wall = t1.elapsed().as_secs_f64();
-    let step_s = median(&mut times);
-    let fl = model_flops_per_step(c, b.micro_batch);
     let mem = gpu.memory();
-    Ok(json!({
-        "bench": "train", "status": "ok", "impl": "retro", "config": c.name, "micro_batch": b.micro_batch,
-        "seq_len": c.seq_length, "steps": b.steps, "warmup": b.warmup, "dropout": c.dropout,
-        "precision": "bf16 activations, f32 master weights", "device": gpu.name(),
-        "tokens_per_s": fl.decoder_tokens / step_s,
-        "neighbor_tokens_per_s": fl.neighbor_tokens / step_s,
-        "step_ms_median": 1e3 * step_s,
-        "step_ms_mean": 1e3 * wall / b.steps as f64,
-        "warmup_s": warmup_s,
-        "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
-        "loss_finite": losses.iter().all(|l| l.is_finite()),
-        "losses": losses,
+    let fields = json!({
+        "precision": "bf16 activations, f32 master weights", "device": gpu.name(), "losses": losses,
         "peak_mem_gb": mem.peak_allocated as f64 / 1e9, "peak_mem_reserved_gb": mem.peak_reserved as f64 / 1e9,
         "driver_allocations_in_timed_steps": mem.driver_allocations - allocations_after_warmup,
-        "params": count_params(&model.params.specs),
-        "model_flops_per_step": fl.total,
-        "flops_breakdown": fl,
-        "achieved_tflops": fl.total / step_s / 1e12,
-    }))
+    });
+    Ok(record(b, &model, &losses, warmup_s, &mut times, wall, fields))
 }

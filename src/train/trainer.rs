@@ -325,6 +325,8 @@ enum Engine {
 
 impl Engine {
     fn new(device: crate::tensor::Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
+        #[cfg(no_cuda_kernels)]
+        let _ = (model, opt);
         match device {
             crate::tensor::Device::Cpu => Ok(Engine::Cpu),
             #[cfg(not(no_cuda_kernels))]
