@@ -90,6 +90,50 @@ __device__ inline void load_rows_transposed(bf16* dst, const bf16* src, int stri
     }
 }
 
+// c1 = A1 B1^T and c2 = A2 B2^T over the head dim, for the warp's 16 rows row0.. of the [m][HD] shared
+// matrices a1, a2 against all N rows of the [N][HD] shared matrices b1, b2 (both products of a backward
+// tile, sharing the k loop).
+template <int HD, int N>
+__device__ inline void two_products(float (&c1)[N / 8][4], float (&c2)[N / 8][4], const bf16* a1, const bf16* a2,
+                                    const bf16* b1, const bf16* b2, int row0) {
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt)
+        for (int e = 0; e < 4; ++e) c1[nt][e] = c2[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        uint32_t x1[4], x2[4];
+        load_a(x1, a1, HD + PAD, row0, kk * 16);
+        load_a(x2, a2, HD + PAD, row0, kk * 16);
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt) {
+            uint32_t y1[2], y2[2];
+            load_b(y1, b1, HD + PAD, nt * 8, kk * 16);
+            load_b(y2, b2, HD + PAD, nt * 8, kk * 16);
+            mma16816(c1[nt], x1, y1);
+            mma16816(c2[nt], x2, y2);
+        }
+    }
+}
+
+// The block's (batch, head) pair and that head's row 0 in each input (rows follow at the operand's
+// stride; the head is the column block h * HD). dout is null in the forward.
+struct HeadOperands {
+    int bh, b, h;
+    const bf16 *q, *k, *v, *dout;
+};
+
+template <int HD>
+__device__ inline HeadOperands head_operands(const AttentionParams& p) {
+    const int bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    return {bh,
+            b,
+            h,
+            reinterpret_cast<const bf16*>(p.q) + (size_t)b * p.sq * p.q_stride + h * HD,
+            reinterpret_cast<const bf16*>(p.k) + (size_t)b * p.sk * p.k_stride + h * HD,
+            reinterpret_cast<const bf16*>(p.v) + (size_t)b * p.sk * p.v_stride + h * HD,
+            p.dout ? reinterpret_cast<const bf16*>(p.dout) + (size_t)b * p.sq * p.heads * HD + h * HD : nullptr};
+}
+
 // Accumulator element e of n-tile nt: its row (0..15 within the warp's tile) and column (0..7 + 8 nt).
 __device__ inline int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + (e >= 2 ? 8 : 0); }
 __device__ inline int frag_col(int nt, int e) { return nt * 8 + 2 * (threadIdx.x & 3) + (e & 1); }
@@ -101,11 +145,8 @@ __device__ inline void attention_forward(const AttentionParams& p) {
     bf16* ks = qs + BM * (HD + PAD);           // [BN][HD + PAD]
     bf16* vt = ks + BN * (HD + PAD);           // [HD][BN + PAD]
     const int warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    const auto [bh, b, h, Q, K, V, unused_dout] = head_operands<HD>(p);
     const int q0 = blockIdx.x * BM;
-    const bf16* Q = reinterpret_cast<const bf16*>(p.q) + (size_t)b * p.sq * p.q_stride + h * HD;
-    const bf16* K = reinterpret_cast<const bf16*>(p.k) + (size_t)b * p.sk * p.k_stride + h * HD;
-    const bf16* V = reinterpret_cast<const bf16*>(p.v) + (size_t)b * p.sk * p.v_stride + h * HD;
     load_rows<HD>(qs, Q + (size_t)q0 * p.q_stride, p.q_stride, BM, min(BM, p.sq - q0));
     __syncthreads();
     uint32_t qa[HD / 16][4];
@@ -237,12 +278,8 @@ __device__ inline void attention_backward_dkv(const AttentionParams& p) {
     float* lse_s = reinterpret_cast<float*>(dot + HD * (BM + PAD));  // [BM]
     float* delta_s = lse_s + BM;                                       // [BM]
     const int warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    const auto [bh, b, h, Q, K, V, dO] = head_operands<HD>(p);
     const int k0 = blockIdx.x * BN;
-    const bf16* Q = reinterpret_cast<const bf16*>(p.q) + (size_t)b * p.sq * p.q_stride + h * HD;
-    const bf16* K = reinterpret_cast<const bf16*>(p.k) + (size_t)b * p.sk * p.k_stride + h * HD;
-    const bf16* V = reinterpret_cast<const bf16*>(p.v) + (size_t)b * p.sk * p.v_stride + h * HD;
-    const bf16* dO = reinterpret_cast<const bf16*>(p.dout) + (size_t)b * p.sq * p.heads * HD + h * HD;
     const float* lse = reinterpret_cast<const float*>(p.lse) + (size_t)bh * p.sq;
     const float* delta = reinterpret_cast<const float*>(p.delta) + (size_t)bh * p.sq;
     load_rows<HD>(ks, K + (size_t)k0 * p.k_stride, p.k_stride, BN, min(BN, p.sk - k0));
@@ -266,23 +303,7 @@ __device__ inline void attention_backward_dkv(const AttentionParams& p) {
         }
         __syncthreads();
         float st[BM / 8][4], dpt[BM / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BM / 8; ++nt)
-            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            uint32_t ka[4], va[4];
-            load_a(ka, ks, HD + PAD, warp * 16, kk * 16);
-            load_a(va, vs, HD + PAD, warp * 16, kk * 16);
-#pragma unroll
-            for (int nt = 0; nt < BM / 8; ++nt) {
-                uint32_t bq[2], bdo[2];
-                load_b(bq, qs, HD + PAD, nt * 8, kk * 16);
-                load_b(bdo, dos, HD + PAD, nt * 8, kk * 16);
-                mma16816(st[nt], ka, bq);   // S^T = K Q^T
-                mma16816(dpt[nt], va, bdo); // dP^T = V dO^T
-            }
-        }
+        two_products<HD, BM>(st, dpt, ks, vs, qs, dos, warp * 16);  // S^T = K Q^T, dP^T = V dO^T
 #pragma unroll
         for (int nt = 0; nt < BM / 8; ++nt)
 #pragma unroll
@@ -333,12 +354,8 @@ __device__ inline void attention_backward_dq(const AttentionParams& p) {
     bf16* vs = ks + BN * (HD + PAD);           // [BN][HD + PAD]
     bf16* kt_s = vs + BN * (HD + PAD);         // [HD][BN + PAD]
     const int warp = threadIdx.x >> 5;
-    const int bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+    const auto [bh, b, h, Q, K, V, dO] = head_operands<HD>(p);
     const int q0 = blockIdx.x * BM;
-    const bf16* Q = reinterpret_cast<const bf16*>(p.q) + (size_t)b * p.sq * p.q_stride + h * HD;
-    const bf16* K = reinterpret_cast<const bf16*>(p.k) + (size_t)b * p.sk * p.k_stride + h * HD;
-    const bf16* V = reinterpret_cast<const bf16*>(p.v) + (size_t)b * p.sk * p.v_stride + h * HD;
-    const bf16* dO = reinterpret_cast<const bf16*>(p.dout) + (size_t)b * p.sq * p.heads * HD + h * HD;
     const int valid = min(BM, p.sq - q0);
     load_rows<HD>(qs, Q + (size_t)q0 * p.q_stride, p.q_stride, BM, valid);
     load_rows<HD>(dos, dO + (size_t)q0 * p.heads * HD, p.heads * HD, BM, valid);
@@ -362,23 +379,7 @@ __device__ inline void attention_backward_dq(const AttentionParams& p) {
         load_rows_transposed<HD>(kt_s, K + (size_t)k0 * p.k_stride, p.k_stride, BN, kvalid);
         __syncthreads();
         float s[BN / 8][4], dp[BN / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            uint32_t qa[4], da[4];
-            load_a(qa, qs, HD + PAD, warp * 16, kk * 16);
-            load_a(da, dos, HD + PAD, warp * 16, kk * 16);
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {
-                uint32_t bk[2], bv[2];
-                load_b(bk, ks, HD + PAD, nt * 8, kk * 16);
-                load_b(bv, vs, HD + PAD, nt * 8, kk * 16);
-                mma16816(s[nt], qa, bk);   // S = Q K^T
-                mma16816(dp[nt], da, bv);  // dP = dO V^T
-            }
-        }
+        two_products<HD, BN>(s, dp, qs, dos, ks, vs, warp * 16);  // S = Q K^T, dP = dO V^T
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
