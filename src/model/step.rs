@@ -37,6 +37,7 @@ pub trait StepBackend {
     type Targets;
 
     fn vec32(&self, x: &[f32]) -> Result<Self::Vec32>;
+    fn zeros32(&self, n: usize) -> Result<Self::Vec32>;
     fn act(&self, x: &[f32]) -> Result<Self::Act>;
     fn read_vec32(&self, x: &Self::Vec32) -> Result<Vec<f32>>;
     fn tokens(&self, ids: &[i32], vocab: usize) -> Result<Self::Tokens>;
@@ -158,10 +159,11 @@ impl<B: StepBackend> DeviceParams<B> {
         let mut matrices = Vec::new();
         let mut grads = Vec::new();
         for t in &model.params.tensors {
-            let host: Vec<f32> = t.to_f64_vec().iter().map(|&v| v as f32).collect();
-            values.push(backend.vec32(&host)?);
-            matrices.push(if t.rank() == 2 { Some(backend.act(&host)?) } else { None });
-            grads.push(backend.vec32(&vec![0.0; host.len()])?);
+            let t = t.to_dtype(crate::tensor::DType::F32)?;
+            let host = t.data::<f32>()?;
+            values.push(backend.vec32(host)?);
+            matrices.push(if t.rank() == 2 { Some(backend.act(host)?) } else { None });
+            grads.push(backend.zeros32(host.len())?);
         }
         Ok(Self { values, matrices, grads })
     }

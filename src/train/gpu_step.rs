@@ -113,8 +113,7 @@ impl GpuTrainer {
     pub fn from_host(&mut self, opt: &AdamW) -> Result<()> {
         let gpu = &self.backend.gpu;
         let upload = |t: &Tensor, dst: &DeviceBuffer<f32>| -> Result<()> {
-            let host: Vec<f32> = t.to_f64_vec().iter().map(|&v| v as f32).collect();
-            gpu.write(dst, 0, &host)
+            gpu.write(dst, 0, t.to_dtype(crate::tensor::DType::F32)?.data::<f32>()?)
         };
         for i in 0..self.params.values.len() {
             upload(&opt.exp_avg[i], &self.exp_avg[i])?;

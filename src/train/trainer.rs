@@ -333,7 +333,10 @@ impl Engine {
             crate::tensor::Device::Cuda(ordinal) => {
                 let gpu = crate::backend::cuda::Gpu::new(ordinal)?;
                 let mut trainer = super::gpu_step::GpuTrainer::new(gpu, model, opt.config)?;
-                trainer.from_host(opt)?;
+                // A resumed run brings its moments; a fresh one starts from the zeros `new` made.
+                if opt.step > 0 {
+                    trainer.from_host(opt)?;
+                }
                 Ok(Engine::Gpu(Box::new(trainer)))
             }
             #[cfg(no_cuda_kernels)]

@@ -42,6 +42,10 @@ impl StepBackend for CpuStep {
         Ok(x.to_vec())
     }
 
+    fn zeros32(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
     fn act(&self, x: &[f32]) -> Result<Vec<f32>> {
         Ok(x.to_vec())
     }

@@ -55,6 +55,10 @@ impl<E: GpuFloat> StepBackend for CudaStep<E> {
         self.gpu.upload(&x.iter().map(|&v| E::from_f32(v)).collect::<Vec<_>>())
     }
 
+    fn zeros32(&self, n: usize) -> Result<V32> {
+        self.gpu.zeros(n)
+    }
+
     fn read_vec32(&self, x: &V32) -> Result<Vec<f32>> {
         self.gpu.download(x)
     }
