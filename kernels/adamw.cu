@@ -7,7 +7,6 @@
 // sum_squares_f32 / sum_partials_f64: the global gradient norm in two passes. Pass 1 runs a fixed grid
 //   of RETRO_SUMSQ_BLOCKS blocks, each reducing its grid-stride share in f64 into partials[block];
 //   pass 2 (one block) adds the partials. No atomics: the same input always gives the same bits.
-// scale_f32: x *= factor (clipping applied to a gradient buffer outside the fused update).
 #include "common.cuh"
 #include "adamw.h"
 
@@ -44,8 +43,4 @@ extern "C" __global__ void sum_partials_f64(const double* __restrict__ partials,
     for (uint32_t i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
     acc = block_sum(acc);
     if (threadIdx.x == 0) *out = acc;
-}
-
-extern "C" __global__ void scale_f32(float* __restrict__ x, float factor, uint64_t n) {
-    RETRO_GRID_STRIDE(i, n) { x[i] *= factor; }
 }

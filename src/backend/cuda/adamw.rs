@@ -112,11 +112,3 @@ pub fn sum_squares_each(gpu: &Gpu, xs: &[&DeviceBuffer<f32>]) -> Result<Vec<f64>
     }
     gpu.download(&out)
 }
-
-/// `x *= factor`.
-pub fn scale(gpu: &Gpu, x: &DeviceBuffer<f32>, factor: f32) -> Result<()> {
-    let n = x.len() as u64;
-    let blocks = (x.len()).div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
-    // SAFETY: argument list of scale_f32.
-    unsafe { launch(gpu, "adamw", "scale_f32", config((blocks, 1, 1), RETRO_ADAMW_BLOCK, 0), &[&x.ptr(), &factor, &n]) }
-}

@@ -62,10 +62,6 @@ impl Block {
     pub fn ptr(&self) -> sys::CUdeviceptr {
         self.ptr
     }
-
-    pub fn size(&self) -> usize {
-        self.size
-    }
 }
 
 impl Drop for Block {
@@ -118,12 +114,6 @@ impl Allocator {
 
     pub fn stats(&self) -> MemoryStats {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).stats
-    }
-
-    /// Return every cached free block to the driver (after synchronising the context).
-    pub fn empty_cache(&self) -> Result<()> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        self.release_cached(&mut pool)
     }
 
     fn driver_alloc(&self, size: usize) -> std::result::Result<sys::CUdeviceptr, cudarc::driver::DriverError> {

@@ -6,7 +6,7 @@ use super::allocator::{Allocator, Block, MemoryStats};
 use super::device::{context, cuda_error};
 use super::module::{load, load_best, Image};
 use crate::Result;
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, PinnedHostSlice};
+use cudarc::driver::{result, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, PinnedHostSlice};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -109,13 +109,6 @@ impl Gpu {
         Ok(f)
     }
 
-    /// Which image (fatbin or PTX) each loaded module came from.
-    pub fn loaded_images(&self) -> Vec<(&'static str, Image)> {
-        let mut v: Vec<_> = self.modules.lock().unwrap().iter().map(|(k, (_, i))| (*k, *i)).collect();
-        v.sort();
-        v
-    }
-
     pub fn blas(&self) -> Result<&super::blas::Blas> {
         if let Some(b) = self.blas.get() {
             return Ok(b);
@@ -126,10 +119,6 @@ impl Gpu {
 
     pub fn memory(&self) -> MemoryStats {
         self.allocator.stats()
-    }
-
-    pub fn empty_cache(&self) -> Result<()> {
-        self.allocator.empty_cache()
     }
 
     /// An uninitialised buffer of `len` elements.
@@ -221,6 +210,3 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
     }
 }
-
-/// Raw device pointer type the launchers pass (documented alias for readability).
-pub type DevicePtr = sys::CUdeviceptr;
