@@ -82,6 +82,10 @@ fn finish(command: &str, result: retro::Result<()>, code: u8) -> ExitCode {
     }
 }
 
+/// Large freed buffers are kept for the next step instead of being unmapped (src/alloc_tuning.rs).
+#[global_allocator]
+static ALLOCATOR: retro::alloc_tuning::RetainingAllocator = retro::alloc_tuning::RetainingAllocator::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     retro::alloc_tuning::keep_freed_memory();
