@@ -146,6 +146,21 @@ pub fn run(o: &DemoOptions) -> Result<()> {
         let masked = without.map_or("-".to_string(), |w| format!("{:.2}", w.exp()));
         println!("| {name} | {with:.4} | {:.2} | {masked} |", with.exp());
     }
+    if let (Some(masked), (_, gpt, ..)) = (results[0].2, &results[1]) {
+        let retro = results[0].1;
+        println!(
+            "\nretrieval: masking RETRO's neighbours changes its validation perplexity by {:+.1}%; RETRO vs GPT: {:+.1}%.",
+            ((masked - retro).exp() - 1.0) * 100.0,
+            ((retro - gpt).exp() - 1.0) * 100.0
+        );
+        if masked - retro < 0.02 {
+            println!(
+                "At this budget ({} tokens per model) RETRO has not learned to read its neighbours; docs/demo.md shows \
+                 why (it does not even with exact copies of the validation text in the database) and what it takes.",
+                o.steps as usize * o.global_batch * o.seq_length
+            );
+        }
+    }
     let retro_model = &results[0].4;
     let retriever = crate::retrieval::live::LiveRetriever::open(&project, retro_model.config.num_neighbors)?;
     let sampling = crate::generate::Sampling { temperature: 0.8, top_k: 40, top_p: 0.95 };

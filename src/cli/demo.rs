@@ -16,7 +16,7 @@ pub struct Args {
     pub since_year: Option<i64>,
     #[arg(long, default_value_t = 256)]
     pub seq_length: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 250)]
     pub steps: u64,
     #[arg(long, default_value_t = 8)]
     pub global_batch_size: usize,
