@@ -34,7 +34,7 @@ pub fn keep_freed_memory() {}
 /// Blocks at least this large are retained on free.
 pub const RETAINED_MIN_BYTES: usize = 32 << 20;
 /// At most this many bytes are held; the oldest retained blocks are released first.
-pub const RETAINED_MAX_BYTES: usize = 4 << 30;
+pub const RETAINED_MAX_BYTES: usize = 2 << 30;
 const SLOTS: usize = 16;
 
 #[derive(Clone, Copy)]
