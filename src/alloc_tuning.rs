@@ -184,18 +184,10 @@ unsafe impl GlobalAlloc for RetainingAllocator {
         }
     }
 
+    /// Resizing stays with the system allocator (glibc moves large blocks with mremap, without a copy);
+    /// the resized block is retained when it is freed.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.size() < RETAINED_MIN_BYTES && new_size < RETAINED_MIN_BYTES {
-            return System.realloc(ptr, layout, new_size);
-        }
-        // A growing or shrinking large block: a fresh (or retained) block, a copy, the old one kept.
-        let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-        let new = self.alloc(new_layout);
-        if !new.is_null() {
-            std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-            self.dealloc(ptr, layout);
-        }
-        new
+        System.realloc(ptr, layout, new_size)
     }
 }
 

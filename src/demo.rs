@@ -148,12 +148,13 @@ pub fn run(o: &DemoOptions) -> Result<()> {
     }
     if let (Some(masked), (_, gpt, ..)) = (results[0].2, &results[1]) {
         let retro = results[0].1;
+        let percent = |loss_a: f64, loss_b: f64| ((loss_a - loss_b).exp() - 1.0) * 100.0;
+        let retrieval_gain = percent(masked, retro);
         println!(
-            "\nretrieval: masking RETRO's neighbours changes its validation perplexity by {:+.1}%; RETRO vs GPT: {:+.1}%.",
-            ((masked - retro).exp() - 1.0) * 100.0,
-            ((retro - gpt).exp() - 1.0) * 100.0
+            "\nretrieval: masking RETRO's neighbours changes its validation perplexity by {retrieval_gain:+.1}%; RETRO vs GPT: {:+.1}%.",
+            percent(retro, *gpt)
         );
-        if masked - retro < 0.02 {
+        if retrieval_gain < 2.0 {
             println!(
                 "At this budget ({} tokens per model) RETRO has not learned to read its neighbours; docs/demo.md shows \
                  why (it does not even with exact copies of the validation text in the database) and what it takes.",
