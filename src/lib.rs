@@ -16,6 +16,7 @@ pub mod info;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod philox;
 pub mod preprocess;
 pub mod profile;
 pub mod retrieval;

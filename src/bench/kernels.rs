@@ -25,9 +25,9 @@ pub struct Suite {
     flush: DeviceBuffer<u8>,
 }
 
+/// N(0, scale²) inputs drawn on the GPU (kernels/random.cu): the host would spend most of the run here.
 fn random_bf16(gpu: &Gpu, n: usize, scale: f64, seed: u64) -> Result<DeviceBuffer<bf16>> {
-    let mut rng = crate::rng::Rng::new(seed);
-    gpu.upload(&(0..n).map(|_| bf16::from_f64(rng.normal() * scale)).collect::<Vec<_>>())
+    cuda::random::normal(gpu, n, seed, 0, scale as f32)
 }
 
 impl Suite {

@@ -111,16 +111,20 @@ fn record(
     line
 }
 
-/// The same benchmark on the GPU: `model::step` on the CUDA kernels.
+/// The same benchmark on the GPU: `model::step` on the CUDA kernels, with the weights drawn on the GPU
+/// (`GpuTrainer::with_random_weights`: another generator than the CPU run's, so `loss_first` differs
+/// slightly). `gpu` may be reused across runs (`--micro-batch auto`): modules, cuBLASLt plans and the
+/// allocator's cache carry over.
 #[cfg(not(no_cuda_kernels))]
 pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -> Result<Value> {
     use crate::backend::cuda::device::cuda_error;
     use cudarc::driver::sys::CUevent_flags;
     ensure!(b.steps > 0 && b.micro_batch > 0, "bench train: --steps and --micro-batch must be positive");
     let c = &b.config;
-    let model = RetroModel::init(c, b.seed, DType::F32)?;
+    // Weights drawn on the GPU (milliseconds; the host's Box-Muller takes ~30 s for 857m).
+    let model = RetroModel::structure(c)?;
     let opt_config = AdamWConfig { lr: 6e-4, ..AdamWConfig::default() };
-    let mut trainer = crate::train::gpu_step::GpuTrainer::new(gpu.clone(), &model, opt_config)?;
+    let mut trainer = crate::train::gpu_step::GpuTrainer::with_random_weights(gpu.clone(), &model, opt_config, b.seed)?;
     let mut rng = Rng::new(b.seed);
     let batches = [random_batch(c, b.micro_batch, &mut rng)?, random_batch(c, b.micro_batch, &mut rng)?];
     let mut losses = Vec::new();

@@ -46,9 +46,11 @@ pub fn run(a: Args) -> retro::Result<()> {
         #[cfg(not(no_cuda_kernels))]
         retro::tensor::Device::Cuda(ordinal) => {
             let auto = sizes.len() > 1;
+            // One context for every size: each run draws its weights on the GPU and frees them into the
+            // allocator's cache for the next.
+            let gpu = retro::backend::cuda::Gpu::new(ordinal)?;
             for mb in sizes {
-                let gpu = retro::backend::cuda::Gpu::new(ordinal)?;
-                match retro::bench::train::run_gpu(&bench(mb), gpu) {
+                match retro::bench::train::run_gpu(&bench(mb), gpu.clone()) {
                     Ok(line) => println!("{line}"),
                     Err(e) if auto && e.to_string().contains("allocating") => {
                         println!(

@@ -81,6 +81,12 @@ impl RetroModel {
         Ok(Self { params: Params::init(specs, seed, dtype)?, ..model })
     }
 
+    /// The model's structure (layers, parameter specs) with no parameter values on the host: for a
+    /// model whose weights are drawn and kept on the GPU (`GpuTrainer::with_random_weights`).
+    pub fn structure(config: &RetroConfig) -> Result<Self> {
+        Ok(Self::build(config)?.1)
+    }
+
     /// A model around given parameters, which must match the config's specs exactly.
     pub fn from_params(config: &RetroConfig, params: Params) -> Result<Self> {
         let (specs, model) = Self::build(config)?;

@@ -33,11 +33,55 @@ impl GpuTrainer {
     pub fn new(gpu: Arc<Gpu>, model: &RetroModel, config: AdamWConfig) -> Result<Self> {
         let backend = CudaStep::new(gpu);
         let params = DeviceParams::upload(&backend, model)?;
+        Self::around(backend, params, model, config)
+    }
+
+    /// A trainer whose weights are drawn on the GPU (Philox4x32-10, `crate::philox`'s layout: stream =
+    /// the parameter's index) from the specs' initialisations, so a large model (857m and up) starts in
+    /// milliseconds instead of the host's seconds of Box-Muller. `model` needs its structure only
+    /// (`RetroModel::structure`). Not the CPU's `RetroModel::init` values: another generator.
+    pub fn with_random_weights(gpu: Arc<Gpu>, model: &RetroModel, config: AdamWConfig, seed: u64) -> Result<Self> {
+        use crate::backend::cuda::random::fill_normal;
+        use crate::model::params::Init;
+        let backend = CudaStep::<bf16>::new(gpu);
+        let g = &backend.gpu;
+        let (mut values, mut copies, mut grads) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, spec) in model.params.specs.iter().enumerate() {
+            let n = spec.shape.iter().product();
+            let (value, copy) = (g.alloc::<f32>(n)?, g.alloc::<bf16>(n)?);
+            match spec.init {
+                // The bf16 copy rounds the same f32 draw, so it equals the value rounded to bf16.
+                Init::Normal(std) => {
+                    fill_normal(g, &value, seed, i as u64, std as f32)?;
+                    fill_normal(g, &copy, seed, i as u64, std as f32)?;
+                }
+                Init::Zeros => {
+                    g.fill_zero(&value)?;
+                    g.fill_zero(&copy)?;
+                }
+                Init::Ones => {
+                    g.write(&value, 0, &vec![1.0f32; n])?;
+                    g.write(&copy, 0, &vec![bf16::ONE; n])?;
+                }
+            }
+            values.push(value);
+            copies.push(copy);
+            grads.push(g.zeros::<f32>(n)?);
+        }
+        Self::around(backend, DeviceParams { values, copies, grads }, model, config)
+    }
+
+    fn around(
+        backend: CudaStep<bf16>,
+        params: DeviceParams<CudaStep<bf16>>,
+        model: &RetroModel,
+        config: AdamWConfig,
+    ) -> Result<Self> {
         let zeros = |p: &DeviceParams<CudaStep<bf16>>| {
             p.values.iter().map(|v| backend.gpu.zeros::<f32>(v.len())).collect::<Result<Vec<_>>>()
         };
         let (exp_avg, exp_avg_sq) = (zeros(&params)?, zeros(&params)?);
-        let decays = model.params.tensors.iter().map(|t| t.rank() >= 2).collect();
+        let decays = model.params.specs.iter().map(|s| s.shape.len() >= 2).collect();
         Ok(Self { backend, params, exp_avg, exp_avg_sq, decays, config, step: 0 })
     }
 
@@ -76,7 +120,7 @@ impl GpuTrainer {
                 grad: &self.params.grads[i],
                 exp_avg: &self.exp_avg[i],
                 exp_avg_sq: &self.exp_avg_sq[i],
-                weights_bf16: self.params.matrices[i].as_ref(),
+                weights_bf16: Some(&self.params.copies[i]),
                 offset: 0,
             };
             adamw::update(&gpu, &segment, AdamwParams::new(&c, grad_scale * clip_coef, self.params.values[i].len()))?;

@@ -35,6 +35,8 @@ pub mod linear;
 #[cfg(not(no_cuda_kernels))]
 pub mod module;
 #[cfg(not(no_cuda_kernels))]
+pub mod random;
+#[cfg(not(no_cuda_kernels))]
 pub mod reduce;
 #[cfg(not(no_cuda_kernels))]
 pub mod residual;
