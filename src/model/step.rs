@@ -26,7 +26,7 @@ pub enum AttnInputs<'a, A> {
 
 /// The kernel-level operations of the step. Activations are row-major `[rows, width]` buffers.
 pub trait StepBackend {
-    /// Activations and the GEMM copies of weight matrices (bf16 on the GPU).
+    /// Activations and the copies of parameters that GEMMs and embeddings read (bf16 on the GPU).
     type Act;
     /// Parameters and gradient accumulators (f32 everywhere).
     type Vec32;
@@ -80,12 +80,12 @@ pub trait StepBackend {
         db: &mut Self::Vec32,
         d: usize,
     ) -> Result<Self::Act>;
-    /// `x w^T (+ b)`, w `[dout, din]`.
+    /// `x w^T (+ b)`, w `[dout, din]`; the bias is the `Act` copy (cuBLASLt's epilogue reads D's type).
     fn linear(
         &self,
         x: &Self::Act,
         w: &Self::Act,
-        b: Option<&Self::Vec32>,
+        b: Option<&Self::Act>,
         rows: usize,
         din: usize,
         dout: usize,
@@ -145,31 +145,32 @@ pub trait StepBackend {
     ) -> Result<(f64, Self::Act)>;
 }
 
-/// The model's parameters on a backend: f32 values, the `Act` copy of every matrix (what GEMMs and
-/// embeddings read) and f32 gradient accumulators, all in the model's spec order.
+/// The model's parameters on a backend: f32 values, the `Act` copy of every parameter (what GEMMs, their
+/// bias epilogues and the embeddings read: cuBLASLt takes a bias of the output's type) and f32 gradient
+/// accumulators, all in the model's spec order.
 pub struct DeviceParams<B: StepBackend> {
     pub values: Vec<B::Vec32>,
-    pub matrices: Vec<Option<B::Act>>,
+    pub copies: Vec<B::Act>,
     pub grads: Vec<B::Vec32>,
 }
 
 impl<B: StepBackend> DeviceParams<B> {
     pub fn upload(backend: &B, model: &RetroModel) -> Result<Self> {
         let mut values = Vec::new();
-        let mut matrices = Vec::new();
+        let mut copies = Vec::new();
         let mut grads = Vec::new();
         for t in &model.params.tensors {
             let t = t.to_dtype(crate::tensor::DType::F32)?;
             let host = t.data::<f32>()?;
             values.push(backend.vec32(host)?);
-            matrices.push(if t.rank() == 2 { Some(backend.act(host)?) } else { None });
+            copies.push(backend.act(host)?);
             grads.push(backend.zeros32(host.len())?);
         }
-        Ok(Self { values, matrices, grads })
+        Ok(Self { values, copies, grads })
     }
 
-    fn matrix(&self, i: usize) -> &B::Act {
-        self.matrices[i].as_ref().expect("parameter is a matrix")
+    fn copy(&self, i: usize) -> &B::Act {
+        &self.copies[i]
     }
 }
 
@@ -231,7 +232,7 @@ impl<B: StepBackend> Step<'_, B> {
     }
 
     fn linear(&self, l: &Linear, x: &B::Act, rows: usize, din: usize, dout: usize) -> Result<B::Act> {
-        self.b.linear(x, self.p.matrix(l.weight), Some(&self.p.values[l.bias]), rows, din, dout)
+        self.b.linear(x, self.p.copy(l.weight), Some(self.p.copy(l.bias)), rows, din, dout)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -244,7 +245,7 @@ impl<B: StepBackend> Step<'_, B> {
         din: usize,
         dout: usize,
     ) -> Result<B::Act> {
-        let w = self.p.matrices[l.weight].as_ref().expect("matrix");
+        let w = &self.p.copies[l.weight];
         let (dw, db) = two(&mut self.p.grads, l.weight, l.bias);
         self.b.linear_backward(dy, x, w, dw, Some(db), rows, din, dout)
     }
@@ -292,7 +293,7 @@ impl<B: StepBackend> Step<'_, B> {
     fn mlp(&self, lnp: &LayerNorm, mlp: &Mlp, x: B::Act, rows: usize, ffn: usize) -> Result<(B::Act, MlpSaved<B>)> {
         let d = self.d;
         let ln = self.ln(lnp, x)?;
-        let pre = self.b.linear(&ln.y, self.p.matrix(mlp.fc1.weight), None, rows, d, ffn)?;
+        let pre = self.b.linear(&ln.y, self.p.copy(mlp.fc1.weight), None, rows, d, ffn)?;
         let act = self.b.bias_gelu(&pre, &self.p.values[mlp.fc1.bias], ffn)?;
         let f = self.linear(&mlp.fc2, &act, rows, ffn, d)?;
         let out = self.b.add(&ln.x, &f)?;
@@ -317,7 +318,7 @@ impl<B: StepBackend> Step<'_, B> {
             &mut self.p.grads[mlp.fc1.bias],
             ffn,
         )?;
-        let w1 = self.p.matrices[mlp.fc1.weight].as_ref().expect("matrix");
+        let w1 = &self.p.copies[mlp.fc1.weight];
         let dln = self.b.linear_backward(&dpre, &s.ln.y, w1, &mut self.p.grads[mlp.fc1.weight], None, rows, d, ffn)?;
         let mut dx = self.ln_backward(lnp, &s.ln, &dln)?;
         self.b.add_into(&mut dx, &dout)?;
@@ -571,6 +572,17 @@ struct Retrieval<B: StepBackend> {
     dembedded: Option<B::Act>,
 }
 
+/// The configurations this step can run: no dropout and no CCA gate (refused, never ignored).
+pub fn check_supported(c: &super::RetroConfig) -> Result<()> {
+    ensure!(c.dropout == 0.0, "the explicit training step runs without dropout (config has {})", c.dropout);
+    ensure!(
+        c.retro_attention_gate == 1.0,
+        "the explicit training step has no CCA gate (config has {})",
+        c.retro_attention_gate
+    );
+    Ok(())
+}
+
 /// Forward and backward of one batch: returns the mean cross-entropy and adds every parameter's
 /// gradient into `params.grads`. `tokens` / `labels` are `[batch, n]`, `neighbors` `[batch, l, k, r]`
 /// (RETRO only).
@@ -584,12 +596,7 @@ pub fn loss_and_grads<B: StepBackend>(
     batch: usize,
 ) -> Result<f64> {
     let c = &model.config;
-    ensure!(c.dropout == 0.0, "the explicit training step runs without dropout (config has {})", c.dropout);
-    ensure!(
-        c.retro_attention_gate == 1.0,
-        "the explicit training step has no CCA gate (config has {})",
-        c.retro_attention_gate
-    );
+    check_supported(c)?;
     ensure!(
         batch > 0 && tokens.len() % batch == 0 && labels.len() == tokens.len(),
         "step: {} tokens, {} labels for a batch of {batch}",
@@ -609,7 +616,7 @@ pub fn loss_and_grads<B: StepBackend>(
     let vocab = c.vocab_size;
 
     let ids = backend.tokens(tokens, vocab)?;
-    let x = backend.embedding(&ids, step.p.matrix(word), step.p.matrix(position), d, n)?;
+    let x = backend.embedding(&ids, step.p.copy(word), step.p.copy(position), d, n)?;
     let mut retrieval =
         Retrieval { embedded: None, encoded: None, encoder_saved: Vec::new(), dencoded: None, dembedded: None };
     let neighbor_ids = if retro {
@@ -622,7 +629,7 @@ pub fn loss_and_grads<B: StepBackend>(
         );
         ensure!(!nb.contains(&-1), "step: missing neighbours (-1) are not supported by the explicit training step");
         let ids = backend.tokens(nb, vocab)?;
-        retrieval.embedded = Some(backend.embedding(&ids, step.p.matrix(word), step.p.matrix(position), d, r)?);
+        retrieval.embedded = Some(backend.embedding(&ids, step.p.copy(word), step.p.copy(position), d, r)?);
         Some(ids)
     } else {
         None
@@ -637,12 +644,12 @@ pub fn loss_and_grads<B: StepBackend>(
     }
     let final_ln = step.ln(&model.final_ln, x)?;
     let rows = batch * n;
-    let logits = backend.linear(&final_ln.y, step.p.matrix(word), None, rows, d, vocab)?;
+    let logits = backend.linear(&final_ln.y, step.p.copy(word), None, rows, d, vocab)?;
     let targets = backend.targets(labels, vocab)?;
     let (loss_sum, dlogits) = backend.cross_entropy(logits, &targets, vocab, 1.0 / rows as f32)?;
 
     // Backward.
-    let w = step.p.matrices[word].as_ref().expect("matrix");
+    let w = &step.p.copies[word];
     let dh = backend.linear_backward(&dlogits, &final_ln.y, w, &mut step.p.grads[word], None, rows, d, vocab)?;
     let mut dx = step.ln_backward(&model.final_ln, &final_ln, &dh)?;
     for (layer, s) in model.layers.iter().zip(&saved).rev() {

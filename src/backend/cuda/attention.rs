@@ -114,6 +114,8 @@ unsafe fn run(gpu: &Gpu, name: &'static str, grid: (u32, u32, u32), smem: u32, p
         return launch(gpu, "attention_exact", name, config(grid, RETRO_ATTN_THREADS, 0), &[p]);
     }
     let f = gpu.function("attention", name)?;
+    // cuFuncSetAttribute acts on the calling thread's current context (cudarc does not bind it here).
+    gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .map_err(|e| cuda_error(&format!("allowing {smem} bytes of shared memory for {name}"), e))?;
     launch(gpu, "attention", name, config(grid, RETRO_ATTN_THREADS, smem), &[p])

@@ -114,15 +114,13 @@ impl Blas {
             Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
             Epilogue::BiasGelu => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
         };
-        let bias_type = sys::cudaDataType_t::CUDA_R_32F;
         // SAFETY: each attribute gets a pointer to a value of the type cuBLASLt documents for it.
         unsafe {
             set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &op(s.trans_a))?;
             set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op(s.trans_b))?;
             set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
-            if s.epilogue != Epilogue::None {
-                set_desc(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
-            }
+            // The bias vector has D's type: CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE left at its default (-1 =
+            // D's type), the only combination cuBLASLt documents for bf16 and f32 GEMMs.
         }
         let pref = result::create_matmul_pref().map_err(|e| err("preference", e))?;
         let workspace = WORKSPACE_BYTES as u64;
@@ -142,8 +140,8 @@ impl Blas {
         Ok(Plan { desc, a, b, c, algo: heuristic.algo })
     }
 
-    /// Run `D = alpha op(A) op(B) + beta D` (column-major, see `GemmShape`), with `bias` (f32, length m)
-    /// for the bias epilogues. Pointers are device addresses of the right element types.
+    /// Run `D = alpha op(A) op(B) + beta D` (column-major, see `GemmShape`), with `bias` (D's type,
+    /// length m) for the bias epilogues. Pointers are device addresses of the right element types.
     ///
     /// # Safety
     /// `a`, `b`, `d` (and `bias`) must hold the elements the shape describes, in the stated types.

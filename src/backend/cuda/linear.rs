@@ -16,7 +16,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `y[rows, out] = x[rows, in] w[out, in]^T (+ bias) (GELU)`; x, w, y of type `E`, f32 bias.
+    /// `y[rows, out] = x[rows, in] w[out, in]^T (+ bias) (GELU)`; x, w, y and the bias of type `E`.
     pub fn forward_shape<E: GpuFloat>(&self, epilogue: Epilogue) -> GemmShape {
         GemmShape {
             trans_a: true,
@@ -75,13 +75,14 @@ impl Linear {
         Ok(())
     }
 
-    /// `y = x w^T (+ bias)`, or `gelu(x w^T + bias)` with `gelu` (cuBLASLt's epilogue).
+    /// `y = x w^T (+ bias)`, or `gelu(x w^T + bias)` with `gelu` (cuBLASLt's epilogue). The bias has the
+    /// output's type: cuBLASLt documents the bias type as D's (f32 bias vectors only for IMMA / FP8 GEMMs).
     pub fn forward<E: GpuFloat>(
         &self,
         gpu: &Gpu,
         x: &DeviceBuffer<E>,
         w: &DeviceBuffer<E>,
-        bias: Option<&DeviceBuffer<f32>>,
+        bias: Option<&DeviceBuffer<E>>,
         gelu: bool,
     ) -> Result<DeviceBuffer<E>> {
         self.check(x.len(), w.len())?;

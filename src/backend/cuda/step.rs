@@ -122,7 +122,7 @@ impl<E: GpuFloat> StepBackend for CudaStep<E> {
         &self,
         x: &DeviceBuffer<E>,
         w: &DeviceBuffer<E>,
-        b: Option<&V32>,
+        b: Option<&DeviceBuffer<E>>,
         rows: usize,
         din: usize,
         dout: usize,
