@@ -82,16 +82,36 @@ fn kernel_checks(_ordinal: usize) -> Vec<String> {
     vec!["  kernels: this build has none, so nothing can run on the GPU (rebuild with nvcc available)".into()]
 }
 
+/// For the fatbin and for the PTX (the driver's JIT): every module loads and every entry point resolves,
+/// and the AdamW kernel and the sum of squares compute what the CPU computes.
 #[cfg(not(no_cuda_kernels))]
 fn kernel_checks(ordinal: usize) -> Vec<String> {
     use cuda::module::Image;
-    [Image::Fatbin, Image::Ptx]
-        .into_iter()
-        .map(|image| match adamw_check(ordinal, image) {
+    let mut lines = Vec::new();
+    for image in [Image::Fatbin, Image::Ptx] {
+        lines.push(match load_every_entry_point(ordinal, image) {
+            Ok(detail) => format!("  ok: every kernel from the {image}: {detail}"),
+            Err(e) => format!("  FAILED: kernels from the {image}: {e}"),
+        });
+        lines.push(match adamw_check(ordinal, image) {
             Ok(detail) => format!("  ok: kernels/adamw.cu from the {image}: {detail}"),
             Err(e) => format!("  FAILED: kernels/adamw.cu from the {image}: {e}"),
-        })
-        .collect()
+        });
+    }
+    lines
+}
+
+/// Loads every module of `image` in a fresh context and resolves each of its entry points.
+#[cfg(not(no_cuda_kernels))]
+fn load_every_entry_point(ordinal: usize, image: cuda::module::Image) -> Result<String> {
+    let gpu = cuda::Gpu::with_image(ordinal, image)?;
+    let entries = cuda::module::all_entry_points();
+    let failed: Vec<String> = entries
+        .iter()
+        .filter_map(|(module, entry)| gpu.function(module, entry).err().map(|e| format!("{module}.cu {entry}: {e}")))
+        .collect();
+    crate::ensure!(failed.is_empty(), "{} of {} entry points fail: {}", failed.len(), entries.len(), failed.join("; "));
+    Ok(format!("{} modules, {} entry points resolve", crate::kernels::MODULES.len(), entries.len()))
 }
 
 /// Runs the fused AdamW kernel and the sum of squares on the GPU and compares with the CPU reference.

@@ -18,4 +18,30 @@ fn main() {
     assert!(f64s.iter().all(|x| (x - 0.1 * ranks_sum).abs() < 1e-12), "f64 sum {f64s:?} on rank {rank}");
     world.barrier();
     println!("mpi_world: rank {rank} of {size}: all-reduce ok ({})", world.describe());
+    if std::env::var("RETRO_TEST_NCCL").is_ok_and(|v| v == "1") {
+        nccl_all_reduce(&world);
+    }
+}
+
+/// RETRO_TEST_NCCL=1 (the GPU machine's `mpirun -np 1`): the same sum over NCCL on GPU `rank` (NCCL
+/// refuses two ranks on one GPU).
+#[cfg(not(no_cuda_kernels))]
+fn nccl_all_reduce(world: &World) {
+    let (rank, size) = (world.rank(), world.size());
+    let gpu = retro::backend::cuda::Gpu::new(rank).expect("one GPU per rank");
+    let comm = retro::dist::nccl::NcclComm::new(world, gpu.clone()).expect("NCCL communicator");
+    let host: Vec<f32> = (0..4099).map(|i| ((rank + 1) * (i % 5 + 1)) as f32).collect();
+    let buf = gpu.upload(&host).unwrap();
+    comm.all_reduce_sum_f32(&buf).expect("NCCL all-reduce");
+    let got = gpu.download(&buf).unwrap();
+    let ranks_sum = (size * (size + 1) / 2) as f32;
+    for (i, x) in got.iter().enumerate() {
+        assert_eq!(*x, ranks_sum * (i % 5 + 1) as f32, "NCCL element {i} on rank {rank}");
+    }
+    println!("mpi_world: rank {rank} of {size}: NCCL all-reduce ok on {}", gpu.name());
+}
+
+#[cfg(no_cuda_kernels)]
+fn nccl_all_reduce(_world: &World) {
+    panic!("RETRO_TEST_NCCL=1 but this build has no CUDA kernels");
 }

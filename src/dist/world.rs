@@ -95,6 +95,18 @@ impl World {
     #[cfg(not(feature = "mpi"))]
     fn all_reduce_sum<T>(&self, _buf: &mut [T]) {}
 
+    /// Overwrite `buf` on every rank with rank `root`'s bytes (the NCCL unique id's way to every rank).
+    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) {
+        #[cfg(feature = "mpi")]
+        if let Backend::Mpi { comm, .. } = &self.backend {
+            use mpi::topology::Communicator;
+            use mpi::traits::Root;
+            comm.process_at_rank(root as i32).broadcast_into(buf);
+        }
+        #[cfg(not(feature = "mpi"))]
+        let _ = (buf, root);
+    }
+
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]
         if let Backend::Mpi { comm, .. } = &self.backend {

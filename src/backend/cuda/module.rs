@@ -56,3 +56,19 @@ pub fn load_best(ctx: &Arc<CudaContext>, name: &str) -> Result<(Arc<CudaModule>,
         }),
     }
 }
+
+/// The kernel entry points of a module, read from its PTX (`.entry NAME(`): every `extern "C"
+/// __global__` function, the instantiated `_bf16` / `_f32` pairs included.
+pub fn entry_points(module: &Module) -> Vec<&'static str> {
+    module
+        .ptx
+        .lines()
+        .filter_map(|l| l.split_once(".entry ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or(rest))
+        .collect()
+}
+
+/// Every entry point of every compiled module as (module, entry point).
+pub fn all_entry_points() -> Vec<(&'static str, &'static str)> {
+    MODULES.iter().flat_map(|m| entry_points(m).into_iter().map(move |e| (m.name, e))).collect()
+}
