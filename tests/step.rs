@@ -127,28 +127,61 @@ fn run_step<B: retro::model::step::StepBackend>(
     (loss, p.grads.iter().map(|g| backend.read_vec32(g).unwrap()).collect())
 }
 
-/// (loss, gradients, loss tolerance, gradient tolerance) of the step on `dev`.
+/// The number of bf16 roundings on the longest path through the step (forward and backward): per
+/// decoder layer LN, QKV, P, o, projection, residual, LN, fc1, GELU, fc2, residual (11); per CCA layer 8
+/// more (LN, Q, KV, P, o, projection, shifts, residual); the encoder's layers as decoder layers.
+fn bf16_roundings(c: &RetroConfig) -> usize {
+    let cca = c.retro_layers().len();
+    2 * (11 * (c.num_layers + 2 * usize::from(cca > 0)) + 8 * cca)
+}
+
+/// (loss, gradients, loss tolerance, gradient tolerance) of the step on `dev`. The bf16 tolerances are
+/// sqrt(roundings) * u: independent roundings of relative size u = 2^-8 add up like a random walk. The
+/// gradient criterion (see `gradient_error`) is norm-wise, so it measures that walk and not one
+/// cancelling element.
 fn step_on(dev: &Dev, model: &RetroModel, batch: &Batch) -> (f64, Vec<Vec<f32>>, f64, f64) {
     match dev {
         Dev::Cpu => {
             let (l, g) = run_step(&CpuStep, model, batch);
-            (l, g, 1e-6, 1e-3)
+            (l, g, 1e-6, 1e-4)
         }
         #[cfg(not(no_cuda_kernels))]
         Dev::Cuda(gpu) => {
             let (l, g) = run_step(&retro::backend::cuda::step::CudaStep::<half::bf16>::new(gpu.clone()), model, batch);
-            (l, g, 1e-2, 8e-2)
+            let roundings = bf16_roundings(&model.config) as f64;
+            let u = common::device::BF16_U as f64;
+            // The loss sees the forward's roundings only.
+            (l, g, (roundings / 2.0).sqrt() * u, roundings.sqrt() * u)
         }
         #[cfg(not(no_cuda_kernels))]
         Dev::CudaF32(gpu) => {
             let (l, g) = run_step(&retro::backend::cuda::step::CudaStep::<f32>::new(gpu.clone()), model, batch);
-            (l, g, 1e-5, 1e-3)
+            (l, g, 1e-5, 1e-4)
         }
     }
 }
 
+/// Per parameter, ||got - want||_2 / max(||want||_2, floor), floor = a tenth of the average parameter's
+/// gradient norm: a tensor whose gradient is tiny through cancellation is judged by its absolute error on
+/// the scale of the whole gradient (what the optimizer sees), not by its own near-zero norm.
+fn gradient_error(model: &RetroModel, want: &[retro::tensor::Tensor], got: &[Vec<f32>]) -> (f64, String) {
+    let want: Vec<Vec<f64>> = want.iter().map(|t| t.to_f64_vec()).collect();
+    let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
+    let global = norm(&mut want.iter().flatten().copied());
+    let floor = 0.1 * global / (want.len() as f64).sqrt();
+    let mut worst = (0.0f64, String::new());
+    for ((spec, w), g) in model.params.specs.iter().zip(&want).zip(got) {
+        let diff = norm(&mut w.iter().zip(g).map(|(a, &b)| a - b as f64));
+        let err = diff / norm(&mut w.iter().copied()).max(floor).max(1e-30);
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    worst
+}
+
 // The step on each backend against the tape model in f32: the CPU backend and the GPU in f32 to f32
-// rounding, the GPU's bf16 training kernels to bf16 accuracy.
+// rounding, the GPU's bf16 training kernels to bf16 accuracy (tolerances in `step_on`).
 test_device!(step_matches_the_tape_model_on_each_backend, |dev| {
     let c = gpu_sized_config();
     let model = RetroModel::init(&c, 11, DType::F32).unwrap();
@@ -156,19 +189,13 @@ test_device!(step_matches_the_tape_model_on_each_backend, |dev| {
     let reference = model.loss_and_grads(&batch).unwrap();
     let (loss, grads, loss_tol, grad_tol) = step_on(dev, &model, &batch);
     let rel = (loss - reference.loss).abs() / reference.loss;
-    assert!(rel < loss_tol, "{}: step loss {loss} vs tape {} ({rel:.1e})", dev.name(), reference.loss);
-    let mut worst = (0.0f64, String::new());
-    for ((spec, want), got) in model.params.specs.iter().zip(&reference.grads).zip(&grads) {
-        let want = want.to_f64_vec();
-        let scale = want.iter().fold(1e-8f64, |m, v| m.max(v.abs()));
-        let err = want.iter().zip(got).map(|(a, &b)| (a - b as f64).abs()).fold(0.0, f64::max) / scale;
-        if err > worst.0 {
-            worst = (err, spec.name.clone());
-        }
-    }
-    assert!(worst.0 < grad_tol, "{}: gradient of {} differs by {:.2e}", dev.name(), worst.1, worst.0);
+    common::device::report_check("step loss", dev, rel, loss_tol);
+    assert!(rel <= loss_tol, "{}: step loss {loss} vs tape {} ({rel:.1e})", dev.name(), reference.loss);
+    let worst = gradient_error(&model, &reference.grads, &grads);
+    common::device::report_check(&format!("step gradients (worst: {})", worst.1), dev, worst.0, grad_tol);
+    assert!(worst.0 <= grad_tol, "{}: gradient of {} differs by {:.2e} > {grad_tol:.1e}", dev.name(), worst.1, worst.0);
     eprintln!(
-        "{}: loss {loss} vs {} ({rel:.1e}); worst gradient {} at {:.1e}",
+        "{}: loss {loss} vs {} ({rel:.1e}); worst gradient {} at {:.1e} (tolerance {grad_tol:.1e})",
         dev.name(),
         reference.loss,
         worst.1,
@@ -199,19 +226,37 @@ test_device!(golden_tiny_loss_through_the_step, |dev| {
     eprintln!("{}: golden tiny loss {loss} (golden {golden})", dev.name());
 });
 
+/// The 857m preset as the GPU test trains it: without dropout, which the explicit step does not have
+/// (Megatron's 857m uses 0.1; issue [one-model] brings dropout to the GPU).
+fn gpu_857m_config() -> RetroConfig {
+    let mut c = RetroConfig::preset("857m").unwrap();
+    c.dropout = 0.0;
+    c
+}
+
+#[test]
+fn the_857m_gpu_test_config_is_one_the_step_runs() {
+    // The GPU test below cannot run here; its config must at least pass the step's checks (it once
+    // kept the preset's dropout 0.1 and so could never pass).
+    retro::model::step::check_supported(&gpu_857m_config()).unwrap();
+    let err = retro::model::step::check_supported(&RetroConfig::preset("857m").unwrap()).unwrap_err();
+    assert!(err.to_string().contains("without dropout"), "{err}");
+}
+
 // 20 AdamW steps of the 857m config on two alternating random batches: finite, and the loss falls.
-// The GPU only: on the CPU this model takes minutes per step.
+// The GPU only: on the CPU this model takes minutes per step. Weights are drawn on the GPU.
 test_device!(gpu_857m_twenty_steps_lower_the_loss, |dev| {
     #[cfg(not(no_cuda_kernels))]
     if let Dev::Cuda(gpu) = dev {
         use retro::train::{gpu_step::GpuTrainer, AdamWConfig};
-        let c = RetroConfig::preset("857m").unwrap();
-        let model = RetroModel::init(&c, 1, DType::F32).unwrap();
-        let mut trainer =
-            GpuTrainer::new(gpu.clone(), &model, AdamWConfig { lr: 6e-4, ..AdamWConfig::default() }).unwrap();
+        let c = gpu_857m_config();
+        let model = RetroModel::structure(&c).unwrap();
+        let config = AdamWConfig { lr: 6e-4, ..AdamWConfig::default() };
+        let mut trainer = GpuTrainer::with_random_weights(gpu.clone(), &model, config, 1).unwrap();
         let batches = [random_batch(&c, 1, 1), random_batch(&c, 1, 2)];
         let losses: Vec<f64> = (0..20).map(|i| trainer.train_step(&model, &batches[i % 2], 6e-4).unwrap().0).collect();
         eprintln!("857m losses: {losses:?}; memory {:?}", gpu.memory());
+        common::device::report(serde_json::json!({"check": "857m losses", "losses": losses}));
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
         assert!(

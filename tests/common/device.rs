@@ -87,6 +87,20 @@ pub fn rand_bf16(rng: &mut retro::rng::Rng, n: usize, scale: f64) -> Vec<f32> {
     round_bf16(&(0..n).map(|_| (rng.normal() * scale) as f32).collect::<Vec<_>>())
 }
 
+/// bf16's unit roundoff (8 significant bits, round to nearest): one rounding to bf16 changes a value by
+/// at most this fraction of itself. Every bf16 tolerance below is a multiple of it, derived per check.
+pub const BF16_U: f32 = 1.0 / 256.0;
+/// f32's unit roundoff.
+pub const F32_U: f32 = 1.0 / 16_777_216.0;
+
+/// Tolerance of a sum of `len` terms accumulated in f32 (a parameter gradient over rows): each addition
+/// rounds by F32_U, the errors of `len` additions grow like `len` at worst relative to the sum of the
+/// terms' magnitudes, and for random-signed terms that sum is ~sqrt(len) times the result; so
+/// `len * F32_U` relative to the result, times 8 for the f32 arithmetic feeding the terms.
+pub fn f32_sum_tol(len: usize) -> f32 {
+    (8.0 * len as f32 * F32_U).max(1e-5)
+}
+
 /// max |a - b| / max(max |reference|, floor): a norm-wise relative error.
 pub fn rel_err(got: &[f32], reference: &[f32], floor: f32) -> f32 {
     assert_eq!(got.len(), reference.len(), "length mismatch");
@@ -107,8 +121,43 @@ pub fn assert_close(what: &str, dev: &Dev, got: &[f32], reference: &[f32], cpu_t
         Dev::CudaF32(_) => cpu_tol.max(1e-5),
     };
     let e = rel_err(got, reference, 1e-6);
+    report_check(what, dev, e as f64, tol as f64);
     assert!(e <= tol, "{what} on {}: relative error {e:.3e} > {tol:.1e}", dev.name());
-    eprintln!("{what} on {}: relative error {e:.2e} (tolerance {tol:.0e})", dev.name());
+    eprintln!("{what} on {}: relative error {e:.2e} (tolerance {tol:.1e})", dev.name());
+}
+
+/// One machine-readable line per check, before its verdict (so a failing check is recorded too).
+pub fn report_check(what: &str, dev: &Dev, err: f64, tol: f64) {
+    report(serde_json::json!({"check": what, "device": dev.name(), "err": err, "tol": tol, "ok": err <= tol}));
+}
+
+/// `RETRO_CHECK {"test": "<test path>", ...fields}`: appended to the file $RETRO_CHECK_LOG when set (what
+/// `scripts/gpu-run` collects into the per-kernel table, whatever libtest captures), else to stderr.
+pub fn report(mut fields: serde_json::Value) {
+    use std::io::Write;
+    fields["test"] = serde_json::json!(std::thread::current().name().unwrap_or("?"));
+    let line = format!("RETRO_CHECK {fields}\n");
+    match std::env::var_os("RETRO_CHECK_LOG") {
+        // One write of one short line per call: lines from concurrent tests do not interleave.
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("RETRO_CHECK_LOG {}: {e}", path.to_string_lossy())),
+        None => eprint!("{line}"),
+    }
+}
+
+/// Whether `dev` runs the exact f32 kernels on the GPU (some library routines there, cuBLASLt's GELU
+/// epilogue, are not as exact as the CPU's f32).
+pub fn is_gpu_f32(dev: &Dev) -> bool {
+    #[cfg(not(no_cuda_kernels))]
+    if let Dev::CudaF32(_) = dev {
+        return true;
+    }
+    let _ = dev;
+    false
 }
 
 #[cfg(not(no_cuda_kernels))]
@@ -367,8 +416,11 @@ impl Dev {
             _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::linear::Linear;
                 let l = Linear { rows, in_features: din, out_features: dout };
-                let (dx, dw, db) =
-                    (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(&to_e::<E>(w)).unwrap(), gpu.upload(b).unwrap());
+                let (dx, dw, db) = (
+                    gpu.upload(&to_e::<E>(x)).unwrap(),
+                    gpu.upload(&to_e::<E>(w)).unwrap(),
+                    gpu.upload(&to_e::<E>(b)).unwrap(),
+                );
                 let y = l.forward(gpu, &dx, &dw, Some(&db), gelu).unwrap();
                 from_e(&gpu.download(&y).unwrap())
             }),
@@ -473,6 +525,157 @@ impl Dev {
                 backward(gpu, &s, (c(&gq), c(&gk), c(&gv)), &o, &lse, &gdo, (c(&dq), c(&dk), c(&dv))).unwrap();
                 let down = |b: &retro::backend::cuda::DeviceBuffer<E>| from_e(&gpu.download(b).unwrap());
                 (down(&dq), down(&dk), down(&dv))
+            }),
+        }
+    }
+}
+
+/// The CCA's row shift as the step's CPU backend computes it (the reference for `shift_rows`).
+pub fn shift_rows_reference(
+    x: &[f32],
+    batch: usize,
+    rows_in: usize,
+    rows_out: usize,
+    d: usize,
+    shift: isize,
+) -> Vec<f32> {
+    use retro::model::step::StepBackend;
+    retro::backend::cpu::step::CpuStep.shift_rows(&x.to_vec(), batch, rows_in, rows_out, d, shift).unwrap()
+}
+
+impl Dev {
+    /// (a + b, a after `a += b`): residual.cu's add and add_into.
+    pub fn add_and_add_into(&self, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => (cpu::elementwise::add(a, b), cpu::elementwise::add(a, b)),
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                use retro::backend::cuda::residual;
+                let (ga, gb) = (gpu.upload(&to_e::<E>(a)).unwrap(), gpu.upload(&to_e::<E>(b)).unwrap());
+                let sum = residual::add(gpu, &ga, &gb).unwrap();
+                residual::add_into(gpu, &ga, &gb).unwrap();
+                (from_e(&gpu.download(&sum).unwrap()), from_e(&gpu.download(&ga).unwrap()))
+            }),
+        }
+    }
+
+    pub fn shift_rows(
+        &self,
+        x: &[f32],
+        batch: usize,
+        rows_in: usize,
+        rows_out: usize,
+        d: usize,
+        shift: isize,
+    ) -> Vec<f32> {
+        match self {
+            Dev::Cpu => shift_rows_reference(x, batch, rows_in, rows_out, d, shift),
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                let gx = gpu.upload(&to_e::<E>(x)).unwrap();
+                let out =
+                    retro::backend::cuda::residual::shift_rows(gpu, &gx, batch, rows_in, rows_out, d, shift).unwrap();
+                from_e(&gpu.download(&out).unwrap())
+            }),
+        }
+    }
+
+    /// Attention on the fused projections the model produces: one `[rows, 3w]` QKV buffer (`kv` None) or
+    /// Q `[rows, w]` with one `[rows, 2w]` KV buffer, through the step backends' attention (the GPU
+    /// launchers address each operand by stride and offset). Returns (o, gradients in the same packing).
+    pub fn attention_packed(
+        &self,
+        s: cpu::attention::Dims,
+        q_or_qkv: &[f32],
+        kv: Option<&[f32]>,
+        dout: &[f32],
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        use retro::model::step::{AttnInputs, StepBackend};
+        fn run<B: StepBackend>(
+            b: &B,
+            s: cpu::attention::Dims,
+            x: &[f32],
+            kv: Option<&[f32]>,
+            dout: &[f32],
+            read: impl Fn(&B::Act) -> Vec<f32>,
+        ) -> (Vec<f32>, Vec<Vec<f32>>) {
+            let x = b.act(x).unwrap();
+            let kv = kv.map(|kv| b.act(kv).unwrap());
+            let inputs = || match &kv {
+                None => AttnInputs::Qkv(&x),
+                Some(kv) => AttnInputs::QKv(&x, kv),
+            };
+            let (o, saved) = b.attention(&s, inputs()).unwrap();
+            let grads = b.attention_backward(&s, inputs(), &o, &saved, &b.act(dout).unwrap()).unwrap();
+            (read(&o), grads.iter().map(read).collect())
+        }
+        match self {
+            Dev::Cpu => run(&retro::backend::cpu::step::CpuStep, s, q_or_qkv, kv, dout, |v| v.clone()),
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                let backend = retro::backend::cuda::step::CudaStep::<E>::new(gpu.clone());
+                run(&backend, s, q_or_qkv, kv, dout, |b| from_e(&gpu.download(b).unwrap()))
+            }),
+        }
+    }
+
+    /// One AdamW step over flat f32 buffers (param, exp_avg, exp_avg_sq updated) and the bf16 copy of the
+    /// new parameters (the CPU rounds its result), then the f64 sum of squares of `g`.
+    #[allow(clippy::type_complexity)]
+    pub fn adamw(
+        &self,
+        p: &[f32],
+        g: &[f32],
+        m: &[f32],
+        v: &[f32],
+        c: &retro::train::optimizer::Coefficients,
+        grad_scale: f64,
+    ) -> ((Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>), f64) {
+        let sumsq = |g: &[f32]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+        match self {
+            Dev::Cpu => {
+                let (mut p, mut m, mut v) = (p.to_vec(), m.to_vec(), v.to_vec());
+                // The kernel scales each gradient as it reads it (one f32 product, exact in f64 first).
+                let scaled: Vec<f32> = g.iter().map(|&x| (x as f64 * grad_scale) as f32).collect();
+                retro::train::optimizer::update_slice(&mut p, &scaled, &mut m, &mut v, c);
+                ((round_bf16(&p), p, m, v), sumsq(g))
+            }
+            #[cfg(not(no_cuda_kernels))]
+            _ => {
+                let gpu = match self {
+                    Dev::Cuda(g) | Dev::CudaF32(g) => g,
+                    Dev::Cpu => unreachable!(),
+                };
+                use retro::backend::cuda::adamw;
+                let (dp, dg, dm, dv) =
+                    (gpu.upload(p).unwrap(), gpu.upload(g).unwrap(), gpu.upload(m).unwrap(), gpu.upload(v).unwrap());
+                let copy = gpu.zeros::<half::bf16>(p.len()).unwrap();
+                let segment = adamw::Segment {
+                    param: &dp,
+                    grad: &dg,
+                    exp_avg: &dm,
+                    exp_avg_sq: &dv,
+                    weights_bf16: Some(&copy),
+                    offset: 0,
+                };
+                let params = retro::kernels::abi::AdamwParams::new(c, grad_scale, p.len());
+                adamw::update(gpu, &segment, params).unwrap();
+                let sum = adamw::sum_squares(gpu, &dg).unwrap();
+                let copy: Vec<f32> = gpu.download(&copy).unwrap().iter().map(|x| x.to_f32()).collect();
+                let down = |b| gpu.download(b).unwrap();
+                ((copy, down(&dp), down(&dm), down(&dv)), sum)
+            }
+        }
+    }
+
+    /// `n` values of Philox stream `stream` under `seed`, times `std` (the CPU's are `philox::normals`).
+    pub fn fill_normal(&self, n: usize, seed: u64, stream: u64, std: f32) -> Vec<f32> {
+        match self {
+            Dev::Cpu => retro::philox::normals(seed, stream, n, std as f64).iter().map(|&x| x as f32).collect(),
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                let b = retro::backend::cuda::random::normal::<E>(gpu, n, seed, stream, std).unwrap();
+                from_e(&gpu.download(&b).unwrap())
             }),
         }
     }
