@@ -125,10 +125,20 @@ fn a_killed_run_resumes_and_validate_recomputes_blocks_bitwise() {
     let (code, stdout, err) = preprocess(&input, &project, &["--stage", "embed"]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("\"blocks_computed\":0"), "{stdout}");
-    // A tampered block is caught by --validate.
+    // A flipped bit fails the block's checksum (--validate verifies every stored checksum first).
     let mut bad = embeddings.clone();
     bad[0] ^= 1;
-    std::fs::write(project.join("db/embeddings/000000.f32"), bad).unwrap();
+    std::fs::write(project.join("db/embeddings/000000.f32"), &bad).unwrap();
+    let (code, _, err) = preprocess(&input, &project, &["--validate", "1.0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("000000.f32") && err.contains("checksum") && err.contains("--stage embed"), "{err}");
+    // A block that was changed and sealed again passes its checksum but not the recomputation.
+    let path = project.join("db/embeddings/000000.f32");
+    let mut resealed = retro::data::integrity::unseal(&embeddings, &path, "").unwrap().to_vec();
+    resealed[0] ^= 1;
+    retro::data::integrity::seal(&mut resealed);
+    assert_eq!(resealed.len(), embeddings.len());
+    std::fs::write(project.join("db/embeddings/000000.f32"), resealed).unwrap();
     let (code, _, err) = preprocess(&input, &project, &["--validate", "1.0"]);
     assert_ne!(code, 0);
     assert!(err.contains("000000.f32") && err.contains("differs"), "{err}");

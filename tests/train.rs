@@ -220,11 +220,13 @@ fn bad_inputs_fail_before_training_with_clear_messages() {
     meta_cfg.hidden_size = 32;
     st.metadata.insert("config".into(), meta_cfg.to_json());
     let named: Vec<(&str, &retro::tensor::Tensor)> = st.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    std::fs::write(
-        ck.join("model.safetensors"),
-        retro::model::safetensors_io::serialize(&named, st.metadata.clone()).unwrap(),
-    )
-    .unwrap();
+    let bytes = retro::model::safetensors_io::serialize(&named, st.metadata.clone()).unwrap();
+    std::fs::write(ck.join("model.safetensors"), &bytes).unwrap();
+    // Recorded in state.json as a checkpoint written that way would be, so the checksums pass.
+    let mut state = retro::train::checkpoint::load_state(&ck).unwrap();
+    state.files.insert("model.safetensors".into(), retro::data::integrity::Sums::of(&bytes));
+    let sealed = retro::data::integrity::seal_json(serde_json::to_value(&state).unwrap()).unwrap();
+    std::fs::write(ck.join("state.json"), sealed).unwrap();
     let (code, _, err) = retro(&["eval", "--checkpoint", &s(&ck), "--project", &s(project())]);
     assert_ne!(code, 0);
     assert!(

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> retro::Result<()> {
         retro::backend::select_device(&device, "retro train", true)?
     };
     use retro::preprocess::project::ProjectConfig;
-    let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project (run retro preprocess first)"))?;
+    let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =
         agree("--global-batch-size", global_batch_size, "retro_gpt_global_batch_size", pc.retro_gpt_global_batch_size)?;
     let seed = agree("--seed", seed, "retro_gpt_seed", pc.retro_gpt_seed)?;

@@ -2,17 +2,18 @@
 //! that never cross a document (the last one 1..m tokens, padded with EOD when read). The row number is
 //! the chunk id used by the index and the neighbour store.
 //!
-//! File `db/chunks.bin` (little-endian): magic `RETROCDB`, u32 version 1, u32 chunk length m,
+//! File `db/chunks.bin` (little-endian): magic `RETROCDB`, u32 version 2, u32 chunk length m,
 //! u64 chunk count N, then N records of {u32 document (sequence index in the .bin/.idx), u32 start
-//! token within the document, u32 length}.
+//! token within the document, u32 length}, then the checksum trailer (`data::integrity::seal`).
 
 use super::indexed::IndexedDataset;
+use super::integrity;
 use super::tokenizer::EOD;
-use crate::{ensure, Context, Result};
+use crate::{ensure, Result};
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"RETROCDB";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +81,22 @@ impl ChunkDb {
                 b.extend_from_slice(&v.to_le_bytes());
             }
         }
+        integrity::seal(&mut b);
         crate::atomic_file::write(path, &b)
     }
 
+    /// Read and verify (checksums first, then the header and the length).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let fix = integrity::rerun("db");
+        let b = integrity::read_sealed(path, &fix)?;
         ensure!(b.len() >= HEADER && &b[..8] == MAGIC, "{}: not a retro chunk database", path.display());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        ensure!(u32_at(8) == VERSION, "{}: chunk database version {}, expected {VERSION}", path.display(), u32_at(8));
+        ensure!(
+            u32_at(8) == VERSION,
+            "{}: chunk database version {}, expected {VERSION}; {fix}",
+            path.display(),
+            u32_at(8)
+        );
         let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
         ensure!(
             b.len() == HEADER + 12 * n,

@@ -4,12 +4,15 @@
 //! u64 document count D, i32[N] sequence lengths, i64[N] byte offsets of the sequences in `.bin`,
 //! i64[D] document indices (0, then the sequence count after each document: an empty document repeats
 //! the previous value). `.bin`: the tokens. All little-endian. One document = one sequence here.
+//! The files stay Megatron's bytes; a project's checksums of them are in its tokenize stage record.
 
+use super::integrity::Sums;
 use crate::{bail, ensure, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const MAGIC: &[u8; 9] = b"MMIDIDX\x00\x00";
 pub const VERSION: u64 = 1;
@@ -147,14 +150,45 @@ pub struct IndexedDataset {
     pub pointers: Vec<i64>,
     pub doc_indices: Vec<i64>,
     bin: Mmap,
+    verify: Option<BinChecksums>,
+}
+
+/// The `.bin`'s block checksums and which blocks have been verified (each once, on first read).
+struct BinChecksums {
+    sums: Sums,
+    verified: Vec<AtomicBool>,
+    path: PathBuf,
+    fix: String,
+}
+
+/// The checksums a verified open checks against (a project's tokenize record).
+pub struct Checksums<'a> {
+    pub idx: &'a Sums,
+    pub bin: &'a Sums,
+    /// What the error tells the user to do (rerun the stage that writes the files).
+    pub fix: &'a str,
 }
 
 impl IndexedDataset {
     /// Open `<prefix>.idx` / `<prefix>.bin`, checking magic, version, dtype, counts, pointers and sizes
-    /// against the file lengths before anything is read through them.
+    /// against the file lengths before anything is read through them. No checksums: for Megatron files
+    /// from elsewhere; a project's are opened with `open_verified`.
     pub fn open(prefix: &Path) -> Result<Self> {
+        Self::open_with(prefix, None)
+    }
+
+    /// `open`, with the `.idx` verified whole against `sums.idx` before it is parsed, and each 1 MiB block
+    /// of the `.bin` verified against `sums.bin` the first time `tokens` reads from it.
+    pub fn open_verified(prefix: &Path, sums: Checksums) -> Result<Self> {
+        Self::open_with(prefix, Some(sums))
+    }
+
+    fn open_with(prefix: &Path, sums: Option<Checksums>) -> Result<Self> {
         let (bin_path, idx_path) = paths(prefix);
         let idx = std::fs::read(&idx_path).with_context(|| format!("reading {}", idx_path.display()))?;
+        if let Some(s) = &sums {
+            s.idx.check(&idx, &idx_path, s.fix)?;
+        }
         let bad = |why: String| crate::Error::msg(format!("{}: {why}", idx_path.display()));
         if idx.len() < 34 || &idx[..9] != MAGIC {
             return Err(bad("not a Megatron .idx file (bad magic or shorter than the header)".into()));
@@ -189,6 +223,14 @@ impl IndexedDataset {
         let file = File::open(&bin_path).with_context(|| format!("opening {}", bin_path.display()))?;
         // SAFETY: the map is read-only; the file is not modified while the dataset is open.
         let bin = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", bin_path.display()))?;
+        let verify = match sums {
+            Some(s) => {
+                s.bin.check_len(bin.len(), &bin_path, s.fix)?;
+                let verified = (0..s.bin.blocks()).map(|_| AtomicBool::new(false)).collect();
+                Some(BinChecksums { sums: s.bin.clone(), verified, path: bin_path.clone(), fix: s.fix.to_string() })
+            }
+            None => None,
+        };
         let size = dtype.size() as i64;
         let mut expect = 0i64;
         for (i, (&l, &p)) in lengths.iter().zip(&pointers).enumerate() {
@@ -213,7 +255,17 @@ impl IndexedDataset {
             "{}: document indices must rise from 0 to the sequence count {n}",
             idx_path.display()
         );
-        Ok(Self { dtype, lengths, pointers, doc_indices, bin })
+        Ok(Self { dtype, lengths, pointers, doc_indices, bin, verify })
+    }
+
+    /// Verify every block of the `.bin` now (`retro preprocess --validate`); returns the block count.
+    pub fn verify_all(&self) -> Result<usize> {
+        let Some(v) = &self.verify else { bail!("this dataset was opened without checksums") };
+        for b in 0..v.sums.blocks() {
+            v.sums.check_block(&self.bin, b, &v.path, &v.fix)?;
+            v.verified[b].store(true, Ordering::Release);
+        }
+        Ok(v.sums.blocks())
     }
 
     pub fn len(&self) -> usize {
@@ -234,6 +286,14 @@ impl IndexedDataset {
         ensure!(start + len <= l as usize, "tokens {start}..{} of sequence {i} of length {l}", start + len);
         let size = self.dtype.size();
         let from = self.pointers[i] as usize + start * size;
+        if let Some(v) = &self.verify {
+            for b in v.sums.blocks_of(from, from + len * size) {
+                if !v.verified[b].load(Ordering::Acquire) {
+                    v.sums.check_block(&self.bin, b, &v.path, &v.fix)?;
+                    v.verified[b].store(true, Ordering::Release);
+                }
+            }
+        }
         let bytes = &self.bin[from..from + len * size];
         Ok(match self.dtype {
             TokenDType::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),

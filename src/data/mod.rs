@@ -4,6 +4,7 @@
 pub mod chunks;
 pub mod corpus;
 pub mod indexed;
+pub mod integrity;
 pub mod samples;
 pub mod tokenize;
 pub mod tokenizer;

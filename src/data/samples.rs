@@ -2,18 +2,19 @@
 //! (seeded, one permutation per epoch) and concatenated; sample i is the seq + 1 tokens starting at
 //! token i·seq of that stream (consecutive samples share one token: inputs and shifted labels).
 //!
-//! File `data/samples_<split>.bin` (little-endian): magic `RETROSMP`, u32 version 1, u32 seq_length,
+//! File `data/samples_<split>.bin` (little-endian): magic `RETROSMP`, u32 version 2, u32 seq_length,
 //! u64 sample count S, u64 order length O, u32[O] document order (sequence indices, epochs
 //! concatenated), then S records of {u64 position in the order, u32 token offset in that document,
-//! u32 zero}.
+//! u32 zero}, then the checksum trailer (`data::integrity::seal`).
 
 use super::indexed::IndexedDataset;
+use super::integrity;
 use crate::rng::Rng;
-use crate::{bail, ensure, Context, Result};
+use crate::{bail, ensure, Result};
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"RETROSMP";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Samples {
@@ -120,15 +121,23 @@ impl Samples {
             b.extend_from_slice(&o.to_le_bytes());
             b.extend_from_slice(&0u32.to_le_bytes());
         }
+        integrity::seal(&mut b);
         crate::atomic_file::write(path, &b)
     }
 
+    /// Read and verify (checksums first, then the header and the length).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let fix = integrity::rerun("query");
+        let b = integrity::read_sealed(path, &fix)?;
         ensure!(b.len() >= 32 && &b[..8] == MAGIC, "{}: not a retro sample index", path.display());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        ensure!(u32_at(8) == VERSION, "{}: sample index version {}, expected {VERSION}", path.display(), u32_at(8));
+        ensure!(
+            u32_at(8) == VERSION,
+            "{}: sample index version {}, expected {VERSION}; {fix}",
+            path.display(),
+            u32_at(8)
+        );
         let (s, o) = (u64_at(16) as usize, u64_at(24) as usize);
         ensure!(
             b.len() == 32 + 4 * o + 16 * s,

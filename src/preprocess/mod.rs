@@ -4,20 +4,23 @@
 //! Stages run in order: `tokenize`, `db`, `embed`, `index`, `query`. Each one records a marker in
 //! `stages/` when complete and is skipped afterwards; `embed` and `query` work in blocks written
 //! atomically (temporary name, fsync, rename), so a killed run resumes at the first missing block.
-//! `--stage NAME` runs one stage; `--validate F` recomputes a random fraction F of the blocks and checks
-//! they are bitwise equal to the stored ones.
+//! `--stage NAME` runs one stage; `--validate F` verifies every stored checksum, then recomputes a random
+//! fraction F of the blocks and checks they are bitwise equal to the stored ones.
+//!
+//! Every file written here carries a checksum (`data::integrity`): a trailer on our binary files, the
+//! stage record for Megatron's .bin / .idx and config.json, a `crc32c` field in each stage record.
 
 pub mod project;
 
 use crate::data::chunks::{Chunk, ChunkDb};
 use crate::data::indexed::IndexedDataset;
 use crate::data::samples::Samples;
-use crate::data::{corpus, tokenize, tokenizer};
+use crate::data::{corpus, integrity, tokenize, tokenizer};
 use crate::retrieval::bert::BertEmbedder;
 use crate::retrieval::knn::{FlatIndex, Index, Metric};
 use crate::retrieval::neighbors::{self, NeighborStore};
 use crate::rng::Rng;
-use crate::{bail, ensure, Context, Result};
+use crate::{bail, ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use project::{Layout, ProjectConfig};
 use serde_json::{json, Value};
@@ -74,8 +77,7 @@ impl Stages<'_> {
     }
 
     fn dataset(&self) -> Result<IndexedDataset> {
-        IndexedDataset::open(&self.opts.config.data_prefix(&self.opts.project))
-            .map_err(|e| e.context("run the tokenize stage first"))
+        project::open_tokens(&self.opts.project, &self.opts.config)
     }
 }
 
@@ -93,11 +95,11 @@ pub fn run(opts: &Options) -> Result<Value> {
         if opts.stage.as_deref().is_some_and(|s| s != stage) {
             continue;
         }
-        let marker = cx.layout.stage_marker(stage);
-        if opts.stage.is_none() && marker.exists() {
-            let done: Value = serde_json::from_str(&std::fs::read_to_string(&marker)?)?;
-            summary.insert(stage.into(), done);
-            continue;
+        if opts.stage.is_none() {
+            if let Some(done) = cx.layout.read_marker(stage)? {
+                summary.insert(stage.into(), done);
+                continue;
+            }
         }
         let start = Instant::now();
         let mut stats = match stage {
@@ -110,8 +112,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         let secs = start.elapsed().as_secs_f64();
         stats["seconds"] = json!(secs);
         times.insert(stage.into(), json!(secs));
-        std::fs::create_dir_all(marker.parent().expect("stages/"))?;
-        crate::atomic_file::write(&marker, serde_json::to_string(&stats)?.as_bytes())?;
+        cx.layout.write_marker(stage, stats.clone())?;
         summary.insert(stage.into(), stats);
     }
     if opts.validate > 0.0 {
@@ -136,9 +137,12 @@ fn stage_tokenize(cx: &mut Stages) -> Result<Value> {
         s.prefix.display(),
         expected.display()
     );
-    Ok(
-        json!({"documents": s.documents, "empty_documents": s.empty_documents, "tokens": s.tokens, "input_bytes": s.input_bytes}),
-    )
+    // The .bin / .idx stay Megatron's bytes: their checksums (and config.json's) go in this stage's record.
+    let checksums = project::TokenChecksums::compute(&cx.opts.project, &cx.opts.config)?;
+    Ok(json!({
+        "documents": s.documents, "empty_documents": s.empty_documents, "tokens": s.tokens, "input_bytes": s.input_bytes,
+        "checksums": checksums,
+    }))
 }
 
 fn stage_db(cx: &mut Stages) -> Result<Value> {
@@ -196,8 +200,9 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
         let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
         let path = cx.layout.embedding_block(block);
         if !path.exists() {
-            let v = embed_chunks(cx, &ds, &db, range.clone())?;
-            crate::atomic_file::write(&path, &f32_bytes(&v))?;
+            let mut bytes = f32_bytes(&embed_chunks(cx, &ds, &db, range.clone())?);
+            integrity::seal(&mut bytes);
+            crate::atomic_file::write(&path, &bytes)?;
             computed += 1;
         }
         b.inc(range.len() as u64);
@@ -216,8 +221,8 @@ pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>
     let mut out = Vec::with_capacity(n * dim);
     for block in 0..n.div_ceil(EMBED_BLOCK) {
         let path = layout.embedding_block(block);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading {} (run the embed stage)", path.display()))?;
+        let bytes = integrity::read_sealed(&path, &integrity::rerun("embed"))
+            .map_err(|e| e.context("the embeddings are incomplete or damaged"))?;
         let want = (EMBED_BLOCK.min(n - block * EMBED_BLOCK)) * dim * 4;
         ensure!(
             bytes.len() == want,
@@ -335,14 +340,17 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
                 let path = cx.layout.neighbor_block(split, block);
                 if !path.exists() {
                     let ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
-                    crate::atomic_file::write(&path, &ids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+                    let mut bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    integrity::seal(&mut bytes);
+                    crate::atomic_file::write(&path, &bytes)?;
                 }
                 b.inc(range.len() as u64);
             }
             b.finish_and_clear();
             let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
             for block in 0..blocks {
-                let bytes = std::fs::read(cx.layout.neighbor_block(split, block))?;
+                let bytes =
+                    integrity::read_sealed(&cx.layout.neighbor_block(split, block), &integrity::rerun("query"))?;
                 ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())));
             }
             ensure!(
@@ -362,10 +370,47 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
     Ok(Value::Object(stats))
 }
 
-/// Recompute a random fraction of the embedding and neighbour blocks; every one must be bitwise equal.
+/// Verify every stored checksum: config.json, the stage records, the tokens (every block), the chunk
+/// database, the embedding blocks, the sample indexes and the neighbour stores and blocks. Returns the
+/// number of files verified.
+fn verify_checksums(cx: &Stages, ds: &IndexedDataset, db: &ChunkDb) -> Result<usize> {
+    let mut files = 3; // config.json (ProjectConfig::read), the .idx (verified at open), the .bin:
+    ProjectConfig::read(&cx.opts.project)?;
+    ds.verify_all()?;
+    for stage in STAGES {
+        files += cx.layout.read_marker(stage)?.is_some() as usize;
+    }
+    files += 1; // the chunk database, verified when read
+    let embed_blocks = db.len().div_ceil(EMBED_BLOCK);
+    for block in 0..embed_blocks {
+        integrity::read_sealed(&cx.layout.embedding_block(block), &integrity::rerun("embed"))?;
+    }
+    files += embed_blocks;
+    for split in ["train", "valid"] {
+        let path = cx.layout.samples(split);
+        if !path.exists() {
+            continue;
+        }
+        let samples = Samples::read(&path)?;
+        NeighborStore::read(&cx.layout.neighbors(split))?;
+        files += 2;
+        for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
+            let path = cx.layout.neighbor_block(split, block);
+            if path.exists() {
+                integrity::read_sealed(&path, &integrity::rerun("query"))?;
+                files += 1;
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Verify every stored checksum, then recompute a random fraction of the embedding and neighbour
+/// blocks; every one must be bitwise equal.
 fn validate(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
+    let files_verified = verify_checksums(cx, &ds, &db)?;
     let mut rng = Rng::new(cx.opts.config.retro_gpt_seed ^ 0x5EED);
     let frac = cx.opts.validate;
     let mut checked = 0;
@@ -376,7 +421,7 @@ fn validate(cx: &mut Stages) -> Result<Value> {
         let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
         let fresh = f32_bytes(&embed_chunks(cx, &ds, &db, range)?);
         let path = cx.layout.embedding_block(block);
-        if std::fs::read(&path)? != fresh {
+        if integrity::read_sealed(&path, &integrity::rerun("embed"))? != fresh {
             bail!("validate: {} differs from a recomputation", path.display());
         }
         checked += 1;
@@ -404,14 +449,16 @@ fn validate(cx: &mut Stages) -> Result<Value> {
             checked += 1;
         }
     }
-    Ok(json!({"fraction": frac, "blocks_checked": checked, "all_equal": true}))
+    Ok(
+        json!({"checksums_verified_files": files_verified, "fraction": frac, "blocks_checked": checked, "all_equal": true}),
+    )
 }
 
 /// `retro inspect`: a sample's text per chunk, and each chunk's neighbours (chunk + continuation).
 pub fn inspect(project: &Path, split: &str, sample: usize, show: usize) -> Result<String> {
     let config = ProjectConfig::read(project)?;
     let layout = Layout { dir: project.to_path_buf() };
-    let ds = IndexedDataset::open(&config.data_prefix(project))?;
+    let ds = project::open_tokens(project, &config)?;
     let db = ChunkDb::read(&layout.chunks())?;
     let samples = Samples::read(&layout.samples(split))?;
     let store = NeighborStore::read(&layout.neighbors(split))?;

@@ -2,6 +2,8 @@
 //! keys, and the files every stage writes. A directory written with other settings is refused, naming
 //! the key that differs.
 
+use crate::data::indexed::{Checksums, IndexedDataset};
+use crate::data::integrity::{self, Sums};
 use crate::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -69,17 +71,20 @@ impl ProjectConfig {
         }
     }
 
+    /// Read `dir/config.json`, verified (`read_verified`).
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
+        if !path.exists() {
+            bail!("{}: not a retro project (no config.json): run `retro preprocess` first", dir.display());
+        }
+        serde_json::from_slice(&read_verified(dir)?).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
     }
 
     /// Write `self` to `dir/config.json`, or check that the one there says the same.
     pub fn create_or_check(&self, dir: &Path) -> Result<()> {
         let path = dir.join("config.json");
         if path.exists() {
-            let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            let old: serde_json::Value = serde_json::from_slice(&read_verified(dir)?)
                 .map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))?;
             let new = serde_json::to_value(self)?;
             for (key, value) in new.as_object().expect("config is an object") {
@@ -130,6 +135,61 @@ pub fn split_ranges(split: &str, documents: usize) -> Result<[std::ops::Range<us
     Ok([bounds[0]..bounds[1], bounds[1]..bounds[2], bounds[2]..bounds[3]])
 }
 
+/// config.json's bytes, verified against the checksum the tokenize stage recorded (when it has run: a
+/// project being preprocessed has no record yet).
+fn read_verified(dir: &Path) -> Result<Vec<u8>> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(sums) = (Layout { dir: dir.to_path_buf() }).token_checksums()? {
+        sums.config.check(&bytes, &path, CONFIG_FIX)?;
+    }
+    Ok(bytes)
+}
+
+/// What to do about a corrupt config.json (preprocessing compares it, so it cannot simply be rewritten).
+const CONFIG_FIX: &str = "restore it, or delete it and rerun `retro preprocess --stage tokenize` with the \
+                          project's original flags (which writes it and records its checksum again)";
+
+/// The checksums the tokenize stage records (`stages/tokenize.json`, "checksums"): config.json and the
+/// tokens' Megatron `.idx` / `.bin`, whose bytes must stay Megatron's and so carry no checksum of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenChecksums {
+    pub config: Sums,
+    pub idx: Sums,
+    pub bin: Sums,
+}
+
+impl TokenChecksums {
+    /// Take them over the files as they are now (the end of the tokenize stage).
+    pub fn compute(dir: &Path, config: &ProjectConfig) -> Result<Self> {
+        let (bin_path, idx_path) = crate::data::indexed::paths(&config.data_prefix(dir));
+        let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("reading {}", p.display()));
+        let bin = std::fs::File::open(&bin_path).with_context(|| format!("opening {}", bin_path.display()))?;
+        // SAFETY: read-only map of a file this stage has just written and nothing else modifies.
+        let bin = unsafe { memmap2::Mmap::map(&bin) }.with_context(|| format!("mapping {}", bin_path.display()))?;
+        Ok(Self {
+            config: Sums::of(&read(dir.join("config.json"))?),
+            idx: Sums::of(&read(idx_path)?),
+            bin: Sums::of(&bin),
+        })
+    }
+}
+
+/// The project's token dataset, every read verified against the tokenize stage's checksums.
+pub fn open_tokens(dir: &Path, config: &ProjectConfig) -> Result<IndexedDataset> {
+    let layout = Layout { dir: dir.to_path_buf() };
+    let Some(sums) = layout.token_checksums()? else {
+        bail!(
+            "{}: no checksums of the tokens (the tokenize stage has not finished, or ran in a retro older than \
+             checksums): {}",
+            layout.stage_marker("tokenize").display(),
+            integrity::rerun("tokenize")
+        );
+    };
+    let fix = integrity::rerun("tokenize");
+    IndexedDataset::open_verified(&config.data_prefix(dir), Checksums { idx: &sums.idx, bin: &sums.bin, fix: &fix })
+}
+
 /// Where each artefact lives inside the project directory.
 pub struct Layout {
     pub dir: PathBuf,
@@ -156,6 +216,38 @@ impl Layout {
     }
     pub fn stage_marker(&self, stage: &str) -> PathBuf {
         self.dir.join(format!("stages/{stage}.json"))
+    }
+
+    /// A completed stage's record (its summary), verified; None if the stage has not completed.
+    pub fn read_marker(&self, stage: &str) -> Result<Option<serde_json::Value>> {
+        let path = self.stage_marker(stage);
+        if !path.exists() {
+            return Ok(None);
+        }
+        integrity::read_sealed_json(&path, &integrity::rerun(stage)).map(Some)
+    }
+
+    /// Write a stage's record, sealed with its checksum.
+    pub fn write_marker(&self, stage: &str, record: serde_json::Value) -> Result<()> {
+        let path = self.stage_marker(stage);
+        std::fs::create_dir_all(path.parent().expect("stages/"))?;
+        crate::atomic_file::write(&path, integrity::seal_json(record)?.as_bytes())
+    }
+
+    /// The tokenize stage's checksums, if it has completed.
+    pub fn token_checksums(&self) -> Result<Option<TokenChecksums>> {
+        let Some(record) = self.read_marker("tokenize")? else { return Ok(None) };
+        let path = self.stage_marker("tokenize");
+        match record.get("checksums") {
+            Some(c) => serde_json::from_value(c.clone())
+                .map(Some)
+                .map_err(|e| integrity::corrupt(&path, &format!("bad checksums ({e})"), &integrity::rerun("tokenize"))),
+            None => Err(integrity::corrupt(
+                &path,
+                "no checksums (a retro older than checksums wrote it)",
+                &integrity::rerun("tokenize"),
+            )),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ impl LiveRetriever {
         let db = ChunkDb::read(&layout.chunks())?;
         ensure!(db.len() >= k, "the project's chunk database has {} chunks, fewer than k = {k}", db.len());
         let index = flat_index(&layout, db.len(), embedder.dim())?;
-        let ds = IndexedDataset::open(&config.data_prefix(project))?;
+        let ds = crate::preprocess::project::open_tokens(project, &config)?;
         Ok(Self { embedder, index, db, ds, k, retrieved_chunks: config.retro_num_retrieved_chunks })
     }
 

@@ -1,14 +1,17 @@
 //! The neighbour store: for every chunk of every sample, the ids (chunk database rows) of its nearest
 //! chunks from other documents, nearest first, -1 padded.
 //!
-//! File `neighbors/<split>.bin` (little-endian): magic `RETRONBR`, u32 version 1, u32 chunks per sample l,
-//! u32 neighbours per chunk k, u32 zero, u64 sample count S, then i64[S·l·k].
+//! File `neighbors/<split>.bin` (little-endian): magic `RETRONBR`, u32 version 2, u32 chunks per sample l,
+//! u32 neighbours per chunk k, u32 zero, u64 sample count S, then i64[S·l·k], then the checksum trailer
+//! (`data::integrity::seal`, 1 MiB blocks). The reader verifies every block as it reads the file (whole,
+//! at open), so no neighbour is used unverified.
 
-use crate::{ensure, Context, Result};
+use crate::data::integrity;
+use crate::{ensure, Result};
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"RETRONBR";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +32,7 @@ impl NeighborStore {
         &self.ids[o..o + self.k]
     }
 
+    /// The file's bytes, sealed.
     pub fn bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER + 8 * self.ids.len());
         b.extend_from_slice(MAGIC);
@@ -40,16 +44,19 @@ impl NeighborStore {
         for id in &self.ids {
             b.extend_from_slice(&id.to_le_bytes());
         }
+        integrity::seal(&mut b);
         b
     }
 
+    /// Read and verify (checksums first, then the header and the length).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let fix = integrity::rerun("query");
+        let b = integrity::read_sealed(path, &fix)?;
         ensure!(b.len() >= HEADER && &b[..8] == MAGIC, "{}: not a retro neighbour file", path.display());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
         ensure!(
             u32_at(8) == VERSION as usize,
-            "{}: neighbour file version {}, expected {VERSION}",
+            "{}: neighbour file version {}, expected {VERSION}; {fix}",
             path.display(),
             u32_at(8)
         );

@@ -4,14 +4,19 @@
 //! `RUN/latest_checkpointed_iteration.txt`. A checkpoint is written into a temporary directory, each
 //! file fsynced, then renamed into place; the tracker file is updated last, so a crash leaves the previous
 //! checkpoint intact and current.
+//!
+//! `state.json` records the checksum (`data::integrity::Sums`) of each file beside it and carries a
+//! `crc32c` of its own text; every reader verifies them before loading, and a damaged newest checkpoint
+//! is an error naming the previous one (never a silent fallback).
 
+use crate::data::integrity::{self, Sums};
 use crate::model::safetensors_io::{load_params, serialize, TensorFile};
 use crate::model::{Params, RetroConfig, RetroModel};
 use crate::tensor::{DType, Tensor};
 use crate::train::AdamW;
 use crate::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const TRACKER: &str = "latest_checkpointed_iteration.txt";
@@ -23,7 +28,14 @@ pub struct State {
     pub optimizer_step: u64,
     /// What a resumed run must share with this one (model, data, batch, seed); compared key by key.
     pub run: serde_json::Value,
+    /// Checksums of the files beside state.json, by file name (filled in by `save`).
+    #[serde(default)]
+    pub files: BTreeMap<String, Sums>,
 }
+
+/// The files a checkpoint directory holds beside state.json.
+const FILES: [&str; 2] = ["model.safetensors", "optimizer.safetensors"];
+const FIX: &str = "this checkpoint cannot be used";
 
 pub fn iteration_dir(run: &Path, iteration: u64) -> PathBuf {
     run.join(format!("iter_{iteration:07}"))
@@ -47,7 +59,11 @@ pub fn save(run: &Path, model: &RetroModel, opt: &AdamW, state: &State, keep: us
     let meta =
         HashMap::from([("config".to_string(), model.config.to_json()), ("format".to_string(), "retro".to_string())]);
     let named: Vec<(&str, &Tensor)> = names.iter().copied().zip(&model.params.tensors).collect();
-    write_synced(&tmp.join("model.safetensors"), &serialize(&named, meta)?)?;
+    let mut state = state.clone();
+    let model_bytes = serialize(&named, meta)?;
+    state.files.insert(FILES[0].into(), Sums::of(&model_bytes));
+    write_synced(&tmp.join(FILES[0]), &model_bytes)?;
+    drop(model_bytes);
     let m_names: Vec<String> = names.iter().map(|n| format!("exp_avg.{n}")).collect();
     let v_names: Vec<String> = names.iter().map(|n| format!("exp_avg_sq.{n}")).collect();
     let mut moments: Vec<(&str, &Tensor)> = m_names.iter().map(String::as_str).zip(&opt.exp_avg).collect();
@@ -56,8 +72,11 @@ pub fn save(run: &Path, model: &RetroModel, opt: &AdamW, state: &State, keep: us
         ("step".to_string(), opt.step.to_string()),
         ("config".to_string(), serde_json::to_string(&opt.config)?),
     ]);
-    write_synced(&tmp.join("optimizer.safetensors"), &serialize(&moments, opt_meta)?)?;
-    write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    let opt_bytes = serialize(&moments, opt_meta)?;
+    state.files.insert(FILES[1].into(), Sums::of(&opt_bytes));
+    write_synced(&tmp.join(FILES[1]), &opt_bytes)?;
+    drop(opt_bytes);
+    write_synced(&tmp.join("state.json"), integrity::seal_json(serde_json::to_value(&state)?)?.as_bytes())?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir)?;
     }
@@ -105,15 +124,54 @@ pub fn latest(run: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// A checkpoint directory: `dir` itself if it holds model.safetensors, else the latest iteration of a run.
+/// A checkpoint directory, verified: `dir` itself if it holds model.safetensors, else the latest
+/// iteration of a run.
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join("model.safetensors").is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    match latest(dir)? {
-        Some(it) => Ok(iteration_dir(dir, it)),
+    match find(dir)? {
+        Some((d, _)) => Ok(d),
         None => bail!("{}: no checkpoint (neither model.safetensors nor {TRACKER})", dir.display()),
     }
+}
+
+/// The checkpoint `dir` names (`dir` itself if it holds model.safetensors, else the run's latest) and
+/// its state, verified; None for a run directory without a checkpoint. When the newest checkpoint of a
+/// run is damaged the error says so and names the previous one: nothing falls back to it silently.
+pub fn find(dir: &Path) -> Result<Option<(PathBuf, State)>> {
+    if dir.join(FILES[0]).is_file() {
+        return verify(dir).map(|s| Some((dir.to_path_buf(), s)));
+    }
+    let Some(it) = latest(dir)? else { return Ok(None) };
+    let newest = iteration_dir(dir, it);
+    match verify(&newest) {
+        Ok(state) => Ok(Some((newest, state))),
+        Err(e) => {
+            let hint = match list(dir)?.into_iter().filter(|&i| i < it).max() {
+                Some(p) => format!(
+                    "the previous checkpoint is {} (iteration {p}): point --load (or --checkpoint) at it to use it",
+                    iteration_dir(dir, p).display()
+                ),
+                None => format!("{} holds no earlier checkpoint", dir.display()),
+            };
+            bail!("{e}\nthe newest checkpoint, {}, is damaged and was not loaded; {hint}", newest.display())
+        }
+    }
+}
+
+/// Verify a checkpoint directory: state.json's own checksum, then every file it records.
+pub fn verify(dir: &Path) -> Result<State> {
+    let state = load_state(dir)?;
+    for name in FILES {
+        let path = dir.join(name);
+        let Some(sums) = state.files.get(name) else {
+            bail!(
+                "{}: no checksum recorded for {name} (written by a retro older than checksums)",
+                dir.join("state.json").display()
+            );
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        sums.check(&bytes, &path, FIX)?;
+    }
+    Ok(state)
 }
 
 /// The model of a checkpoint (or of a run's latest checkpoint), with the config stored in it, in f32.
@@ -166,9 +224,10 @@ pub fn load_optimizer(dir: &Path, params: &Params, opt: &mut AdamW) -> Result<()
     Ok(())
 }
 
+/// state.json, its own checksum verified (the files beside it are `verify`'s).
 pub fn load_state(dir: &Path) -> Result<State> {
     let path = dir.join("state.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+    serde_json::from_value(integrity::read_sealed_json(&path, FIX)?)
         .map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))
 }
 

@@ -36,9 +36,9 @@ pub struct ProjectData {
 impl ProjectData {
     /// `k`: neighbours per chunk; `retrieval`: load the neighbour stores (not for the GPT baseline).
     pub fn open(dir: &Path, k: usize, retrieval: bool) -> Result<Self> {
-        let config = ProjectConfig::read(dir).map_err(|e| e.context("not a retro project (run retro preprocess)"))?;
+        let config = ProjectConfig::read(dir)?;
         let layout = Layout { dir: dir.to_path_buf() };
-        let ds = Arc::new(IndexedDataset::open(&config.data_prefix(dir))?);
+        let ds = Arc::new(crate::preprocess::project::open_tokens(dir, &config)?);
         let db = Arc::new(ChunkDb::read(&layout.chunks())?);
         let split = |name: &str| -> Result<Option<SplitData>> {
             let path = layout.samples(name);

@@ -154,9 +154,11 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     }
     let (mut iteration, mut consumed) = (0u64, 0u64);
     if let Some(load) = &args.load {
-        if let Some(it) = checkpoint::latest(load)? {
-            let dir = checkpoint::iteration_dir(load, it);
-            let state = checkpoint::load_state(&dir)?;
+        let found = checkpoint::find(load)?;
+        if found.is_none() {
+            eprintln!("retro train: --load {}: no checkpoint there yet; starting from iteration 0", load.display());
+        }
+        if let Some((dir, state)) = found {
             let diffs = checkpoint::differences(&state.run, &identity);
             if !diffs.is_empty() {
                 bail!(
@@ -205,7 +207,13 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let (mut last_loss, mut valid_loss) = (f64::NAN, None);
     let save_state = |model: &RetroModel, opt: &AdamW, iteration: u64, consumed: u64| -> Result<()> {
         // (For a GPU run, the caller has copied the weights and moments into `model` and `opt`.)
-        let state = State { iteration, consumed_samples: consumed, optimizer_step: opt.step, run: identity.clone() };
+        let state = State {
+            iteration,
+            consumed_samples: consumed,
+            optimizer_step: opt.step,
+            run: identity.clone(),
+            files: Default::default(),
+        };
         checkpoint::save(&args.save, model, opt, &state, args.keep).map(|_| ())
     };
     while iteration < args.train_iters {
