@@ -256,6 +256,56 @@ fn a_damaged_newest_checkpoint_is_refused_naming_the_previous_one() {
     assert_ne!(std::fs::read(run.join("iter_0000003/model.safetensors")).unwrap(), intact);
 }
 
+/// `retro preprocess` on a copy of the project with the shared test flags plus `extra`.
+fn preprocess(dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    let (input, dir) = (s(&root().join("corpus.jsonl")), s(dir));
+    let mut args = vec!["preprocess", "--input", &input, "--project", &dir, "--seq-length", "128", "--split"];
+    args.extend(["80,20,0", "--num-neighbors-query", "20", "--num-neighbors-save", "3", "--global-batch-size", "4"]);
+    args.extend(extra);
+    retro(&args)
+}
+
+#[test]
+fn rerunning_the_stage_an_error_names_repairs_the_file() {
+    let dir = copy("repair");
+    let train = |name: &str| {
+        let run = root().join(name);
+        let _ = std::fs::remove_dir_all(&run);
+        retro(&["train", "--project", &s(&dir), "--save", &s(&run), "--train-iters", "1", "--micro-batch-size", "2"])
+    };
+    let files = ["data/samples_train.bin", "neighbors/train.bin"];
+    let intact: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    // A damaged sample index and neighbour store: the error names `--stage query`, which rewrites both.
+    for f in files {
+        let mut b = std::fs::read(dir.join(f)).unwrap();
+        b[40] ^= 0x04;
+        std::fs::write(dir.join(f), b).unwrap();
+    }
+    let (code, _, err) = train("repair-1");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--stage query"), "{err}");
+    let (code, _, err) = preprocess(&dir, &["--stage", "query"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rebuilding it"), "{err}");
+    for (f, want) in files.iter().zip(&intact) {
+        assert_eq!(&std::fs::read(dir.join(f)).unwrap(), want, "{f} after the rerun");
+    }
+    let (code, _, err) = train("repair-2");
+    assert_eq!(code, 0, "{err}");
+    // A damaged tokenize record: a plain rerun runs the stage again (saying so) and training works.
+    let record = dir.join("stages/tokenize.json");
+    let text = std::fs::read_to_string(&record).unwrap().replacen("\"tokens\"", "\"tokenz\"", 1);
+    std::fs::write(&record, text).unwrap();
+    let (code, _, err) = train("repair-3");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tokenize.json") && err.contains("--stage tokenize"), "{err}");
+    let (code, _, err) = preprocess(&dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("running the tokenize stage again"), "{err}");
+    let (code, _, err) = train("repair-4");
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn validate_verifies_every_stored_checksum() {
     let dir = copy("validate");
@@ -264,26 +314,7 @@ fn validate_verifies_every_stored_checksum() {
     let mut bytes = std::fs::read(&block).unwrap();
     bytes[3] ^= 0x01;
     std::fs::write(&block, bytes).unwrap();
-    let input = root().join("corpus.jsonl");
-    let (code, _, err) = retro(&[
-        "preprocess",
-        "--input",
-        &s(&input),
-        "--project",
-        &s(&dir),
-        "--seq-length",
-        "128",
-        "--split",
-        "80,20,0",
-        "--num-neighbors-query",
-        "20",
-        "--num-neighbors-save",
-        "3",
-        "--global-batch-size",
-        "4",
-        "--validate",
-        "0.01",
-    ]);
+    let (code, _, err) = preprocess(&dir, &["--validate", "0.01"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("000000.i64") && err.contains("checksum") && err.contains("--stage query"), "{err}");
 }

@@ -96,9 +96,14 @@ pub fn run(opts: &Options) -> Result<Value> {
             continue;
         }
         if opts.stage.is_none() {
-            if let Some(done) = cx.layout.read_marker(stage)? {
-                summary.insert(stage.into(), done);
-                continue;
+            match cx.layout.read_marker(stage) {
+                Ok(Some(done)) => {
+                    summary.insert(stage.into(), done);
+                    continue;
+                }
+                Ok(None) => {}
+                // A damaged record: the stage is not known to be complete, so it runs again (and says so).
+                Err(e) => eprintln!("retro preprocess: {e}\n  running the {stage} stage again"),
             }
         }
         let start = Instant::now();
@@ -199,7 +204,7 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     for block in 0..blocks {
         let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
         let path = cx.layout.embedding_block(block);
-        if !path.exists() {
+        if !intact(&path, "embed") {
             let mut bytes = f32_bytes(&embed_chunks(cx, &ds, &db, range.clone())?);
             integrity::seal(&mut bytes);
             crate::atomic_file::write(&path, &bytes)?;
@@ -209,6 +214,21 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     }
     b.finish_and_clear();
     Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": cx.embedder()?.dim()}))
+}
+
+/// Whether a block a stage wrote earlier is there and passes its checksum; a damaged one is reported and
+/// will be computed again (what rerunning the stage is for).
+fn intact(path: &Path, stage: &str) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    match integrity::read_sealed(path, &integrity::rerun(stage)) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("retro preprocess: {e}; computing it again");
+            false
+        }
+    }
 }
 
 /// The project's exact inner-product index over its `n` chunk embeddings.
@@ -254,7 +274,10 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
 fn samples(cx: &Stages, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {
     let path = cx.layout.samples(split);
     if path.exists() {
-        return Samples::read(&path).map(Some);
+        match Samples::read(&path) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) => eprintln!("retro preprocess: {e}; rebuilding it"),
+        }
     }
     let [train, valid, _] = cx.opts.config.split_ranges(ds.len())?;
     let (docs, count, seed) = match split {
@@ -331,14 +354,16 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
             continue;
         };
         let out = cx.layout.neighbors(split);
-        if !out.exists() {
+        let rebuild = !out.exists()
+            || NeighborStore::read(&out).map_err(|e| eprintln!("retro preprocess: {e}; rebuilding it")).is_err();
+        if rebuild {
             std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
             let blocks = samples.len().div_ceil(QUERY_BLOCK);
             let b = bar(samples.len(), split, cx.opts.progress);
             for block in 0..blocks {
                 let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
                 let path = cx.layout.neighbor_block(split, block);
-                if !path.exists() {
+                if !intact(&path, "query") {
                     let ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
                     let mut bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
                     integrity::seal(&mut bytes);

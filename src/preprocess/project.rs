@@ -84,8 +84,14 @@ impl ProjectConfig {
     pub fn create_or_check(&self, dir: &Path) -> Result<()> {
         let path = dir.join("config.json");
         if path.exists() {
-            let old: serde_json::Value = serde_json::from_slice(&read_verified(dir)?)
-                .map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))?;
+            // Verified when the tokenize record can vouch for it; a damaged record is rewritten when the
+            // tokenize stage runs again, so it must not stop the run that repairs it.
+            let bytes = match (Layout { dir: dir.to_path_buf() }).token_checksums() {
+                Ok(_) => read_verified(dir)?,
+                Err(_) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            };
+            let old: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| crate::Error::msg(format!("{}: {e}", path.display())))?;
             let new = serde_json::to_value(self)?;
             for (key, value) in new.as_object().expect("config is an object") {
                 let before = old.get(key).cloned().unwrap_or(serde_json::Value::Null);
