@@ -23,6 +23,14 @@ GOALS = {  # from issue [cuda-core]: minimum speedup over torch
 }
 
 
+def num(x):
+    """A number from a RETRO_CHECK field: NaN / infinity arrive as strings, a missing one as None."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def read(out, name):
     try:
         with open(os.path.join(out, name), errors="replace") as f:
@@ -135,8 +143,13 @@ def kernel_table(out, rows):
         name = f"{row['test']}::{row['copy']}"
         st = status(out, f"tests-{fam}.log")
         verdict = results.get(name, st if st != "ok" else "not in log")
-        worst = max([c for c in checks.get(name, []) if "err" in c], key=lambda c: c["err"] / c["tol"] if c["tol"] > 0 else (0 if c["err"] == 0 else 1e30), default=None)
-        err, tol = (f"{worst['err']:.2e}", f"{worst['tol']:.1e}") if worst else ("-", "-")
+        def badness(c):
+            e, t = num(c["err"]), num(c["tol"])
+            if e != e:  # NaN
+                return float("inf")
+            return e / t if t > 0 else (0.0 if e == 0 else float("inf"))
+        worst = max([c for c in checks.get(name, []) if "err" in c], key=badness, default=None)
+        err, tol = (f"{num(worst['err']):.2e}", f"{num(worst['tol']):.1e}") if worst else ("-", "-")
         racecheck = sanitizer(out, "racecheck", fam) if read(out, f"status/racecheck-{fam}.log") is not None else "n/a"
         retro_fig = torch_fig = ratio = "-"
         if row["bench"] != "-":
@@ -164,15 +177,18 @@ def training_rows(out):
     st = status(out, "step.log")
     for name in ("step_matches_the_tape_model_on_each_backend::cuda", "step_matches_the_tape_model_on_each_backend::cuda_f32",
                  "golden_tiny_loss_through_the_step::cuda_f32", "gpu_857m_twenty_steps_lower_the_loss::cuda"):
-        detail = "; ".join(f"{c['check']}: {c['err']:.2e} (tol {c['tol']:.1e})" for c in checks.get(name, []) if "err" in c)
+        detail = "; ".join(f"{c['check']}: {num(c['err']):.2e} (tol {num(c['tol']):.1e})" for c in checks.get(name, []) if "err" in c)
         for c in checks.get(name, []):
-            if "losses" in c:
-                detail = f"loss {c['losses'][0]:.3f} -> {c['losses'][-1]:.3f} over {len(c['losses'])} steps"
+            if c.get("losses"):
+                losses = [num(x) for x in c["losses"]]
+                detail = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps"
         print(f"| {name} | {results.get(name, st if st != 'ok' else 'not in log')} | {detail} |")
     check = (read(out, "train-check.log") or "").strip().splitlines()
     print(f"| retro train --device cuda, 30 steps | {status(out, 'train.log')} | |")
     print(f"| retro train --load, 30 -> 40 | {status(out, 'train-resume.log')} | |")
-    print(f"| training checks | {status(out, 'train-check.log')} | {check[1] if len(check) > 1 else ''} |")
+    # The mean losses on success, the assertion (the last line) on failure.
+    shown = check[1] if status(out, "train-check.log") == "ok" and len(check) > 1 else (check[-1] if check else "")
+    print(f"| training checks | {status(out, 'train-check.log')} | {shown} |")
     print(f"| NCCL all-reduce (mpirun -np 1) | {status(out, 'nccl.log')} | |")
     print(f"| retro info | {status(out, 'info.log')} | |")
     print(f"| torch golden check | {status(out, 'torch-golden.log')} | |")

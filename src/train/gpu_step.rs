@@ -141,6 +141,12 @@ impl GpuTrainer {
     /// Copy the master weights into `model` and the moments and step count into `opt` (for a
     /// checkpoint or a CPU evaluation).
     pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
+        crate::ensure!(
+            model.params.tensors.len() == self.params.values.len(),
+            "to_host: the host model has {} parameter tensors, the GPU {} (a structure-only model has none)",
+            model.params.tensors.len(),
+            self.params.values.len()
+        );
         let download = |b: &DeviceBuffer<f32>, like: &Tensor| -> Result<Tensor> {
             Tensor::from_vec(self.backend.read_vec32(b)?, like.shape())?.to_dtype(like.dtype())
         };

@@ -101,9 +101,13 @@ pub fn f32_sum_tol(len: usize) -> f32 {
     (8.0 * len as f32 * F32_U).max(1e-5)
 }
 
-/// max |a - b| / max(max |reference|, floor): a norm-wise relative error.
+/// max |a - b| / max(max |reference|, floor): a norm-wise relative error; infinite when `got` holds a
+/// NaN or an infinity (f32::max would skip a NaN).
 pub fn rel_err(got: &[f32], reference: &[f32], floor: f32) -> f32 {
     assert_eq!(got.len(), reference.len(), "length mismatch");
+    if got.iter().any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = reference.iter().fold(floor, |m, v| m.max(v.abs()));
     got.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
 }
@@ -128,7 +132,9 @@ pub fn assert_close(what: &str, dev: &Dev, got: &[f32], reference: &[f32], cpu_t
 
 /// One machine-readable line per check, before its verdict (so a failing check is recorded too).
 pub fn report_check(what: &str, dev: &Dev, err: f64, tol: f64) {
-    report(serde_json::json!({"check": what, "device": dev.name(), "err": err, "tol": tol, "ok": err <= tol}));
+    // JSON has no NaN / infinity: a non-finite error is written as a string ("NaN", "inf").
+    let e = if err.is_finite() { serde_json::json!(err) } else { serde_json::json!(err.to_string()) };
+    report(serde_json::json!({"check": what, "device": dev.name(), "err": e, "tol": tol, "ok": err <= tol}));
 }
 
 /// `RETRO_CHECK {"test": "<test path>", ...fields}`: appended to the file $RETRO_CHECK_LOG when set (what
@@ -665,6 +671,23 @@ impl Dev {
                 let down = |b| gpu.download(b).unwrap();
                 ((copy, down(&dp), down(&dm), down(&dv)), sum)
             }
+        }
+    }
+
+    /// Dropout of `x` (Philox stream `stream` under `seed`, probability `p`): the CPU's factors, or
+    /// kernels/dropout.cu.
+    pub fn dropout(&self, x: &[f32], seed: u64, stream: u64, p: f64) -> Vec<f32> {
+        match self {
+            Dev::Cpu => {
+                let f: Vec<f32> = cpu::dropout::factors(p, seed, stream, x.len());
+                x.iter().zip(f).map(|(a, b)| a * b).collect()
+            }
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                let gx = gpu.upload(&to_e::<E>(x)).unwrap();
+                let out = retro::backend::cuda::dropout::apply(gpu, &gx, seed, stream, p).unwrap();
+                from_e(&gpu.download(&out).unwrap())
+            }),
         }
     }
 
