@@ -7,20 +7,7 @@
 // Tiling: one thread per 4-element block, grid-stride; the tail block writes only the elements < n.
 #include "common.cuh"
 #include "elementwise.h"
-
-__device__ inline uint4 philox4x32_10(uint4 c, uint2 k) {
-#pragma unroll
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            k.x += 0x9E3779B9u;
-            k.y += 0xBB67AE85u;
-        }
-        const uint32_t lo0 = 0xD2511F53u * c.x, hi0 = __umulhi(0xD2511F53u, c.x);
-        const uint32_t lo1 = 0xCD9E8D57u * c.z, hi1 = __umulhi(0xCD9E8D57u, c.z);
-        c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-    }
-    return c;
-}
+#include "philox.cuh"
 
 // The top 23 bits plus half a step: exact in f32, strictly inside (0, 1) (2^-24 .. 1 - 2^-24).
 __device__ inline float unit_open(uint32_t w) { return ((float)(w >> 9) + 0.5f) * (1.0f / 8388608.0f); }
@@ -34,10 +21,8 @@ __device__ inline float2 box_muller(uint32_t w0, uint32_t w1) {
 
 template <typename T>
 __device__ inline void fill_normal(T* __restrict__ out, uint64_t n, uint64_t seed, uint64_t stream, float std) {
-    const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     RETRO_GRID_STRIDE(j, (n + 3) / 4) {
-        const uint4 w = philox4x32_10(make_uint4((uint32_t)j, (uint32_t)(j >> 32), (uint32_t)stream,
-                                                 (uint32_t)(stream >> 32)), key);
+        const uint4 w = philox_block(seed, stream, j);
         const float2 a = box_muller(w.x, w.y), b = box_muller(w.z, w.w);
         const float v[4] = {a.x, a.y, b.x, b.y};
         for (int e = 0; e < 4; ++e)

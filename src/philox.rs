@@ -5,7 +5,8 @@
 //!
 //! Layout (the same in kernels/random.cu): 4-element block `j` of stream `s` under `seed` is
 //! `philox(counter = [lo(j), hi(j), lo(s), hi(s)], key = [lo(seed), hi(seed)])`. Normals use Box-Muller
-//! on pairs of words: elements (4j, 4j+1) from words 0 and 1, (4j+2, 4j+3) from words 2 and 3.
+//! on pairs of words: elements (4j, 4j+1) from words 0 and 1, (4j+2, 4j+3) from words 2 and 3; dropout
+//! keeps element i when word i % 4 of block i / 4 is at or above p · 2^32.
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -61,6 +62,23 @@ pub fn normals(seed: u64, stream: u64, n: usize, std: f64) -> Vec<f64> {
     out
 }
 
+/// Dropout's threshold for probability `p`: an element is dropped when its word is below `p · 2^32`.
+pub fn drop_threshold(p: f64) -> u32 {
+    (p * 4_294_967_296.0).round().clamp(0.0, u32::MAX as f64) as u32
+}
+
+/// Which of elements `0..n` of `stream` under `seed` dropout keeps: element `i` reads word `i % 4` of
+/// block `i / 4` and is kept when it is at or above `threshold` (`drop_threshold`). An integer compare, so
+/// kernels/dropout.cu keeps exactly the same elements.
+pub fn keep_mask(seed: u64, stream: u64, n: usize, threshold: u32) -> Vec<bool> {
+    let mut out = Vec::with_capacity(n.next_multiple_of(4));
+    for j in 0..n.div_ceil(4) as u64 {
+        out.extend(block(seed, stream, j).map(|w| w >= threshold));
+    }
+    out.truncate(n);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +107,17 @@ mod tests {
         assert_ne!(normals(8, 3, 8, 1.0), normals(7, 3, 8, 1.0));
         // A prefix of a stream is the stream's prefix: values depend on their index only.
         assert_eq!(normals(7, 3, 5, 1.0)[..], x[..5]);
+    }
+
+    #[test]
+    fn keep_mask_keeps_one_minus_p() {
+        let n = 100_000;
+        for p in [0.0, 0.1, 0.5] {
+            let kept = keep_mask(3, 9, n, drop_threshold(p)).iter().filter(|&&k| k).count() as f64 / n as f64;
+            assert!((kept - (1.0 - p)).abs() < 0.01, "p {p}: kept {kept}");
+        }
+        assert_ne!(keep_mask(3, 9, 64, drop_threshold(0.5)), keep_mask(3, 10, 64, drop_threshold(0.5)));
+        assert_eq!(drop_threshold(1.0), u32::MAX);
     }
 
     #[test]

@@ -354,7 +354,7 @@ test_device!(adamw_update_and_sum_of_squares, |dev| {
         assert_close("adamw exp_avg", dev, &m1, &rm, 1e-6, 1e-6);
         assert_close("adamw exp_avg_sq", dev, &v1, &rv, 1e-6, 1e-6);
         // The bf16 copy is the new parameter rounded: equal unless a parameter sits on a rounding edge.
-        assert_close("adamw bf16 copy", dev, &copy, &rcopy, 0.0, BF16_U);
+        assert_close("adamw bf16 copy", dev, &copy, &rcopy, BF16_U, BF16_U);
         // f64 partial sums of f32 squares, fixed order: f64 rounding only.
         let rel = ((sumsq - rsum) / rsum).abs();
         report_check("sum_squares", dev, rel, 1e-12);
@@ -372,6 +372,24 @@ test_device!(random_fill_normal_matches_philox, |dev| {
         assert_close(&format!("fill_normal stream {stream}"), dev, &got, &want, 0.0, BF16_U);
         let mean = got.iter().map(|&x| x as f64).sum::<f64>() / got.len() as f64;
         assert!(mean.abs() < 0.05 * std as f64, "mean {mean} of N(0, {std}^2) on {}", dev.name());
+    }
+});
+
+test_device!(dropout_masks_are_bitwise_the_cpus, |dev| {
+    // The same elements dropped on every device (an integer compare on the same Philox words), and the kept
+    // ones scaled by the same f32 factor then rounded once: equal after rounding the CPU's to the element type.
+    let mut rng = Rng::new(23);
+    let x = rand_bf16(&mut rng, 10_001, 1.0);
+    for (stream, p) in [(0u64, 0.1), (5, 0.5)] {
+        let got = dev.dropout(&x, 77, stream, p);
+        let want = Dev::Cpu.dropout(&x, 77, stream, p);
+        let want = if matches!(dev, Dev::Cpu) || is_gpu_f32(dev) { want } else { common::device::round_bf16(&want) };
+        let same_zeros = got.iter().zip(&want).all(|(a, b)| (*a == 0.0) == (*b == 0.0));
+        report_check(&format!("dropout mask p={p}"), dev, if same_zeros { 0.0 } else { 1.0 }, 0.0);
+        assert!(same_zeros, "{}: dropout masks differ (p {p}, stream {stream})", dev.name());
+        assert_close(&format!("dropout values p={p}"), dev, &got, &want, 0.0, 0.0);
+        let kept = got.iter().filter(|v| **v != 0.0).count() as f64 / x.len() as f64;
+        assert!((kept - (1.0 - p)).abs() < 0.02, "kept {kept} at p {p}");
     }
 });
 

@@ -68,8 +68,9 @@ impl Layout {
 }
 
 /// Attention dropout: each probability is kept with chance 1 − p and scaled by 1/(1 − p). The mask of
-/// (batch, head) pair `bh` comes from its own RNG stream (seed, bh), so it is the same whatever the thread
-/// count, and the backward regenerates it instead of storing it.
+/// (batch, head) pair `bh` is Philox stream `bh` of the op's seed (`crate::philox::keep_mask`, the mask
+/// kernels/dropout.cu draws), so it is the same whatever the thread count or device, and the backward
+/// regenerates it instead of storing it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
     pub p: f64,
@@ -79,9 +80,7 @@ pub struct Dropout {
 impl Dropout {
     /// Per-element factors (0 or 1/(1 − p)) for `n` probabilities of pair `bh`.
     fn factors<T: Float>(&self, bh: usize, n: usize) -> Vec<T> {
-        let mut rng = crate::rng::Rng::new(self.seed ^ (bh as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let keep = T::from_f64(1.0 / (1.0 - self.p));
-        (0..n).map(|_| if rng.uniform() < self.p { T::ZERO } else { keep }).collect()
+        super::dropout::factors(self.p, self.seed, bh as u64, n)
     }
 }
 

@@ -19,6 +19,8 @@ pub mod blas;
 #[cfg(not(no_cuda_kernels))]
 pub mod cross_entropy;
 #[cfg(not(no_cuda_kernels))]
+pub mod dropout;
+#[cfg(not(no_cuda_kernels))]
 pub mod element;
 #[cfg(not(no_cuda_kernels))]
 pub mod embedding;
