@@ -1,18 +1,15 @@
 //! retro: a RETRO (Retrieval-Enhanced Transformer) training engine.
-//! See DESIGN.md in the repository for the architecture; each module's doc says what it holds.
+//! docs/architecture.md is the map of the code; each module's doc says what it holds.
 
 pub mod alloc_tuning;
 pub mod atomic_file;
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod commands;
 pub mod data;
-pub mod demo;
 pub mod dist;
 pub mod error;
-pub mod generate;
-pub mod golden;
-pub mod info;
 pub mod model;
 pub mod nn;
 pub mod ops;

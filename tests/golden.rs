@@ -25,7 +25,7 @@ fn rel(a: f64, b: f64) -> f64 {
 fn f64_matches_pytorch_loss_grad_norms_and_adamw_trajectory() {
     let golden = golden_json();
     let g = &golden["float64"];
-    let report = retro::golden::run(&golden_dir().join("retro_tiny.safetensors"), DType::F64).unwrap();
+    let report = retro::commands::golden::run(&golden_dir().join("retro_tiny.safetensors"), DType::F64).unwrap();
     assert!(rel(report.loss, g["loss"].as_f64().unwrap()) < 1e-10, "loss {} vs {}", report.loss, g["loss"]);
     assert!(rel(report.global_grad_norm, g["global_grad_norm"].as_f64().unwrap()) < 1e-9);
     let norms = g["grad_norms"].as_object().unwrap();
@@ -47,7 +47,8 @@ fn f64_matches_pytorch_loss_grad_norms_and_adamw_trajectory() {
 #[test]
 fn f32_matches_pytorch_loss() {
     let want = golden_json()["float64"]["loss"].as_f64().unwrap();
-    let (model, batch) = retro::golden::load(&golden_dir().join("retro_tiny.safetensors"), DType::F32).unwrap();
+    let (model, batch) =
+        retro::commands::golden::load(&golden_dir().join("retro_tiny.safetensors"), DType::F32).unwrap();
     let got = model.loss_and_grads(&batch).unwrap().loss;
     assert!(rel(got, want) < 1e-5, "f32 loss {got} vs {want}");
 }
@@ -56,7 +57,8 @@ fn f32_matches_pytorch_loss() {
 fn f64_logits_and_hidden_checksums_match() {
     use retro::autograd::Tape;
     let g = &golden_json()["float64"];
-    let (model, batch) = retro::golden::load(&golden_dir().join("retro_tiny.safetensors"), DType::F64).unwrap();
+    let (model, batch) =
+        retro::commands::golden::load(&golden_dir().join("retro_tiny.safetensors"), DType::F64).unwrap();
     let mut tape = Tape::inference();
     let p = model.params.leaves(&mut tape);
     let logits =

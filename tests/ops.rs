@@ -360,7 +360,7 @@ fn cross_entropy_matches_naive_finite_differences_and_labels_are_checked() {
 // ---------------------------------------------------------------- layout
 
 #[test]
-fn reshape_window_pad_narrow_concat_move_data_and_gradients() {
+fn reshape_shift_rows_pad_narrow_concat_move_data_and_gradients() {
     let mut rng = Rng::new(8);
     let x = randn(&mut rng, &[3, 5, 4], 1.0);
     let xv = v64(&x);
@@ -381,7 +381,7 @@ fn reshape_window_pad_narrow_concat_move_data_and_gradients() {
             }
         }
     }
-    let shift = |t: &mut Tape, v: &[Var]| ops::window(t, &v[0], 1, 3, 5);
+    let shift = |t: &mut Tape, v: &[Var]| ops::shift_rows(t, &v[0], 1, 3, 5);
     assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, shift) <= GRAD_TOL);
     assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, |t, v| ops::pad(t, &v[0], 2, 1, 3)) <= GRAD_TOL);
     let rs = |t: &mut Tape, v: &[Var]| ops::reshape(t, &v[0], &[15, 4]);

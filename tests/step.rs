@@ -43,7 +43,7 @@ fn compare(model: &RetroModel, batch: &Batch) -> (f64, f64, f64) {
 #[test]
 fn golden_tiny_loss_and_every_gradient_match_the_tape_model() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/torch_retro/golden/retro_tiny.safetensors");
-    let (model, batch) = retro::golden::load(&path, DType::F32).unwrap();
+    let (model, batch) = retro::commands::golden::load(&path, DType::F32).unwrap();
     let (loss, reference, worst) = compare(&model, &batch);
     let golden = 6.261789235114643;
     assert!((loss - golden).abs() / golden < 1e-5, "step loss {loss} vs golden {golden}");
@@ -216,7 +216,7 @@ fn golden_file() -> std::path::PathBuf {
 // PyTorch's golden tiny model through the step: within 1e-5 of the float64 golden loss in f32 (CPU, and
 // the GPU's exact f32 kernels). The bf16 kernels cannot run it: its head dim is 16.
 test_device!(golden_tiny_loss_through_the_step, |dev| {
-    let (model, batch) = retro::golden::load(&golden_file(), DType::F32).unwrap();
+    let (model, batch) = retro::commands::golden::load(&golden_file(), DType::F32).unwrap();
     #[cfg(not(no_cuda_kernels))]
     if let Dev::Cuda(_) = dev {
         eprintln!("{}: skipped (the tiny config's head dim 16 is below the tensor-core kernels' 64)", dev.name());

@@ -1,5 +1,5 @@
 //! `retro tokenize`: byte-identical to Megatron's preprocess_data.py (the expected .idx is built here from
-//! the layout in DESIGN.md section 5, independently of retro's writer), and clean failures on bad input.
+//! the layout in docs/formats.md, independently of retro's writer), and clean failures on bad input.
 
 use retro::data::indexed::IndexedDataset;
 use retro::data::tokenizer::{encode, EOD};
@@ -23,7 +23,7 @@ fn tokenize(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// The .idx Megatron's IndexedDatasetBuilder writes, from DESIGN.md section 5.
+/// The .idx Megatron's IndexedDatasetBuilder writes, from docs/formats.md.
 fn expected_idx(docs: &[Vec<u32>]) -> Vec<u8> {
     let lengths: Vec<i32> = docs.iter().filter(|d| !d.is_empty()).map(|d| d.len() as i32).collect();
     let mut doc_indices = vec![0i64];

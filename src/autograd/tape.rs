@@ -103,10 +103,6 @@ impl Tape {
         Self { nodes: Vec::new(), recording: false, dropout: None }
     }
 
-    pub fn is_recording(&self) -> bool {
-        self.recording
-    }
-
     /// Number of recorded nodes (leaves included).
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -1,5 +1,5 @@
 //! `retro bench`: measurements printed as JSON lines with the shapes, FLOP and byte conventions of
-//! `../shared/torch_retro/bench.py` (DESIGN.md section 8), so the two compare one to one.
+//! `torch_retro/bench.py` (the PyTorch reference's benchmark), so the two compare one to one.
 
 pub mod embed;
 pub mod flops;

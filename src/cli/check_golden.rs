@@ -13,7 +13,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> retro::Result<()> {
     let dtype = a.dtype.parse()?;
-    let report = retro::golden::run(&a.weights, dtype)?;
+    let report = retro::commands::golden::run(&a.weights, dtype)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> retro::Result<()> {
-    retro::demo::run(&retro::demo::DemoOptions {
+    retro::commands::demo::run(&retro::commands::demo::DemoOptions {
         dir: a.dir,
         corpus: a.corpus,
         since_year: a.since_year,

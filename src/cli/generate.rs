@@ -30,8 +30,9 @@ pub fn run(a: Args) -> retro::Result<()> {
     } else {
         None
     };
-    let sampling = retro::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let out = retro::generate::generate(&model, retriever.as_ref(), &a.prompt, a.max_tokens, &sampling, a.seed)?;
+    let sampling = retro::commands::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    let out =
+        retro::commands::generate::generate(&model, retriever.as_ref(), &a.prompt, a.max_tokens, &sampling, a.seed)?;
     println!("{}{}", a.prompt, out.text);
     if a.show_neighbours {
         for r in &out.retrieved {

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 pub fn run() -> ExitCode {
-    let (report, ok) = retro::info::report();
+    let (report, ok) = retro::commands::info::report();
     print!("{report}");
     if ok {
         ExitCode::SUCCESS

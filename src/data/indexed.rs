@@ -276,10 +276,6 @@ impl IndexedDataset {
         self.lengths.is_empty()
     }
 
-    pub fn num_tokens(&self) -> usize {
-        self.lengths.iter().map(|&l| l as usize).sum()
-    }
-
     /// Tokens `start..start + len` of sequence `i`.
     pub fn tokens(&self, i: usize, start: usize, len: usize) -> Result<Vec<u32>> {
         let Some(&l) = self.lengths.get(i) else { bail!("sequence {i} out of range ({} sequences)", self.len()) };

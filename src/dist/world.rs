@@ -69,10 +69,6 @@ impl World {
         }
     }
 
-    pub fn is_root(&self) -> bool {
-        self.rank() == 0
-    }
-
     /// In-place element-wise sum over all ranks.
     pub fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
         self.all_reduce_sum(buf)

@@ -111,11 +111,11 @@ impl Cca {
         }
         let Some(encoded) = &retrieval.encoded else { bail!("CCA: a CCA layer before the one that owns the encoder") };
         let pad = (n - 1) % m;
-        let shifted = ops::window(tape, &y, 1, pad as isize, l * m)?;
+        let shifted = ops::shift_rows(tape, &y, 1, pad as isize, l * m)?;
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let out = self.attn.forward(tape, p, &queries, encoded, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
-        let out = ops::window(tape, &out, 1, -(pad as isize), n)?;
+        let out = ops::shift_rows(tape, &out, 1, -(pad as isize), n)?;
         if self.gate == 1.0 {
             Ok(out)
         } else {

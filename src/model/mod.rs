@@ -1,4 +1,4 @@
-//! The RETRO model (Megatron's, exactly: DESIGN.md section 1), its config and presets, its named
+//! The RETRO model (Megatron's, exactly: docs/architecture.md, "The model"), its config and presets, its named
 //! parameters and their safetensors I/O.
 
 pub mod config;

@@ -1,4 +1,5 @@
-//! Reshape, slice / pad along a dimension, concatenation.
+//! Reshape, shift / slice / pad along a dimension (`shift_rows`: the CCA's shift by m - 1, as
+//! kernels/residual.cu's shift_rows on the GPU), concatenation.
 
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layout as cpu;
@@ -16,13 +17,13 @@ fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize) {
     (numel(&shape[..dim]), shape[dim], numel(&shape[dim + 1..]))
 }
 
-fn window_values(x: &Tensor, dim: usize, offset: isize, len: usize) -> Result<Tensor> {
+fn shift_values(x: &Tensor, dim: usize, offset: isize, len: usize) -> Result<Tensor> {
     let (outer, size, inner) = split_at_dim(x.shape(), dim);
     let mut shape = x.shape().to_vec();
     shape[dim] = len;
     macro_rules! go {
         ($t:ty) => {
-            Tensor::from_vec(cpu::window(x.data::<$t>()?, outer, size, inner, offset, len), &shape)
+            Tensor::from_vec(cpu::shift_rows(x.data::<$t>()?, outer, size, inner, offset, len), &shape)
         };
     }
     match x.dtype() {
@@ -36,11 +37,11 @@ fn window_values(x: &Tensor, dim: usize, offset: isize, len: usize) -> Result<Te
 
 /// out[.., j, ..] = x[.., j + offset, ..] along `dim` for j in 0..len, zero where that is outside x.
 /// Covers slicing (offset >= 0, short len) and zero padding (negative offset or long len).
-pub fn window(tape: &mut Tape, x: &Var, dim: usize, offset: isize, len: usize) -> Result<Var> {
-    ensure!(dim < x.shape().len(), "window: dim {dim} out of range for shape {:?}", x.shape());
-    let out = crate::profile::timed("window", "forward", || window_values(x.value(), dim, offset, len))?;
+pub fn shift_rows(tape: &mut Tape, x: &Var, dim: usize, offset: isize, len: usize) -> Result<Var> {
+    ensure!(dim < x.shape().len(), "shift_rows: dim {dim} out of range for shape {:?}", x.shape());
+    let out = crate::profile::timed("shift_rows", "forward", || shift_values(x.value(), dim, offset, len))?;
     let in_len = x.shape()[dim];
-    Ok(tape.record("window", &[x], out, move |g, _| Ok(vec![Some(window_values(g, dim, -offset, in_len)?)])))
+    Ok(tape.record("shift_rows", &[x], out, move |g, _| Ok(vec![Some(shift_values(g, dim, -offset, in_len)?)])))
 }
 
 /// x[.., start..start+len, ..] along `dim`.
@@ -51,14 +52,14 @@ pub fn narrow(tape: &mut Tape, x: &Var, dim: usize, start: usize, len: usize) ->
         start + len,
         x.shape()
     );
-    window(tape, x, dim, start as isize, len)
+    shift_rows(tape, x, dim, start as isize, len)
 }
 
 /// `before` zeros in front and `after` zeros behind along `dim`.
 pub fn pad(tape: &mut Tape, x: &Var, dim: usize, before: usize, after: usize) -> Result<Var> {
     ensure!(dim < x.shape().len(), "pad: dim {dim} out of range for shape {:?}", x.shape());
     let len = x.shape()[dim] + before + after;
-    window(tape, x, dim, -(before as isize), len)
+    shift_rows(tape, x, dim, -(before as isize), len)
 }
 
 /// Concatenate along `dim`; all other dimensions must agree.
@@ -100,7 +101,7 @@ pub fn concat(tape: &mut Tape, xs: &[&Var], dim: usize) -> Result<Var> {
         let mut offset = 0;
         let mut grads = Vec::with_capacity(sizes.len());
         for (&size, &need) in sizes.iter().zip(needs) {
-            grads.push(need.then(|| window_values(g, dim, offset as isize, size)).transpose()?);
+            grads.push(need.then(|| shift_values(g, dim, offset as isize, size)).transpose()?);
             offset += size;
         }
         Ok(grads)

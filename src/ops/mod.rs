@@ -1,28 +1,26 @@
 //! Differentiable ops: each checks its inputs (errors name the op and the shapes), runs the backend
 //! kernel, and records its hand-written backward on the tape.
 
-mod add;
 mod attention;
 mod cross_entropy;
 mod dropout;
 mod embedding;
 mod gelu;
-mod gelu_erf;
 mod layernorm;
 mod layout;
 mod linear;
+mod residual;
 mod scale;
 
-pub use add::add;
 pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, AttnMask, Dropout};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use embedding::embedding;
-pub use gelu::gelu;
-pub use gelu_erf::gelu_erf;
+pub use gelu::{gelu, gelu_erf};
 pub use layernorm::layer_norm;
-pub use layout::{concat, narrow, pad, reshape, window};
+pub use layout::{concat, narrow, pad, reshape, shift_rows};
 pub use linear::linear;
+pub use residual::add;
 pub use scale::scale;
 
 use crate::autograd::Var;

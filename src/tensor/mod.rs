@@ -114,11 +114,6 @@ impl Tensor {
         &self.storage
     }
 
-    /// True when both tensors share one storage (no copy was made).
-    pub fn shares_storage_with(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
-    }
-
     /// How many tensors share this storage (lets tests observe that saved activations were freed).
     pub fn storage_refs(&self) -> usize {
         Arc::strong_count(&self.storage)

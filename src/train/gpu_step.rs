@@ -10,7 +10,7 @@ use crate::kernels::abi::AdamwParams;
 use crate::model::step::{loss_and_grads, DeviceParams, StepBackend};
 use crate::model::{Batch, RetroModel};
 use crate::tensor::Tensor;
-use crate::train::{optimizer::StepStats, AdamW, AdamWConfig};
+use crate::train::{AdamW, AdamWConfig, StepStats};
 use crate::Result;
 use half::bf16;
 use std::sync::Arc;

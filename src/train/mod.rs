@@ -1,13 +1,13 @@
 //! Training: the optimizer, the LR schedule, the data loader, checkpoints and the training loop.
 
+pub mod adamw;
 pub mod checkpoint;
 #[cfg(not(no_cuda_kernels))]
 pub mod gpu_step;
 pub mod loader;
-pub mod optimizer;
 pub mod plot;
 pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
 
-pub use optimizer::{AdamW, AdamWConfig, StepStats};
+pub use adamw::{AdamW, AdamWConfig, StepStats};

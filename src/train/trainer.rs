@@ -9,7 +9,7 @@
 use super::checkpoint::{self, State};
 use super::loader::{prefetch, ProjectData, SplitData};
 use super::schedule::LrSchedule;
-use super::{AdamW, AdamWConfig};
+use super::{AdamW, AdamWConfig, StepStats};
 use crate::model::{padded_vocab_size, Batch, RetroConfig, RetroModel};
 use crate::tensor::DType;
 use crate::{bail, ensure, Context, Result};
@@ -115,36 +115,8 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let data = ProjectData::open(&args.project, args.model.num_neighbors, retrieval)?;
     let config = project_model(&args.model, &data.config)?;
     let identity = run_identity(args, &config, &data);
-    let mut model = RetroModel::init(&config, args.seed, DType::F32)?;
-    if let Some(from) = &args.init_from {
-        let dir = checkpoint::resolve(from)?;
-        let file = crate::model::safetensors_io::TensorFile::read(&dir.join("model.safetensors"))?;
-        let (params, report) =
-            crate::model::safetensors_io::load_params(&file, &model.params.specs, DType::F32, false, args.seed, &[])
-                .map_err(|e| e.context(format!("--init-from {}", dir.display())))?;
-        ensure!(
-            report.unexpected.is_empty(),
-            "--init-from {}: tensors this model does not have: {}",
-            dir.display(),
-            report.unexpected.join(", ")
-        );
-        eprintln!(
-            "retro train: initialised from {}; {} parameter(s) were not in it and start fresh: {}",
-            dir.display(),
-            report.missing.len(),
-            report.missing.join(", ")
-        );
-        model = RetroModel::from_params(&config, params)?;
-    }
-    let opt_config = AdamWConfig {
-        lr: args.schedule.lr,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: args.weight_decay,
-        clip: (args.clip > 0.0).then_some(args.clip),
-    };
-    let mut opt = AdamW::new(opt_config, &model.params.tensors);
+    let mut model = initial_model(args, &config)?;
+    let mut opt = AdamW::new(optimizer_config(args), &model.params.tensors);
     if args.device != crate::tensor::Device::Cpu {
         ensure!(
             config.dropout == 0.0,
@@ -152,31 +124,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             args.device
         );
     }
-    let (mut iteration, mut consumed) = (0u64, 0u64);
-    if let Some(load) = &args.load {
-        let found = checkpoint::find(load)?;
-        if found.is_none() {
-            eprintln!("retro train: --load {}: no checkpoint there yet; starting from iteration 0", load.display());
-        }
-        if let Some((dir, state)) = found {
-            let diffs = checkpoint::differences(&state.run, &identity);
-            if !diffs.is_empty() {
-                bail!(
-                    "--load {}: the checkpoint was trained with other settings; refusing to resume ({})",
-                    dir.display(),
-                    diffs.join("; ")
-                );
-            }
-            model = checkpoint::load_model(&dir, &config, DType::F32)?;
-            checkpoint::load_optimizer(&dir, &model.params, &mut opt)?;
-            iteration = state.iteration;
-            consumed = state.consumed_samples;
-            eprintln!(
-                "retro train: resuming from {} (iteration {iteration}, {consumed} samples consumed)",
-                dir.display()
-            );
-        }
-    }
+    let (mut iteration, mut consumed) = resume(args, &config, &identity, &mut model, &mut opt)?;
     let mut engine = Engine::new(args.device, &model, &opt)?;
     let mut tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
     let metrics_path = args.save.join("metrics.jsonl");
@@ -185,134 +133,54 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let train_split = Arc::new(data.train);
     let micro_per_step = args.global_batch / args.micro_batch;
-    let plan: Vec<Vec<usize>> = (iteration..args.train_iters)
-        .flat_map(|it| (0..micro_per_step).map(move |j| (it, j)))
-        .map(|(it, j)| {
-            let start = (it as usize) * args.global_batch + j * args.micro_batch;
-            (start..start + args.micro_batch).collect()
-        })
-        .collect();
-    let batches = prefetch(train_split.clone(), plan, 4);
-    let bar = if args.progress { ProgressBar::new(args.train_iters) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(iteration);
+    let batches = prefetch(Arc::new(data.train), micro_batch_plan(args, iteration), 4);
+    let bar = progress_bar(args, iteration);
     let start = Instant::now();
     let tokens_per_step = (args.global_batch * config.seq_length) as f64;
     let (mut last_loss, mut valid_loss) = (f64::NAN, None);
-    let save_state = |model: &RetroModel, opt: &AdamW, iteration: u64, consumed: u64| -> Result<()> {
-        // (For a GPU run, the caller has copied the weights and moments into `model` and `opt`.)
-        let state = State {
-            iteration,
-            consumed_samples: consumed,
-            optimizer_step: opt.step,
-            run: identity.clone(),
-            files: Default::default(),
-        };
-        checkpoint::save(&args.save, model, opt, &state, args.keep).map(|_| ())
-    };
     while iteration < args.train_iters {
         let t0 = Instant::now();
-        let mut grads: Option<Vec<crate::tensor::Tensor>> = None;
-        let mut loss = 0.0;
-        for j in 0..micro_per_step {
-            let batch: Batch = batches.recv().map_err(|_| crate::Error::msg("the data loader stopped"))??;
-            let seed = args.seed
-                ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-                ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
-            let micro_loss = match &mut engine {
-                Engine::Cpu => {
-                    let step = model.train_step(&batch, seed)?;
-                    match &mut grads {
-                        None => grads = Some(step.grads),
-                        Some(acc) => {
-                            for (a, g) in acc.iter_mut().zip(&step.grads) {
-                                a.add_assign(g)?;
-                            }
-                        }
-                    }
-                    step.loss
-                }
-                #[cfg(not(no_cuda_kernels))]
-                Engine::Gpu(gpu) => gpu.accumulate(&model, &batch)?,
-            };
-            if !micro_loss.is_finite() {
-                bail!(
-                    "iteration {}: the loss is {} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
-                    iteration + 1,
-                    micro_loss,
-                    args.save.display()
-                );
-            }
-            loss += micro_loss / micro_per_step as f64;
-        }
+        let mut micro_batches = (0..micro_per_step)
+            .map(|_| batches.recv().map_err(|_| crate::Error::msg("the data loader stopped")).and_then(|b| b));
+        let loss = accumulate(args, &mut engine, &model, &mut micro_batches, iteration)?;
         let lr = args.schedule.at(consumed);
-        let stats = match &mut engine {
-            Engine::Cpu => {
-                let mut grads = grads.expect("at least one micro-batch");
-                if micro_per_step > 1 {
-                    for g in grads.iter_mut() {
-                        g.scale(1.0 / micro_per_step as f64)?;
-                    }
-                }
-                opt.step(&mut model.params.tensors, &mut grads, lr)
-            }
-            #[cfg(not(no_cuda_kernels))]
-            Engine::Gpu(gpu) => gpu.apply(lr, 1.0 / micro_per_step as f64),
-        }
-        .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
-        let evaluating = args.eval_interval > 0 && (iteration + 1) % args.eval_interval == 0 && data.valid.is_some();
-        let saving =
-            (args.save_interval > 0 && (iteration + 1) % args.save_interval == 0) || iteration + 1 == args.train_iters;
-        if evaluating || saving {
-            engine.to_host(&mut model, &mut opt)?;
-        }
+        let stats = apply(&mut engine, &mut model, &mut opt, lr, micro_per_step)
+            .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
         iteration += 1;
         consumed += args.global_batch as u64;
         last_loss = loss;
+        let evaluating = args.eval_interval > 0 && iteration % args.eval_interval == 0 && data.valid.is_some();
+        let saving = (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters;
+        if evaluating || saving {
+            engine.to_host(&mut model, &mut opt)?;
+        }
         let step_s = t0.elapsed().as_secs_f64();
         let mut line = json!({
             "step": iteration, "loss": loss, "lr": lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_step / step_s,
             "elapsed_s": start.elapsed().as_secs_f64(), "consumed_samples": consumed,
         });
-        if args.eval_interval > 0 && iteration % args.eval_interval == 0 {
-            if let Some(valid) = &data.valid {
-                let v = evaluate(&model, valid, args.micro_batch, args.eval_iters, retrieval)?;
-                line["valid_loss"] = json!(v);
-                line["valid_ppl"] = json!(v.exp());
-                if retrieval {
-                    let masked = evaluate(&model, valid, args.micro_batch, args.eval_iters, false)?;
-                    line["valid_ppl_without_retrieval"] = json!(masked.exp());
-                }
-                valid_loss = Some(v);
-            }
+        if evaluating {
+            let valid = data.valid.as_ref().expect("evaluating needs a validation split");
+            valid_loss = Some(evaluate_into(&mut line, &model, valid, args, retrieval)?);
         }
         if let Some(tb) = &mut tensorboard {
-            for (tag, key) in [
-                ("lm loss", "loss"),
-                ("learning-rate", "lr"),
-                ("grad-norm", "grad_norm"),
-                ("throughput tokens/s", "tokens_per_s"),
-                ("lm loss validation ppl", "valid_ppl"),
-                ("lm loss validation ppl without retrieval", "valid_ppl_without_retrieval"),
-            ] {
-                if let Some(v) = line[key].as_f64() {
-                    tb.scalar(tag, v, iteration)?;
-                }
-            }
-            tb.flush()?;
+            log_tensorboard(tb, &line, iteration)?;
         }
         writeln!(metrics, "{line}")?;
         metrics.sync_data()?;
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
         bar.set_position(iteration);
-        if (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters {
-            save_state(&model, &opt, iteration, consumed)?;
+        if saving {
+            // (For a GPU run, `to_host` above has copied the weights and moments into `model` and `opt`.)
+            let state = State {
+                iteration,
+                consumed_samples: consumed,
+                optimizer_step: opt.step,
+                run: identity.clone(),
+                files: Default::default(),
+            };
+            checkpoint::save(&args.save, &model, &opt, &state, args.keep)?;
         }
     }
     bar.finish_and_clear();
@@ -321,10 +189,186 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
 }
 
+/// Megatron's initialisation from `--seed`, or `--init-from` a checkpoint (retro-fit: parameters the
+/// checkpoint lacks start fresh and are listed).
+fn initial_model(args: &TrainArgs, config: &RetroConfig) -> Result<RetroModel> {
+    let model = RetroModel::init(config, args.seed, DType::F32)?;
+    let Some(from) = &args.init_from else { return Ok(model) };
+    let dir = checkpoint::resolve(from)?;
+    let file = crate::model::safetensors_io::TensorFile::read(&dir.join("model.safetensors"))?;
+    let (params, report) =
+        crate::model::safetensors_io::load_params(&file, &model.params.specs, DType::F32, false, args.seed, &[])
+            .map_err(|e| e.context(format!("--init-from {}", dir.display())))?;
+    ensure!(
+        report.unexpected.is_empty(),
+        "--init-from {}: tensors this model does not have: {}",
+        dir.display(),
+        report.unexpected.join(", ")
+    );
+    eprintln!(
+        "retro train: initialised from {}; {} parameter(s) were not in it and start fresh: {}",
+        dir.display(),
+        report.missing.len(),
+        report.missing.join(", ")
+    );
+    RetroModel::from_params(config, params)
+}
+
+fn optimizer_config(args: &TrainArgs) -> AdamWConfig {
+    AdamWConfig {
+        lr: args.schedule.lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: args.weight_decay,
+        clip: (args.clip > 0.0).then_some(args.clip),
+    }
+}
+
+/// `--load`: the verified checkpoint's weights and moments, and its (iteration, consumed samples); (0, 0)
+/// when there is nothing to resume.
+fn resume(
+    args: &TrainArgs,
+    config: &RetroConfig,
+    identity: &Value,
+    model: &mut RetroModel,
+    opt: &mut AdamW,
+) -> Result<(u64, u64)> {
+    let Some(load) = &args.load else { return Ok((0, 0)) };
+    let Some((dir, state)) = checkpoint::find(load)? else {
+        eprintln!("retro train: --load {}: no checkpoint there yet; starting from iteration 0", load.display());
+        return Ok((0, 0));
+    };
+    let diffs = checkpoint::differences(&state.run, identity);
+    if !diffs.is_empty() {
+        bail!(
+            "--load {}: the checkpoint was trained with other settings; refusing to resume ({})",
+            dir.display(),
+            diffs.join("; ")
+        );
+    }
+    *model = checkpoint::load_model(&dir, config, DType::F32)?;
+    checkpoint::load_optimizer(&dir, &model.params, opt)?;
+    let (iteration, consumed) = (state.iteration, state.consumed_samples);
+    eprintln!("retro train: resuming from {} (iteration {iteration}, {consumed} samples consumed)", dir.display());
+    Ok((iteration, consumed))
+}
+
+/// The sample ids of every micro-batch from `iteration` on: iteration i reads samples i·B..(i+1)·B.
+fn micro_batch_plan(args: &TrainArgs, iteration: u64) -> Vec<Vec<usize>> {
+    let micro_per_step = args.global_batch / args.micro_batch;
+    (iteration..args.train_iters)
+        .flat_map(|it| (0..micro_per_step).map(move |j| (it, j)))
+        .map(|(it, j)| {
+            let start = (it as usize) * args.global_batch + j * args.micro_batch;
+            (start..start + args.micro_batch).collect()
+        })
+        .collect()
+}
+
+fn progress_bar(args: &TrainArgs, iteration: u64) -> ProgressBar {
+    let bar = if args.progress { ProgressBar::new(args.train_iters) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(iteration);
+    bar
+}
+
+/// Forward and backward of one step's micro-batches, their gradients summed (CPU: in `grads`, returned
+/// through the engine; GPU: in its accumulators). Returns the mean loss; a non-finite loss stops training.
+fn accumulate(
+    args: &TrainArgs,
+    engine: &mut Engine,
+    model: &RetroModel,
+    micro_batches: &mut dyn Iterator<Item = Result<Batch>>,
+    iteration: u64,
+) -> Result<f64> {
+    let micro_per_step = args.global_batch / args.micro_batch;
+    let mut loss = 0.0;
+    for (j, batch) in micro_batches.enumerate() {
+        let batch = batch?;
+        let seed = args.seed
+            ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+        let micro_loss = engine.accumulate(model, &batch, seed)?;
+        if !micro_loss.is_finite() {
+            bail!(
+                "iteration {}: the loss is {} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
+                iteration + 1,
+                micro_loss,
+                args.save.display()
+            );
+        }
+        loss += micro_loss / micro_per_step as f64;
+    }
+    Ok(loss)
+}
+
+/// The optimizer step on the summed gradients (averaged over the micro-batches).
+fn apply(
+    engine: &mut Engine,
+    model: &mut RetroModel,
+    opt: &mut AdamW,
+    lr: f64,
+    micro_per_step: usize,
+) -> Result<StepStats> {
+    match engine {
+        Engine::Cpu { grads } => {
+            let mut grads = grads.take().expect("at least one micro-batch");
+            if micro_per_step > 1 {
+                for g in grads.iter_mut() {
+                    g.scale(1.0 / micro_per_step as f64)?;
+                }
+            }
+            opt.step(&mut model.params.tensors, &mut grads, lr)
+        }
+        #[cfg(not(no_cuda_kernels))]
+        Engine::Gpu(gpu) => gpu.apply(lr, 1.0 / micro_per_step as f64),
+    }
+}
+
+/// Validation loss (and, for RETRO, perplexity with every neighbour masked) into the step's metrics line.
+fn evaluate_into(
+    line: &mut Value,
+    model: &RetroModel,
+    valid: &SplitData,
+    args: &TrainArgs,
+    retrieval: bool,
+) -> Result<f64> {
+    let v = evaluate(model, valid, args.micro_batch, args.eval_iters, retrieval)?;
+    line["valid_loss"] = json!(v);
+    line["valid_ppl"] = json!(v.exp());
+    if retrieval {
+        let masked = evaluate(model, valid, args.micro_batch, args.eval_iters, false)?;
+        line["valid_ppl_without_retrieval"] = json!(masked.exp());
+    }
+    Ok(v)
+}
+
+/// Megatron's TensorBoard tags for the metrics line's values.
+fn log_tensorboard(tb: &mut super::tensorboard::EventWriter, line: &Value, iteration: u64) -> Result<()> {
+    for (tag, key) in [
+        ("lm loss", "loss"),
+        ("learning-rate", "lr"),
+        ("grad-norm", "grad_norm"),
+        ("throughput tokens/s", "tokens_per_s"),
+        ("lm loss validation ppl", "valid_ppl"),
+        ("lm loss validation ppl without retrieval", "valid_ppl_without_retrieval"),
+    ] {
+        if let Some(v) = line[key].as_f64() {
+            tb.scalar(tag, v, iteration)?;
+        }
+    }
+    tb.flush()
+}
+
 /// Where the training steps run.
 enum Engine {
-    /// The tape model; its parameters and `AdamW` are the state.
-    Cpu,
+    /// The tape model; its parameters and `AdamW` are the state, `grads` the step's summed gradients.
+    Cpu { grads: Option<Vec<crate::tensor::Tensor>> },
     /// The explicit step on the GPU; `model` and `AdamW` are refreshed from it before evaluations and
     /// checkpoints.
     #[cfg(not(no_cuda_kernels))]
@@ -336,7 +380,7 @@ impl Engine {
         #[cfg(no_cuda_kernels)]
         let _ = (model, opt);
         match device {
-            crate::tensor::Device::Cpu => Ok(Engine::Cpu),
+            crate::tensor::Device::Cpu => Ok(Engine::Cpu { grads: None }),
             #[cfg(not(no_cuda_kernels))]
             crate::tensor::Device::Cuda(ordinal) => {
                 let gpu = crate::backend::cuda::Gpu::new(ordinal)?;
@@ -352,9 +396,32 @@ impl Engine {
         }
     }
 
+    /// Forward and backward of one micro-batch, its gradients added to the step's; returns its loss.
+    fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<f64> {
+        match self {
+            Engine::Cpu { grads } => {
+                let step = model.train_step(batch, seed)?;
+                match grads {
+                    None => *grads = Some(step.grads),
+                    Some(acc) => {
+                        for (a, g) in acc.iter_mut().zip(&step.grads) {
+                            a.add_assign(g)?;
+                        }
+                    }
+                }
+                Ok(step.loss)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            Engine::Gpu(gpu) => {
+                let _ = seed;
+                gpu.accumulate(model, batch)
+            }
+        }
+    }
+
     fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
         match self {
-            Engine::Cpu => {
+            Engine::Cpu { .. } => {
                 let _ = (model, opt);
                 Ok(())
             }

@@ -634,7 +634,7 @@ impl Dev {
         g: &[f32],
         m: &[f32],
         v: &[f32],
-        c: &retro::train::optimizer::Coefficients,
+        c: &retro::backend::cpu::adamw::Coefficients,
         grad_scale: f64,
     ) -> ((Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>), f64) {
         let sumsq = |g: &[f32]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
@@ -643,7 +643,7 @@ impl Dev {
                 let (mut p, mut m, mut v) = (p.to_vec(), m.to_vec(), v.to_vec());
                 // The kernel scales each gradient as it reads it (one f32 product, exact in f64 first).
                 let scaled: Vec<f32> = g.iter().map(|&x| (x as f64 * grad_scale) as f32).collect();
-                retro::train::optimizer::update_slice(&mut p, &scaled, &mut m, &mut v, c);
+                retro::backend::cpu::adamw::update_slice(&mut p, &scaled, &mut m, &mut v, c);
                 ((round_bf16(&p), p, m, v), sumsq(g))
             }
             #[cfg(not(no_cuda_kernels))]

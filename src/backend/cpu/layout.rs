@@ -1,10 +1,11 @@
-//! Data movement along one dimension of a tensor viewed as [outer, dim, inner].
+//! Data movement along one dimension of a tensor viewed as [outer, dim, inner]: `shift_rows` (the CPU
+//! twin of kernels/residual.cu's shift_rows, along any dimension) and `concat`.
 
 use crate::tensor::Element;
 
 /// out[o, j, :] = x[o, j + offset, :] when 0 <= j + offset < dim, else zero; j in 0..len.
 /// A non-negative offset with len <= dim − offset is a slice; a negative offset or a longer len pads.
-pub fn window<T: Element + Default>(
+pub fn shift_rows<T: Element + Default>(
     x: &[T],
     outer: usize,
     dim: usize,

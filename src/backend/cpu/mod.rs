@@ -2,6 +2,7 @@
 //! Rows are split over rayon in fixed-size blocks and partial sums are combined in block order, so every
 //! result is bitwise reproducible whatever the thread count.
 
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;

@@ -3,8 +3,8 @@
 
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
+use crate::backend::cpu::adamw::Coefficients;
 use crate::kernels::abi::{AdamwParams, RETRO_ADAMW_BLOCK, RETRO_SUMSQ_BLOCKS};
-use crate::train::optimizer::Coefficients;
 use crate::Result;
 use cudarc::driver::DeviceRepr;
 use half::bf16;

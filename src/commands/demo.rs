@@ -164,8 +164,8 @@ pub fn run(o: &DemoOptions) -> Result<()> {
     }
     let retro_model = &results[0].4;
     let retriever = crate::retrieval::live::LiveRetriever::open(&project, retro_model.config.num_neighbors)?;
-    let sampling = crate::generate::Sampling { temperature: 0.8, top_k: 40, top_p: 0.95 };
-    let out = crate::generate::generate(retro_model, Some(&retriever), &o.prompt, 96, &sampling, 7)?;
+    let sampling = crate::commands::generate::Sampling { temperature: 0.8, top_k: 40, top_p: 0.95 };
+    let out = crate::commands::generate::generate(retro_model, Some(&retriever), &o.prompt, 96, &sampling, 7)?;
     println!("\nprompt + RETRO continuation:\n{}{}\n", o.prompt, out.text);
     for r in &out.retrieved {
         println!("retrieved for chunk {} ({:?}):", r.chunk, r.chunk_text.chars().take(80).collect::<String>());

@@ -1,3 +1,6 @@
+//! The residual stream's ops: element-wise add (residual connections); the CCA's row shift is
+//! `ops::shift_rows` (layout.rs). On the GPU: backend/cuda/residual.rs and kernels/residual.cu.
+
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise as cpu;

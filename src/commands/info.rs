@@ -118,7 +118,7 @@ fn load_every_entry_point(ordinal: usize, image: cuda::module::Image) -> Result<
 #[cfg(not(no_cuda_kernels))]
 fn adamw_check(ordinal: usize, image: cuda::module::Image) -> Result<String> {
     use crate::kernels::abi::AdamwParams;
-    use crate::train::{optimizer, AdamWConfig};
+    use crate::train::AdamWConfig;
     let gpu = cuda::Gpu::with_image(ordinal, image)?;
     let n = 4099;
     let mut rng = crate::rng::Rng::new(1);
@@ -132,7 +132,7 @@ fn adamw_check(ordinal: usize, image: cuda::module::Image) -> Result<String> {
     cuda::adamw::update(&gpu, &segment, AdamwParams::new(&coef, 1.0, n))?;
     let sumsq = cuda::adamw::sum_squares(&gpu, &dg)?;
     let gpu_p = gpu.download(&dp)?;
-    optimizer::update_slice(&mut p, &g, &mut m, &mut v, &coef);
+    crate::backend::cpu::adamw::update_slice(&mut p, &g, &mut m, &mut v, &coef);
     let max_rel = p.iter().zip(&gpu_p).map(|(a, b)| ((a - b).abs() / a.abs().max(1e-3)) as f64).fold(0.0, f64::max);
     let cpu_sumsq: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum();
     let sumsq_rel = ((sumsq - cpu_sumsq) / cpu_sumsq).abs();

@@ -4,7 +4,7 @@
 use crate::model::safetensors_io::{load_params, TensorFile};
 use crate::model::{Batch, RetroConfig, RetroModel};
 use crate::tensor::DType;
-use crate::train::{optimizer::global_norm, AdamW, AdamWConfig};
+use crate::train::{adamw::global_norm, AdamW, AdamWConfig};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -3,7 +3,8 @@
 //! `p *= 1 - lr·wd` (only for parameters with dim >= 2), `m += (1-b1)(g - m)`, `v = b2·v + (1-b2)·g²`,
 //! `p -= lr/(1-b1^t) · m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
 
-use crate::tensor::{Float, Tensor};
+use crate::backend::cpu::adamw::{update_slice, Coefficients};
+use crate::tensor::Tensor;
 use crate::{ensure, with_float, Result};
 use serde::{Deserialize, Serialize};
 
@@ -98,20 +99,6 @@ impl AdamW {
     }
 }
 
-/// The per-step scalars of one AdamW update (shared by the CPU loop and the CUDA kernel's parameters).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Coefficients {
-    /// 1 - lr·weight_decay, or 1 for parameters without decay.
-    pub decay_factor: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// lr / (1 - beta1^t)
-    pub step_size: f64,
-    /// sqrt(1 - beta2^t)
-    pub bias_correction2_sqrt: f64,
-}
-
 impl AdamWConfig {
     /// Scalars for step `t` (1-based) at learning rate `lr`; `decays` for parameters with dim >= 2.
     pub fn coefficients(&self, lr: f64, t: u64, decays: bool) -> Coefficients {
@@ -124,20 +111,5 @@ impl AdamWConfig {
             step_size: lr / (1.0 - self.beta1.powi(t)),
             bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
         }
-    }
-}
-
-/// One AdamW update of a parameter slice from its (already clipped) gradient, in the element type.
-pub fn update_slice<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &Coefficients) {
-    let (decay_factor, one_minus_beta1) = (T::from_f64(c.decay_factor), T::from_f64(1.0 - c.beta1));
-    let (beta2, one_minus_beta2, eps) = (T::from_f64(c.beta2), T::from_f64(1.0 - c.beta2), T::from_f64(c.eps));
-    let (step_size, bc2_sqrt) = (T::from_f64(c.step_size), T::from_f64(c.bias_correction2_sqrt));
-    for i in 0..p.len() {
-        let gi = g[i];
-        p[i] *= decay_factor;
-        m[i] += one_minus_beta1 * (gi - m[i]);
-        v[i] = v[i] * beta2 + one_minus_beta2 * gi * gi;
-        let denom = v[i].sqrt() / bc2_sqrt + eps;
-        p[i] -= step_size * (m[i] / denom);
     }
 }
