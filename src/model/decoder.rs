@@ -6,12 +6,18 @@
 //! with no positions, to the k·r encoded tokens of its neighbours. The output is shifted back (pad zero
 //! rows in front, cut to n): token t sees the neighbours of chunk (t + 1)/m - 1, tokens 0..m-2 none.
 //! With Megatron's legacy `retro_attention_gate` g != 1 the CCA output is multiplied by g.
+//!
+//! The same layer code runs a whole sequence (`Pass::Full`: training, evaluation) or one new position of
+//! generation (`Pass::Step`, with the layer's `LayerCache`): then self-attention reads the cached keys and
+//! values, the first CCA layer gathers the chunk's LN_ca states and encodes the neighbours when the position
+//! completes a chunk, every CCA layer caches that chunk's K|V projection, and position t cross-attends to
+//! chunk (t + 1)/m - 1's: the rows the full pass's shift gives it.
 
 use super::encoder::Encoder;
 use crate::autograd::{Tape, Var};
 use crate::model::params::ParamBuilder;
 use crate::model::RetroConfig;
-use crate::nn::{CrossAttention, InitStd, LayerNorm, Mlp, SelfAttention};
+use crate::nn::{CrossAttention, InitStd, KvCache, LayerNorm, Mlp, SelfAttention};
 use crate::ops::{self, AttnMask};
 use crate::{bail, Result};
 
@@ -23,6 +29,33 @@ pub struct Retrieval {
     pub encoded: Option<Var>,
     /// Keys of missing neighbours hidden from the decoder CCA ([B·l, k·r]).
     pub mask: AttnMask,
+}
+
+/// How a forward pass runs: whole sequences, or one new position of generation with a layer's caches.
+pub enum Pass<'a> {
+    Full(&'a mut Retrieval),
+    Step(&'a mut DecodeStep, &'a mut LayerCache),
+}
+
+/// What the layers share while generation decodes one new position.
+#[derive(Debug, Default)]
+pub struct DecodeStep {
+    /// The position being decoded.
+    pub t: usize,
+    /// The embedded neighbours [k, r, d] of the chunk this position completes (none otherwise).
+    pub embedded: Option<Var>,
+    /// Their encoding [1, k·r, d], set by the first CCA layer for every CCA layer of this position.
+    pub encoded: Option<Var>,
+    /// The first CCA layer's LN_ca states of the current chunk's positions so far.
+    pub chunk_states: Vec<Var>,
+}
+
+/// One decoder layer's generation caches: its self-attention keys and values and, for a CCA layer, the
+/// K|V projection of every completed chunk's encoded neighbours.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    attn: KvCache,
+    cca_kv: Vec<Var>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,16 +113,23 @@ impl DecoderLayer {
         self.cca.is_some()
     }
 
-    /// x: [B, n, d] -> [B, n, d].
-    pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, retrieval: &mut Retrieval) -> Result<Var> {
+    /// x: [B, n, d] -> [B, n, d] (`Pass::Step`: [1, 1, d], the new position).
+    pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, pass: Pass) -> Result<Var> {
         let h = self.input_ln.forward(tape, p, x)?;
-        let h = self.self_attn.forward(tape, p, &h)?;
+        let (mut pass, attn_cache) = match pass {
+            Pass::Full(r) => (CcaPass::Full(r), None),
+            Pass::Step(step, cache) => (CcaPass::Step(step, &mut cache.cca_kv), Some(&mut cache.attn)),
+        };
+        let h = self.self_attn.forward(tape, p, &h, attn_cache)?;
         let h = ops::dropout(tape, &h)?;
         let mut x = ops::add(tape, x, &h)?;
         if let Some(cca) = &self.cca {
-            let out = cca.forward(tape, p, &x, retrieval)?;
-            let out = ops::dropout(tape, &out)?;
-            x = ops::add(tape, &x, &out)?;
+            // None: a generated position before the first complete chunk, which retrieves nothing (the
+            // full pass adds the shift's zero rows there).
+            if let Some(out) = cca.forward(tape, p, &x, &mut pass)? {
+                let out = ops::dropout(tape, &out)?;
+                x = ops::add(tape, &x, &out)?;
+            }
         }
         let h = self.pre_mlp_ln.forward(tape, p, &x)?;
         let h = self.mlp.forward(tape, p, &h)?;
@@ -98,8 +138,58 @@ impl DecoderLayer {
     }
 }
 
+/// The CCA's part of a pass: the shared retrieval state, or generation's step and this layer's K|V cache.
+enum CcaPass<'a> {
+    Full(&'a mut Retrieval),
+    Step(&'a mut DecodeStep, &'a mut Vec<Var>),
+}
+
 impl Cca {
-    fn forward(&self, tape: &mut Tape, p: &[Var], h: &Var, retrieval: &mut Retrieval) -> Result<Var> {
+    fn forward(&self, tape: &mut Tape, p: &[Var], h: &Var, pass: &mut CcaPass) -> Result<Option<Var>> {
+        let out = match pass {
+            CcaPass::Full(retrieval) => Some(self.full(tape, p, h, retrieval)?),
+            CcaPass::Step(step, kv) => self.step(tape, p, h, step, kv)?,
+        };
+        match out {
+            Some(out) if self.gate != 1.0 => Ok(Some(ops::scale(tape, &out, self.gate)?)),
+            out => Ok(out),
+        }
+    }
+
+    /// One generated position: see the module doc.
+    fn step(
+        &self,
+        tape: &mut Tape,
+        p: &[Var],
+        h: &Var,
+        step: &mut DecodeStep,
+        kv: &mut Vec<Var>,
+    ) -> Result<Option<Var>> {
+        let m = self.chunk_length;
+        let y = self.ln.forward(tape, p, h)?;
+        if let Some(encoder) = &self.encoder {
+            step.chunk_states.push(y.clone());
+            if let Some(embedded) = step.embedded.take() {
+                let states = ops::concat(tape, &step.chunk_states.iter().collect::<Vec<_>>(), 1)?;
+                step.encoded = Some(encoder.forward(tape, p, &embedded, &states)?);
+                step.chunk_states.clear();
+            }
+        }
+        if let Some(encoded) = &step.encoded {
+            kv.push(self.attn.project_kv(tape, p, encoded)?);
+        }
+        if step.t + 1 < m {
+            return Ok(None);
+        }
+        let chunk = (step.t + 1) / m - 1;
+        let Some(chunk_kv) = kv.get(chunk) else {
+            bail!("CCA: position {} attends to chunk {chunk}, whose neighbours were never encoded", step.t)
+        };
+        self.attn.forward_kv(tape, p, &y, chunk_kv, &AttnMask::None).map(Some)
+    }
+
+    /// A whole sequence: the shifted, chunked cross-attention.
+    fn full(&self, tape: &mut Tape, p: &[Var], h: &Var, retrieval: &mut Retrieval) -> Result<Var> {
         let (b, n, d) = (h.shape()[0], h.shape()[1], h.shape()[2]);
         let m = self.chunk_length;
         let l = n / m;
@@ -115,11 +205,6 @@ impl Cca {
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let out = self.attn.forward(tape, p, &queries, encoded, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
-        let out = ops::shift_rows(tape, &out, 1, -(pad as isize), n)?;
-        if self.gate == 1.0 {
-            Ok(out)
-        } else {
-            ops::scale(tape, &out, self.gate)
-        }
+        ops::shift_rows(tape, &out, 1, -(pad as isize), n)
     }
 }

@@ -55,7 +55,7 @@ impl Encoder {
         let mut x = neighbors.clone();
         for layer in &self.layers {
             let h = layer.input_ln.forward(tape, p, &x)?;
-            let h = layer.self_attn.forward(tape, p, &h)?;
+            let h = layer.self_attn.forward(tape, p, &h, None)?;
             let h = ops::dropout(tape, &h)?;
             x = ops::add(tape, &x, &h)?;
             if let Some((ln, cross)) = &layer.cross {

@@ -1,7 +1,7 @@
 //! `RetroModel`: Megatron's RETRO (or its GPT baseline) assembled from the decoder and encoder layers,
 //! with the tied output embedding and the mean token cross-entropy.
 
-use super::decoder::{DecoderLayer, Retrieval};
+use super::decoder::{DecoderLayer, Pass, Retrieval};
 use super::params::{Init, ParamBuilder, ParamSpec, Params};
 use super::RetroConfig;
 use crate::autograd::{Gradients, Tape, Var};
@@ -137,7 +137,7 @@ impl RetroModel {
         }
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(tape, p, &x, &mut retrieval)?;
+            x = layer.forward(tape, p, &x, Pass::Full(&mut retrieval))?;
         }
         self.final_ln.forward(tape, p, &x)
     }

@@ -6,7 +6,7 @@ mod layernorm;
 mod linear;
 mod mlp;
 
-pub use attention::{CrossAttention, SelfAttention};
+pub use attention::{CrossAttention, KvCache, SelfAttention};
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
