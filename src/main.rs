@@ -42,6 +42,9 @@ enum Command {
     /// Generate a continuation of a prompt with a KV cache; for RETRO, every completed 64-token chunk is
     /// embedded, searched in the project's index, and its neighbours feed the following chunk.
     Generate(cli::generate::Args),
+    /// Nearest-neighbour indexes on NumPy files (Flat, IVF<n>,Flat, IVFauto): build, search, evaluate.
+    #[command(subcommand)]
+    Knn(cli::knn::Knn),
     /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.
     /// Without --embedder-dir the default all-MiniLM-L6-v2 is fetched once into $RETRO_CACHE.
     Embed(cli::embed::Args),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => finish("eval", cli::eval::run(a), 2),
         Command::Generate(a) => finish("generate", cli::generate::run(a), 2),
         Command::Embed(a) => finish("embed", cli::embed::run(a), 2),
+        Command::Knn(k) => finish("knn", cli::knn::run(k), 2),
         Command::CheckGolden(a) => finish("check-golden", cli::check_golden::run(a), 2),
         Command::Bench(Bench::Train(a)) => finish("bench train", cli::bench_train::run(a), 1),
         Command::Bench(Bench::Knn(a)) => finish("bench knn", cli::bench_knn::run(a), 1),

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+pub mod knn;
 pub mod preprocess;
 pub mod tokenize;
 pub mod train;

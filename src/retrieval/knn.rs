@@ -59,11 +59,41 @@ impl FlatIndex {
         let sq_norms = vectors.chunks(dim).map(|v| v.iter().map(|x| x * x).sum()).collect();
         Ok(Self { dim, metric, vectors, sq_norms })
     }
+
+    /// The database vectors, row by row in id order.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+}
+
+/// Offer (score, id) to a top-k heap.
+pub(crate) fn push_one(heap: &mut BinaryHeap<Entry>, score: f32, id: i64, k: usize) {
+    let e = Entry(score, id);
+    if heap.len() < k {
+        heap.push(e);
+    } else if heap.peek().is_some_and(|worst| e < *worst) {
+        heap.pop();
+        heap.push(e);
+    }
+}
+
+/// Dot product with eight independent partial sums (vectorisable; a fixed order, so deterministic).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// (score, id) ordered so that the heap's top is the worst kept neighbour.
 #[derive(PartialEq)]
-struct Entry(f32, i64);
+pub(crate) struct Entry(pub(crate) f32, pub(crate) i64);
 impl Eq for Entry {}
 impl Ord for Entry {
     fn cmp(&self, o: &Self) -> Ordering {
@@ -162,7 +192,7 @@ impl FlatIndex {
 
 /// Offer `scores` (of database ids x0, x0+1, ...) to a top-k heap. Scores below the worst kept one are
 /// skipped with one float compare, which is almost all of them once the heap is full.
-fn push_scores(heap: &mut BinaryHeap<Entry>, scores: &[f32], x0: usize, k: usize) {
+pub(crate) fn push_scores(heap: &mut BinaryHeap<Entry>, scores: &[f32], x0: usize, k: usize) {
     let mut floor = if heap.len() < k { f32::NEG_INFINITY } else { heap.peek().map_or(f32::NEG_INFINITY, |w| w.0) };
     for (j, &s) in scores.iter().enumerate() {
         if s < floor {

@@ -2,6 +2,11 @@
 
 pub mod bert;
 pub mod embedder_dir;
+pub mod index_file;
+pub mod index_spec;
+pub mod ivf;
+pub mod kmeans;
 pub mod knn;
 pub mod live;
 pub mod neighbors;
+pub mod npy;

@@ -1,0 +1,158 @@
+//! `retro knn build|search|eval`: nearest-neighbour indexes on NumPy files, usable on their own.
+
+use retro::retrieval::index_file::AnyIndex;
+use retro::retrieval::index_spec::IndexSpec;
+use retro::retrieval::knn::{FlatIndex, Index, Metric};
+use retro::retrieval::npy;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Subcommand)]
+pub enum Knn {
+    /// Build an index over the rows of a float32 .npy matrix [vectors, dimension] (ids = row numbers)
+    /// and write it to --out (versioned, checksummed). Prints a JSON summary.
+    Build(BuildArgs),
+    /// Search an index: the k nearest rows of every query, nearest first, as int64 ids (-1 where there
+    /// are fewer) and float32 scores (inner products, or squared L2 distances), in .npy files.
+    Search(SearchArgs),
+    /// Recall@k against exact search over the index's own vectors, and queries/s, for each --nprobe:
+    /// one JSON line each.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// float32 .npy [vectors, dimension], C order.
+    #[arg(long)]
+    pub vectors: PathBuf,
+    /// faiss's vocabulary: Flat, IVF<n>,Flat, IVFauto (about 4·sqrt(n) lists, >= 39 points per list).
+    #[arg(long, default_value = "IVFauto,Flat")]
+    pub index: String,
+    /// ip (inner product; cosine for unit vectors) or l2.
+    #[arg(long, default_value = "ip")]
+    pub metric: String,
+    /// k-means training sample (default: 256 rows per list, at most all of them).
+    #[arg(long)]
+    pub ntrain: Option<usize>,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    /// float32 .npy [queries, dimension], C order.
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Lists searched per query (IVF).
+    #[arg(long, default_value_t = 16)]
+    pub nprobe: usize,
+    #[arg(long)]
+    pub out_ids: PathBuf,
+    #[arg(long)]
+    pub out_dists: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub index: PathBuf,
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Comma-separated nprobe values.
+    #[arg(long, default_value = "1,4,16,64")]
+    pub nprobe: String,
+}
+
+fn metric(s: &str) -> retro::Result<Metric> {
+    match s {
+        "ip" => Ok(Metric::InnerProduct),
+        "l2" => Ok(Metric::L2),
+        other => retro::bail!("--metric {other:?}: ip or l2"),
+    }
+}
+
+pub fn run(cmd: Knn) -> retro::Result<()> {
+    match cmd {
+        Knn::Build(a) => {
+            let spec = IndexSpec::parse(&a.index)?;
+            let metric = metric(&a.metric)?;
+            let (n, d, vectors) = npy::read_f32(&a.vectors)?;
+            let t = Instant::now();
+            let index = AnyIndex::build(spec, d, metric, vectors, a.ntrain, a.seed)?;
+            let secs = t.elapsed().as_secs_f64();
+            index.save(&a.out)?;
+            println!(
+                "{}",
+                json!({"index": index.describe(), "requested": a.index, "metric": a.metric, "vectors": n, "dim": d,
+                       "build_s": secs, "out": a.out})
+            );
+            Ok(())
+        }
+        Knn::Search(a) => {
+            let mut index = AnyIndex::load(&a.index)?;
+            index.set_nprobe(a.nprobe);
+            let (nq, d, queries) = npy::read_f32(&a.queries)?;
+            let found = index.search(&queries, d, a.k)?;
+            npy::write_i64(&a.out_ids, nq, a.k, &found.ids)?;
+            if let Some(path) = &a.out_dists {
+                npy::write_f32(path, nq, a.k, &found.scores)?;
+            }
+            Ok(())
+        }
+        Knn::Eval(a) => {
+            let mut index = AnyIndex::load(&a.index)?;
+            let (nq, d, queries) = npy::read_f32(&a.queries)?;
+            let nprobes: Vec<usize> = a
+                .nprobe
+                .split(',')
+                .map(|s| s.trim().parse().map_err(|_| retro::Error::msg(format!("--nprobe {s:?}: not a number"))))
+                .collect::<retro::Result<_>>()?;
+            let exact = exact_neighbours(&index, &queries, d, a.k)?;
+            for nprobe in nprobes {
+                index.set_nprobe(nprobe);
+                let t = Instant::now();
+                let found = index.search(&queries, d, a.k)?;
+                let secs = t.elapsed().as_secs_f64();
+                let hits: usize = (0..nq)
+                    .map(|q| {
+                        let want = &exact[q * a.k..(q + 1) * a.k];
+                        found.ids[q * a.k..(q + 1) * a.k].iter().filter(|id| **id >= 0 && want.contains(id)).count()
+                    })
+                    .sum();
+                println!(
+                    "{}",
+                    json!({"index": index.describe(), "nprobe": nprobe, "k": a.k, "queries": nq,
+                           "recall_at_k": hits as f64 / (nq * a.k).max(1) as f64, "queries_per_s": nq as f64 / secs})
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The exact k nearest ids of each query over the index's own vectors.
+fn exact_neighbours(index: &AnyIndex, queries: &[f32], d: usize, k: usize) -> retro::Result<Vec<i64>> {
+    match index {
+        AnyIndex::Flat(_) => Ok(index.search(queries, d, k)?.ids),
+        AnyIndex::Ivf(ivf) => {
+            let n = ivf.len();
+            let mut vectors = vec![0f32; n * d];
+            for list in ivf.lists() {
+                for (&id, v) in list.ids.iter().zip(list.vectors.chunks(d)) {
+                    vectors[id as usize * d..(id as usize + 1) * d].copy_from_slice(v);
+                }
+            }
+            let flat = AnyIndex::Flat(FlatIndex::new(d, ivf.metric(), vectors)?);
+            Ok(flat.search(queries, d, k)?.ids)
+        }
+    }
+}

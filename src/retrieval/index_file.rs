@@ -1,0 +1,180 @@
+//! Index files (`retro knn build --out`), versioned and checksummed. Little-endian: magic `RETROIDX`,
+//! u32 version 1, u32 kind (0 Flat, 1 IVF-Flat), u32 metric (0 inner product, 1 L2), u32 dim, u64 vector
+//! count n, u64 list count L (0 for Flat), f32 centroids [L, dim], u64 list lengths [L], i64 ids [n] (IVF:
+//! list by list), f32 vectors [n, dim] (in the same order), then the checksum trailer
+//! (`data::integrity::seal`). Another version, a truncated or damaged file is refused with its reason.
+
+use super::index_spec::IndexSpec;
+use super::ivf::{IvfFlat, List};
+use super::knn::{FlatIndex, Index, Metric, Neighbors};
+use crate::data::integrity;
+use crate::{bail, ensure, Result};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"RETROIDX";
+pub const VERSION: u32 = 1;
+const FIX: &str = "rebuild it with `retro knn build`";
+
+/// A built index of either kind.
+pub enum AnyIndex {
+    Flat(FlatIndex),
+    Ivf(IvfFlat),
+}
+
+/// Training points per list at most (faiss's 256): a larger sample costs time and changes little.
+const MAX_TRAIN_PER_LIST: usize = 256;
+
+impl AnyIndex {
+    /// Build `spec` over `vectors` (rows of `dim`; ids are row numbers). IVF trains k-means on a seeded
+    /// sample of `ntrain` rows (default: 256 per list, at most all of them), then adds every row.
+    pub fn build(
+        spec: IndexSpec,
+        dim: usize,
+        metric: Metric,
+        vectors: Vec<f32>,
+        ntrain: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
+        ensure!(dim > 0 && vectors.len() % dim == 0, "{} values are not vectors of dimension {dim}", vectors.len());
+        let n = vectors.len() / dim;
+        ensure!(n > 0, "the database is empty: nothing to index");
+        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+            bail!("vector {} holds {} (vectors must be finite)", i / dim, vectors[i]);
+        }
+        let Some(nlist) = spec.nlist(n) else { return Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?)) };
+        ensure!(nlist <= n, "IVF{nlist} needs at least {nlist} vectors to train on, the database has {n}");
+        let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).clamp(nlist, n);
+        let mut rows: Vec<usize> = (0..n).collect();
+        let mut rng = crate::rng::Rng::new(seed);
+        for i in 0..ntrain {
+            let j = i + rng.below((n - i) as u64) as usize;
+            rows.swap(i, j);
+        }
+        let mut sample_rows = rows[..ntrain].to_vec();
+        sample_rows.sort_unstable();
+        let sample: Vec<f32> =
+            sample_rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let mut ivf = IvfFlat::train(dim, metric, nlist, &sample, seed)?;
+        ivf.add(&vectors, 0)?;
+        Ok(AnyIndex::Ivf(ivf))
+    }
+
+    pub fn index(&self) -> &dyn Index {
+        match self {
+            AnyIndex::Flat(f) => f,
+            AnyIndex::Ivf(i) => i,
+        }
+    }
+
+    /// Lists searched per query (IVF; the flat index searches everything).
+    pub fn set_nprobe(&mut self, nprobe: usize) {
+        if let AnyIndex::Ivf(i) = self {
+            i.set_nprobe(nprobe);
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            AnyIndex::Flat(_) => "Flat".into(),
+            AnyIndex::Ivf(i) => format!("IVF{},Flat", i.nlist()),
+        }
+    }
+
+    /// Search with the queries' dimension checked against the index's.
+    pub fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Neighbors> {
+        let index = self.index();
+        ensure!(dim == index.dim(), "queries have dimension {dim}, the index {}", index.dim());
+        ensure!(
+            k <= index.len(),
+            "k = {k} is larger than the index's {} vectors (ask for at most {})",
+            index.len(),
+            index.len()
+        );
+        index.search(queries, k)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let index = self.index();
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        let metric = match index.metric() {
+            Metric::InnerProduct => 0u32,
+            Metric::L2 => 1,
+        };
+        let (kind, centroids, lists): (u32, &[f32], Vec<&List>) = match self {
+            AnyIndex::Flat(_) => (0, &[], Vec::new()),
+            AnyIndex::Ivf(i) => (1, i.centroids(), i.lists().iter().collect()),
+        };
+        for v in [VERSION, kind, metric, index.dim() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(lists.len() as u64).to_le_bytes());
+        centroids.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+        lists.iter().for_each(|l| b.extend_from_slice(&(l.ids.len() as u64).to_le_bytes()));
+        match self {
+            AnyIndex::Flat(f) => {
+                (0..f.len() as i64).for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
+                f.vectors().iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+            AnyIndex::Ivf(_) => {
+                lists.iter().flat_map(|l| &l.ids).for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
+                lists.iter().flat_map(|l| &l.vectors).for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+        }
+        integrity::seal(&mut b);
+        crate::atomic_file::write(path, &b)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let b = integrity::read_sealed(path, FIX)?;
+        let bad = |why: String| crate::Error::msg(format!("{}: {why}; {FIX}", path.display()));
+        if b.len() < 40 || &b[..8] != MAGIC {
+            return Err(bad("not a retro index file".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+        if u32_at(8) != VERSION {
+            return Err(bad(format!("index file version {}, this retro reads version {VERSION}", u32_at(8))));
+        }
+        let (kind, metric, dim, n, nlist) = (u32_at(12), u32_at(16), u32_at(20) as usize, u64_at(24), u64_at(32));
+        let metric = match metric {
+            0 => Metric::InnerProduct,
+            1 => Metric::L2,
+            m => return Err(bad(format!("unknown metric code {m}"))),
+        };
+        let need = 40u128 + 4 * (nlist * dim) as u128 + 8 * nlist as u128 + 8 * n as u128 + 4 * (n * dim) as u128;
+        if dim == 0 || need != b.len() as u128 {
+            return Err(bad(format!("{} bytes do not hold {n} vectors of dimension {dim} in {nlist} lists", b.len())));
+        }
+        let f32s = |from: usize, count: usize| -> Vec<f32> {
+            b[from..from + 4 * count].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        };
+        let centroids = f32s(40, nlist * dim);
+        let lens_at = 40 + 4 * nlist * dim;
+        let lens: Vec<usize> = (0..nlist).map(|i| u64_at(lens_at + 8 * i)).collect();
+        let ids_at = lens_at + 8 * nlist;
+        let ids: Vec<i64> =
+            b[ids_at..ids_at + 8 * n].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        let vectors = f32s(ids_at + 8 * n, n * dim);
+        match kind {
+            0 => Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?)),
+            1 => {
+                if lens.iter().sum::<usize>() != n {
+                    return Err(bad("list lengths do not add up to the vector count".into()));
+                }
+                let (mut at, mut lists) = (0, Vec::with_capacity(nlist));
+                for len in lens {
+                    lists.push(List {
+                        ids: ids[at..at + len].to_vec(),
+                        vectors: vectors[at * dim..(at + len) * dim].to_vec(),
+                        ..Default::default()
+                    });
+                    at += len;
+                }
+                Ok(AnyIndex::Ivf(IvfFlat::from_parts(dim, metric, centroids, lists)?))
+            }
+            k => bail!("{}: unknown index kind {k}; {FIX}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! IVF-Flat (faiss' `IVF{n},Flat`): k-means centroids cut the space into `nlist` cells; each vector is
+//! stored, uncompressed, in the inverted list of its nearest centroid; a search scans only the lists of
+//! the query's `nprobe` nearest centroids. Ranking as the flat index's (inner product, or L2 by
+//! 2·q·x − |x|²; ties to the lower id), so with nprobe = nlist it returns exactly the flat index's result.
+
+use super::kmeans;
+use super::knn::{dot, push_one, Entry, FlatIndex, Index, Metric, Neighbors};
+use crate::{ensure, Result};
+use rayon::prelude::*;
+use std::collections::BinaryHeap;
+
+/// One cell: its vectors' ids and rows, in the order they were added.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct List {
+    pub ids: Vec<i64>,
+    pub vectors: Vec<f32>,
+    pub(crate) sq_norms: Vec<f32>,
+}
+
+pub struct IvfFlat {
+    dim: usize,
+    metric: Metric,
+    quantizer: FlatIndex,
+    lists: Vec<List>,
+    nprobe: usize,
+}
+
+/// faiss' default: one list searched.
+pub const DEFAULT_NPROBE: usize = 1;
+
+impl IvfFlat {
+    /// Centroids from k-means on `sample` (rows of `dim`), no vectors yet.
+    pub fn train(dim: usize, metric: Metric, nlist: usize, sample: &[f32], seed: u64) -> Result<Self> {
+        let centroids = kmeans::train(sample, dim, nlist, metric, seed)
+            .map_err(|e| e.context(format!("training IVF{nlist} on {} vectors", sample.len() / dim.max(1))))?;
+        Self::from_parts(dim, metric, centroids, vec![List::default(); nlist])
+    }
+
+    /// An index from stored centroids [nlist, dim] and lists (what loading a file gives).
+    pub fn from_parts(dim: usize, metric: Metric, centroids: Vec<f32>, lists: Vec<List>) -> Result<Self> {
+        ensure!(
+            centroids.len() == lists.len() * dim,
+            "IVF: {} centroids for {} lists",
+            centroids.len() / dim.max(1),
+            lists.len()
+        );
+        let lists = lists
+            .into_iter()
+            .map(|l| {
+                let sq_norms = l.vectors.chunks(dim).map(|v| dot(v, v)).collect();
+                List { sq_norms, ..l }
+            })
+            .collect();
+        Ok(Self { dim, metric, quantizer: FlatIndex::new(dim, metric, centroids)?, lists, nprobe: DEFAULT_NPROBE })
+    }
+
+    /// Add rows `vectors` with ids `first_id`, `first_id + 1`, ... to their nearest centroids' lists.
+    pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
+        let d = self.dim;
+        ensure!(vectors.len() % d == 0, "IVF add: {} values are not rows of dimension {d}", vectors.len());
+        let mut cells = vec![0usize; vectors.len() / d];
+        kmeans::assign(vectors, self.quantizer.vectors(), d, self.metric, &mut cells)?;
+        for (i, (&cell, v)) in cells.iter().zip(vectors.chunks(d)).enumerate() {
+            let list = &mut self.lists[cell];
+            list.ids.push(first_id + i as i64);
+            list.vectors.extend_from_slice(v);
+            list.sq_norms.push(dot(v, v));
+        }
+        Ok(())
+    }
+
+    pub fn set_nprobe(&mut self, nprobe: usize) {
+        self.nprobe = nprobe.max(1);
+    }
+
+    pub fn nprobe(&self) -> usize {
+        self.nprobe
+    }
+
+    pub fn nlist(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn lists(&self) -> &[List] {
+        &self.lists
+    }
+
+    pub fn centroids(&self) -> &[f32] {
+        self.quantizer.vectors()
+    }
+}
+
+impl Index for IvfFlat {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> usize {
+        self.lists.iter().map(|l| l.ids.len()).sum()
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
+        let d = self.dim;
+        ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
+        let nq = queries.len() / d;
+        let mut ids = vec![-1i64; nq * k];
+        let mut scores = vec![f32::NAN; nq * k];
+        if k == 0 || nq == 0 {
+            return Ok(Neighbors { k, ids, scores });
+        }
+        let nprobe = self.nprobe.min(self.lists.len());
+        let probes = self.quantizer.search(queries, nprobe)?;
+        let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
+        rows.for_each(|(qi, (ids, scores))| {
+            let q = &queries[qi * d..(qi + 1) * d];
+            let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
+            for &cell in &probes.ids[qi * nprobe..(qi + 1) * nprobe] {
+                let Ok(cell) = usize::try_from(cell) else { continue };
+                let list = &self.lists[cell];
+                for ((v, &id), &norm) in list.vectors.chunks(d).zip(&list.ids).zip(&list.sq_norms) {
+                    let s = dot(q, v);
+                    let s = if self.metric == Metric::L2 { 2.0 * s - norm } else { s };
+                    push_one(&mut heap, s, id, k);
+                }
+            }
+            let qnorm = dot(q, q);
+            for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+                ids[r] = id;
+                scores[r] = if self.metric == Metric::L2 { qnorm - s } else { s };
+            }
+        });
+        Ok(Neighbors { k, ids, scores })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn probing_every_list_equals_the_flat_index() {
+        let mut rng = Rng::new(3);
+        let (d, n, nq, k) = (16, 3000, 50, 5);
+        let db: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+        let qs: Vec<f32> = (0..nq * d).map(|_| rng.normal() as f32).collect();
+        for metric in [Metric::InnerProduct, Metric::L2] {
+            let mut ivf = IvfFlat::train(d, metric, 20, &db[..1000 * d], 1).unwrap();
+            ivf.add(&db, 0).unwrap();
+            assert_eq!(ivf.len(), n);
+            ivf.set_nprobe(20);
+            let flat = FlatIndex::new(d, metric, db.clone()).unwrap().search(&qs, k).unwrap();
+            let got = ivf.search(&qs, k).unwrap();
+            assert_eq!(got.ids, flat.ids, "{metric:?}");
+            for (a, b) in got.scores.iter().zip(&flat.scores) {
+                assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{metric:?}: score {a} vs {b}");
+            }
+        }
+    }
+}

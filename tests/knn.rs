@@ -1,0 +1,234 @@
+//! `retro knn build|search|eval` on NumPy files: IVF recall on clustered data, exact Flat, deterministic
+//! bytes whatever the thread count, a bitwise save / load round trip, and every bad input refused with a
+//! clear message and nothing half-written.
+
+use retro::retrieval::index_file::AnyIndex;
+use retro::retrieval::npy;
+use retro::rng::Rng;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn retro(args: &[&str], threads: Option<usize>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_retro"));
+    cmd.args(args);
+    if let Some(t) = threads {
+        cmd.env("RAYON_NUM_THREADS", t.to_string());
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("retro-knn-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `n` points around `centres` random unit centres: x = normalize(c + 0.05·N(0, I)), d = 384.
+fn clustered(rng: &mut Rng, centres: &[f32], n: usize, d: usize) -> Vec<f32> {
+    let c = centres.len() / d;
+    let mut out = Vec::with_capacity(n * d);
+    for i in 0..n {
+        let centre = &centres[(i % c) * d..(i % c + 1) * d];
+        let x: Vec<f32> = centre.iter().map(|&v| v + (0.05 * rng.normal()) as f32).collect();
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        out.extend(x.iter().map(|v| v / norm));
+    }
+    out
+}
+
+fn unit_centres(rng: &mut Rng, c: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(c * d);
+    for _ in 0..c {
+        let x: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        out.extend(x.iter().map(|v| v / norm));
+    }
+    out
+}
+
+const D: usize = 384;
+
+/// Database (10 000 vectors around 100 centres) and 200 queries, as .npy files in `dir`.
+fn data(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut rng = Rng::new(42);
+    let centres = unit_centres(&mut rng, 100, D);
+    let (db, q) = (dir.join("db.npy"), dir.join("q.npy"));
+    npy::write_f32(&db, 10_000, D, &clustered(&mut rng, &centres, 10_000, D)).unwrap();
+    npy::write_f32(&q, 200, D, &clustered(&mut rng, &centres, 200, D)).unwrap();
+    (db, q)
+}
+
+fn recall(lines: &str, nprobe: usize) -> f64 {
+    lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["nprobe"] == nprobe)
+        .unwrap_or_else(|| panic!("no line for nprobe {nprobe} in {lines}"))["recall_at_k"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn ivf_recall_flat_exactness_determinism_and_round_trip() {
+    let dir = dir("main");
+    let (db, q) = data(&dir);
+    let ivf = dir.join("ivf.idx");
+    let (code, out, err) =
+        retro(&["knn", "build", "--vectors", &s(&db), "--index", "IVFauto", "--out", &s(&ivf)], None);
+    assert_eq!(code, 0, "{err}");
+    // IVFauto on 10 000 vectors: 4·sqrt(n) = 400 lists, bounded by 39 points per list to 256.
+    assert!(out.contains("\"index\":\"IVF256,Flat\""), "{out}");
+    let (code, out, err) =
+        retro(&["knn", "eval", "--index", &s(&ivf), "--queries", &s(&q), "--nprobe", "1,16,256"], None);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("{out}");
+    assert!(recall(&out, 16) >= 0.95, "recall@10 at nprobe 16: {out}");
+    assert_eq!(recall(&out, 256), 1.0, "every list probed is exact search: {out}");
+    // Flat: exact.
+    let flat = dir.join("flat.idx");
+    let (code, _, err) = retro(&["knn", "build", "--vectors", &s(&db), "--index", "Flat", "--out", &s(&flat)], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = retro(&["knn", "eval", "--index", &s(&flat), "--queries", &s(&q), "--nprobe", "1"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(recall(&out, 1), 1.0, "{out}");
+    // The same bytes from one and two threads.
+    let one = dir.join("ivf-1.idx");
+    let args = ["knn", "build", "--vectors", &s(&db), "--index", "IVF64,Flat", "--metric", "l2", "--out"];
+    let (code, _, err) = retro(&[&args[..], &[&s(&one)]].concat(), Some(1));
+    assert_eq!(code, 0, "{err}");
+    let two = dir.join("ivf-2.idx");
+    let (code, _, err) = retro(&[&args[..], &[&s(&two)]].concat(), Some(2));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap(), "index bytes depend on the thread count");
+    // Load and save again: the same bytes.
+    let again = dir.join("again.idx");
+    AnyIndex::load(&ivf).unwrap().save(&again).unwrap();
+    assert_eq!(std::fs::read(&ivf).unwrap(), std::fs::read(&again).unwrap());
+    // search writes int64 ids and float32 scores numpy can read: check the header and the sizes.
+    let (ids, dists) = (dir.join("ids.npy"), dir.join("dists.npy"));
+    let (code, _, err) = retro(
+        &[
+            "knn",
+            "search",
+            "--index",
+            &s(&ivf),
+            "--queries",
+            &s(&q),
+            "--k",
+            "10",
+            "--out-ids",
+            &s(&ids),
+            "--out-dists",
+            &s(&dists),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let ids = std::fs::read(&ids).unwrap();
+    assert!(String::from_utf8_lossy(&ids[..128]).contains("'descr': '<i8', 'fortran_order': False, 'shape': (200, 10)"));
+    let header = u16::from_le_bytes([ids[8], ids[9]]) as usize;
+    assert_eq!(ids.len(), 10 + header + 200 * 10 * 8);
+    let (rows, cols, scores) = npy::read_f32(&dists).unwrap();
+    assert_eq!((rows, cols), (200, 10));
+    assert!(scores.windows(2).step_by(10).all(|w| w[0] >= w[1]), "inner products nearest first");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A .npy with a hand-written header (for the formats retro refuses).
+fn raw_npy(path: &Path, descr: &str, fortran: bool, rows: usize, cols: usize, bytes_per: usize) {
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': ({rows}, {cols}), }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend(std::iter::repeat_n(0u8, rows * cols * bytes_per));
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_refused_clearly_with_nothing_half_written() {
+    let dir = dir("bad");
+    let mut rng = Rng::new(1);
+    let small = dir.join("small.npy");
+    npy::write_f32(&small, 100, 16, &(0..1600).map(|_| rng.normal() as f32).collect::<Vec<_>>()).unwrap();
+    let index = dir.join("small.idx");
+    let (code, _, err) =
+        retro(&["knn", "build", "--vectors", &s(&small), "--index", "IVF4,Flat", "--out", &s(&index)], None);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.join("out.idx");
+    let build = |vectors: &Path, spec: &str| {
+        retro(&["knn", "build", "--vectors", &s(vectors), "--index", spec, "--out", &s(&out)], None)
+    };
+    let cases: Vec<(PathBuf, &str, Vec<&str>)> = {
+        let empty = dir.join("empty.npy");
+        npy::write_f32(&empty, 0, 16, &[]).unwrap();
+        let nan = dir.join("nan.npy");
+        let mut v = vec![0.5f32; 32];
+        v[20] = f32::NAN;
+        npy::write_f32(&nan, 2, 16, &v).unwrap();
+        let f64s = dir.join("f64.npy");
+        raw_npy(&f64s, "<f8", false, 4, 16, 8);
+        let fortran = dir.join("fortran.npy");
+        raw_npy(&fortran, "<f4", true, 4, 16, 4);
+        vec![
+            (empty, "Flat", vec!["empty"]),
+            (nan, "Flat", vec!["row 1", "NaN"]),
+            (f64s, "Flat", vec!["'<f8'", "float32"]),
+            (fortran, "Flat", vec!["Fortran", "C order"]),
+            (small.clone(), "IVF1000,Flat", vec!["IVF1000", "100"]),
+            (small.clone(), "IVF16,PQ8", vec!["PQ", "not built yet"]),
+        ]
+    };
+    for (vectors, spec, words) in cases {
+        let (code, _, err) = build(&vectors, spec);
+        assert_eq!(code, 2, "{}: {err}", vectors.display());
+        assert!(words.iter().all(|w| err.contains(w)), "{}: {err}", vectors.display());
+        assert!(!out.exists(), "{}: an index was written", vectors.display());
+    }
+    // Search: another dimension, k larger than the database, a truncated or corrupt index file.
+    let ids = dir.join("ids.npy");
+    let search = |index: &Path, queries: &Path, k: &str| {
+        retro(&["knn", "search", "--index", &s(index), "--queries", &s(queries), "--k", k, "--out-ids", &s(&ids)], None)
+    };
+    let q8 = dir.join("q8.npy");
+    npy::write_f32(&q8, 3, 8, &[0.1; 24]).unwrap();
+    let (code, _, err) = search(&index, &q8, "5");
+    assert!(code == 2 && err.contains("dimension 8") && err.contains("16"), "{err}");
+    let (code, _, err) = search(&index, &small, "101");
+    assert!(code == 2 && err.contains("k = 101") && err.contains("100 vectors"), "{err}");
+    let bytes = std::fs::read(&index).unwrap();
+    let cut = dir.join("cut.idx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = search(&cut, &small, "5");
+    assert!(code == 2 && err.contains("cut.idx") && err.contains("knn build"), "{err}");
+    let mut flipped = bytes.clone();
+    flipped[100] ^= 1;
+    std::fs::write(&cut, &flipped).unwrap();
+    let (code, _, err) = search(&cut, &small, "5");
+    assert!(code == 2 && err.contains("checksum"), "{err}");
+    // Another format version (sealed again, so only the version differs).
+    let mut other = retro::data::integrity::unseal(&bytes, &index, "").unwrap().to_vec();
+    other[8] = 2;
+    retro::data::integrity::seal(&mut other);
+    std::fs::write(&cut, &other).unwrap();
+    let (code, _, err) = search(&cut, &small, "5");
+    assert!(code == 2 && err.contains("version 2") && err.contains("version 1"), "{err}");
+    assert!(!ids.exists(), "ids were written for a failed search");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
