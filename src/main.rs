@@ -26,7 +26,7 @@ enum Command {
     /// byte-identical to Megatron-LM's tools/preprocess_data.py with --tokenizer-type GPT2BPETokenizer
     /// (GPT-2 BPE, `<|endoftext|>` inside text is ordinary text, u16 tokens). Prints a JSON summary.
     Tokenize(cli::tokenize::Args),
-    /// Build a RETRO project directory: tokenize -> chunk database -> BERT embeddings -> exact index ->
+    /// Build a RETRO project directory: tokenize -> chunk database -> BERT embeddings -> index (Flat or IVF) ->
     /// neighbours of every training and validation chunk; writes DIR/config.json (Megatron's retro_*
     /// keys). Stages resume after a kill; a directory made with other settings is refused.
     Preprocess(cli::preprocess::Args),

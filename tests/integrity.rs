@@ -106,8 +106,8 @@ fn corrupt(bytes: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
 /// The command that reads `file` of a project, run on `project`.
 fn reader_command(file: &str, project: &Path, run: &Path) -> Vec<String> {
     let p = s(project);
-    let base: Vec<&str> = if file.starts_with("db/embeddings") {
-        // Only generation (live retrieval) reads the embeddings after preprocessing.
+    let base: Vec<&str> = if file.starts_with("index/") {
+        // Only generation (live retrieval) reads the index after preprocessing.
         vec![
             "generate",
             "--project",
@@ -163,7 +163,7 @@ const FILES: [&str; 10] = [
     "db/chunks.bin",
     "neighbors/train.bin",
     "neighbors/valid.bin",
-    "db/embeddings/000000.f32",
+    "index/index.bin",
 ];
 
 #[test]

@@ -211,3 +211,23 @@ fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
     assert_eq!(tokens.len(), 64);
     assert!(tokens[last.len as usize..].iter().all(|&t| t == retro::data::tokenizer::EOD));
 }
+
+#[test]
+fn an_ivf_index_probing_every_list_finds_the_flat_index_neighbours() {
+    let dir = tmpdir("ivf");
+    let input = corpus(&dir);
+    let (flat, ivf) = (dir.join("flat"), dir.join("ivf"));
+    let (code, out, err) = preprocess(&input, &flat, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"type\":\"Flat\""), "auto below 1M chunks is Flat: {out}");
+    let (code, out, err) = preprocess(&input, &ivf, &["--retro-index-str", "IVF4,Flat", "--retro-query-nprobe", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"type\":\"IVF4,Flat\""), "{out}");
+    let read = |p: &Path| NeighborStore::read(&p.join("neighbors/train.bin")).unwrap();
+    assert_eq!(read(&ivf), read(&flat), "nprobe = nlist is exact search");
+    // An index string retro does not build is refused before anything is written.
+    let (code, _, err) = preprocess(&input, &dir.join("pq"), &["--retro-index-str", "IVF4,PQ8"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--retro-index-str") && err.contains("PQ"), "{err}");
+    assert!(!dir.join("pq").exists());
+}

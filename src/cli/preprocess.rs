@@ -45,10 +45,21 @@ pub struct Args {
     pub split_paragraphs: bool,
     #[arg(long)]
     pub split_lines: bool,
+    /// The index, in faiss's vocabulary: Flat, IVF<n>,Flat, IVFauto (about 4·sqrt(chunks) lists), or
+    /// auto: Flat up to 1M chunks, IVFauto,Flat above. The index stage's summary says what it built.
+    #[arg(long, default_value = "auto")]
+    pub retro_index_str: String,
+    /// k-means training sample of an IVF index (0: 256 chunks per list, at most all of them).
+    #[arg(long, default_value_t = 0)]
+    pub retro_index_ntrain: usize,
+    /// IVF lists searched per query chunk (more: better recall, slower).
+    #[arg(long, default_value_t = 16)]
+    pub retro_query_nprobe: usize,
     /// Run one stage: tokenize, db, embed, index or query.
     #[arg(long)]
     pub stage: Option<String>,
-    /// Recompute this fraction of the embedding and neighbour blocks and check them bitwise.
+    /// Verify every stored checksum, then recompute this fraction of the embedding and neighbour blocks
+    /// and check them bitwise.
     #[arg(long, default_value_t = 0.0)]
     pub validate: f64,
 }
@@ -72,11 +83,17 @@ pub fn run(args: Args) -> retro::Result<()> {
         json_keys,
         split_paragraphs,
         split_lines,
+        retro_index_str,
+        retro_index_ntrain,
+        retro_query_nprobe,
         stage,
         validate,
     } = args;
     use retro::data::corpus;
     use retro::preprocess::{self, project::ProjectConfig};
+    if retro_index_str != "auto" {
+        retro::retrieval::index_spec::IndexSpec::parse(&retro_index_str).map_err(|e| e.context("--retro-index-str"))?;
+    }
     if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
         retro::bail!("--seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
     }
@@ -93,6 +110,9 @@ pub fn run(args: Args) -> retro::Result<()> {
         retro_bert_max_chunk_length: max_chunk_tokens,
         retro_query_num_neighbors_query: num_neighbors_query,
         retro_query_num_neighbors_save: num_neighbors_save,
+        retro_index_str,
+        retro_index_ntrain,
+        retro_query_nprobe,
         ..ProjectConfig::new(&input, &json_keys)
     };
     let split = super::corpus_split(split_paragraphs, split_lines);

@@ -17,7 +17,8 @@ use crate::data::indexed::IndexedDataset;
 use crate::data::samples::Samples;
 use crate::data::{corpus, integrity, tokenize, tokenizer};
 use crate::retrieval::bert::BertEmbedder;
-use crate::retrieval::knn::{FlatIndex, Index, Metric};
+use crate::retrieval::index_file::AnyIndex;
+use crate::retrieval::knn::Metric;
 use crate::retrieval::neighbors::{self, NeighborStore};
 use crate::rng::Rng;
 use crate::{bail, ensure, Result};
@@ -231,11 +232,6 @@ fn intact(path: &Path, stage: &str) -> bool {
     }
 }
 
-/// The project's exact inner-product index over its `n` chunk embeddings.
-pub fn flat_index(layout: &Layout, n: usize, dim: usize) -> Result<FlatIndex> {
-    FlatIndex::new(dim, Metric::InnerProduct, read_embeddings(layout, n, dim)?)
-}
-
 /// The `n` chunk embeddings of a project, from its blocks.
 pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(n * dim);
@@ -258,16 +254,16 @@ pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>
 fn stage_index(cx: &mut Stages) -> Result<Value> {
     let db = ChunkDb::read(&cx.layout.chunks())?;
     let dim = cx.embedder()?.dim();
-    ensure!(
-        cx.opts.config.retro_index_str == "Flat",
-        "index {:?}: only exact \"Flat\" exists today (IVF comes with [retrieval-scale])",
-        cx.opts.config.retro_index_str
-    );
-    let index = flat_index(&cx.layout, db.len(), dim)?;
-    let info = json!({"type": "Flat", "metric": "InnerProduct", "dim": dim, "vectors": index.len(), "embeddings": "db/embeddings"});
+    let c = &cx.opts.config;
+    ensure!(c.retro_index_metric == "InnerProduct", "retro_index_metric {:?}: InnerProduct", c.retro_index_metric);
+    let spec = c.index_spec(db.len())?;
+    let ntrain = (c.retro_index_ntrain > 0).then_some(c.retro_index_ntrain);
+    let vectors = read_embeddings(&cx.layout, db.len(), dim)?;
+    let index = AnyIndex::build(spec, dim, Metric::InnerProduct, vectors, ntrain, c.retro_gpt_seed)?;
     std::fs::create_dir_all(cx.layout.dir.join("index"))?;
-    crate::atomic_file::write(&cx.layout.index(), serde_json::to_string_pretty(&info)?.as_bytes())?;
-    Ok(info)
+    index.save(&cx.layout.index())?;
+    Ok(json!({"type": index.describe(), "requested": c.retro_index_str, "metric": "InnerProduct", "dim": dim,
+              "vectors": index.index().len(), "nprobe": c.retro_query_nprobe, "file": "index/index.bin"}))
 }
 
 /// Sample index of a split, built once and stored.
@@ -300,7 +296,7 @@ fn query_block(
     cx: &mut Stages,
     ds: &IndexedDataset,
     db: &ChunkDb,
-    index: &FlatIndex,
+    index: &AnyIndex,
     samples: &Samples,
     range: std::ops::Range<usize>,
 ) -> Result<Vec<i64>> {
@@ -317,7 +313,7 @@ fn query_block(
         docs.push(sample_docs);
     }
     let q = embed_texts(cx.embedder()?, &texts)?;
-    let found = index.search(&q, nq)?;
+    let found = index.search(&q, cx.embedder()?.dim(), nq)?;
     let mut out = Vec::with_capacity(range.len() * l * save);
     for (i, sample_docs) in docs.iter().enumerate() {
         for j in 0..l {
@@ -331,7 +327,6 @@ fn query_block(
 fn stage_query(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
-    ensure!(cx.layout.index().exists(), "{} is missing: run the index stage first", cx.layout.index().display());
     let c = cx.opts.config.clone();
     ensure!(
         db.len() >= c.retro_query_num_neighbors_query,
@@ -344,8 +339,7 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
         c.retro_query_num_neighbors_save <= c.retro_query_num_neighbors_query,
         "--num-neighbors-save must not exceed --num-neighbors-query"
     );
-    let dim = cx.embedder()?.dim();
-    let index = flat_index(&cx.layout, db.len(), dim)?;
+    let index = c.open_index(&cx.layout.dir)?;
     let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
     let mut stats = serde_json::Map::new();
     for split in ["train", "valid"] {
@@ -406,6 +400,8 @@ fn verify_checksums(cx: &Stages, ds: &IndexedDataset, db: &ChunkDb) -> Result<us
         files += cx.layout.read_marker(stage)?.is_some() as usize;
     }
     files += 1; // the chunk database, verified when read
+    cx.opts.config.open_index(&cx.layout.dir)?;
+    files += 1;
     let embed_blocks = db.len().div_ceil(EMBED_BLOCK);
     for block in 0..embed_blocks {
         integrity::read_sealed(&cx.layout.embedding_block(block), &integrity::rerun("embed"))?;
@@ -451,9 +447,8 @@ fn validate(cx: &mut Stages) -> Result<Value> {
         }
         checked += 1;
     }
-    let dim = cx.embedder()?.dim();
-    let index = flat_index(&cx.layout, db.len(), dim)?;
     let c = cx.opts.config.clone();
+    let index = c.open_index(&cx.layout.dir)?;
     let per_sample = (c.retro_gpt_seq_length / c.retro_gpt_chunk_length) * c.retro_query_num_neighbors_save;
     for split in ["train", "valid"] {
         let Some(samples) = samples(cx, &ds, split)? else { continue };

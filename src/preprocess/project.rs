@@ -33,8 +33,14 @@ pub struct ProjectConfig {
     /// The embedder: `all-MiniLM-L6-v2` (fetched) or the `--embedder-dir` given.
     pub retro_bert_embedder: String,
     pub retro_bert_max_chunk_length: usize,
+    /// faiss's vocabulary (`Flat`, `IVF<n>,Flat`, `IVFauto`), or `auto`: `Flat` below 1M chunks,
+    /// `IVFauto,Flat` above (the index stage's record says what it built).
     pub retro_index_str: String,
     pub retro_index_metric: String,
+    /// k-means training sample of an IVF index (0: 256 per list, at most every chunk).
+    pub retro_index_ntrain: usize,
+    /// IVF lists searched per query (Megatron's key; its default searched every list).
+    pub retro_query_nprobe: usize,
     pub retro_query_num_neighbors_query: usize,
     pub retro_query_num_neighbors_save: usize,
     /// Chunks per retrieved neighbour (the neighbour and its continuation).
@@ -63,8 +69,10 @@ impl ProjectConfig {
             retro_bert_tokenizer_type: "BertWordPieceLowerCase".into(),
             retro_bert_embedder: "all-MiniLM-L6-v2".into(),
             retro_bert_max_chunk_length: 256,
-            retro_index_str: "Flat".into(),
+            retro_index_str: "auto".into(),
             retro_index_metric: "InnerProduct".into(),
+            retro_index_ntrain: 0,
+            retro_query_nprobe: 16,
             retro_query_num_neighbors_query: 200,
             retro_query_num_neighbors_save: 20,
             retro_num_retrieved_chunks: 2,
@@ -113,6 +121,26 @@ impl ProjectConfig {
     /// weights are normalised and the boundaries rounded.
     pub fn split_ranges(&self, documents: usize) -> Result<[std::ops::Range<usize>; 3]> {
         split_ranges(&self.retro_gpt_split, documents)
+    }
+
+    /// The index `retro_index_str` asks for, for a database of `chunks` chunks.
+    pub fn index_spec(&self, chunks: usize) -> Result<crate::retrieval::index_spec::IndexSpec> {
+        use crate::retrieval::index_spec::IndexSpec;
+        match self.retro_index_str.as_str() {
+            "auto" if chunks > 1_000_000 => Ok(IndexSpec::IvfFlat { nlist: None }),
+            "auto" => Ok(IndexSpec::Flat),
+            s => IndexSpec::parse(s),
+        }
+    }
+
+    /// The project's index, verified, with `retro_query_nprobe` lists searched per query.
+    pub fn open_index(&self, dir: &Path) -> Result<crate::retrieval::index_file::AnyIndex> {
+        let path = (Layout { dir: dir.to_path_buf() }).index();
+        let mut index = crate::retrieval::index_file::AnyIndex::load(&path).map_err(|e| {
+            e.context(format!("the project's index (run the index stage: {})", integrity::rerun("index")))
+        })?;
+        index.set_nprobe(self.retro_query_nprobe);
+        Ok(index)
     }
 
     pub fn data_prefix(&self, dir: &Path) -> PathBuf {
@@ -209,7 +237,7 @@ impl Layout {
         self.dir.join(format!("db/embeddings/{block:06}.f32"))
     }
     pub fn index(&self) -> PathBuf {
-        self.dir.join("index/index.json")
+        self.dir.join("index/index.bin")
     }
     pub fn samples(&self, split: &str) -> PathBuf {
         self.dir.join(format!("data/samples_{split}.bin"))

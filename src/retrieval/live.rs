@@ -2,18 +2,18 @@
 //! in the project's index, and its k nearest chunks come back as neighbour + continuation tokens.
 
 use super::bert::BertEmbedder;
-use super::knn::{FlatIndex, Index};
+use super::index_file::AnyIndex;
 use crate::data::chunks::ChunkDb;
 use crate::data::indexed::IndexedDataset;
+use crate::preprocess::chunk_text;
 use crate::preprocess::project::{Layout, ProjectConfig};
-use crate::preprocess::{chunk_text, flat_index};
 use crate::tensor::Tensor;
 use crate::{ensure, Result};
 use std::path::Path;
 
 pub struct LiveRetriever {
     embedder: BertEmbedder,
-    index: FlatIndex,
+    index: AnyIndex,
     pub db: ChunkDb,
     pub ds: IndexedDataset,
     pub k: usize,
@@ -32,7 +32,13 @@ impl LiveRetriever {
             BertEmbedder::load(&super::embedder_dir::resolve(embedder_dir)?, config.retro_bert_max_chunk_length)?;
         let db = ChunkDb::read(&layout.chunks())?;
         ensure!(db.len() >= k, "the project's chunk database has {} chunks, fewer than k = {k}", db.len());
-        let index = flat_index(&layout, db.len(), embedder.dim())?;
+        let index = config.open_index(project)?;
+        ensure!(
+            index.index().dim() == embedder.dim(),
+            "the project's index holds vectors of dimension {}, its embedder makes {}",
+            index.index().dim(),
+            embedder.dim()
+        );
         let ds = crate::preprocess::project::open_tokens(project, &config)?;
         Ok(Self { embedder, index, db, ds, k, retrieved_chunks: config.retro_num_retrieved_chunks })
     }
@@ -40,7 +46,7 @@ impl LiveRetriever {
     /// The k nearest chunks of `chunk` and their tokens [k, r] (neighbour + continuation, EOD-padded).
     pub fn retrieve(&self, chunk: &[u32]) -> Result<(Vec<i64>, Tensor)> {
         let e = self.embedder.embed(&[&chunk_text(chunk)], 8192)?;
-        let found = self.index.search(&e[0].embedding, self.k)?;
+        let found = self.index.search(&e[0].embedding, self.embedder.dim(), self.k)?;
         let mut tokens = Vec::new();
         for &id in &found.ids {
             tokens.extend(
