@@ -10,49 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn retro(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_retro")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use common::{retro, s};
 
 fn root() -> PathBuf {
     std::env::temp_dir().join(format!("retro-integrity-{}", std::process::id()))
 }
 
-/// One small project (seq 128, global batch 4) shared by the tests.
+/// One small project shared by the tests.
 fn project() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let dir = root();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let input = common::corpus(&dir);
         let project = dir.join("project");
-        let (code, _, err) = retro(&[
-            "preprocess",
-            "--input",
-            &s(&input),
-            "--project",
-            &s(&project),
-            "--seq-length",
-            "128",
-            "--split",
-            "80,20,0",
-            "--num-neighbors-query",
-            "20",
-            "--num-neighbors-save",
-            "3",
-            "--global-batch-size",
-            "4",
-        ]);
+        let (code, _, err) = common::preprocess_small(&dir, &project, &[]);
         assert_eq!(code, 0, "{err}");
         project
     })
@@ -258,11 +230,7 @@ fn a_damaged_newest_checkpoint_is_refused_naming_the_previous_one() {
 
 /// `retro preprocess` on a copy of the project with the shared test flags plus `extra`.
 fn preprocess(dir: &Path, extra: &[&str]) -> (i32, String, String) {
-    let (input, dir) = (s(&root().join("corpus.jsonl")), s(dir));
-    let mut args = vec!["preprocess", "--input", &input, "--project", &dir, "--seq-length", "128", "--split"];
-    args.extend(["80,20,0", "--num-neighbors-query", "20", "--num-neighbors-save", "3", "--global-batch-size", "4"]);
-    args.extend(extra);
-    retro(&args)
+    common::preprocess_small(&root(), dir, extra)
 }
 
 #[test]

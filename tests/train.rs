@@ -7,18 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn retro(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_retro")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use common::{retro, s};
 
 /// One project shared by the tests (preprocessing is the slow part): seq 128, global batch 4.
 fn project() -> &'static PathBuf {
@@ -27,29 +16,8 @@ fn project() -> &'static PathBuf {
         let dir = std::env::temp_dir().join(format!("retro-train-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let input = common::corpus(&dir);
         let project = dir.join("project");
-        let (code, _, err) = retro(&[
-            "preprocess",
-            "--input",
-            &s(&input),
-            "--project",
-            &s(&project),
-            "--seq-length",
-            "128",
-            "--split",
-            "80,20,0",
-            "--num-neighbors-query",
-            "20",
-            "--num-neighbors-save",
-            "3",
-            "--global-batch-size",
-            "4",
-            "--eval-interval",
-            "2",
-            "--eval-iters",
-            "1",
-        ]);
+        let (code, _, err) = common::preprocess_small(&dir, &project, &["--eval-interval", "2", "--eval-iters", "1"]);
         assert_eq!(code, 0, "{err}");
         project
     })

@@ -103,13 +103,11 @@ impl Index for IvfFlat {
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
         let d = self.dim;
-        ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
-        let nq = queries.len() / d;
-        let mut ids = vec![-1i64; nq * k];
-        let mut scores = vec![f32::NAN; nq * k];
+        let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
         if k == 0 || nq == 0 {
-            return Ok(Neighbors { k, ids, scores });
+            return Ok(out);
         }
+        let Neighbors { ids, scores, .. } = &mut out;
         let nprobe = self.nprobe.min(self.lists.len());
         let probes = self.quantizer.search(queries, nprobe)?;
         let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
@@ -131,7 +129,7 @@ impl Index for IvfFlat {
                 scores[r] = if self.metric == Metric::L2 { qnorm - s } else { s };
             }
         });
-        Ok(Neighbors { k, ids, scores })
+        Ok(out)
     }
 }
 

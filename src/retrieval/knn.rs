@@ -25,6 +25,16 @@ pub struct Neighbors {
     pub scores: Vec<f32>,
 }
 
+impl Neighbors {
+    /// Results for the rows of `queries` (dimension `d`), every id -1 and score NaN until filled in;
+    /// returns (number of queries, results).
+    pub(crate) fn unfilled(queries: &[f32], d: usize, k: usize) -> Result<(usize, Self)> {
+        ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
+        let nq = queries.len() / d;
+        Ok((nq, Self { k, ids: vec![-1; nq * k], scores: vec![f32::NAN; nq * k] }))
+    }
+}
+
 pub trait Index: Send + Sync {
     fn dim(&self) -> usize;
     fn len(&self) -> usize;
@@ -120,13 +130,11 @@ impl Index for FlatIndex {
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
         let d = self.dim;
-        ensure!(queries.len() % d == 0, "search: {} query values are not rows of dimension {d}", queries.len());
-        let nq = queries.len() / d;
-        let mut ids = vec![-1i64; nq * k];
-        let mut scores = vec![f32::NAN; nq * k];
+        let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
         if k == 0 || nq == 0 {
-            return Ok(Neighbors { k, ids, scores });
+            return Ok(out);
         }
+        let Neighbors { ids, scores, .. } = &mut out;
         let query_block = nq.div_ceil(rayon::current_num_threads()).clamp(1, MAX_QUERY_BLOCK);
         let blocks = ids.par_chunks_mut(query_block * k).zip(scores.par_chunks_mut(query_block * k));
         blocks.enumerate().for_each(|(blk, (ids, scores))| {
@@ -142,7 +150,7 @@ impl Index for FlatIndex {
                 }
             }
         });
-        Ok(Neighbors { k, ids, scores })
+        Ok(out)
     }
 }
 

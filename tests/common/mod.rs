@@ -115,4 +115,46 @@ pub fn corpus(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// Run the `retro` binary: (exit code, stdout, stderr).
+pub fn retro(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_retro")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// The preprocessing flags of the small test projects: seq 128, split 80,20,0, 20 neighbours searched
+/// and 3 kept, global batch 4.
+pub const SMALL_PROJECT: [&str; 12] = [
+    "--seq-length",
+    "128",
+    "--split",
+    "80,20,0",
+    "--num-neighbors-query",
+    "20",
+    "--num-neighbors-save",
+    "3",
+    "--global-batch-size",
+    "4",
+    "--retro-query-nprobe",
+    "16",
+];
+
+/// `retro preprocess` of the three-topic corpus (`corpus(dir)`) into `project`, with `SMALL_PROJECT`'s
+/// flags and `extra`.
+pub fn preprocess_small(dir: &std::path::Path, project: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let input = s(&corpus(dir));
+    let project = s(project);
+    let mut args = vec!["preprocess", "--input", &input, "--project", &project];
+    args.extend(SMALL_PROJECT);
+    args.extend(extra);
+    retro(&args)
+}
+
 pub mod device;
