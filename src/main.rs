@@ -42,7 +42,7 @@ enum Command {
     /// Generate a continuation of a prompt with a KV cache; for RETRO, every completed 64-token chunk is
     /// embedded, searched in the project's index, and its neighbours feed the following chunk.
     Generate(cli::generate::Args),
-    /// Nearest-neighbour indexes on NumPy files (Flat, IVF<n>,Flat, IVFauto): build, search, evaluate.
+    /// Nearest-neighbour indexes on NumPy files (Flat, IVF<n>,Flat, IVF<n>,PQ<m>): build, search, evaluate.
     #[command(subcommand)]
     Knn(cli::knn::Knn),
     /// Embed texts with the BERT chunk embedder: one JSON line per text, {"text", "ids", "embedding"}.

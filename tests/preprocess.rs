@@ -226,8 +226,8 @@ fn an_ivf_index_probing_every_list_finds_the_flat_index_neighbours() {
     let read = |p: &Path| NeighborStore::read(&p.join("neighbors/train.bin")).unwrap();
     assert_eq!(read(&ivf), read(&flat), "nprobe = nlist is exact search");
     // An index string retro does not build is refused before anything is written.
-    let (code, _, err) = preprocess(&input, &dir.join("pq"), &["--retro-index-str", "IVF4,PQ8"]);
+    let (code, _, err) = preprocess(&input, &dir.join("pq"), &["--retro-index-str", "IVF4,PQx"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--retro-index-str") && err.contains("PQ"), "{err}");
+    assert!(err.contains("--retro-index-str") && err.contains("IVF4,PQx"), "{err}");
     assert!(!dir.join("pq").exists());
 }

@@ -26,7 +26,8 @@ pub struct BuildArgs {
     /// float32 .npy [vectors, dimension], C order.
     #[arg(long)]
     pub vectors: PathBuf,
-    /// faiss's vocabulary: Flat, IVF<n>,Flat, IVFauto (about 4·sqrt(n) lists, >= 39 points per list).
+    /// faiss's vocabulary: Flat, IVF<n>,Flat, IVF<n>,PQ<m> (m-byte codes), n a number or auto (about
+    /// 4·sqrt(vectors) lists, >= 39 points per list).
     #[arg(long, default_value = "IVFauto,Flat")]
     pub index: String,
     /// ip (inner product; cosine for unit vectors) or l2.
@@ -70,6 +71,9 @@ pub struct EvalArgs {
     /// Comma-separated nprobe values.
     #[arg(long, default_value = "1,4,16,64")]
     pub nprobe: String,
+    /// The database vectors (.npy) for the exact search: needed for a PQ index, which keeps only codes.
+    #[arg(long)]
+    pub vectors: Option<PathBuf>,
 }
 
 fn metric(s: &str) -> retro::Result<Metric> {
@@ -116,7 +120,7 @@ pub fn run(cmd: Knn) -> retro::Result<()> {
                 .split(',')
                 .map(|s| s.trim().parse().map_err(|_| retro::Error::msg(format!("--nprobe {s:?}: not a number"))))
                 .collect::<retro::Result<_>>()?;
-            let exact = exact_neighbours(&index, &queries, d, a.k)?;
+            let exact = exact_neighbours(&index, a.vectors.as_deref(), &queries, d, a.k)?;
             for nprobe in nprobes {
                 index.set_nprobe(nprobe);
                 let t = Instant::now();
@@ -139,10 +143,31 @@ pub fn run(cmd: Knn) -> retro::Result<()> {
     }
 }
 
-/// The exact k nearest ids of each query over the index's own vectors.
-fn exact_neighbours(index: &AnyIndex, queries: &[f32], d: usize, k: usize) -> retro::Result<Vec<i64>> {
+/// The exact k nearest ids of each query: over `vectors` when given, else over the index's own vectors.
+fn exact_neighbours(
+    index: &AnyIndex,
+    vectors: Option<&std::path::Path>,
+    queries: &[f32],
+    d: usize,
+    k: usize,
+) -> retro::Result<Vec<i64>> {
+    if let Some(path) = vectors {
+        let (n, vd, v) = npy::read_f32(path)?;
+        retro::ensure!(
+            n == index.index().len() && vd == d,
+            "--vectors {}: {n} x {vd}, the index holds {} vectors of dimension {}",
+            path.display(),
+            index.index().len(),
+            index.index().dim()
+        );
+        let flat = AnyIndex::Flat(FlatIndex::new(d, index.index().metric(), v)?);
+        return Ok(flat.search(queries, d, k)?.ids);
+    }
     match index {
         AnyIndex::Flat(_) => Ok(index.search(queries, d, k)?.ids),
+        AnyIndex::IvfPq(_) => {
+            retro::bail!("a PQ index keeps codes, not vectors: give --vectors (the .npy it was built from)")
+        }
         AnyIndex::Ivf(ivf) => {
             let n = ivf.len();
             let mut vectors = vec![0f32; n * d];

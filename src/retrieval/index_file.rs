@@ -1,12 +1,15 @@
 //! Index files (`retro knn build --out`), versioned and checksummed. Little-endian: magic `RETROIDX`,
-//! u32 version 1, u32 kind (0 Flat, 1 IVF-Flat), u32 metric (0 inner product, 1 L2), u32 dim, u64 vector
-//! count n, u64 list count L (0 for Flat), f32 centroids [L, dim], u64 list lengths [L], i64 ids [n] (IVF:
-//! list by list), f32 vectors [n, dim] (in the same order), then the checksum trailer
+//! u32 version 1, u32 kind (0 Flat, 1 IVF-Flat, 2 IVF-PQ), u32 metric (0 inner product, 1 L2), u32 dim,
+//! u64 vector count n, u64 list count L (0 for Flat), f32 centroids [L, dim], u64 list lengths [L], i64 ids
+//! [n] (IVF: list by list), then Flat / IVF-Flat: f32 vectors [n, dim] (in the same order); IVF-PQ: u64
+//! m, f32 codebooks [m, 256, dim / m], u8 codes [n, m]. Then the checksum trailer
 //! (`data::integrity::seal`). Another version, a truncated or damaged file is refused with its reason.
 
 use super::index_spec::IndexSpec;
 use super::ivf::{IvfFlat, List};
+use super::ivf_pq::{IvfPq, PqList};
 use super::knn::{FlatIndex, Index, Metric, Neighbors};
+use super::pq::{ProductQuantizer, CODEWORDS};
 use crate::data::integrity;
 use crate::{bail, ensure, Result};
 use std::path::Path;
@@ -19,6 +22,7 @@ const FIX: &str = "rebuild it with `retro knn build`";
 pub enum AnyIndex {
     Flat(FlatIndex),
     Ivf(IvfFlat),
+    IvfPq(IvfPq),
 }
 
 /// Training points per list at most (faiss's 256): a larger sample costs time and changes little.
@@ -43,7 +47,9 @@ impl AnyIndex {
         }
         let Some(nlist) = spec.nlist(n) else { return Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?)) };
         ensure!(nlist <= n, "IVF{nlist} needs at least {nlist} vectors to train on, the database has {n}");
-        let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).clamp(nlist, n);
+        // PQ codebooks need 256 training residuals per subspace.
+        let least = if matches!(spec, IndexSpec::IvfPq { .. }) { nlist.max(CODEWORDS) } else { nlist };
+        let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).max(least).min(n);
         let mut rows: Vec<usize> = (0..n).collect();
         let mut rng = crate::rng::Rng::new(seed);
         for i in 0..ntrain {
@@ -54,6 +60,11 @@ impl AnyIndex {
         sample_rows.sort_unstable();
         let sample: Vec<f32> =
             sample_rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
+        if let IndexSpec::IvfPq { m, .. } = spec {
+            let mut ivf = IvfPq::train(dim, metric, nlist, m, &sample, seed)?;
+            ivf.add(&vectors, 0)?;
+            return Ok(AnyIndex::IvfPq(ivf));
+        }
         let mut ivf = IvfFlat::train(dim, metric, nlist, &sample, seed)?;
         ivf.add(&vectors, 0)?;
         Ok(AnyIndex::Ivf(ivf))
@@ -63,13 +74,16 @@ impl AnyIndex {
         match self {
             AnyIndex::Flat(f) => f,
             AnyIndex::Ivf(i) => i,
+            AnyIndex::IvfPq(i) => i,
         }
     }
 
     /// Lists searched per query (IVF; the flat index searches everything).
     pub fn set_nprobe(&mut self, nprobe: usize) {
-        if let AnyIndex::Ivf(i) = self {
-            i.set_nprobe(nprobe);
+        match self {
+            AnyIndex::Flat(_) => {}
+            AnyIndex::Ivf(i) => i.set_nprobe(nprobe),
+            AnyIndex::IvfPq(i) => i.set_nprobe(nprobe),
         }
     }
 
@@ -77,6 +91,7 @@ impl AnyIndex {
         match self {
             AnyIndex::Flat(_) => "Flat".into(),
             AnyIndex::Ivf(i) => format!("IVF{},Flat", i.nlist()),
+            AnyIndex::IvfPq(i) => format!("IVF{},PQ{}", i.nlist(), i.m()),
         }
     }
 
@@ -101,25 +116,38 @@ impl AnyIndex {
             Metric::InnerProduct => 0u32,
             Metric::L2 => 1,
         };
-        let (kind, centroids, lists): (u32, &[f32], Vec<&List>) = match self {
-            AnyIndex::Flat(_) => (0, &[], Vec::new()),
-            AnyIndex::Ivf(i) => (1, i.centroids(), i.lists().iter().collect()),
+        let (kind, centroids, lens, ids): (u32, &[f32], Vec<usize>, Vec<i64>) = match self {
+            AnyIndex::Flat(f) => (0, &[], Vec::new(), (0..f.len() as i64).collect()),
+            AnyIndex::Ivf(i) => (
+                1,
+                i.centroids(),
+                i.lists().iter().map(|l| l.ids.len()).collect(),
+                i.lists().iter().flat_map(|l| l.ids.iter().copied()).collect(),
+            ),
+            AnyIndex::IvfPq(i) => (
+                2,
+                i.centroids(),
+                i.lists().iter().map(|l| l.ids.len()).collect(),
+                i.lists().iter().flat_map(|l| l.ids.iter().copied()).collect(),
+            ),
         };
         for v in [VERSION, kind, metric, index.dim() as u32] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        b.extend_from_slice(&(lists.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(lens.len() as u64).to_le_bytes());
         centroids.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
-        lists.iter().for_each(|l| b.extend_from_slice(&(l.ids.len() as u64).to_le_bytes()));
+        lens.iter().for_each(|&l| b.extend_from_slice(&(l as u64).to_le_bytes()));
+        ids.iter().for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
         match self {
-            AnyIndex::Flat(f) => {
-                (0..f.len() as i64).for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
-                f.vectors().iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            AnyIndex::Flat(f) => f.vectors().iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes())),
+            AnyIndex::Ivf(i) => {
+                i.lists().iter().flat_map(|l| &l.vectors).for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
             }
-            AnyIndex::Ivf(_) => {
-                lists.iter().flat_map(|l| &l.ids).for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
-                lists.iter().flat_map(|l| &l.vectors).for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            AnyIndex::IvfPq(i) => {
+                b.extend_from_slice(&(i.m() as u64).to_le_bytes());
+                i.quantizer().codebooks.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+                i.lists().iter().for_each(|l| b.extend_from_slice(&l.codes));
             }
         }
         integrity::seal(&mut b);
@@ -143,8 +171,17 @@ impl AnyIndex {
             1 => Metric::L2,
             m => return Err(bad(format!("unknown metric code {m}"))),
         };
-        let need = 40u128 + 4 * (nlist * dim) as u128 + 8 * nlist as u128 + 8 * n as u128 + 4 * (n * dim) as u128;
-        if dim == 0 || need != b.len() as u128 {
+        // Bytes after the ids: the vectors, or for IVF-PQ its m, codebooks and codes.
+        let ids_at = 40 + 4 * nlist * dim + 8 * nlist;
+        let tail_at = ids_at as u128 + 8 * n as u128;
+        let tail = (b.len() as u128).checked_sub(tail_at);
+        let m = if kind == 2 && tail.is_some_and(|t| t >= 8) { u64_at(tail_at as usize) } else { 0 };
+        let tail_need = match kind {
+            2 if m > 0 && dim % m == 0 => 8 + 4 * (CODEWORDS * dim) as u128 + (n * m) as u128,
+            2 => u128::MAX,
+            _ => 4 * (n * dim) as u128,
+        };
+        if dim == 0 || tail != Some(tail_need) {
             return Err(bad(format!("{} bytes do not hold {n} vectors of dimension {dim} in {nlist} lists", b.len())));
         }
         let f32s = |from: usize, count: usize| -> Vec<f32> {
@@ -153,26 +190,46 @@ impl AnyIndex {
         let centroids = f32s(40, nlist * dim);
         let lens_at = 40 + 4 * nlist * dim;
         let lens: Vec<usize> = (0..nlist).map(|i| u64_at(lens_at + 8 * i)).collect();
-        let ids_at = lens_at + 8 * nlist;
         let ids: Vec<i64> =
             b[ids_at..ids_at + 8 * n].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-        let vectors = f32s(ids_at + 8 * n, n * dim);
+        let tail_at = tail_at as usize;
+        if kind != 0 && lens.iter().sum::<usize>() != n {
+            return Err(bad("list lengths do not add up to the vector count".into()));
+        }
+        // Rows `at..at + len` of each list, in list order.
+        let spans: Vec<(usize, usize)> = lens
+            .iter()
+            .scan(0, |at, &len| {
+                *at += len;
+                Some((*at - len, len))
+            })
+            .collect();
         match kind {
-            0 => Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?)),
+            0 => Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, f32s(tail_at, n * dim))?)),
             1 => {
-                if lens.iter().sum::<usize>() != n {
-                    return Err(bad("list lengths do not add up to the vector count".into()));
-                }
-                let (mut at, mut lists) = (0, Vec::with_capacity(nlist));
-                for len in lens {
-                    lists.push(List {
+                let vectors = f32s(tail_at, n * dim);
+                let lists = spans
+                    .iter()
+                    .map(|&(at, len)| List {
                         ids: ids[at..at + len].to_vec(),
                         vectors: vectors[at * dim..(at + len) * dim].to_vec(),
                         ..Default::default()
-                    });
-                    at += len;
-                }
+                    })
+                    .collect();
                 Ok(AnyIndex::Ivf(IvfFlat::from_parts(dim, metric, centroids, lists)?))
+            }
+            2 => {
+                let codebooks = f32s(tail_at + 8, CODEWORDS * dim);
+                let codes = &b[tail_at + 8 + 4 * CODEWORDS * dim..];
+                let lists = spans
+                    .iter()
+                    .map(|&(at, len)| PqList {
+                        ids: ids[at..at + len].to_vec(),
+                        codes: codes[at * m..(at + len) * m].to_vec(),
+                    })
+                    .collect();
+                let pq = ProductQuantizer { dim, m, codebooks };
+                Ok(AnyIndex::IvfPq(IvfPq::from_parts(dim, metric, centroids, pq, lists)?))
             }
             k => bail!("{}: unknown index kind {k}; {FIX}", path.display()),
         }

@@ -1,7 +1,7 @@
-//! Index strings in faiss's vocabulary: `Flat`, `IVF{n},Flat`, `IVFauto` / `IVFauto,Flat` (n chosen from
-//! the database size). Product quantization (`IVF{n},PQ{m}`) is not built yet and is refused by name.
+//! Index strings in faiss's vocabulary: `Flat`, `IVF{n},Flat`, `IVF{n},PQ{m}` (8-bit codes), with `auto`
+//! for n (chosen from the database size): `IVFauto`, `IVFauto,Flat`, `IVFauto,PQ{m}`.
 
-use crate::{bail, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexSpec {
@@ -10,30 +10,35 @@ pub enum IndexSpec {
     IvfFlat {
         nlist: Option<usize>,
     },
+    /// IVF cells with residuals product-quantized into `m` bytes.
+    IvfPq {
+        nlist: Option<usize>,
+        m: usize,
+    },
 }
 
 impl IndexSpec {
     pub fn parse(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let bad = || -> Result<Self> {
-            bail!("index {s:?}: expected Flat, IVF<n>,Flat, IVFauto or IVFauto,Flat (faiss's vocabulary)")
+        let bad = || {
+            crate::Error::msg(format!(
+                "index {s:?}: expected Flat, IVF<n>,Flat or IVF<n>,PQ<m>, n a number or auto (faiss's vocabulary)"
+            ))
+        };
+        let nlist = |ivf: &str| -> Result<Option<usize>> {
+            match &ivf[3..] {
+                "auto" => Ok(None),
+                n => n.parse::<usize>().ok().filter(|&l| l > 0).map(Some).ok_or_else(bad),
+            }
         };
         match parts.as_slice() {
             ["Flat"] => Ok(IndexSpec::Flat),
-            [ivf] | [ivf, "Flat"] if ivf.starts_with("IVF") => {
-                let n = &ivf[3..];
-                if n == "auto" {
-                    return Ok(IndexSpec::IvfFlat { nlist: None });
-                }
-                match n.parse::<usize>() {
-                    Ok(nlist) if nlist > 0 => Ok(IndexSpec::IvfFlat { nlist: Some(nlist) }),
-                    _ => bad(),
-                }
-            }
+            [ivf] | [ivf, "Flat"] if ivf.starts_with("IVF") => Ok(IndexSpec::IvfFlat { nlist: nlist(ivf)? }),
             [ivf, pq] if ivf.starts_with("IVF") && pq.starts_with("PQ") => {
-                bail!("index {s:?}: product quantization (PQ) is not built yet; use IVF<n>,Flat or Flat")
+                let m = pq[2..].parse::<usize>().ok().filter(|&m| m > 0).ok_or_else(bad)?;
+                Ok(IndexSpec::IvfPq { nlist: nlist(ivf)?, m })
             }
-            _ => bad(),
+            _ => Err(bad()),
         }
     }
 
@@ -41,8 +46,8 @@ impl IndexSpec {
     pub fn nlist(&self, n: usize) -> Option<usize> {
         match self {
             IndexSpec::Flat => None,
-            IndexSpec::IvfFlat { nlist: Some(l) } => Some(*l),
-            IndexSpec::IvfFlat { nlist: None } => Some(auto_nlist(n)),
+            IndexSpec::IvfFlat { nlist: Some(l) } | IndexSpec::IvfPq { nlist: Some(l), .. } => Some(*l),
+            IndexSpec::IvfFlat { nlist: None } | IndexSpec::IvfPq { nlist: None, .. } => Some(auto_nlist(n)),
         }
     }
 }
@@ -68,7 +73,9 @@ mod tests {
             assert!(IndexSpec::parse(bad).is_err(), "{bad}");
         }
         assert!(IndexSpec::parse("IVF65536_HNSW8,PQ32").is_err());
-        assert!(IndexSpec::parse("IVF1024,PQ32").unwrap_err().to_string().contains("not built yet"));
+        assert_eq!(IndexSpec::parse("IVF1024,PQ32").unwrap(), IndexSpec::IvfPq { nlist: Some(1024), m: 32 });
+        assert_eq!(IndexSpec::parse("IVFauto,PQ48").unwrap(), IndexSpec::IvfPq { nlist: None, m: 48 });
+        assert!(IndexSpec::parse("IVF16,PQ0").is_err() && IndexSpec::parse("IVF16,PQx").is_err());
         assert_eq!(auto_nlist(1_000_000), 4000);
         assert_eq!(auto_nlist(10_000), 256); // 39 points per list bound it
         assert_eq!(auto_nlist(10), 1);

@@ -1,0 +1,164 @@
+//! IVF-PQ (faiss' `IVF{n},PQ{m}`, 8-bit codes): the IVF cells of `ivf.rs`, each vector stored as the m-byte
+//! product-quantization code of its residual from its cell's centroid (`pq.rs`, codebooks trained on the
+//! residuals of the training sample). A search scans the `nprobe` nearest cells with asymmetric
+//! distances: inner product = q·c + Σ_j table_j[code_j] with one table per query; squared L2 = Σ_j
+//! table_j[code_j] with the table of q − c, one per probed cell. Ties go to the lower id.
+
+use super::kmeans;
+use super::knn::{dot, push_one, Entry, FlatIndex, Index, Metric, Neighbors};
+use super::pq::ProductQuantizer;
+use crate::{ensure, Result};
+use rayon::prelude::*;
+use std::collections::BinaryHeap;
+
+/// One cell: its vectors' ids and their m-byte codes, in the order they were added.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PqList {
+    pub ids: Vec<i64>,
+    pub codes: Vec<u8>,
+}
+
+pub struct IvfPq {
+    dim: usize,
+    metric: Metric,
+    quantizer: FlatIndex,
+    pq: ProductQuantizer,
+    lists: Vec<PqList>,
+    nprobe: usize,
+}
+
+impl IvfPq {
+    /// Centroids from k-means on `sample`, then PQ codebooks on the sample's residuals; no vectors yet.
+    pub fn train(dim: usize, metric: Metric, nlist: usize, m: usize, sample: &[f32], seed: u64) -> Result<Self> {
+        ensure!(m > 0 && dim % m == 0, "PQ{m}: the dimension {dim} must be a multiple of the {m} sub-quantizers");
+        let centroids = kmeans::train(sample, dim, nlist, metric, seed)
+            .map_err(|e| e.context(format!("training IVF{nlist} on {} vectors", sample.len() / dim.max(1))))?;
+        let residuals = residuals(sample, &centroids, dim, metric)?;
+        let pq = ProductQuantizer::train(dim, m, &residuals, seed ^ 0x5051)?;
+        Self::from_parts(dim, metric, centroids, pq, vec![PqList::default(); nlist])
+    }
+
+    pub fn from_parts(
+        dim: usize,
+        metric: Metric,
+        centroids: Vec<f32>,
+        pq: ProductQuantizer,
+        lists: Vec<PqList>,
+    ) -> Result<Self> {
+        ensure!(centroids.len() == lists.len() * dim && pq.dim == dim, "IVF-PQ: inconsistent parts");
+        let quantizer = FlatIndex::new(dim, metric, centroids)?;
+        Ok(Self { dim, metric, quantizer, pq, lists, nprobe: super::ivf::DEFAULT_NPROBE })
+    }
+
+    /// Encode rows `vectors` (ids `first_id`, ...) into their nearest centroids' lists.
+    pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
+        let d = self.dim;
+        ensure!(vectors.len() % d == 0, "IVF-PQ add: {} values are not rows of dimension {d}", vectors.len());
+        let mut cells = vec![0usize; vectors.len() / d];
+        kmeans::assign(vectors, self.quantizer.vectors(), d, self.metric, &mut cells)?;
+        let residual: Vec<f32> = vectors
+            .chunks(d)
+            .zip(&cells)
+            .flat_map(|(v, &c)| v.iter().zip(&self.quantizer.vectors()[c * d..(c + 1) * d]).map(|(a, b)| a - b))
+            .collect();
+        let codes = self.pq.encode(&residual)?;
+        let m = self.pq.m;
+        for (i, &cell) in cells.iter().enumerate() {
+            let list = &mut self.lists[cell];
+            list.ids.push(first_id + i as i64);
+            list.codes.extend_from_slice(&codes[i * m..(i + 1) * m]);
+        }
+        Ok(())
+    }
+
+    pub fn set_nprobe(&mut self, nprobe: usize) {
+        self.nprobe = nprobe.max(1);
+    }
+
+    pub fn nlist(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn m(&self) -> usize {
+        self.pq.m
+    }
+
+    pub fn lists(&self) -> &[PqList] {
+        &self.lists
+    }
+
+    pub fn centroids(&self) -> &[f32] {
+        self.quantizer.vectors()
+    }
+
+    pub fn quantizer(&self) -> &ProductQuantizer {
+        &self.pq
+    }
+}
+
+/// Each row minus its nearest centroid.
+fn residuals(x: &[f32], centroids: &[f32], d: usize, metric: Metric) -> Result<Vec<f32>> {
+    let mut cells = vec![0usize; x.len() / d];
+    kmeans::assign(x, centroids, d, metric, &mut cells)?;
+    Ok(x.chunks(d)
+        .zip(&cells)
+        .flat_map(|(v, &c)| v.iter().zip(&centroids[c * d..(c + 1) * d]).map(|(a, b)| a - b))
+        .collect())
+}
+
+impl Index for IvfPq {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn len(&self) -> usize {
+        self.lists.iter().map(|l| l.ids.len()).sum()
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
+        let (d, m) = (self.dim, self.pq.m);
+        let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
+        if k == 0 || nq == 0 {
+            return Ok(out);
+        }
+        let Neighbors { ids, scores, .. } = &mut out;
+        let nprobe = self.nprobe.min(self.lists.len());
+        let probes = self.quantizer.search(queries, nprobe)?;
+        let centroids = self.quantizer.vectors();
+        let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
+        rows.for_each(|(qi, (ids, scores))| {
+            let q = &queries[qi * d..(qi + 1) * d];
+            let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
+            let ip_table = (self.metric == Metric::InnerProduct).then(|| self.pq.table(q, Metric::InnerProduct));
+            for &cell in &probes.ids[qi * nprobe..(qi + 1) * nprobe] {
+                let Ok(cell) = usize::try_from(cell) else { continue };
+                let c = &centroids[cell * d..(cell + 1) * d];
+                // Heap scores: larger is nearer (inner product, or minus the squared distance).
+                let (base, sign, l2_table);
+                let table = match &ip_table {
+                    Some(t) => {
+                        (base, sign) = (dot(q, c), 1.0);
+                        t
+                    }
+                    None => {
+                        let y: Vec<f32> = q.iter().zip(c).map(|(a, b)| a - b).collect();
+                        l2_table = self.pq.table(&y, Metric::L2);
+                        (base, sign) = (0.0, -1.0);
+                        &l2_table
+                    }
+                };
+                let list = &self.lists[cell];
+                for (codes, &id) in list.codes.chunks(m).zip(&list.ids) {
+                    push_one(&mut heap, base + sign * self.pq.score(table, codes), id, k);
+                }
+            }
+            for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+                ids[r] = id;
+                scores[r] = if self.metric == Metric::L2 { -s } else { s };
+            }
+        });
+        Ok(out)
+    }
+}
