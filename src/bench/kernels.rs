@@ -1,5 +1,5 @@
 //! `retro bench kernels`: the GPU kernels on `bench.py kernels`' shapes, one JSON line each with its
-//! FLOP or byte convention (../shared/torch_retro/README.md), so `scripts/gpu-compare.py` can put ours
+//! FLOP or byte convention (../shared/torch_retro/README.md), so `scripts/gpu-summary.py` can put ours
 //! and torch's side by side. Timing: after warm-up, each of `reps` reps times (CUDA events) enough
 //! back-to-back calls to last >= 1 ms, with L2 flushed before every rep; the median per call is reported.
 //!

@@ -1,5 +1,6 @@
 //! `retro preprocess`: corpus -> tokens (Megatron .bin/.idx) -> chunk database -> BERT embeddings ->
-//! exact index -> neighbours of every sample chunk, in a project directory training reads.
+//! index (Flat or IVF, `retro_index_str`) -> neighbours of every sample chunk, in a project directory
+//! training reads.
 //!
 //! Stages run in order: `tokenize`, `db`, `embed`, `index`, `query`. Each one records a marker in
 //! `stages/` when complete and is skipped afterwards; `embed` and `query` work in blocks written
