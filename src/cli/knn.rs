@@ -42,8 +42,9 @@ pub struct BuildArgs {
     pub out: PathBuf,
 }
 
+/// The index, the queries and k that search and eval share.
 #[derive(clap::Args)]
-pub struct SearchArgs {
+pub struct Queries {
     #[arg(long)]
     pub index: PathBuf,
     /// float32 .npy [queries, dimension], C order.
@@ -51,6 +52,21 @@ pub struct SearchArgs {
     pub queries: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub k: usize,
+}
+
+impl Queries {
+    /// The index and the queries: (index, query count, dimension, values).
+    fn open(&self) -> retro::Result<(AnyIndex, usize, usize, Vec<f32>)> {
+        let index = AnyIndex::load(&self.index)?;
+        let (nq, d, queries) = npy::read_f32(&self.queries)?;
+        Ok((index, nq, d, queries))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub q: Queries,
     /// Lists searched per query (IVF).
     #[arg(long, default_value_t = 16)]
     pub nprobe: usize,
@@ -62,12 +78,8 @@ pub struct SearchArgs {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub index: PathBuf,
-    #[arg(long)]
-    pub queries: PathBuf,
-    #[arg(long, default_value_t = 10)]
-    pub k: usize,
+    #[command(flatten)]
+    pub q: Queries,
     /// Comma-separated nprobe values.
     #[arg(long, default_value = "1,4,16,64")]
     pub nprobe: String,
@@ -102,40 +114,40 @@ pub fn run(cmd: Knn) -> retro::Result<()> {
             Ok(())
         }
         Knn::Search(a) => {
-            let mut index = AnyIndex::load(&a.index)?;
+            let (mut index, nq, d, queries) = a.q.open()?;
             index.set_nprobe(a.nprobe);
-            let (nq, d, queries) = npy::read_f32(&a.queries)?;
-            let found = index.search(&queries, d, a.k)?;
-            npy::write_i64(&a.out_ids, nq, a.k, &found.ids)?;
+            let k = a.q.k;
+            let found = index.search(&queries, d, k)?;
+            npy::write_i64(&a.out_ids, nq, k, &found.ids)?;
             if let Some(path) = &a.out_dists {
-                npy::write_f32(path, nq, a.k, &found.scores)?;
+                npy::write_f32(path, nq, k, &found.scores)?;
             }
             Ok(())
         }
         Knn::Eval(a) => {
-            let mut index = AnyIndex::load(&a.index)?;
-            let (nq, d, queries) = npy::read_f32(&a.queries)?;
+            let (mut index, nq, d, queries) = a.q.open()?;
+            let k = a.q.k;
             let nprobes: Vec<usize> = a
                 .nprobe
                 .split(',')
                 .map(|s| s.trim().parse().map_err(|_| retro::Error::msg(format!("--nprobe {s:?}: not a number"))))
                 .collect::<retro::Result<_>>()?;
-            let exact = exact_neighbours(&index, a.vectors.as_deref(), &queries, d, a.k)?;
+            let exact = exact_neighbours(&index, a.vectors.as_deref(), &queries, d, k)?;
             for nprobe in nprobes {
                 index.set_nprobe(nprobe);
                 let t = Instant::now();
-                let found = index.search(&queries, d, a.k)?;
+                let found = index.search(&queries, d, k)?;
                 let secs = t.elapsed().as_secs_f64();
                 let hits: usize = (0..nq)
                     .map(|q| {
-                        let want = &exact[q * a.k..(q + 1) * a.k];
-                        found.ids[q * a.k..(q + 1) * a.k].iter().filter(|id| **id >= 0 && want.contains(id)).count()
+                        let want = &exact[q * k..(q + 1) * k];
+                        found.ids[q * k..(q + 1) * k].iter().filter(|id| **id >= 0 && want.contains(id)).count()
                     })
                     .sum();
                 println!(
                     "{}",
-                    json!({"index": index.describe(), "nprobe": nprobe, "k": a.k, "queries": nq,
-                           "recall_at_k": hits as f64 / (nq * a.k).max(1) as f64, "queries_per_s": nq as f64 / secs})
+                    json!({"index": index.describe(), "nprobe": nprobe, "k": k, "queries": nq,
+                           "recall_at_k": hits as f64 / (nq * k).max(1) as f64, "queries_per_s": nq as f64 / secs})
                 );
             }
             Ok(())

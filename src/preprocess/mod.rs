@@ -206,7 +206,7 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     for block in 0..blocks {
         let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
         let path = cx.layout.embedding_block(block);
-        if !intact(&path, "embed") {
+        if stored(&path, "embed").is_none() {
             let mut bytes = f32_bytes(&embed_chunks(cx, &ds, &db, range.clone())?);
             integrity::seal(&mut bytes);
             crate::atomic_file::write(&path, &bytes)?;
@@ -218,19 +218,15 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": cx.embedder()?.dim()}))
 }
 
-/// Whether a block a stage wrote earlier is there and passes its checksum; a damaged one is reported and
-/// will be computed again (what rerunning the stage is for).
-fn intact(path: &Path, stage: &str) -> bool {
+/// The verified contents of a block a stage wrote earlier, or None when it is missing or damaged (a
+/// damaged one is reported and computed again: what rerunning the stage is for).
+fn stored(path: &Path, stage: &str) -> Option<Vec<u8>> {
     if !path.exists() {
-        return false;
+        return None;
     }
-    match integrity::read_sealed(path, &integrity::rerun(stage)) {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("retro preprocess: {e}; computing it again");
-            false
-        }
-    }
+    integrity::read_sealed(path, &integrity::rerun(stage))
+        .map_err(|e| eprintln!("retro preprocess: {e}; computing it again"))
+        .ok()
 }
 
 /// The `n` chunk embeddings of a project, from its blocks.
@@ -349,38 +345,43 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
             continue;
         };
         let out = cx.layout.neighbors(split);
-        let rebuild = !out.exists()
-            || NeighborStore::read(&out).map_err(|e| eprintln!("retro preprocess: {e}; rebuilding it")).is_err();
-        if rebuild {
-            std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
-            let blocks = samples.len().div_ceil(QUERY_BLOCK);
-            let b = bar(samples.len(), split, cx.opts.progress);
-            for block in 0..blocks {
-                let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
-                let path = cx.layout.neighbor_block(split, block);
-                if !intact(&path, "query") {
-                    let ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
-                    let mut bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    integrity::seal(&mut bytes);
-                    crate::atomic_file::write(&path, &bytes)?;
+        let existing = match out.exists() {
+            false => None,
+            true => NeighborStore::read(&out).map_err(|e| eprintln!("retro preprocess: {e}; rebuilding it")).ok(),
+        };
+        let store = match existing {
+            Some(store) => store,
+            None => {
+                std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
+                let b = bar(samples.len(), split, cx.opts.progress);
+                let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
+                for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
+                    let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
+                    let path = cx.layout.neighbor_block(split, block);
+                    match stored(&path, "query") {
+                        Some(bytes) => {
+                            ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())))
+                        }
+                        None => {
+                            let block_ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
+                            let mut bytes: Vec<u8> = block_ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+                            integrity::seal(&mut bytes);
+                            crate::atomic_file::write(&path, &bytes)?;
+                            ids.extend(block_ids);
+                        }
+                    }
+                    b.inc(range.len() as u64);
                 }
-                b.inc(range.len() as u64);
+                b.finish_and_clear();
+                ensure!(
+                    ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
+                    "neighbour blocks of {split} are incomplete"
+                );
+                let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
+                crate::atomic_file::write(&out, &store.bytes())?;
+                store
             }
-            b.finish_and_clear();
-            let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
-            for block in 0..blocks {
-                let bytes =
-                    integrity::read_sealed(&cx.layout.neighbor_block(split, block), &integrity::rerun("query"))?;
-                ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())));
-            }
-            ensure!(
-                ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
-                "neighbour blocks of {split} are incomplete"
-            );
-            let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
-            crate::atomic_file::write(&out, &store.bytes())?;
-        }
-        let store = NeighborStore::read(&out)?;
+        };
         let found = store.ids.iter().filter(|&&x| x >= 0).count() as f64 / (store.samples() * l).max(1) as f64;
         stats.insert(
             split.into(),
@@ -390,9 +391,9 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
     Ok(Value::Object(stats))
 }
 
-/// Verify every stored checksum: config.json, the stage records, the tokens (every block), the chunk
-/// database, the embedding blocks, the sample indexes and the neighbour stores and blocks. Returns the
-/// number of files verified.
+/// Verify every stored checksum: config.json, the stage records, the tokens (every block), the embedding
+/// blocks, the sample indexes and the neighbour stores and blocks (the chunk database and the index are
+/// verified as the caller reads them). Returns the number of files verified, those two included.
 fn verify_checksums(cx: &Stages, ds: &IndexedDataset, db: &ChunkDb) -> Result<usize> {
     let mut files = 3; // config.json (ProjectConfig::read), the .idx (verified at open), the .bin:
     ProjectConfig::read(&cx.opts.project)?;
@@ -400,9 +401,7 @@ fn verify_checksums(cx: &Stages, ds: &IndexedDataset, db: &ChunkDb) -> Result<us
     for stage in STAGES {
         files += cx.layout.read_marker(stage)?.is_some() as usize;
     }
-    files += 1; // the chunk database, verified when read
-    cx.opts.config.open_index(&cx.layout.dir)?;
-    files += 1;
+    files += 2; // the chunk database and the index, verified when read (the caller opens the index)
     let embed_blocks = db.len().div_ceil(EMBED_BLOCK);
     for block in 0..embed_blocks {
         integrity::read_sealed(&cx.layout.embedding_block(block), &integrity::rerun("embed"))?;
@@ -432,6 +431,7 @@ fn verify_checksums(cx: &Stages, ds: &IndexedDataset, db: &ChunkDb) -> Result<us
 fn validate(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
+    let index = cx.opts.config.open_index(&cx.layout.dir)?;
     let files_verified = verify_checksums(cx, &ds, &db)?;
     let mut rng = Rng::new(cx.opts.config.retro_gpt_seed ^ 0x5EED);
     let frac = cx.opts.validate;
@@ -449,7 +449,6 @@ fn validate(cx: &mut Stages) -> Result<Value> {
         checked += 1;
     }
     let c = cx.opts.config.clone();
-    let index = c.open_index(&cx.layout.dir)?;
     let per_sample = (c.retro_gpt_seq_length / c.retro_gpt_chunk_length) * c.retro_query_num_neighbors_save;
     for split in ["train", "valid"] {
         let Some(samples) = samples(cx, &ds, split)? else { continue };

@@ -58,8 +58,7 @@ impl IvfFlat {
     pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
         let d = self.dim;
         ensure!(vectors.len() % d == 0, "IVF add: {} values are not rows of dimension {d}", vectors.len());
-        let mut cells = vec![0usize; vectors.len() / d];
-        kmeans::assign(vectors, self.quantizer.vectors(), d, self.metric, &mut cells)?;
+        let cells = kmeans::nearest(&self.quantizer, vectors)?;
         for (i, (&cell, v)) in cells.iter().zip(vectors.chunks(d)).enumerate() {
             let list = &mut self.lists[cell];
             list.ids.push(first_id + i as i64);
@@ -103,34 +102,52 @@ impl Index for IvfFlat {
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
         let d = self.dim;
-        let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
-        if k == 0 || nq == 0 {
-            return Ok(out);
-        }
-        let Neighbors { ids, scores, .. } = &mut out;
-        let nprobe = self.nprobe.min(self.lists.len());
-        let probes = self.quantizer.search(queries, nprobe)?;
-        let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
-        rows.for_each(|(qi, (ids, scores))| {
-            let q = &queries[qi * d..(qi + 1) * d];
-            let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
-            for &cell in &probes.ids[qi * nprobe..(qi + 1) * nprobe] {
-                let Ok(cell) = usize::try_from(cell) else { continue };
+        let l2 = self.metric == Metric::L2;
+        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, heap| {
+            for &cell in cells {
                 let list = &self.lists[cell];
                 for ((v, &id), &norm) in list.vectors.chunks(d).zip(&list.ids).zip(&list.sq_norms) {
                     let s = dot(q, v);
-                    let s = if self.metric == Metric::L2 { 2.0 * s - norm } else { s };
-                    push_one(&mut heap, s, id, k);
+                    push_one(heap, if l2 { 2.0 * s - norm } else { s }, id, k);
                 }
             }
-            let qnorm = dot(q, q);
-            for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
-                ids[r] = id;
-                scores[r] = if self.metric == Metric::L2 { qnorm - s } else { s };
-            }
-        });
-        Ok(out)
+            // Heap scores rank L2 by 2·q·x − |x|²: the distance is |q|² minus that.
+            let qnorm = if l2 { dot(q, q) } else { 0.0 };
+            move |s| if l2 { qnorm - s } else { s }
+        })
     }
+}
+
+/// The search every IVF index shares: each query's `nprobe` nearest cells of `quantizer`, queries in
+/// parallel. `scan(q, cells, heap)` offers the cells' candidates to the top-k heap (larger is nearer) and
+/// returns how a heap score becomes the reported score.
+pub(crate) fn search_cells<F: Fn(f32) -> f32>(
+    quantizer: &FlatIndex,
+    nprobe: usize,
+    queries: &[f32],
+    k: usize,
+    scan: impl Fn(&[f32], &[usize], &mut BinaryHeap<Entry>) -> F + Sync,
+) -> Result<Neighbors> {
+    let d = quantizer.dim();
+    let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
+    if k == 0 || nq == 0 {
+        return Ok(out);
+    }
+    let nprobe = nprobe.min(quantizer.len());
+    let probes = quantizer.search(queries, nprobe)?;
+    let Neighbors { ids, scores, .. } = &mut out;
+    let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
+    rows.for_each(|(qi, (ids, scores))| {
+        let cells: Vec<usize> =
+            probes.ids[qi * nprobe..(qi + 1) * nprobe].iter().filter_map(|&c| usize::try_from(c).ok()).collect();
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        let report = scan(&queries[qi * d..(qi + 1) * d], &cells, &mut heap);
+        for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+            ids[r] = id;
+            scores[r] = report(s);
+        }
+    });
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 //! distances: inner product = q·c + Σ_j table_j[code_j] with one table per query; squared L2 = Σ_j
 //! table_j[code_j] with the table of q − c, one per probed cell. Ties go to the lower id.
 
+use super::ivf::search_cells;
 use super::kmeans;
-use super::knn::{dot, push_one, Entry, FlatIndex, Index, Metric, Neighbors};
+use super::knn::{dot, push_one, FlatIndex, Index, Metric, Neighbors};
 use super::pq::ProductQuantizer;
 use crate::{ensure, Result};
-use rayon::prelude::*;
-use std::collections::BinaryHeap;
 
 /// One cell: its vectors' ids and their m-byte codes, in the order they were added.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,9 +32,10 @@ impl IvfPq {
         ensure!(m > 0 && dim % m == 0, "PQ{m}: the dimension {dim} must be a multiple of the {m} sub-quantizers");
         let centroids = kmeans::train(sample, dim, nlist, metric, seed)
             .map_err(|e| e.context(format!("training IVF{nlist} on {} vectors", sample.len() / dim.max(1))))?;
-        let residuals = residuals(sample, &centroids, dim, metric)?;
+        let quantizer = FlatIndex::new(dim, metric, centroids)?;
+        let (_, residuals) = residuals(&quantizer, sample)?;
         let pq = ProductQuantizer::train(dim, m, &residuals, seed ^ 0x5051)?;
-        Self::from_parts(dim, metric, centroids, pq, vec![PqList::default(); nlist])
+        Self::from_parts(dim, metric, quantizer.vectors().to_vec(), pq, vec![PqList::default(); nlist])
     }
 
     pub fn from_parts(
@@ -54,13 +54,7 @@ impl IvfPq {
     pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
         let d = self.dim;
         ensure!(vectors.len() % d == 0, "IVF-PQ add: {} values are not rows of dimension {d}", vectors.len());
-        let mut cells = vec![0usize; vectors.len() / d];
-        kmeans::assign(vectors, self.quantizer.vectors(), d, self.metric, &mut cells)?;
-        let residual: Vec<f32> = vectors
-            .chunks(d)
-            .zip(&cells)
-            .flat_map(|(v, &c)| v.iter().zip(&self.quantizer.vectors()[c * d..(c + 1) * d]).map(|(a, b)| a - b))
-            .collect();
+        let (cells, residual) = residuals(&self.quantizer, vectors)?;
         let codes = self.pq.encode(&residual)?;
         let m = self.pq.m;
         for (i, &cell) in cells.iter().enumerate() {
@@ -96,14 +90,16 @@ impl IvfPq {
     }
 }
 
-/// Each row minus its nearest centroid.
-fn residuals(x: &[f32], centroids: &[f32], d: usize, metric: Metric) -> Result<Vec<f32>> {
-    let mut cells = vec![0usize; x.len() / d];
-    kmeans::assign(x, centroids, d, metric, &mut cells)?;
-    Ok(x.chunks(d)
+/// Each row's nearest centroid (its cell), and the row minus that centroid.
+fn residuals(quantizer: &FlatIndex, x: &[f32]) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (d, centroids) = (quantizer.dim(), quantizer.vectors());
+    let cells = kmeans::nearest(quantizer, x)?;
+    let residuals = x
+        .chunks(d)
         .zip(&cells)
         .flat_map(|(v, &c)| v.iter().zip(&centroids[c * d..(c + 1) * d]).map(|(a, b)| a - b))
-        .collect())
+        .collect();
+    Ok((cells, residuals))
 }
 
 impl Index for IvfPq {
@@ -119,46 +115,28 @@ impl Index for IvfPq {
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
         let (d, m) = (self.dim, self.pq.m);
-        let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
-        if k == 0 || nq == 0 {
-            return Ok(out);
-        }
-        let Neighbors { ids, scores, .. } = &mut out;
-        let nprobe = self.nprobe.min(self.lists.len());
-        let probes = self.quantizer.search(queries, nprobe)?;
         let centroids = self.quantizer.vectors();
-        let rows = ids.par_chunks_mut(k).zip(scores.par_chunks_mut(k)).enumerate();
-        rows.for_each(|(qi, (ids, scores))| {
-            let q = &queries[qi * d..(qi + 1) * d];
-            let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(k + 1);
-            let ip_table = (self.metric == Metric::InnerProduct).then(|| self.pq.table(q, Metric::InnerProduct));
-            for &cell in &probes.ids[qi * nprobe..(qi + 1) * nprobe] {
-                let Ok(cell) = usize::try_from(cell) else { continue };
+        let ip = self.metric == Metric::InnerProduct;
+        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, heap| {
+            // Heap scores: larger is nearer (inner product, or minus the squared distance).
+            let ip_table = ip.then(|| self.pq.table(q, Metric::InnerProduct));
+            for &cell in cells {
                 let c = &centroids[cell * d..(cell + 1) * d];
-                // Heap scores: larger is nearer (inner product, or minus the squared distance).
-                let (base, sign, l2_table);
-                let table = match &ip_table {
-                    Some(t) => {
-                        (base, sign) = (dot(q, c), 1.0);
-                        t
-                    }
+                let l2_table;
+                let (table, base, sign) = match &ip_table {
+                    Some(t) => (t, dot(q, c), 1.0),
                     None => {
                         let y: Vec<f32> = q.iter().zip(c).map(|(a, b)| a - b).collect();
                         l2_table = self.pq.table(&y, Metric::L2);
-                        (base, sign) = (0.0, -1.0);
-                        &l2_table
+                        (&l2_table, 0.0, -1.0)
                     }
                 };
                 let list = &self.lists[cell];
                 for (codes, &id) in list.codes.chunks(m).zip(&list.ids) {
-                    push_one(&mut heap, base + sign * self.pq.score(table, codes), id, k);
+                    push_one(heap, base + sign * self.pq.score(table, codes), id, k);
                 }
             }
-            for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
-                ids[r] = id;
-                scores[r] = if self.metric == Metric::L2 { -s } else { s };
-            }
-        });
-        Ok(out)
+            move |s| if ip { s } else { -s }
+        })
     }
 }

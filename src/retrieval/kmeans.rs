@@ -51,12 +51,13 @@ pub fn train(points: &[f32], d: usize, k: usize, metric: Metric, seed: u64) -> R
 
 /// Nearest centroid of each point.
 pub fn assign(points: &[f32], centroids: &[f32], d: usize, metric: Metric, out: &mut [usize]) -> Result<()> {
-    let index = FlatIndex::new(d, metric, centroids.to_vec())?;
-    let found = index.search(points, 1)?;
-    for (o, &id) in out.iter_mut().zip(&found.ids) {
-        *o = id as usize;
-    }
+    out.copy_from_slice(&nearest(&FlatIndex::new(d, metric, centroids.to_vec())?, points)?);
     Ok(())
+}
+
+/// The nearest vector of `centroids` (an exact index over them) to each row of `points`.
+pub fn nearest(centroids: &FlatIndex, points: &[f32]) -> Result<Vec<usize>> {
+    Ok(centroids.search(points, 1)?.ids.iter().map(|&id| id as usize).collect())
 }
 
 /// k-means++: the first centroid a seeded random point, each next one a point drawn with probability
