@@ -115,10 +115,8 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             t.elapsed().as_secs_f64(),
             s.final_loss
         );
-        let dir = checkpoint::resolve(&run)?;
-        let cfg = checkpoint::model_config(&dir)?;
-        let m = checkpoint::load_model(&dir, &cfg, crate::tensor::DType::F32)?;
-        let data = ProjectData::open(&project, cfg.num_neighbors, !gpt)?;
+        let (_, m) = checkpoint::load(&run)?;
+        let data = ProjectData::open(&project, m.config.num_neighbors, !gpt)?;
         let valid =
             data.valid.as_ref().ok_or_else(|| crate::Error::msg("the demo project has no validation samples"))?;
         let with = trainer::evaluate(&m, valid, o.micro_batch, valid.len() / o.micro_batch, true)?;

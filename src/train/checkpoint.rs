@@ -177,23 +177,25 @@ pub fn verify(dir: &Path) -> Result<State> {
 /// The model of a checkpoint (or of a run's latest checkpoint), with the config stored in it, in f32.
 pub fn load(dir_or_run: &Path) -> Result<(PathBuf, RetroModel)> {
     let dir = resolve(dir_or_run)?;
-    let config = model_config(&dir)?;
-    let model = load_model(&dir, &config, DType::F32)?;
+    let file = TensorFile::read(&dir.join("model.safetensors"))?;
+    let model = model_from(&file, &dir, &config_in(&file, &dir)?, DType::F32)?;
     Ok((dir, model))
 }
 
 /// Model parameters of a checkpoint for `config`: strict, and every mismatch is listed.
 pub fn load_model(dir: &Path, config: &RetroConfig, dtype: DType) -> Result<RetroModel> {
-    let file = TensorFile::read(&dir.join("model.safetensors"))?;
+    model_from(&TensorFile::read(&dir.join("model.safetensors"))?, dir, config, dtype)
+}
+
+fn model_from(file: &TensorFile, dir: &Path, config: &RetroConfig, dtype: DType) -> Result<RetroModel> {
     let specs = RetroModel::specs(config)?;
-    let (params, _) = load_params(&file, &specs, dtype, true, 0, &[])
+    let (params, _) = load_params(file, &specs, dtype, true, 0, &[])
         .map_err(|e| e.context(format!("{} does not fit this model", dir.display())))?;
     RetroModel::from_params(config, params)
 }
 
-/// The model config stored in a checkpoint.
-pub fn model_config(dir: &Path) -> Result<RetroConfig> {
-    let file = TensorFile::read(&dir.join("model.safetensors"))?;
+/// The model config stored in a checkpoint's model file.
+fn config_in(file: &TensorFile, dir: &Path) -> Result<RetroConfig> {
     match file.metadata.get("config") {
         Some(c) => RetroConfig::from_json(c),
         None => bail!("{}/model.safetensors has no config in its metadata", dir.display()),

@@ -536,7 +536,8 @@ impl Dev {
     }
 }
 
-/// The CCA's row shift as the step's CPU backend computes it (the reference for `shift_rows`).
+/// The CCA's row shift on the CPU (backend/cpu/layout.rs, the reference for residual.cu's `shift_rows`):
+/// per batch, `out[i] = x[i + shift]` for `i < rows_out`, zero outside `0..rows_in`.
 pub fn shift_rows_reference(
     x: &[f32],
     batch: usize,
@@ -545,8 +546,7 @@ pub fn shift_rows_reference(
     d: usize,
     shift: isize,
 ) -> Vec<f32> {
-    use retro::model::step::StepBackend;
-    retro::backend::cpu::step::CpuStep.shift_rows(&x.to_vec(), batch, rows_in, rows_out, d, shift).unwrap()
+    cpu::layout::shift_rows(x, batch, rows_in, d, shift, rows_out)
 }
 
 impl Dev {

@@ -219,17 +219,7 @@ impl StepBackend for CpuStep {
         d: usize,
         shift: isize,
     ) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; batch * rows_out * d];
-        for b in 0..batch {
-            for i in 0..rows_out {
-                let src = i as isize + shift;
-                if (0..rows_in as isize).contains(&src) {
-                    let from = (b * rows_in + src as usize) * d;
-                    out[(b * rows_out + i) * d..][..d].copy_from_slice(&x[from..from + d]);
-                }
-            }
-        }
-        Ok(out)
+        Ok(super::layout::shift_rows(x, batch, rows_in, d, shift, rows_out))
     }
 
     fn cross_entropy(
