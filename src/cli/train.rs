@@ -96,6 +96,18 @@ pub fn run(args: Args) -> retro::Result<()> {
         tensorboard_dir,
         device,
     } = args;
+    // Splitting the work across processes (data and tensor parallelism) is not built yet: N processes under
+    // mpirun would each train the whole run into the same --save, so a job of several is refused.
+    let world = retro::dist::World::init()?;
+    if world.size() > 1 {
+        return Err(retro::Error::msg(format!(
+            "started as rank {} of {} processes, but retro train does not divide its work across processes yet \
+             (data and tensor parallelism are not built): each would train the whole run into the same --save. \
+             Run one process",
+            world.rank(),
+            world.size()
+        )));
+    }
     // The GPU step has no dropout yet: `auto` keeps a run with dropout on the CPU; `cuda` says what to pass.
     let device = if device == "auto" && hidden_dropout > 0.0 {
         retro::backend::select_device(&device, "retro train with dropout", false)?
