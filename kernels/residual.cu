@@ -4,7 +4,11 @@
 //   shift_rows_*:    per batch, out[i] = x[i + shift] for i < rows_out, zero where i + shift is outside
 //                    0..rows_in: the CCA's shift of the decoder states by m - 1 into chunks, its inverse,
 //                    and their gradients (Megatron's pad / cut in decoder_attention.py).
+//   scale_*:         out = x * factor * (*by, when by is not null): the CCA gate, the backward of a loss
+//                    by its incoming gradient (a device scalar, so the host never waits for it), gradient
+//                    averaging.
 // Tiling: memory-bound grid-stride loops over 8-element groups (16-byte loads); widths are multiples of 8.
+// scale_* works element by element, so any length (a LayerNorm's gradient of d elements) is accepted.
 #include "common.cuh"
 #include "elementwise.h"
 
@@ -50,3 +54,12 @@ __device__ inline void shift_rows(T* __restrict__ out, const T* __restrict__ x, 
 }
 #define SHIFT_PARAMS(T) T *__restrict__ out, const T *__restrict__ x, int batch, int rows_in, int rows_out, int d, int shift
 RETRO_BF16_AND_F32(, shift_rows, SHIFT_PARAMS, out, x, batch, rows_in, rows_out, d, shift)
+
+template <typename T>
+__device__ inline void scale(T* __restrict__ out, const T* __restrict__ x, float factor, const float* __restrict__ by,
+                             uint64_t n) {
+    const float f = by ? factor * *by : factor;
+    RETRO_GRID_STRIDE(i, n) out[i] = from_float<T>(to_float(x[i]) * f);
+}
+#define SCALE_PARAMS(T) T *__restrict__ out, const T *__restrict__ x, float factor, const float *__restrict__ by, uint64_t n
+RETRO_BF16_AND_F32(, scale, SCALE_PARAMS, out, x, factor, by, n)

@@ -173,10 +173,10 @@ def training_rows(out):
     print()
     print("| check | verdict | detail |")
     print("| --- | --- | --- |")
-    results, checks = test_results(read(out, "step.log"), read(out, "checks-step.jsonl"))
-    st = status(out, "step.log")
-    for name in ("step_matches_the_tape_model_on_each_backend::cuda", "step_matches_the_tape_model_on_each_backend::cuda_f32",
-                 "golden_tiny_loss_through_the_step::cuda_f32", "gpu_857m_twenty_steps_lower_the_loss::cuda"):
+    results, checks = test_results(read(out, "model.log"), read(out, "checks-model.jsonl"))
+    st = status(out, "model.log")
+    for name in ("model_loss_and_gradients_match_the_cpu_in_f64::cuda", "model_loss_and_gradients_match_the_cpu_in_f64::cuda_f32",
+                 "golden_tiny_loss_on_each_device::cuda_f32", "gpu_857m_twenty_steps_lower_the_loss::cuda"):
         detail = "; ".join(f"{c['check']}: {num(c['err']):.2e} (tol {num(c['tol']):.1e})" for c in checks.get(name, []) if "err" in c)
         for c in checks.get(name, []):
             if c.get("losses"):

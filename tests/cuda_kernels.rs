@@ -459,3 +459,28 @@ test_device!(attention_launches_from_a_fresh_thread, |dev| {
     }
     let _ = dev;
 });
+
+// kernels/residual.cu's scale through the real ops: by a constant (`ops::scale_tensor`, the CCA gate),
+// over a length that is not a multiple of 8 (it works element by element), and by a device scalar (the
+// cross-entropy backward scales its gradient by the incoming one, 2 here, without reading it on the host).
+test_device!(residual_scale, |dev| {
+    use retro::autograd::Tape;
+    let mut rng = Rng::new(5);
+    let x = rand_bf16(&mut rng, 1003, 1.0);
+    let got = common::device::read(&retro::ops::scale_tensor(&dev.tensor(&x, &[1003]), 0.37).unwrap());
+    let want: Vec<f32> = x.iter().map(|&v| (v as f64 * 0.37) as f32).collect();
+    assert_close("scale by a constant", dev, &got, &want, 1e-6, BF16_U);
+
+    let (rows, classes) = (6, 40);
+    let logits = rand_bf16(&mut rng, rows * classes, 2.0);
+    let labels = retro::tensor::Tensor::from_vec((0..rows as i64).map(|i| i * 5).collect::<Vec<_>>(), &[rows]).unwrap();
+    let mut tape = Tape::new();
+    let z = tape.leaf(dev.tensor(&logits, &[rows, classes]));
+    let loss = retro::ops::cross_entropy(&mut tape, &z, &labels).unwrap();
+    let seed = retro::tensor::Tensor::full(&[], 2.0, loss.dtype()).to(loss.value().device()).unwrap();
+    let got = common::device::read(tape.backward_with(&loss, seed).unwrap().get(&z).unwrap());
+    let ids: Vec<usize> = (0..rows).map(|i| i * 5).collect();
+    let (_, lse) = cpu::cross_entropy::forward(&f64v(&logits), &ids, classes);
+    let want = cpu::cross_entropy::backward(&f64v(&logits), &ids, &lse, classes, 2.0);
+    assert_close("scale by a device scalar (cross-entropy backward)", dev, &got, &f32v(&want), 1e-5, 2.0 * BF16_U);
+});

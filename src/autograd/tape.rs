@@ -138,19 +138,23 @@ impl Tape {
     /// Backward from a scalar (gradient 1).
     pub fn backward(self, loss: &Var) -> Result<Gradients> {
         ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
-        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype());
+        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype()).to(loss.value().device())?;
         self.backward_with(loss, seed)
     }
 
     /// Backward from any output with an explicit output gradient.
     pub fn backward_with(mut self, output: &Var, seed: Tensor) -> Result<Gradients> {
         ensure!(
-            seed.shape() == output.shape() && seed.dtype() == output.dtype(),
-            "backward: seed gradient {:?} {} does not match the output {:?} {}",
+            seed.shape() == output.shape()
+                && seed.dtype() == output.dtype()
+                && seed.device() == output.value().device(),
+            "backward: seed gradient {:?} {} on {} does not match the output {:?} {} on {}",
             seed.shape(),
             seed.dtype(),
+            seed.device(),
             output.shape(),
-            output.dtype()
+            output.dtype(),
+            output.value().device()
         );
         let Some(out_id) = output.id else {
             crate::bail!("backward: the output does not depend on any leaf of this tape");

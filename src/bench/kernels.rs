@@ -251,12 +251,23 @@ impl Suite {
             json!({"vocab": v, "tokens": t, "hidden": d, "dtype": "bfloat16", "mode": mode, "bytes": bytes,
                    "byte_convention": convention, "note": "retro adds the position embedding; its dW is f32 (zeroed inside the timing)"})
         };
-        let secs = self.time(|| cuda::embedding::forward(gpu, &batch, &word, &position, d, period).map(|_| ()))?;
+        let secs = self.time(|| {
+            cuda::embedding::forward(gpu, &batch, &word, &position, d, cuda::embedding::Positions::from_zero(period))
+                .map(|_| ())
+        })?;
         emit(self.record("embedding", secs, ex("fwd", 2 * t * d * 2, "read T rows + write T rows")));
         let secs = self.time(|| {
             gpu.fill_zero(&dword)?;
             gpu.fill_zero(&dposition)?;
-            cuda::embedding::backward(gpu, &batch, &dout, &dword, &dposition, d, period)
+            cuda::embedding::backward(
+                gpu,
+                &batch,
+                &dout,
+                &dword,
+                &dposition,
+                d,
+                cuda::embedding::Positions::from_zero(period),
+            )
         })?;
         emit(self.record("embedding", secs, ex("bwd", t * d * 2 + v * d * 2, "read dy + write dense dW [V,d]")));
         Ok(())

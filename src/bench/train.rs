@@ -1,8 +1,8 @@
 //! `retro bench train`: the training step of `torch_retro/bench.py train` (random tokens and
 //! neighbours from a fixed seed, two batches alternating; forward, backward, clip 1.0, AdamW lr 6e-4,
 //! betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on dim >= 2), timed per step: on the CPU (the tape
-//! model, f32) or on the GPU (the explicit step on the CUDA kernels: bf16 activations, f32 master weights;
-//! CUDA events around each step).
+//! model, f32) or on the GPU (the same model on the tape with device tensors, `train::Engine`: bf16
+//! activations, f32 master weights; CUDA events around each step).
 
 use super::flops::{count_params, model_flops_per_step};
 use crate::model::{Batch, RetroConfig, RetroModel};
@@ -111,10 +111,10 @@ fn record(
     line
 }
 
-/// The same benchmark on the GPU: `model::step` on the CUDA kernels, with the weights drawn on the GPU
-/// (`GpuTrainer::with_random_weights`: another generator than the CPU run's, so `loss_first` differs
-/// slightly). `gpu` may be reused across runs (`--micro-batch auto`): modules, cuBLASLt plans and the
-/// allocator's cache carry over.
+/// The same benchmark on the GPU: the model on the tape with device tensors (`train::Engine`), with the
+/// weights drawn on the GPU (`Engine::with_random_weights`: another generator than the CPU run's, so
+/// `loss_first` differs slightly). `gpu` (the process's `Gpu::shared`) is reused across runs
+/// (`--micro-batch auto`): modules, cuBLASLt plans and the allocator's cache carry over.
 #[cfg(not(no_cuda_kernels))]
 pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -> Result<Value> {
     use crate::backend::cuda::device::cuda_error;
@@ -124,13 +124,20 @@ pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -
     // Weights drawn on the GPU (milliseconds; the host's Box-Muller takes ~30 s for 857m).
     let model = RetroModel::structure(c)?;
     let opt_config = AdamWConfig { lr: 6e-4, ..AdamWConfig::default() };
-    let mut trainer = crate::train::gpu_step::GpuTrainer::with_random_weights(gpu.clone(), &model, opt_config, b.seed)?;
+    let device = crate::tensor::Device::Cuda(gpu.ordinal());
+    let mut trainer = crate::train::Engine::with_random_weights(device, &model, opt_config, b.seed)?;
+    let (mut host_model, mut opt) = (model.clone(), crate::train::AdamW::new(opt_config, &[]));
+    let mut train_step = |batch: &Batch| -> Result<f64> {
+        let loss = trainer.accumulate(&model, batch, b.seed)?;
+        trainer.apply(&mut host_model, &mut opt, opt_config.lr, 1)?;
+        Ok(loss)
+    };
     let mut rng = Rng::new(b.seed);
     let batches = [random_batch(c, b.micro_batch, &mut rng)?, random_batch(c, b.micro_batch, &mut rng)?];
     let mut losses = Vec::new();
     let t0 = Instant::now();
     for i in 0..b.warmup {
-        losses.push(trainer.train_step(&model, &batches[i % 2], opt_config.lr)?.0);
+        losses.push(train_step(&batches[i % 2])?);
     }
     gpu.synchronize()?;
     let warmup_s = t0.elapsed().as_secs_f64();
@@ -141,7 +148,7 @@ pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -
     for i in 0..b.steps {
         let (start, end) = (event()?, event()?);
         start.record(&gpu.compute).map_err(|e| cuda_error("event record", e))?;
-        losses.push(trainer.train_step(&model, &batches[(b.warmup + i) % 2], opt_config.lr)?.0);
+        losses.push(train_step(&batches[(b.warmup + i) % 2])?);
         end.record(&gpu.compute).map_err(|e| cuda_error("event record", e))?;
         times.push(start.elapsed_ms(&end).map_err(|e| cuda_error("event timing", e))? as f64 / 1e3);
     }

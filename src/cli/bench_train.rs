@@ -48,7 +48,7 @@ pub fn run(a: Args) -> retro::Result<()> {
             let auto = sizes.len() > 1;
             // One context for every size: each run draws its weights on the GPU and frees them into the
             // allocator's cache for the next.
-            let gpu = retro::backend::cuda::Gpu::new(ordinal)?;
+            let gpu = retro::backend::cuda::Gpu::shared(ordinal)?;
             for mb in sizes {
                 match retro::bench::train::run_gpu(&bench(mb), gpu.clone()) {
                     Ok(line) => println!("{line}"),

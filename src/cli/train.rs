@@ -63,7 +63,9 @@ pub struct Args {
     /// Write TensorBoard scalars (loss, lr, grad norm, tokens/s, validation perplexity) here.
     #[arg(long)]
     pub tensorboard_dir: Option<PathBuf>,
-    /// auto, cpu or cuda.
+    /// auto, cpu or cuda: where the steps run (the same model code on both; on a GPU bf16 activations
+    /// and f32 master weights). The GPU attention kernels have no attention dropout and no masked
+    /// neighbours yet, so `auto` keeps a run with dropout on the CPU.
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -108,7 +110,8 @@ pub fn run(args: Args) -> retro::Result<()> {
             world.size()
         )));
     }
-    // The GPU step has no dropout yet: `auto` keeps a run with dropout on the CPU; `cuda` says what to pass.
+    // The GPU attention kernels have no attention dropout yet: `auto` keeps a run with dropout on the CPU;
+    // `cuda` says what to pass.
     let device = if device == "auto" && hidden_dropout > 0.0 {
         retro::backend::select_device(&device, "retro train with dropout", false)?
     } else {

@@ -61,8 +61,7 @@ impl<'m> KvDecoder<'m> {
             step.embedded = Some(self.model.embed(tape, p, &nb)?);
         }
         let ids = Tensor::from_vec(vec![token as i64], &[1, 1])?;
-        let pos = Tensor::from_vec(vec![t as i64], &[1, 1])?;
-        let mut x = self.model.embed_at(tape, p, &ids, &pos)?;
+        let mut x = self.model.embed_at(tape, p, &ids, t)?;
         for (layer, cache) in self.model.layers.iter().zip(&mut self.caches) {
             x = layer.forward(tape, p, &x, Pass::Step(&mut step, cache))?;
         }

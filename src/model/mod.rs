@@ -8,7 +8,6 @@ pub mod kv_decode;
 pub mod params;
 mod retro;
 pub mod safetensors_io;
-pub mod step;
 
 pub use config::{padded_vocab_size, RetroConfig};
 pub use params::Params;

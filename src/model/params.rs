@@ -20,6 +20,9 @@ pub struct ParamSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub init: Init,
+    /// On the GPU the op reads the f32 master itself (LayerNorm's weight and bias), not a copy in the
+    /// activations' type (what GEMMs and embeddings read).
+    pub reads_master: bool,
 }
 
 /// Collects parameter specs while the modules are built; each gets the index modules use to find it.
@@ -30,8 +33,17 @@ pub struct ParamBuilder {
 
 impl ParamBuilder {
     pub fn add(&mut self, name: String, shape: &[usize], init: Init) -> usize {
-        debug_assert!(!self.specs.iter().any(|s| s.name == name), "duplicate parameter {name}");
-        self.specs.push(ParamSpec { name, shape: shape.to_vec(), init });
+        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: false })
+    }
+
+    /// A parameter the GPU op reads in f32 (LayerNorm's).
+    pub fn add_master(&mut self, name: String, shape: &[usize], init: Init) -> usize {
+        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: true })
+    }
+
+    fn push(&mut self, spec: ParamSpec) -> usize {
+        debug_assert!(!self.specs.iter().any(|s| s.name == spec.name), "duplicate parameter {}", spec.name);
+        self.specs.push(spec);
         self.specs.len() - 1
     }
 

@@ -170,16 +170,27 @@ impl RetroModel {
         self.loss_and_grads_with(batch, Tape::training(self.config.dropout, seed))
     }
 
-    fn loss_and_grads_with(&self, batch: &Batch, mut tape: Tape) -> Result<LossAndGrads> {
-        let p = self.params.leaves(&mut tape);
+    fn loss_and_grads_with(&self, batch: &Batch, tape: Tape) -> Result<LossAndGrads> {
+        self.loss_and_grads_on(&self.params.tensors, batch, tape)
+    }
+
+    /// Loss and gradients with `leaves` as the parameters (this model's own, or their copies on a GPU),
+    /// on whichever device they are; the loss is read back once. A parameter the loss does not reach gets
+    /// a zero gradient (f32 on a GPU, where gradients are f32 whatever the leaf's type).
+    pub fn loss_and_grads_on(&self, leaves: &[Tensor], batch: &Batch, mut tape: Tape) -> Result<LossAndGrads> {
+        let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
         let loss = self.loss(&mut tape, &p, batch)?;
-        let value = loss.value().to_f64_vec()[0];
+        let value = loss.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0];
         let mut grads: Gradients = tape.backward(&loss)?;
         let grads = p
             .iter()
-            .zip(&self.params.tensors)
-            .map(|(v, t)| grads.take(v).unwrap_or_else(|| Tensor::zeros(t.shape(), t.dtype())))
-            .collect();
+            .zip(leaves)
+            .map(|(v, t)| match grads.take(v) {
+                Some(g) => Ok(g),
+                None if t.device() == crate::tensor::Device::Cpu => Ok(Tensor::zeros(t.shape(), t.dtype())),
+                None => Tensor::zeros(t.shape(), DType::F32).to(t.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(LossAndGrads { loss: value, grads })
     }
 
@@ -192,17 +203,14 @@ impl RetroModel {
 
     /// word + learned position embeddings of ids [.., s] (positions 0..s-1).
     pub(crate) fn embed(&self, tape: &mut Tape, p: &[Var], ids: &Tensor) -> Result<Var> {
-        let s = ids.last_dim();
-        let rows = ids.numel() / s.max(1);
-        let positions = Tensor::from_vec((0..rows).flat_map(|_| 0..s as i64).collect::<Vec<i64>>(), ids.shape())?;
-        self.embed_at(tape, p, ids, &positions)
+        self.embed_at(tape, p, ids, 0)
     }
 
-    /// word + position embeddings of `ids` at explicit `positions` (same shape).
-    pub(crate) fn embed_at(&self, tape: &mut Tape, p: &[Var], ids: &Tensor, positions: &Tensor) -> Result<Var> {
-        let words = ops::embedding(tape, ids, &p[self.word_embeddings])?;
-        let pos = ops::embedding(tape, positions, &p[self.position_embeddings])?;
-        let x = ops::add(tape, &words, &pos)?;
+    /// word + position embeddings of ids [.., s] at positions first..first+s (a decoding step: one token
+    /// at its position).
+    pub(crate) fn embed_at(&self, tape: &mut Tape, p: &[Var], ids: &Tensor, first: usize) -> Result<Var> {
+        let (word, position) = (&p[self.word_embeddings], &p[self.position_embeddings]);
+        let x = ops::word_position_embedding(tape, ids, word, position, first)?;
         ops::dropout(tape, &x)
     }
 

@@ -14,8 +14,8 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, eps: f64) -> Self {
         Self {
-            weight: pb.add(format!("{prefix}.weight"), &[d], Init::Ones),
-            bias: pb.add(format!("{prefix}.bias"), &[d], Init::Zeros),
+            weight: pb.add_master(format!("{prefix}.weight"), &[d], Init::Ones),
+            bias: pb.add_master(format!("{prefix}.bias"), &[d], Init::Zeros),
             eps,
         }
     }

@@ -2,7 +2,7 @@ use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::attention::{self as cpu, Dims, GradTargets, Layout};
 use crate::backend::cpu::SendPtr;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 use crate::{ensure, with_float, Result};
 use std::sync::Arc;
 
@@ -144,6 +144,21 @@ fn run(
         }
         _ => None,
     };
+    if inputs[0].value().device() != Device::Cpu {
+        ensure!(
+            key_mask.is_none(),
+            "attention on {} on {}: masked keys (missing neighbours) are not implemented in the GPU kernels yet",
+            shapes(),
+            inputs[0].value().device()
+        );
+        ensure!(
+            dropout.is_none(),
+            "attention on {} on {}: attention dropout is not implemented in the GPU kernels yet (set attention dropout to 0)",
+            shapes(),
+            inputs[0].value().device()
+        );
+        return on_cuda(tape, inputs, source, layout, dims);
+    }
     crate::profile::timed(
         "attention",
         "forward",
@@ -173,4 +188,39 @@ fn run_typed<T: Float>(
         unsafe { cpu::backward(g.data::<T>()?, data(0)?, data(1)?, data(2)?, &probs, layout, dropout, dims, targets) };
         grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_vec(g, v.shape()).map(Some)).collect()
     }))
+}
+
+/// kernels/attention.cu (bf16, flash) or attention_exact.cu (f32), reading Q, K and V in place from the
+/// (possibly fused) projection outputs; the backward writes the gradients in the same packing.
+#[cfg(not(no_cuda_kernels))]
+fn on_cuda(tape: &mut Tape, inputs: &[&Var], source: [usize; 3], layout: Layout, dims: Dims) -> Result<Var> {
+    use crate::backend::cpu::attention::Operand;
+    use crate::backend::cuda::attention::{self as kernel, View};
+    fn view<E>(buf: &crate::backend::cuda::DeviceBuffer<E>, at: Operand) -> View<'_, E> {
+        View { buf, offset: at.offset, stride: at.stride }
+    }
+    let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
+    crate::with_gpu_float!(values[0].dtype(), "attention", E => {
+        let gpu = values[0].cuda::<E>()?.0.clone();
+        let bufs = values.iter().map(|v| v.cuda::<E>().map(|(_, b)| b)).collect::<Result<Vec<_>>>()?;
+        let (q, k, v) = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
+        let (o, lse) = kernel::forward(&gpu, &dims, q, k, v)?;
+        let out = Tensor::from_cuda(&gpu, o, &[dims.batch, dims.sq, dims.width()])?;
+        let saved = out.clone();
+        Ok(tape.record("attention", inputs, out, move |g, _| {
+            let bufs = values.iter().map(|v| v.cuda::<E>().map(|(_, b)| b)).collect::<Result<Vec<_>>>()?;
+            let grads = values.iter().map(|v| gpu.zeros::<E>(v.numel())).collect::<Result<Vec<_>>>()?;
+            let (_, o) = saved.cuda::<E>()?;
+            let (_, dout) = g.cuda::<E>()?;
+            let x = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
+            let dx = (view(&grads[source[0]], layout.q), view(&grads[source[1]], layout.k), view(&grads[source[2]], layout.v));
+            kernel::backward(&gpu, &dims, x, o, &lse, dout, dx)?;
+            grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_cuda(&gpu, g, v.shape()).map(Some)).collect()
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn on_cuda(_: &mut Tape, inputs: &[&Var], _: [usize; 3], _: Layout, _: Dims) -> Result<Var> {
+    crate::bail!("attention: a tensor on {} in a build without CUDA kernels", inputs[0].value().device())
 }

@@ -1,25 +1,20 @@
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::embedding as cpu;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 use crate::{bail, ensure, with_float, Result};
 
-/// Rows of `table` [vocab, d] picked by `ids` (i32/i64, any shape) -> ids.shape + [d].
+/// Rows of `table` [vocab, d] picked by `ids` (i32/i64, any shape) -> ids.shape + [d] (the BERT
+/// embedder's three lookups; CPU only).
 pub fn embedding(tape: &mut Tape, ids: &Tensor, table: &Var) -> Result<Var> {
     let dtype = same_float_dtype("embedding", &[table])?;
     ensure!(table.shape().len() == 2, "embedding: table must be [vocab, d], got {:?}", table.shape());
-    let vocab = table.shape()[0];
-    let raw = ids.indices().map_err(|e| e.context("embedding"))?;
-    let mut idx = Vec::with_capacity(raw.len());
-    for (pos, &id) in raw.iter().enumerate() {
-        if id < 0 || id as usize >= vocab {
-            bail!(
-                "embedding: id {id} at flat position {pos} of ids {:?} is outside the table's {vocab} rows",
-                ids.shape()
-            );
-        }
-        idx.push(id as usize);
-    }
+    ensure!(
+        table.value().device() == Device::Cpu,
+        "embedding: a single-table lookup runs on the CPU (the BERT embedder); on {} use word_position_embedding",
+        table.value().device()
+    );
+    let idx = checked_ids("embedding", ids, table.shape()[0])?;
     crate::profile::timed(
         "embedding",
         "forward",
@@ -35,4 +30,105 @@ fn run<T: Float>(tape: &mut Tape, idx: Vec<usize>, ids_shape: &[usize], table: &
     Ok(tape.record("embedding", &[table], out, move |g, _| {
         Ok(vec![Some(Tensor::from_vec(cpu::backward(&idx, g.data::<T>()?, vocab, d), &[vocab, d])?)])
     }))
+}
+
+/// GPT's input embedding, Megatron's `word_embeddings(ids) + position_embeddings(positions)`: for token
+/// i of `ids` (any shape, last dimension s) the row `ids[i]` of `word` [vocab, d] plus the row
+/// `first_position + i % s` of `position` [positions, d] -> ids.shape + [d]. One op on both devices
+/// (kernels/embedding.cu fuses the two gathers and the add; its backward is deterministic).
+pub fn word_position_embedding(
+    tape: &mut Tape,
+    ids: &Tensor,
+    word: &Var,
+    position: &Var,
+    first_position: usize,
+) -> Result<Var> {
+    let dtype = same_float_dtype("word_position_embedding", &[word, position])?;
+    let (ws, ps) = (word.shape(), position.shape());
+    ensure!(
+        ws.len() == 2 && ps.len() == 2 && ws[1] == ps[1],
+        "word_position_embedding: tables {:?} and {:?} must be [vocab, d] and [positions, d]",
+        ws,
+        ps
+    );
+    let period = ids.last_dim().max(1);
+    ensure!(
+        first_position + period <= ps[0],
+        "word_position_embedding: positions {first_position}..{} of ids {:?} are past the table's {} rows",
+        first_position + period,
+        ids.shape(),
+        ps[0]
+    );
+    let idx = checked_ids("word_position_embedding", ids, ws[0])?;
+    if word.value().device() != Device::Cpu {
+        return word_position_on_cuda(tape, &idx, ids.shape(), word, position, first_position);
+    }
+    let positions: Vec<usize> = (0..idx.len()).map(|i| first_position + i % period).collect();
+    crate::profile::timed("word_position_embedding", "forward", || {
+        with_float!(dtype, "word_position_embedding", T => {
+            let (vocab, npos, d) = (ws[0], ps[0], ws[1]);
+            let mut shape = ids.shape().to_vec();
+            shape.push(d);
+            let words = cpu::forward(&idx, word.value().data::<T>()?, d);
+            let pos = cpu::forward(&positions, position.value().data::<T>()?, d);
+            let out = Tensor::from_vec(crate::backend::cpu::elementwise::add(&words, &pos), &shape)?;
+            Ok(tape.record("word_position_embedding", &[word, position], out, move |g, _| {
+                let g = g.data::<T>()?;
+                Ok(vec![
+                    Some(Tensor::from_vec(cpu::backward(&idx, g, vocab, d), &[vocab, d])?),
+                    Some(Tensor::from_vec(cpu::backward(&positions, g, npos, d), &[npos, d])?),
+                ])
+            }))
+        })
+    })
+}
+
+/// The ids as table rows, each checked against the table's `rows`.
+fn checked_ids(op: &str, ids: &Tensor, rows: usize) -> Result<Vec<usize>> {
+    let raw = ids.indices().map_err(|e| e.context(op.to_string()))?;
+    let mut idx = Vec::with_capacity(raw.len());
+    for (pos, &id) in raw.iter().enumerate() {
+        if id < 0 || id as usize >= rows {
+            bail!("{op}: id {id} at flat position {pos} of ids {:?} is outside the table's {rows} rows", ids.shape());
+        }
+        idx.push(id as usize);
+    }
+    Ok(idx)
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn word_position_on_cuda(
+    tape: &mut Tape,
+    idx: &[usize],
+    ids_shape: &[usize],
+    word: &Var,
+    position: &Var,
+    first: usize,
+) -> Result<Var> {
+    use crate::backend::cuda::embedding::{self as kernel, Positions, TokenBatch};
+    let (vocab, npos, d) = (word.shape()[0], position.shape()[0], word.shape()[1]);
+    let at = Positions { first, period: ids_shape.last().copied().unwrap_or(1).max(1) };
+    let mut shape = ids_shape.to_vec();
+    shape.push(d);
+    let ids: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+    crate::with_gpu_float!(word.dtype(), "word_position_embedding", E => {
+        let ((gpu, wb), (_, pb)) = (word.value().cuda::<E>()?, position.value().cuda::<E>()?);
+        let batch = TokenBatch::new(gpu, &ids, vocab)?;
+        let out = Tensor::from_cuda(gpu, kernel::forward(gpu, &batch, wb, pb, d, at)?, &shape)?;
+        let gpu = gpu.clone();
+        Ok(tape.record("word_position_embedding", &[word, position], out, move |g, _| {
+            let (_, gb) = g.cuda::<E>()?;
+            let (dword, dposition) = (gpu.zeros::<f32>(vocab * d)?, gpu.zeros::<f32>(npos * d)?);
+            kernel::backward(&gpu, &batch, gb, &dword, &dposition, d, at)?;
+            Ok(vec![
+                Some(Tensor::from_cuda(&gpu, dword, &[vocab, d])?),
+                Some(Tensor::from_cuda(&gpu, dposition, &[npos, d])?),
+            ])
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn word_position_on_cuda(_: &mut Tape, _: &[usize], _: &[usize], word: &Var, _: &Var, _: usize) -> Result<Var> {
+    bail!("word_position_embedding: a tensor on {} in a build without CUDA kernels", word.value().device())
 }

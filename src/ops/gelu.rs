@@ -1,15 +1,18 @@
 //! GELU in its two forms: tanh-approximated (Megatron's bias_gelu fusion, the decoder and encoder MLPs)
-//! and exact erf (BERT's, the retrieval embedder).
+//! and exact erf (BERT's, the retrieval embedder). On the GPU: kernels/gelu.cu (tanh form only).
 
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::elementwise as cpu;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 use crate::{with_float, Result};
 
 /// tanh-approximated GELU (Megatron's bias_gelu fusion).
 pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
     let dtype = same_float_dtype("gelu", &[x])?;
+    if x.value().device() != Device::Cpu {
+        return on_cuda(tape, x);
+    }
     crate::profile::timed(
         "gelu",
         "forward",
@@ -20,6 +23,12 @@ pub fn gelu(tape: &mut Tape, x: &Var) -> Result<Var> {
 /// Exact (erf) GELU, as BERT uses.
 pub fn gelu_erf(tape: &mut Tape, x: &Var) -> Result<Var> {
     let dtype = same_float_dtype("gelu_erf", &[x])?;
+    crate::ensure!(
+        x.value().device() == Device::Cpu,
+        "gelu_erf: the exact GELU (the BERT embedder's) runs on the CPU only; got {:?} on {}",
+        x.shape(),
+        x.value().device()
+    );
     crate::profile::timed(
         "gelu_erf",
         "forward",
@@ -39,4 +48,28 @@ fn run<T: Float>(
     Ok(tape.record(name, &[x], out, move |g, _| {
         Ok(vec![Some(Tensor::from_vec(backward(xs.data::<T>()?, g.data::<T>()?), xs.shape())?)])
     }))
+}
+
+/// kernels/gelu.cu's bias-GELU with a zero bias (the bias is the preceding linear's epilogue).
+#[cfg(not(no_cuda_kernels))]
+fn on_cuda(tape: &mut Tape, x: &Var) -> Result<Var> {
+    use crate::backend::cuda::gelu as kernel;
+    crate::with_gpu_float!(x.dtype(), "gelu", E => {
+        let (gpu, buf) = x.value().cuda::<E>()?;
+        let d = x.value().last_dim();
+        let zero_bias = gpu.zeros::<f32>(d)?;
+        let out = Tensor::from_cuda(gpu, kernel::forward(gpu, buf, &zero_bias, d)?, x.shape())?;
+        let xs = x.value().clone();
+        Ok(tape.record("gelu", &[x], out, move |g, _| {
+            let ((gpu, xb), (_, gb)) = (xs.cuda::<E>()?, g.cuda::<E>()?);
+            let (zero_bias, unused_dbias) = (gpu.zeros::<f32>(d)?, gpu.zeros::<f32>(d)?);
+            let dx = kernel::backward(gpu, gb, xb, &zero_bias, &unused_dbias, d)?;
+            Ok(vec![Some(Tensor::from_cuda(gpu, dx, xs.shape())?)])
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn on_cuda(_: &mut Tape, x: &Var) -> Result<Var> {
+    crate::bail!("gelu: a tensor on {} in a build without CUDA kernels", x.value().device())
 }

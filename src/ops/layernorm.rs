@@ -1,13 +1,24 @@
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layernorm as cpu;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 use crate::{ensure, with_float, Result};
 
-/// LayerNorm over the last dimension with affine weight and bias [d].
+/// LayerNorm over the last dimension with affine weight and bias [d]. On the GPU (kernels/layernorm.cu)
+/// x is bf16 or f32 and the weight and bias are f32; the statistics are f32.
 pub fn layer_norm(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {
-    let dtype = same_float_dtype("layer_norm", &[x, w, b])?;
     let d = x.value().last_dim();
+    if super::cuda::same_device("layer_norm", &[x, w, b])? != Device::Cpu {
+        ensure!(
+            w.shape() == [d] && b.shape() == [d],
+            "layer_norm: input {:?} needs weight and bias [{d}], got {:?} and {:?}",
+            x.shape(),
+            w.shape(),
+            b.shape()
+        );
+        return on_cuda(tape, x, w, b, eps);
+    }
+    let dtype = same_float_dtype("layer_norm", &[x, w, b])?;
     ensure!(
         w.shape() == [d] && b.shape() == [d],
         "layer_norm: input {:?} needs weight and bias [{d}], got {:?} and {:?}",
@@ -35,4 +46,37 @@ fn run<T: Float>(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Result
             Some(Tensor::from_vec(db, &[d])?),
         ])
     }))
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn on_cuda(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {
+    use crate::backend::cuda::layernorm as kernel;
+    let d = x.value().last_dim();
+    ensure!(
+        w.dtype() == crate::tensor::DType::F32 && b.dtype() == crate::tensor::DType::F32,
+        "layer_norm on the GPU: weight and bias must be f32 (the master copies), got {} and {}",
+        w.dtype(),
+        b.dtype()
+    );
+    crate::with_gpu_float!(x.dtype(), "layer_norm", E => {
+        let ((gpu, xb), (_, wb), (_, bb)) = (x.value().cuda::<E>()?, w.value().cuda::<f32>()?, b.value().cuda::<f32>()?);
+        let (y, stats) = kernel::forward(gpu, xb, wb, bb, d, eps as f32)?;
+        let out = Tensor::from_cuda(gpu, y, x.shape())?;
+        let (xs, ws) = (x.value().clone(), w.value().clone());
+        Ok(tape.record("layer_norm", &[x, w, b], out, move |g, _| {
+            let ((gpu, xb), (_, wb), (_, gb)) = (xs.cuda::<E>()?, ws.cuda::<f32>()?, g.cuda::<E>()?);
+            let (dw, db) = (gpu.zeros::<f32>(d)?, gpu.zeros::<f32>(d)?);
+            let dx = kernel::backward(gpu, gb, xb, &stats, wb, &dw, &db, d)?;
+            Ok(vec![
+                Some(Tensor::from_cuda(gpu, dx, xs.shape())?),
+                Some(Tensor::from_cuda(gpu, dw, &[d])?),
+                Some(Tensor::from_cuda(gpu, db, &[d])?),
+            ])
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn on_cuda(_: &mut Tape, x: &Var, _: &Var, _: &Var, _: f64) -> Result<Var> {
+    crate::bail!("layer_norm: a tensor on {} in a build without CUDA kernels", x.value().device())
 }

@@ -1,9 +1,9 @@
-//! Reshape, shift / slice / pad along a dimension (`shift_rows`: the CCA's shift by m - 1, as
-//! kernels/residual.cu's shift_rows on the GPU), concatenation.
+//! Reshape, shift / slice / pad along a dimension (`shift_rows`: the CCA's shift by m - 1), concatenation.
+//! On the GPU these are strided copies (`Gpu::copy_rows`, cuMemcpy2DAsync) with no kernel.
 
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::layout as cpu;
-use crate::tensor::{numel, Tensor};
+use crate::tensor::{numel, Device, Tensor};
 use crate::{bail, ensure, Result};
 
 /// View with another shape (no copy); the gradient is reshaped back.
@@ -21,6 +21,9 @@ fn shift_values(x: &Tensor, dim: usize, offset: isize, len: usize) -> Result<Ten
     let (outer, size, inner) = split_at_dim(x.shape(), dim);
     let mut shape = x.shape().to_vec();
     shape[dim] = len;
+    if x.device() != Device::Cpu {
+        return shift_on_cuda(x, (outer, size, inner), offset, &shape);
+    }
     macro_rules! go {
         ($t:ty) => {
             Tensor::from_vec(cpu::shift_rows(x.data::<$t>()?, outer, size, inner, offset, len), &shape)
@@ -80,10 +83,16 @@ pub fn concat(tape: &mut Tape, xs: &[&Var], dim: usize) -> Result<Var> {
             dtype
         );
     }
+    let device = super::cuda::same_device("concat", xs)?;
     let (outer, _, inner) = split_at_dim(first.shape(), dim);
     let sizes: Vec<usize> = xs.iter().map(|x| x.shape()[dim]).collect();
     let mut shape = first.shape().to_vec();
     shape[dim] = sizes.iter().sum();
+    if device != Device::Cpu {
+        let values: Vec<&Tensor> = xs.iter().map(|x| x.value()).collect();
+        let out = concat_on_cuda(&values, &sizes, outer, inner, &shape)?;
+        return Ok(record_concat(tape, xs, out, sizes, dim));
+    }
     macro_rules! go {
         ($t:ty) => {{
             let parts = xs.iter().map(|x| x.value().data::<$t>()).collect::<Result<Vec<_>>>()?;
@@ -97,7 +106,11 @@ pub fn concat(tape: &mut Tape, xs: &[&Var], dim: usize) -> Result<Var> {
         crate::tensor::DType::I32 => go!(i32),
         crate::tensor::DType::I64 => go!(i64),
     };
-    Ok(tape.record("concat", xs, out, move |g, needs| {
+    Ok(record_concat(tape, xs, out, sizes, dim))
+}
+
+fn record_concat(tape: &mut Tape, xs: &[&Var], out: Tensor, sizes: Vec<usize>, dim: usize) -> Var {
+    tape.record("concat", xs, out, move |g, needs| {
         let mut offset = 0;
         let mut grads = Vec::with_capacity(sizes.len());
         for (&size, &need) in sizes.iter().zip(needs) {
@@ -105,5 +118,52 @@ pub fn concat(tape: &mut Tape, xs: &[&Var], dim: usize) -> Result<Var> {
             offset += size;
         }
         Ok(grads)
-    }))
+    })
+}
+
+/// Per outer index, rows `j + offset` of x's `size` rows (of `inner` elements) into row j of the
+/// output, zero where the source row is outside x.
+#[cfg(not(no_cuda_kernels))]
+fn shift_on_cuda(
+    x: &Tensor,
+    (outer, size, inner): (usize, usize, usize),
+    offset: isize,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let len = shape.iter().product::<usize>() / (outer * inner).max(1);
+    let lo = (-offset).clamp(0, len as isize) as usize;
+    let hi = (size as isize - offset).clamp(lo as isize, len as isize) as usize;
+    crate::with_gpu_float!(x.dtype(), "shift_rows", E => {
+        let (gpu, src) = x.cuda::<E>()?;
+        let out = gpu.zeros::<E>(numel(shape))?;
+        let from = (lo as isize + offset) as usize;
+        gpu.copy_rows(&out, lo * inner, len * inner, src, from * inner, size * inner, (hi - lo) * inner, outer)?;
+        Tensor::from_cuda(gpu, out, shape)
+    })
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn concat_on_cuda(xs: &[&Tensor], sizes: &[usize], outer: usize, inner: usize, shape: &[usize]) -> Result<Tensor> {
+    let total: usize = sizes.iter().sum();
+    crate::with_gpu_float!(xs[0].dtype(), "concat", E => {
+        let gpu = xs[0].cuda::<E>()?.0.clone();
+        let out = gpu.alloc::<E>(numel(shape))?;
+        let mut at = 0;
+        for (x, &size) in xs.iter().zip(sizes) {
+            let (_, src) = x.cuda::<E>()?;
+            gpu.copy_rows(&out, at * inner, total * inner, src, 0, size * inner, size * inner, outer)?;
+            at += size;
+        }
+        Tensor::from_cuda(&gpu, out, shape)
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn shift_on_cuda(x: &Tensor, _: (usize, usize, usize), _: isize, _: &[usize]) -> Result<Tensor> {
+    bail!("shift_rows: a tensor on {} in a build without CUDA kernels", x.device())
+}
+
+#[cfg(no_cuda_kernels)]
+fn concat_on_cuda(xs: &[&Tensor], _: &[usize], _: usize, _: usize, _: &[usize]) -> Result<Tensor> {
+    bail!("concat: a tensor on {} in a build without CUDA kernels", xs[0].device())
 }

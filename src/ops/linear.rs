@@ -1,10 +1,11 @@
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::backend::cpu::linear as cpu;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 use crate::{ensure, with_float, Result};
 
-/// `y = x·Wᵀ + b`: x [.., din], w [dout, din], b [dout] -> [.., dout].
+/// `y = x·Wᵀ + b`: x [.., din], w [dout, din], b [dout] -> [.., dout]. On the GPU: cuBLASLt with the bias
+/// in its epilogue (backend/cuda/linear.rs); x, w and b in the activations' type, dW and db in f32.
 pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let mut vars = vec![x, w];
     vars.extend(b);
@@ -18,6 +19,9 @@ pub fn linear(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var>
     );
     if let Some(b) = b {
         ensure!(b.shape() == [w.shape()[0]], "linear: bias {:?} does not match weight {:?}", b.shape(), w.shape());
+    }
+    if x.value().device() != Device::Cpu {
+        return on_cuda(tape, x, w, b);
     }
     crate::profile::timed("linear", "forward", || with_float!(dtype, "linear", T => run::<T>(tape, x, w, b)))
 }
@@ -47,4 +51,37 @@ fn run<T: Float>(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<V
         }
         Ok(grads)
     }))
+}
+
+#[cfg(not(no_cuda_kernels))]
+fn on_cuda(tape: &mut Tape, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    use crate::backend::cuda::linear::Linear;
+    let (dout, din) = (w.shape()[0], w.shape()[1]);
+    let shape = Linear { rows: x.value().numel() / din, in_features: din, out_features: dout };
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = dout;
+    crate::with_gpu_float!(x.dtype(), "linear", E => {
+        let ((gpu, xb), (_, wb)) = (x.value().cuda::<E>()?, w.value().cuda::<E>()?);
+        let bias = b.map(|b| b.value().cuda::<E>().map(|(_, bb)| bb)).transpose()?;
+        let out = Tensor::from_cuda(gpu, shape.forward(gpu, xb, wb, bias, false)?, &out_shape)?;
+        let (xs, ws, has_bias) = (x.value().clone(), w.value().clone(), b.is_some());
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        Ok(tape.record("linear", &inputs, out, move |g, _| {
+            let ((gpu, xb), (_, wb), (_, gb)) = (xs.cuda::<E>()?, ws.cuda::<E>()?, g.cuda::<E>()?);
+            let dw = gpu.zeros::<f32>(dout * din)?;
+            let db = has_bias.then(|| gpu.zeros::<f32>(dout)).transpose()?;
+            let dx = shape.backward(gpu, gb, xb, wb, &dw, db.as_ref())?;
+            let mut grads = vec![Some(Tensor::from_cuda(gpu, dx, xs.shape())?), Some(Tensor::from_cuda(gpu, dw, ws.shape())?)];
+            if let Some(db) = db {
+                grads.push(Some(Tensor::from_cuda(gpu, db, &[dout])?));
+            }
+            Ok(grads)
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+fn on_cuda(_: &mut Tape, x: &Var, _: &Var, _: Option<&Var>) -> Result<Var> {
+    crate::bail!("linear: a tensor on {} in a build without CUDA kernels", x.value().device())
 }

@@ -1,5 +1,4 @@
-//! Where work runs: the CPU, or CUDA device `n` (the explicit training step, `model::step`). Tensors
-//! themselves live on the CPU; GPU memory is held by `backend::cuda` buffers.
+//! Where a tensor lives and its ops run: host memory and the CPU, or CUDA device `n`.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {

@@ -3,7 +3,8 @@
 pub mod adamw;
 pub mod checkpoint;
 #[cfg(not(no_cuda_kernels))]
-pub mod gpu_step;
+pub mod device_optimizer;
+pub mod engine;
 pub mod loader;
 pub mod plot;
 pub mod schedule;
@@ -11,3 +12,4 @@ pub mod tensorboard;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig, StepStats};
+pub use engine::Engine;

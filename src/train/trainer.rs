@@ -9,7 +9,7 @@
 use super::checkpoint::{self, State};
 use super::loader::{prefetch, ProjectData, SplitData};
 use super::schedule::LrSchedule;
-use super::{AdamW, AdamWConfig, StepStats};
+use super::{AdamW, AdamWConfig, Engine};
 use crate::model::{padded_vocab_size, Batch, RetroConfig, RetroModel};
 use crate::tensor::DType;
 use crate::{bail, ensure, Context, Result};
@@ -44,8 +44,8 @@ pub struct TrainArgs {
     pub progress: bool,
     /// TensorBoard event files (Megatron's `--tensorboard-dir`).
     pub tensorboard_dir: Option<PathBuf>,
-    /// Where the steps run: the CPU (the tape model, f32) or a GPU (the explicit step, bf16 activations,
-    /// f32 master weights; evaluation and checkpoints go through the CPU copy of the model).
+    /// Where the steps run (`train::Engine`): the CPU (f32) or a GPU (the same model with bf16 activations
+    /// and f32 master weights; evaluation and checkpoints go through the CPU copy of the model).
     pub device: crate::tensor::Device,
 }
 
@@ -120,7 +120,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     if args.device != crate::tensor::Device::Cpu {
         ensure!(
             config.dropout == 0.0,
-            "--device {}: training on the GPU runs without dropout so far; pass --hidden-dropout 0 --attention-dropout 0",
+            "--device {}: the GPU attention kernels have no attention dropout yet, and one rate drives hidden and attention dropout; pass --hidden-dropout 0 --attention-dropout 0",
             args.device
         );
     }
@@ -145,7 +145,8 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             .map(|_| batches.recv().map_err(|_| crate::Error::msg("the data loader stopped")).and_then(|b| b));
         let loss = accumulate(args, &mut engine, &model, &mut micro_batches, iteration)?;
         let lr = args.schedule.at(consumed);
-        let stats = apply(&mut engine, &mut model, &mut opt, lr, micro_per_step)
+        let stats = engine
+            .apply(&mut model, &mut opt, lr, micro_per_step)
             .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
         iteration += 1;
         consumed += args.global_batch as u64;
@@ -307,29 +308,6 @@ fn accumulate(
     Ok(loss)
 }
 
-/// The optimizer step on the summed gradients (averaged over the micro-batches).
-fn apply(
-    engine: &mut Engine,
-    model: &mut RetroModel,
-    opt: &mut AdamW,
-    lr: f64,
-    micro_per_step: usize,
-) -> Result<StepStats> {
-    match engine {
-        Engine::Cpu { grads } => {
-            let mut grads = grads.take().expect("at least one micro-batch");
-            if micro_per_step > 1 {
-                for g in grads.iter_mut() {
-                    g.scale(1.0 / micro_per_step as f64)?;
-                }
-            }
-            opt.step(&mut model.params.tensors, &mut grads, lr)
-        }
-        #[cfg(not(no_cuda_kernels))]
-        Engine::Gpu(gpu) => gpu.apply(lr, 1.0 / micro_per_step as f64),
-    }
-}
-
 /// Validation loss (and, for RETRO, perplexity with every neighbour masked) into the step's metrics line.
 fn evaluate_into(
     line: &mut Value,
@@ -363,70 +341,4 @@ fn log_tensorboard(tb: &mut super::tensorboard::EventWriter, line: &Value, itera
         }
     }
     tb.flush()
-}
-
-/// Where the training steps run.
-enum Engine {
-    /// The tape model; its parameters and `AdamW` are the state, `grads` the step's summed gradients.
-    Cpu { grads: Option<Vec<crate::tensor::Tensor>> },
-    /// The explicit step on the GPU; `model` and `AdamW` are refreshed from it before evaluations and
-    /// checkpoints.
-    #[cfg(not(no_cuda_kernels))]
-    Gpu(Box<super::gpu_step::GpuTrainer>),
-}
-
-impl Engine {
-    fn new(device: crate::tensor::Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
-        #[cfg(no_cuda_kernels)]
-        let _ = (model, opt);
-        match device {
-            crate::tensor::Device::Cpu => Ok(Engine::Cpu { grads: None }),
-            #[cfg(not(no_cuda_kernels))]
-            crate::tensor::Device::Cuda(ordinal) => {
-                let gpu = crate::backend::cuda::Gpu::new(ordinal)?;
-                let mut trainer = super::gpu_step::GpuTrainer::new(gpu, model, opt.config)?;
-                // A resumed run brings its moments; a fresh one starts from the zeros `new` made.
-                if opt.step > 0 {
-                    trainer.from_host(opt)?;
-                }
-                Ok(Engine::Gpu(Box::new(trainer)))
-            }
-            #[cfg(no_cuda_kernels)]
-            crate::tensor::Device::Cuda(_) => bail!("this build has no CUDA kernels"),
-        }
-    }
-
-    /// Forward and backward of one micro-batch, its gradients added to the step's; returns its loss.
-    fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<f64> {
-        match self {
-            Engine::Cpu { grads } => {
-                let step = model.train_step(batch, seed)?;
-                match grads {
-                    None => *grads = Some(step.grads),
-                    Some(acc) => {
-                        for (a, g) in acc.iter_mut().zip(&step.grads) {
-                            a.add_assign(g)?;
-                        }
-                    }
-                }
-                Ok(step.loss)
-            }
-            #[cfg(not(no_cuda_kernels))]
-            Engine::Gpu(gpu) => {
-                let _ = seed;
-                gpu.accumulate(model, batch)
-            }
-        }
-    }
-
-    fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
-        match self {
-            Engine::Cpu { .. } => {
-                let _ = (model, opt);
-                Ok(())
-            }
-            #[cfg(not(no_cuda_kernels))]
-            Engine::Gpu(gpu) => gpu.to_host(model, opt),
-        }
-    }
 }

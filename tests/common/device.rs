@@ -73,9 +73,16 @@ pub fn cuda(f32: bool) -> Option<Dev> {
         }
         // One Gpu per test thread would create many contexts' worth of streams; share one.
         static GPU: std::sync::OnceLock<std::sync::Arc<retro::backend::cuda::Gpu>> = std::sync::OnceLock::new();
-        let gpu = GPU.get_or_init(|| retro::backend::cuda::Gpu::new(0).expect("opening GPU 0"));
+        // The process's shared Gpu: the one device tensors (`Tensor::to`) live on.
+        let gpu = GPU.get_or_init(|| retro::backend::cuda::Gpu::shared(0).expect("opening GPU 0"));
         Some(if f32 { Dev::CudaF32(gpu.clone()) } else { Dev::Cuda(gpu.clone()) })
     }
+}
+
+/// A tensor's values on the host as f32, from any device and float dtype.
+pub fn read(t: &retro::tensor::Tensor) -> Vec<f32> {
+    let host = t.to(retro::tensor::Device::Cpu).unwrap();
+    host.to_dtype(retro::tensor::DType::F32).unwrap().to_vec::<f32>().unwrap()
 }
 
 /// Round to the nearest bf16 (what the GPU stores).
@@ -334,7 +341,7 @@ impl Dev {
                 use retro::backend::cuda::embedding;
                 let batch = embedding::TokenBatch::new(gpu, tokens, word.len() / d).unwrap();
                 let (w, p) = (gpu.upload(&to_e::<E>(word)).unwrap(), gpu.upload(&to_e::<E>(position)).unwrap());
-                let out = embedding::forward(gpu, &batch, &w, &p, d, period).unwrap();
+                let out = embedding::forward(gpu, &batch, &w, &p, d, embedding::Positions::from_zero(period)).unwrap();
                 from_e(&gpu.download(&out).unwrap())
             }),
         }
@@ -362,7 +369,7 @@ impl Dev {
                 let batch = embedding::TokenBatch::new(gpu, tokens, vocab).unwrap();
                 let (dw, dp) = (gpu.zeros::<f32>(vocab * d).unwrap(), gpu.zeros::<f32>(positions * d).unwrap());
                 let g = gpu.upload(&to_e::<E>(dout)).unwrap();
-                embedding::backward(gpu, &batch, &g, &dw, &dp, d, period).unwrap();
+                embedding::backward(gpu, &batch, &g, &dw, &dp, d, embedding::Positions::from_zero(period)).unwrap();
                 (gpu.download(&dw).unwrap(), gpu.download(&dp).unwrap())
             }),
         }
@@ -586,9 +593,29 @@ impl Dev {
         }
     }
 
+    /// Where this copy of a test puts its tensors: the device, and the dtype of activations there (f32 on
+    /// the CPU and for `cuda_f32`, bf16 for `cuda`).
+    pub fn placement(&self) -> (retro::tensor::Device, retro::tensor::DType) {
+        use retro::tensor::{DType, Device};
+        match self {
+            Dev::Cpu => (Device::Cpu, DType::F32),
+            #[cfg(not(no_cuda_kernels))]
+            Dev::Cuda(gpu) => (Device::Cuda(gpu.ordinal()), DType::BF16),
+            #[cfg(not(no_cuda_kernels))]
+            Dev::CudaF32(gpu) => (Device::Cuda(gpu.ordinal()), DType::F32),
+        }
+    }
+
+    /// Host f32 values as an activation tensor of this copy (converted, then copied to the device).
+    pub fn tensor(&self, x: &[f32], shape: &[usize]) -> retro::tensor::Tensor {
+        let (device, dtype) = self.placement();
+        retro::tensor::Tensor::from_vec(x.to_vec(), shape).unwrap().to_dtype(dtype).unwrap().to(device).unwrap()
+    }
+
     /// Attention on the fused projections the model produces: one `[rows, 3w]` QKV buffer (`kv` None) or
-    /// Q `[rows, w]` with one `[rows, 2w]` KV buffer, through the step backends' attention (the GPU
-    /// launchers address each operand by stride and offset). Returns (o, gradients in the same packing).
+    /// Q `[rows, w]` with one `[rows, 2w]` KV buffer, through the real ops (`ops::attention_qkv` /
+    /// `attention_kv` on this copy's device, backward on the tape). Returns (o, gradients in the same
+    /// packing).
     pub fn attention_packed(
         &self,
         s: cpu::attention::Dims,
@@ -596,33 +623,23 @@ impl Dev {
         kv: Option<&[f32]>,
         dout: &[f32],
     ) -> (Vec<f32>, Vec<Vec<f32>>) {
-        use retro::model::step::{AttnInputs, StepBackend};
-        fn run<B: StepBackend>(
-            b: &B,
-            s: cpu::attention::Dims,
-            x: &[f32],
-            kv: Option<&[f32]>,
-            dout: &[f32],
-            read: impl Fn(&B::Act) -> Vec<f32>,
-        ) -> (Vec<f32>, Vec<Vec<f32>>) {
-            let x = b.act(x).unwrap();
-            let kv = kv.map(|kv| b.act(kv).unwrap());
-            let inputs = || match &kv {
-                None => AttnInputs::Qkv(&x),
-                Some(kv) => AttnInputs::QKv(&x, kv),
-            };
-            let (o, saved) = b.attention(&s, inputs()).unwrap();
-            let grads = b.attention_backward(&s, inputs(), &o, &saved, &b.act(dout).unwrap()).unwrap();
-            (read(&o), grads.iter().map(read).collect())
+        use retro::autograd::Tape;
+        use retro::ops::{self, AttnMask};
+        let w = s.width();
+        let mut tape = Tape::new();
+        let mask = if s.causal { AttnMask::Causal } else { AttnMask::None };
+        let x = tape.leaf(self.tensor(q_or_qkv, &[s.batch, s.sq, q_or_qkv.len() / (s.batch * s.sq)]));
+        let kv = kv.map(|kv| tape.leaf(self.tensor(kv, &[s.batch, s.sk, 2 * w])));
+        let o = match &kv {
+            None => ops::attention_qkv(&mut tape, &x, s.heads, &mask, None),
+            Some(kv) => ops::attention_kv(&mut tape, &x, kv, s.heads, &mask, None),
         }
-        match self {
-            Dev::Cpu => run(&retro::backend::cpu::step::CpuStep, s, q_or_qkv, kv, dout, |v| v.clone()),
-            #[cfg(not(no_cuda_kernels))]
-            _ => on_cuda!(self, gpu, E, {
-                let backend = retro::backend::cuda::step::CudaStep::<E>::new(gpu.clone());
-                run(&backend, s, q_or_qkv, kv, dout, |b| from_e(&gpu.download(b).unwrap()))
-            }),
-        }
+        .unwrap();
+        let out = read(o.value());
+        let grads = tape.backward_with(&o, self.tensor(dout, o.shape())).unwrap();
+        let mut g = vec![read(grads.get(&x).unwrap())];
+        g.extend(kv.map(|kv| read(grads.get(&kv).unwrap())));
+        (out, g)
     }
 
     /// One AdamW step over flat f32 buffers (param, exp_avg, exp_avg_sq updated) and the bf16 copy of the

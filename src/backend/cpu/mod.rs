@@ -15,6 +15,5 @@ pub mod linear;
 pub mod math;
 mod parallel;
 pub mod simd;
-pub mod step;
 
 pub use parallel::{column_sums, SendPtr, ROW_BLOCK};

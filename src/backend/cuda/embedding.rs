@@ -50,26 +50,42 @@ impl TokenBatch {
     }
 }
 
-fn check(word: usize, position: usize, d: usize, period: usize, vocab: usize) -> Result<()> {
+/// Which rows of the position table a batch reads: `first + t % period` for token t.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions {
+    pub first: usize,
+    pub period: usize,
+}
+
+impl Positions {
+    /// Every row of `period` tokens at positions 0..period.
+    pub fn from_zero(period: usize) -> Self {
+        Self { first: 0, period }
+    }
+}
+
+fn check(word: usize, position: usize, d: usize, at: Positions, vocab: usize) -> Result<()> {
     crate::ensure!(d % 8 == 0 && d > 0, "embedding width {d} must be a multiple of 8 on the GPU");
     crate::ensure!(word == vocab * d, "word table of {word} elements is not {vocab} x {d}");
     crate::ensure!(
-        period > 0 && position >= period * d,
-        "position table of {position} elements has fewer than {period} rows of {d}"
+        at.period > 0 && position >= (at.first + at.period) * d,
+        "position table of {position} elements has fewer than {} rows of {d}",
+        at.first + at.period
     );
     Ok(())
 }
 
-/// `out[t] = word[tokens[t]] + position[t % period]`.
+/// `out[t] = word[tokens[t]] + position[at.first + t % at.period]`.
 pub fn forward<E: GpuFloat>(
     gpu: &Gpu,
     batch: &TokenBatch,
     word: &DeviceBuffer<E>,
     position: &DeviceBuffer<E>,
     d: usize,
-    period: usize,
+    at: Positions,
 ) -> Result<DeviceBuffer<E>> {
-    check(word.len(), position.len(), d, period, word.len() / d.max(1))?;
+    check(word.len(), position.len(), d, at, word.len() / d.max(1))?;
+    let period = at.period;
     let out = gpu.alloc::<E>(batch.count * d)?;
     if batch.count == 0 {
         return Ok(out);
@@ -83,7 +99,7 @@ pub fn forward<E: GpuFloat>(
             "embedding",
             &kernel::<E>("embedding_forward"),
             config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
-            &[&out.ptr(), &batch.tokens.ptr(), &word.ptr(), &position.ptr(), &count, &dd, &p],
+            &[&out.ptr(), &batch.tokens.ptr(), &word.ptr(), &position.ptr_at(at.first * d), &count, &dd, &p],
         )?;
     }
     Ok(out)
@@ -97,9 +113,10 @@ pub fn backward<E: GpuFloat>(
     dword: &DeviceBuffer<f32>,
     dposition: &DeviceBuffer<f32>,
     d: usize,
-    period: usize,
+    at: Positions,
 ) -> Result<()> {
-    check(dword.len(), dposition.len(), d, period, dword.len() / d.max(1))?;
+    check(dword.len(), dposition.len(), d, at, dword.len() / d.max(1))?;
+    let period = at.period;
     crate::ensure!(
         dout.len() == batch.count * d,
         "embedding backward: dout has {} elements, not {} x {d}",
@@ -130,7 +147,7 @@ pub fn backward<E: GpuFloat>(
             "embedding",
             &kernel::<E>("embedding_position_backward"),
             config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
-            &[&dposition.ptr(), &dout.ptr(), &count, &dd, &p],
+            &[&dposition.ptr_at(at.first * d), &dout.ptr(), &count, &dd, &p],
         )
     }
 }

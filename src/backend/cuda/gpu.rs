@@ -20,6 +20,7 @@ pub struct Gpu {
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     blas: OnceLock<super::blas::Blas>,
     only_image: Option<Image>,
+    ordinal: usize,
 }
 
 /// A typed device array of `len` elements in a cached block.
@@ -60,6 +61,23 @@ impl Gpu {
         Self::open(ordinal, None)
     }
 
+    /// The process's `Gpu` for device `ordinal`, opened on first use: what device tensors
+    /// (`Tensor::to(Device::Cuda(n))`) live on, so every op on that device shares one stream and cache.
+    pub fn shared(ordinal: usize) -> Result<Arc<Self>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+        let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gpu) = open.get(&ordinal) {
+            return Ok(gpu.clone());
+        }
+        let gpu = Self::new(ordinal)?;
+        open.insert(ordinal, gpu.clone());
+        Ok(gpu)
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
     /// Like `new`, but every module is loaded from `image` only (`retro info` checks both images).
     pub fn with_image(ordinal: usize, image: Image) -> Result<Arc<Self>> {
         Self::open(ordinal, Some(image))
@@ -82,6 +100,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             only_image,
+            ordinal,
         }))
     }
 
@@ -173,6 +192,58 @@ impl Gpu {
             .map_err(|e| cuda_error("device-to-host copy", e))?;
         self.synchronize()?;
         Ok(host)
+    }
+
+    /// Copy `height` rows of `width` elements from `src` (rows `src_pitch` elements apart, starting at
+    /// element `src_offset`) into `dst` (rows `dst_pitch` apart, from `dst_offset`), on the compute stream:
+    /// narrowing, concatenation and padding of device tensors, without a kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_rows<T>(
+        &self,
+        dst: &DeviceBuffer<T>,
+        dst_offset: usize,
+        dst_pitch: usize,
+        src: &DeviceBuffer<T>,
+        src_offset: usize,
+        src_pitch: usize,
+        width: usize,
+        height: usize,
+    ) -> Result<()> {
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        let fits =
+            |offset: usize, pitch: usize, len: usize| pitch >= width && offset + (height - 1) * pitch + width <= len;
+        crate::ensure!(
+            fits(dst_offset, dst_pitch, dst.len()) && fits(src_offset, src_pitch, src.len()),
+            "copy_rows: {height} rows of {width} from offset {src_offset} pitch {src_pitch} of {} elements into offset {dst_offset} pitch {dst_pitch} of {}",
+            src.len(),
+            dst.len()
+        );
+        let e = std::mem::size_of::<T>();
+        let device = cudarc::driver::sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        let copy = cudarc::driver::sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: device,
+            srcHost: std::ptr::null(),
+            srcDevice: src.ptr_at(src_offset),
+            srcArray: std::ptr::null_mut(),
+            srcPitch: src_pitch * e,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: device,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst.ptr_at(dst_offset),
+            dstArray: std::ptr::null_mut(),
+            dstPitch: dst_pitch * e,
+            WidthInBytes: width * e,
+            Height: height,
+        };
+        self.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
+        // SAFETY: both ranges were checked to lie inside their buffers; ordered on the compute stream.
+        unsafe { cudarc::driver::sys::cuMemcpy2DAsync_v2(&copy, self.compute.cu_stream()).result() }
+            .map_err(|e| cuda_error("2D device copy", e))
     }
 
     pub fn synchronize(&self) -> Result<()> {

@@ -42,8 +42,6 @@ pub mod random;
 pub mod reduce;
 #[cfg(not(no_cuda_kernels))]
 pub mod residual;
-#[cfg(not(no_cuda_kernels))]
-pub mod step;
 
 #[cfg(not(no_cuda_kernels))]
 pub use gpu::{DeviceBuffer, Gpu};

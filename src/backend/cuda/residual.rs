@@ -1,4 +1,4 @@
-//! Launchers for kernels/residual.cu: residual adds and the CCA's row shifts.
+//! Launchers for kernels/residual.cu: residual adds, the CCA's row shifts, scaling.
 
 use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
@@ -59,5 +59,23 @@ pub fn shift_rows<E: GpuFloat>(
             &[&out.ptr(), &x.ptr(), &b, &ri, &ro, &dd, &s],
         )?
     };
+    Ok(out)
+}
+
+/// `out = x * factor * by[0]` (`by`: a device scalar, e.g. a loss's incoming gradient), or `x * factor`.
+pub fn scale<E: GpuFloat>(
+    gpu: &Gpu,
+    x: &DeviceBuffer<E>,
+    factor: f32,
+    by: Option<&DeviceBuffer<f32>>,
+) -> Result<DeviceBuffer<E>> {
+    if let Some(by) = by {
+        crate::ensure!(by.len() == 1, "scale: the device factor must be one element, not {}", by.len());
+    }
+    let out = gpu.alloc::<E>(x.len())?;
+    let n = x.len() as u64;
+    let by_ptr: u64 = by.map_or(0, |b| b.ptr());
+    // SAFETY: argument list of scale_{bf16,f32}; out and x hold n elements, by is null or one f32.
+    unsafe { launch(gpu, "residual", &kernel::<E>("scale"), grid(n), &[&out.ptr(), &x.ptr(), &factor, &by_ptr, &n])? };
     Ok(out)
 }

@@ -1,0 +1,127 @@
+//! Where training steps run. The forward and backward are the model's (model/retro.rs on src/ops, one
+//! tape) on the CPU and on a GPU alike; what differs by device is which tensors the tape reads as the
+//! parameters, and the optimizer step:
+//! - CPU: the tape reads the parameters themselves (f32 or f64) and `AdamW` (adamw.rs) updates them.
+//! - GPU (Megatron's mixed precision): f32 master weights and AdamW moments live on the device; the tape
+//!   reads bf16 copies of what GEMMs and embeddings read and the f32 masters of LayerNorm; gradients come
+//!   out in f32; kernels/adamw.cu updates the masters and rewrites the bf16 copies in the same pass.
+//!   `to_host` copies masters and moments into the host model and `AdamW` for checkpoints and evaluation.
+//!
+//! Micro-batch gradients are summed in the engine; `apply` averages them and steps the optimizer.
+
+use super::{AdamW, AdamWConfig, StepStats};
+use crate::autograd::Tape;
+use crate::model::{Batch, RetroModel};
+use crate::tensor::{Device, Tensor};
+use crate::Result;
+
+pub struct Engine {
+    device: Device,
+    /// The step's summed gradients (None before the first micro-batch).
+    grads: Option<Vec<Tensor>>,
+    #[cfg(not(no_cuda_kernels))]
+    gpu: Option<super::device_optimizer::DeviceOptimizer>,
+}
+
+impl Engine {
+    /// An engine on `device` for `model`, taking `opt`'s moments and step count (a resumed run's).
+    pub fn new(device: Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::around(device, None)),
+            #[cfg(not(no_cuda_kernels))]
+            Device::Cuda(_) => {
+                Ok(Self::around(device, Some(super::device_optimizer::DeviceOptimizer::upload(device, model, opt)?)))
+            }
+            #[cfg(no_cuda_kernels)]
+            Device::Cuda(_) => {
+                let _ = (model, opt);
+                crate::bail!("--device {device}: this build has no CUDA kernels (nvcc was not found at build time)")
+            }
+        }
+    }
+
+    /// A GPU engine whose weights are drawn on the device (`DeviceOptimizer::random`): a large model
+    /// (857m and up) starts in milliseconds. `model` needs its structure only (`RetroModel::structure`).
+    pub fn with_random_weights(device: Device, model: &RetroModel, config: AdamWConfig, seed: u64) -> Result<Self> {
+        #[cfg(not(no_cuda_kernels))]
+        return Ok(Self::around(
+            device,
+            Some(super::device_optimizer::DeviceOptimizer::random(device, model, config, seed)?),
+        ));
+        #[cfg(no_cuda_kernels)]
+        {
+            let _ = (model, config, seed);
+            crate::bail!("--device {device}: this build has no CUDA kernels (nvcc was not found at build time)")
+        }
+    }
+
+    #[cfg(not(no_cuda_kernels))]
+    fn around(device: Device, gpu: Option<super::device_optimizer::DeviceOptimizer>) -> Self {
+        Self { device, grads: None, gpu }
+    }
+
+    #[cfg(no_cuda_kernels)]
+    fn around(device: Device, _: Option<()>) -> Self {
+        Self { device, grads: None }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// What the tape reads as the parameters.
+    fn leaves<'a>(&'a self, model: &'a RetroModel) -> &'a [Tensor] {
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &self.gpu {
+            return gpu.leaves();
+        }
+        &model.params.tensors
+    }
+
+    /// Forward and backward of one micro-batch on the engine's device (dropout masks from `seed`), its
+    /// gradients added to the step's. Returns its loss.
+    pub fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<f64> {
+        let tape = Tape::training(model.config.dropout, seed);
+        let step = model.loss_and_grads_on(self.leaves(model), batch, tape)?;
+        match &mut self.grads {
+            None => self.grads = Some(step.grads),
+            Some(acc) => {
+                for (a, g) in acc.iter_mut().zip(&step.grads) {
+                    a.add_assign(g)?;
+                }
+            }
+        }
+        Ok(step.loss)
+    }
+
+    /// The optimizer step at `lr` on the summed gradients averaged over `micro_batches`.
+    pub fn apply(
+        &mut self,
+        model: &mut RetroModel,
+        opt: &mut AdamW,
+        lr: f64,
+        micro_batches: usize,
+    ) -> Result<StepStats> {
+        let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &mut self.gpu {
+            return gpu.step(&grads, lr, 1.0 / micro_batches as f64);
+        }
+        if micro_batches > 1 {
+            for g in grads.iter_mut() {
+                g.scale(1.0 / micro_batches as f64)?;
+            }
+        }
+        opt.step(&mut model.params.tensors, &mut grads, lr)
+    }
+
+    /// Bring the weights and optimizer state into `model` and `opt` (a no-op on the CPU, where they are).
+    pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &self.gpu {
+            return gpu.to_host(model, opt);
+        }
+        let _ = (model, opt);
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! The model on every device through the real dispatch: `RetroModel::loss_and_grads_on` with the
+//! parameters as tensors on the CPU or a GPU (the same decoder.rs / encoder.rs / retro.rs code), against
+//! the CPU in f64; the training engine (`train::Engine`, what `retro train` runs on either device) against
+//! the tape model and AdamW composed by hand; PyTorch's golden loss; the 857m config on a GPU.
+
+mod common;
+use common::device::Dev;
+use retro::autograd::Tape;
+use retro::model::{Batch, RetroConfig, RetroModel};
+use retro::rng::Rng;
+use retro::tensor::{DType, Device, Tensor};
+use retro::train::{AdamW, AdamWConfig, Engine};
+use std::path::Path;
+
+/// A RETRO small enough for the CPU but with the GPU kernels' head dim (64): 4 layers, CCA at 2 and 4.
+fn gpu_sized_config() -> RetroConfig {
+    let mut c = RetroConfig::preset("tiny").unwrap();
+    c.hidden_size = 128;
+    c.num_heads = 2;
+    c.num_layers = 4;
+    c.retro_layer_numbers = Some(vec![2, 4]);
+    c.seq_length = 128;
+    c.vocab_size = 512;
+    c
+}
+
+fn random_batch(c: &RetroConfig, b: usize, seed: u64) -> Batch {
+    let mut rng = Rng::new(seed);
+    let (n, l, k, r) = (c.seq_length, c.seq_length / c.chunk_length, c.num_neighbors, c.retrieved_length());
+    let mut draw = |len: usize| -> Vec<i64> { (0..len).map(|_| rng.below(c.vocab_size as u64) as i64).collect() };
+    Batch {
+        tokens: Tensor::from_vec(draw(b * n), &[b, n]).unwrap(),
+        labels: Tensor::from_vec(draw(b * n), &[b, n]).unwrap(),
+        neighbors: (!c.gpt_baseline).then(|| Tensor::from_vec(draw(b * l * k * r), &[b, l, k, r]).unwrap()),
+    }
+}
+
+/// The parameters as this copy's tape reads them: f32 on the CPU and for `cuda_f32`; for `cuda` (the
+/// training precision) bf16 copies of what GEMMs and embeddings read and f32 LayerNorm parameters.
+fn leaves(dev: &Dev, model: &RetroModel) -> Vec<Tensor> {
+    let (device, dtype) = dev.placement();
+    let f32_model = model.params.to_dtype(DType::F32).unwrap();
+    f32_model
+        .specs
+        .iter()
+        .zip(&f32_model.tensors)
+        .map(|(spec, t)| {
+            let dtype = if spec.reads_master { DType::F32 } else { dtype };
+            t.to_dtype(dtype).unwrap().to(device).unwrap()
+        })
+        .collect()
+}
+
+/// The number of bf16 roundings on the longest path through a step (forward and backward): per decoder
+/// layer LN, QKV, P, o, projection, residual, LN, fc1, GELU, fc2, residual (11); per CCA layer 8 more (LN,
+/// Q, KV, P, o, projection, shifts, residual); the encoder's layers as decoder layers.
+fn bf16_roundings(c: &RetroConfig) -> usize {
+    let cca = c.retro_layers().len();
+    2 * (11 * (c.num_layers + 2 * usize::from(cca > 0)) + 8 * cca)
+}
+
+/// (loss tolerance, gradient tolerance) on `dev`. The bf16 ones are sqrt(roundings) * u: independent
+/// roundings of relative size u = 2^-8 add up like a random walk; the loss sees the forward's only.
+fn tolerances(dev: &Dev, c: &RetroConfig) -> (f64, f64) {
+    match dev.placement().1 {
+        DType::BF16 => {
+            let (roundings, u) = (bf16_roundings(c) as f64, common::device::BF16_U as f64);
+            ((roundings / 2.0).sqrt() * u, roundings.sqrt() * u)
+        }
+        _ => (1e-5, 1e-4),
+    }
+}
+
+/// Per parameter, ||got - want||_2 / max(||want||_2, floor), floor = a tenth of the average parameter's
+/// gradient norm: a tensor whose gradient is tiny through cancellation is judged by its absolute error on
+/// the scale of the whole gradient (what the optimizer sees), not by its own near-zero norm.
+fn gradient_error(model: &RetroModel, want: &[Tensor], got: &[Tensor]) -> (f64, String) {
+    let want: Vec<Vec<f64>> = want.iter().map(|t| t.to_f64_vec()).collect();
+    let got: Vec<Vec<f32>> = got.iter().map(common::device::read).collect();
+    let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
+    let global = norm(&mut want.iter().flatten().copied());
+    let floor = 0.1 * global / (want.len() as f64).sqrt();
+    let mut worst = (0.0f64, String::new());
+    for ((spec, w), g) in model.params.specs.iter().zip(&want).zip(&got) {
+        let diff = norm(&mut w.iter().zip(g).map(|(a, &b)| a - b as f64));
+        let err = diff / norm(&mut w.iter().copied()).max(floor).max(1e-30);
+        // A NaN compares false: count it as the worst error there is.
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        if err > worst.0 {
+            worst = (err, spec.name.clone());
+        }
+    }
+    worst
+}
+
+// The model's loss and every gradient on each device against the CPU in f64: the CPU and the GPU in f32
+// to f32 rounding, the GPU's bf16 training precision to bf16 accuracy (tolerances above).
+test_device!(model_loss_and_gradients_match_the_cpu_in_f64, |dev| {
+    for gpt in [false, true] {
+        let mut c = gpu_sized_config();
+        c.gpt_baseline = gpt;
+        let model = RetroModel::init(&c, 11, DType::F64).unwrap();
+        let batch = random_batch(&c, 2, 12);
+        let reference = model.loss_and_grads(&batch).unwrap();
+        let got = model.loss_and_grads_on(&leaves(dev, &model), &batch, Tape::new()).unwrap();
+        let (loss_tol, grad_tol) = tolerances(dev, &c);
+        let what = if gpt { "GPT" } else { "RETRO" };
+        let rel = (got.loss - reference.loss).abs() / reference.loss;
+        common::device::report_check(&format!("{what} model loss"), dev, rel, loss_tol);
+        assert!(rel <= loss_tol, "{} {what}: loss {} vs f64 {} ({rel:.1e})", dev.name(), got.loss, reference.loss);
+        let (err, name) = gradient_error(&model, &reference.grads, &got.grads);
+        common::device::report_check(&format!("{what} model gradients (worst: {name})"), dev, err, grad_tol);
+        assert!(err <= grad_tol, "{} {what}: gradient of {name} differs by {err:.2e} > {grad_tol:.1e}", dev.name());
+        eprintln!(
+            "{} {what}: loss {} vs {} ({rel:.1e}); worst gradient {name} {err:.1e}",
+            dev.name(),
+            got.loss,
+            reference.loss
+        );
+    }
+});
+
+/// The golden directory: $RETRO_GOLDEN_DIR (the GPU machine's copy), else ../shared beside the checkout.
+fn golden_file() -> std::path::PathBuf {
+    match std::env::var_os("RETRO_GOLDEN_DIR") {
+        Some(d) => std::path::PathBuf::from(d).join("retro_tiny.safetensors"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/torch_retro/golden/retro_tiny.safetensors"),
+    }
+}
+
+// PyTorch's golden tiny model on each device in f32: within 1e-5 of the float64 golden loss. The bf16
+// kernels cannot run it: its head dim is 16.
+test_device!(golden_tiny_loss_on_each_device, |dev| {
+    let (model, batch) = retro::commands::golden::load(&golden_file(), DType::F32).unwrap();
+    if dev.placement().1 == DType::BF16 {
+        eprintln!("{}: skipped (the tiny config's head dim 16 is below the tensor-core kernels' 64)", dev.name());
+        return;
+    }
+    let loss = model.loss_and_grads_on(&leaves(dev, &model), &batch, Tape::new()).unwrap().loss;
+    let golden = 6.261789235114643;
+    let rel = (loss - golden).abs() / golden;
+    common::device::report_check("golden tiny loss", dev, rel, 1e-5);
+    assert!(rel < 1e-5, "{}: loss {loss} vs golden {golden}", dev.name());
+});
+
+// `retro train`'s engine on the CPU is the tape model plus AdamW, bit for bit: 10 steps of 2 micro-batches
+// with dropout, against `RetroModel::train_step` and `AdamW::step` composed here.
+#[test]
+fn the_engine_trains_ten_steps_as_the_tape_model_and_adamw() {
+    let mut c = gpu_sized_config();
+    c.dropout = 0.1;
+    let config = AdamWConfig { lr: 1e-3, clip: Some(1.0), ..AdamWConfig::default() };
+    let batches: Vec<Batch> = (0..4).map(|i| random_batch(&c, 1, 20 + i)).collect();
+    let start = RetroModel::init(&c, 3, DType::F32).unwrap();
+
+    let (mut model, mut opt) = (start.clone(), AdamW::new(config, &start.params.tensors));
+    let mut engine = Engine::new(Device::Cpu, &model, &opt).unwrap();
+    let mut engine_losses = Vec::new();
+    for step in 0..10u64 {
+        let mut loss = 0.0;
+        for j in 0..2 {
+            loss += engine.accumulate(&model, &batches[(2 * step as usize + j) % 4], step * 2 + j as u64).unwrap();
+        }
+        engine.apply(&mut model, &mut opt, 1e-3, 2).unwrap();
+        engine_losses.push(loss / 2.0);
+    }
+
+    let (mut by_hand, mut opt2) = (start.clone(), AdamW::new(config, &start.params.tensors));
+    let mut hand_losses = Vec::new();
+    for step in 0..10u64 {
+        let mut sum: Option<Vec<Tensor>> = None;
+        let mut loss = 0.0;
+        for j in 0..2 {
+            let r = by_hand.train_step(&batches[(2 * step as usize + j) % 4], step * 2 + j as u64).unwrap();
+            loss += r.loss;
+            match &mut sum {
+                None => sum = Some(r.grads),
+                Some(acc) => acc.iter_mut().zip(&r.grads).for_each(|(a, g)| a.add_assign(g).unwrap()),
+            }
+        }
+        let mut grads = sum.unwrap();
+        grads.iter_mut().for_each(|g| g.scale(0.5).unwrap());
+        opt2.step(&mut by_hand.params.tensors, &mut grads, 1e-3).unwrap();
+        hand_losses.push(loss / 2.0);
+    }
+    assert_eq!(engine_losses, hand_losses);
+    assert!(model.params == by_hand.params, "the weights differ after 10 steps");
+    assert!(engine_losses[9] < engine_losses[0], "{engine_losses:?}");
+}
+
+// 20 AdamW steps of the 857m config (without dropout: the GPU attention kernels have none yet) on two
+// alternating random batches through the engine: finite, and the loss falls. The GPU only: on the CPU
+// this model takes minutes per step. Weights are drawn on the GPU.
+test_device!(gpu_857m_twenty_steps_lower_the_loss, |dev| {
+    if dev.placement().1 != DType::BF16 {
+        eprintln!("{}: skipped (the 857m model is for the GPU's training precision)", dev.name());
+        return;
+    }
+    let mut c = RetroConfig::preset("857m").unwrap();
+    c.dropout = 0.0;
+    let model = RetroModel::structure(&c).unwrap();
+    let config = AdamWConfig { lr: 6e-4, ..AdamWConfig::default() };
+    let mut engine = Engine::with_random_weights(dev.placement().0, &model, config, 1).unwrap();
+    let (mut host, mut opt) = (model.clone(), AdamW::new(config, &[]));
+    let batches = [random_batch(&c, 1, 1), random_batch(&c, 1, 2)];
+    let losses: Vec<f64> = (0..20)
+        .map(|i| {
+            let loss = engine.accumulate(&model, &batches[i % 2], 0).unwrap();
+            engine.apply(&mut host, &mut opt, 6e-4, 1).unwrap();
+            loss
+        })
+        .collect();
+    eprintln!("857m losses: {losses:?}");
+    let as_json: Vec<serde_json::Value> = losses
+        .iter()
+        .map(|l| if l.is_finite() { serde_json::json!(l) } else { serde_json::json!(l.to_string()) })
+        .collect();
+    common::device::report(serde_json::json!({"check": "857m losses", "losses": as_json}));
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    assert!(mean(&losses[16..]) < mean(&losses[..4]) && losses[19] < losses[0], "the loss did not fall: {losses:?}");
+});
