@@ -17,6 +17,12 @@ typedef struct AttentionParams {
     uint64_t q, k, v, o, lse;   /* device addresses; lse [batch * heads, sq] f32, log2 domain */
     uint64_t dout, delta;       /* backward: dO, and delta = rowsum(dO * O) [batch * heads, sq] */
     uint64_t dq, dk, dv;
+    uint64_t key_mask;          /* u8 [batch, sk], nonzero = visible (missing neighbours are 0); 0 = all visible */
+    uint64_t dropout_seed;      /* attention dropout: probability (i, j) of pair bh = b * heads + h is kept when
+                                   word (i * sk + j) % 4 of Philox block (i * sk + j) / 4 of stream bh is at
+                                   least dropout_threshold (src/philox.rs::keep_mask, as the CPU) */
+    uint32_t dropout_threshold;
+    float dropout_scale;        /* 1 / (1 - p) for a kept probability; 0 = no dropout */
     int32_t batch, heads, sq, sk, head_dim;
     int32_t q_stride, k_stride, v_stride; /* elements between consecutive rows */
     int32_t causal;             /* 1: query i sees keys 0..=i */

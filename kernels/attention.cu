@@ -1,7 +1,8 @@
 // Flash attention forward and backward with bf16 tensor cores (mma.sync.m16n8k16, f32 accumulate) for
-// causal self-attention, bidirectional self-attention and unmasked cross-attention with sq != sk:
-// the decoder's attention, the encoder's bidirectional attention and the encoder / CCA cross-attention.
-// Head dims 64 and 128 (template HD).
+// causal self-attention, bidirectional self-attention and cross-attention with sq != sk: the decoder's
+// attention, the encoder's bidirectional attention and the encoder / CCA cross-attention, with an optional
+// key mask (missing neighbours) and attention dropout (attention_masks.cuh). Head dims 64 and 128
+// (template HD).
 //
 // Forward (attention_forward_hd*): grid (ceil(sq / 64), batch * heads), 4 warps. Each warp owns 16 query
 //   rows and keeps their Q fragments in registers; the block walks key tiles of 64 (K row-major, V
@@ -9,8 +10,10 @@
 //   online softmax in the exp2 domain (running row max m and sum l; the four lanes that share a row combine
 //   with two shuffles), then accumulates O += P V with P re-packed from the S accumulators as the A operand
 //   (the m16n8k16 C-fragment layout of two adjacent n-tiles is exactly the A-fragment layout). Never
-//   materialises S or P. Saves lse = m + log2(l) per row (log2 domain) for the backward.
-// Backward (FlashAttention-2 maths, dz = P * (dP - delta), delta = rowsum(dO * O)), split in two kernels
+//   materialises S or P. Saves lse = m + log2(l) per row (log2 domain) for the backward. Dropout scales
+//   the probabilities after their row sum is taken, before P V (FlashAttention-2's placement).
+// Backward (FlashAttention-2 maths, dz = P * (dP' - delta), dP' = dP * keep, delta = rowsum(dO * O);
+//   dV uses the kept probabilities P * keep), split in two kernels
 //   so that no float atomics are needed and the result is deterministic:
 //   attention_backward_dkv_hd*: one block per 64 keys, walking query tiles: recompute S^T = K Q^T and
 //     P^T from lse, dV += P^T dO, dP^T = V dO^T, dK += dz^T Q.
@@ -21,6 +24,7 @@
 // register is two adjacent bf16 read with one 32-bit load; rows are padded by 16 bytes (conflict-free).
 #include "common.cuh"
 #include "attention.h"
+#include "attention_masks.cuh"
 
 #define BM RETRO_ATTN_BLOCK_M
 #define BN RETRO_ATTN_BLOCK_N
@@ -181,7 +185,7 @@ __device__ inline void attention_forward(const AttentionParams& p) {
             for (int e = 0; e < 4; ++e) {
                 const int key = k0 + frag_col(nt, e), row = row0 + frag_row(e);
                 float v = s[nt][e] * p.scale_log2;
-                if (key >= p.sk || (p.causal && key > row)) v = -INFINITY;
+                if (key >= p.sk || (p.causal && key > row) || !key_visible(p, b, key)) v = -INFINITY;
                 s[nt][e] = v;
                 mx[e >> 1] = fmaxf(mx[e >> 1], v);
             }
@@ -209,6 +213,15 @@ __device__ inline void attention_forward(const AttentionParams& p) {
             }
         l[0] += rowsum[0];
         l[1] += rowsum[1];
+        if (p.dropout_scale != 0.f) {
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = k0 + frag_col(nt, e), row = row0 + frag_row(e);
+                    if (key < p.sk && row < p.sq) s[nt][e] *= keep_factor(p, bh, row, key);
+                }
+        }
 #pragma unroll
         for (int kt = 0; kt < BN / 16; ++kt) {
             uint32_t pa[4];
@@ -309,10 +322,11 @@ __device__ inline void attention_backward_dkv(const AttentionParams& p) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = key_row0 + frag_row(e), qi = frag_col(nt, e), q = q0 + qi;
-                const bool masked = q >= p.sq || key >= p.sk || (p.causal && q < key);
+                const bool masked = q >= p.sq || key >= p.sk || (p.causal && q < key) || !key_visible(p, b, key);
                 const float prob = masked ? 0.f : exp2f(st[nt][e] * p.scale_log2 - lse_s[qi]);
-                st[nt][e] = prob;
-                dpt[nt][e] = prob * (dpt[nt][e] - delta_s[qi]);  // dz^T
+                const float keep = masked ? 0.f : keep_factor(p, bh, q, key);
+                st[nt][e] = prob * keep;                                 // P' (dV's operand)
+                dpt[nt][e] = prob * (dpt[nt][e] * keep - delta_s[qi]);  // dz^T
             }
 #pragma unroll
         for (int kt = 0; kt < BM / 16; ++kt) {
@@ -324,7 +338,7 @@ __device__ inline void attention_backward_dkv(const AttentionParams& p) {
                 uint32_t bdo[2], bq[2];
                 load_b(bdo, dot, BM + PAD, nt * 8, kt * 16);
                 load_b(bq, qt, BM + PAD, nt * 8, kt * 16);
-                mma16816(dv[nt], pa, bdo);  // dV += P^T dO
+                mma16816(dv[nt], pa, bdo);  // dV += P'^T dO
                 mma16816(dk[nt], da, bq);   // dK += dz^T Q
             }
         }
@@ -385,9 +399,10 @@ __device__ inline void attention_backward_dq(const AttentionParams& p) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = k0 + frag_col(nt, e), row = row0 + frag_row(e);
-                const bool masked = row >= p.sq || key >= p.sk || (p.causal && key > row);
+                const bool masked = row >= p.sq || key >= p.sk || (p.causal && key > row) || !key_visible(p, b, key);
                 const float prob = masked ? 0.f : exp2f(s[nt][e] * p.scale_log2 - lse_r[e >> 1]);
-                dp[nt][e] = prob * (dp[nt][e] - delta_r[e >> 1]);  // dz
+                const float keep = masked ? 0.f : keep_factor(p, bh, row, key);
+                dp[nt][e] = prob * (dp[nt][e] * keep - delta_r[e >> 1]);  // dz
             }
 #pragma unroll
         for (int kt = 0; kt < BN / 16; ++kt) {

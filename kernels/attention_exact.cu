@@ -1,11 +1,13 @@
 // Exact f32 attention for any head dim up to 128: the reference-precision path that lets the whole
 // training step run on the GPU in f32 and be compared with the CPU to ~1e-6 (tests, the golden check).
-// Same AttentionParams, masks, lse convention (log2 domain) and gradient layout as attention.cu; no
+// Same AttentionParams, masks and dropout (attention_masks.cuh), lse convention (log2 domain) and gradient
+// layout as attention.cu; no
 // tensor cores and no tiling: one warp per query row (forward, dQ) or per key row (dK, dV). Lane l holds
 // dimensions l, l + 32, l + 64, l + 96; each score is a warp-shuffle dot product. Deterministic (no
 // atomics), slow, and meant for small problems.
 #include "common.cuh"
 #include "attention.h"
+#include "attention_masks.cuh"
 
 #define MAX_PER_LANE 4  // head dims up to 128
 
@@ -59,12 +61,15 @@ extern "C" __global__ void attention_exact_forward(AttentionParams p) {
     Row o = {};
     float m = -INFINITY, l = 0.f;
     const int end = p.causal ? i + 1 : p.sk;
+    const int bh = b * p.heads + h;
     for (int j = 0; j < end; ++j) {
+        if (!key_visible(p, b, j)) continue;
         const float s = dot(q, load_row(K(b, j), hd)) * p.scale_log2;
         const float m_new = fmaxf(m, s);
         const float correction = exp2f(m - m_new), e = exp2f(s - m_new);
+        const float kept = e * keep_factor(p, bh, i, j);  // the row sum l takes e, P V the kept value
         const Row v = load_row(V(b, j), hd);
-        for (int d = 0; d < MAX_PER_LANE; ++d) o.v[d] = o.v[d] * correction + e * v.v[d];
+        for (int d = 0; d < MAX_PER_LANE; ++d) o.v[d] = o.v[d] * correction + kept * v.v[d];
         l = l * correction + e;
         m = m_new;
     }
@@ -89,10 +94,12 @@ extern "C" __global__ void attention_exact_backward_dq(AttentionParams p) {
     const float lse = LSE(b, i), delta = DELTA(b, i);
     Row dq = {};
     const int end = p.causal ? i + 1 : p.sk;
+    const int bh = b * p.heads + h;
     for (int j = 0; j < end; ++j) {
+        if (!key_visible(p, b, j)) continue;
         const Row k = load_row(K(b, j), hd);
         const float prob = exp2f(dot(q, k) * p.scale_log2 - lse);
-        const float dz = prob * (dot(dout, load_row(V(b, j), hd)) - delta);
+        const float dz = prob * (dot(dout, load_row(V(b, j), hd)) * keep_factor(p, bh, i, j) - delta);
         for (int d = 0; d < MAX_PER_LANE; ++d) dq.v[d] += dz * k.v[d];
     }
     store_row(reinterpret_cast<float*>(p.dq) + ((size_t)b * p.sq + i) * p.q_stride + h * hd, dq, hd, p.scale);
@@ -104,12 +111,15 @@ extern "C" __global__ void attention_exact_backward_dkv(AttentionParams p) {
     const int hd = p.head_dim;
     const Row k = load_row(K(b, j), hd), v = load_row(V(b, j), hd);
     Row dk = {}, dv = {};
-    for (int i = p.causal ? j : 0; i < p.sq; ++i) {
+    const int bh = b * p.heads + h;
+    // A hidden key gets no probability from any query: zero gradients.
+    for (int i = p.causal ? j : 0; i < p.sq && key_visible(p, b, j); ++i) {
         const Row q = load_row(Q(b, i), hd), dout = load_row(DO(b, i), hd);
         const float prob = exp2f(dot(q, k) * p.scale_log2 - LSE(b, i));
-        const float dz = prob * (dot(dout, v) - DELTA(b, i));
+        const float keep = keep_factor(p, bh, i, j);
+        const float dz = prob * (dot(dout, v) * keep - DELTA(b, i));
         for (int d = 0; d < MAX_PER_LANE; ++d) {
-            dv.v[d] += prob * dout.v[d];
+            dv.v[d] += prob * keep * dout.v[d];
             dk.v[d] += dz * q.v[d];
         }
     }

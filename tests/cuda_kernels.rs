@@ -235,8 +235,8 @@ fn attention_inputs(rng: &mut Rng, a: &Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>, V
 test_device!(attention_forward, |dev| {
     let mut rng = Rng::new(8);
     for a in ATTENTION_CASES {
-        let (q, k, v, _) = attention_inputs(&mut rng, &a);
-        let o = dev.attention(&q, &k, &v, a);
+        let (q, k, v, dout) = attention_inputs(&mut rng, &a);
+        let (o, ..) = dev.attention(&q, &k, &v, &dout, a, None, None);
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
         let (r, _) = cpu::attention::forward(&f64v(&q), &f64v(&k), &f64v(&v), layout, None, None, a);
         // P rounded to bf16 before P·V (random-sign errors over the keys, ~u of o's scale), then o rounded
@@ -249,7 +249,7 @@ test_device!(attention_backward, |dev| {
     let mut rng = Rng::new(9);
     for a in ATTENTION_CASES {
         let (q, k, v, dout) = attention_inputs(&mut rng, &a);
-        let (dq, dk, dv) = dev.attention_backward(&q, &k, &v, &dout, a);
+        let (_, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, None, None);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
         let (_, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, None, None, a);
@@ -268,22 +268,60 @@ test_device!(attention_backward, |dev| {
     }
 });
 
+// Masked keys (missing neighbours: the whole of a neighbour's keys, and every key of one batch row, whose
+// output is zero) and attention dropout (Philox per (pair, query, key), regenerated in the backward),
+// through the real op on each device against the CPU in f64. Dropout factors are exact in f32, so the
+// tolerances are the unmasked ones.
+test_device!(attention_with_masked_keys_and_dropout, |dev| {
+    let mut rng = Rng::new(10);
+    let cases = [
+        (Dims { batch: 3, heads: 2, sq: 64, sk: 256, head_dim: 64, causal: false }, true, 0.1),
+        (Dims { batch: 2, heads: 2, sq: 130, sk: 130, head_dim: 128, causal: true }, false, 0.2),
+        (Dims { batch: 2, heads: 2, sq: 70, sk: 100, head_dim: 64, causal: false }, true, 0.0),
+    ];
+    for (a, masked, p) in cases {
+        let (q, k, v, dout) = attention_inputs(&mut rng, &a);
+        // Batch row 0 hides keys 128..256 (its second neighbour); row 1 hides every key.
+        let mask: Option<std::sync::Arc<[bool]>> = masked.then(|| {
+            (0..a.batch * a.sk).map(|i| (i / a.sk != 1) && !(i / a.sk == 0 && i % a.sk >= a.sk / 2)).collect()
+        });
+        let dropout = (p > 0.0).then_some(retro::ops::Dropout { p, seed: 77 });
+        let (o, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, mask.clone(), dropout);
+        let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
+        let layout = cpu::attention::Layout::separate(a.width());
+        let (ro, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, mask.as_deref(), dropout, a);
+        let (mut rq, mut rk, mut rv) = (vec![0f64; q.len()], vec![0f64; k.len()], vec![0f64; v.len()]);
+        let targets = cpu::attention::GradTargets {
+            dq: cpu::SendPtr(rq.as_mut_ptr()),
+            dk: cpu::SendPtr(rk.as_mut_ptr()),
+            dv: cpu::SendPtr(rv.as_mut_ptr()),
+        };
+        // SAFETY: three separate buffers of the operands' sizes.
+        unsafe { cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, dropout, a, targets) };
+        let what = format!("attention masked {masked} dropout {p} {a:?}");
+        assert_close(&format!("{what}: o"), dev, &o, &f32v(&ro), 1e-5, 5.0 * BF16_U);
+        assert_close(&format!("{what}: dq"), dev, &dq, &f32v(&rq), 1e-5, 8.0 * BF16_U);
+        assert_close(&format!("{what}: dk"), dev, &dk, &f32v(&rk), 1e-5, 8.0 * BF16_U);
+        assert_close(&format!("{what}: dv"), dev, &dv, &f32v(&rv), 1e-5, 8.0 * BF16_U);
+        if masked {
+            let row = a.sq * a.width();
+            assert!(o[row..2 * row].iter().all(|&x| x == 0.0), "{what}: a row with every key hidden is not zero");
+        }
+    }
+});
+
 test_device!(attention_refuses_unsupported_shapes_cleanly, |dev| {
     #[cfg(not(no_cuda_kernels))]
     if let Dev::Cuda(gpu) = dev {
-        use retro::backend::cuda::attention::{forward, View};
+        use retro::backend::cuda::attention::{forward, Masks, View};
         let buf = gpu.zeros::<half::bf16>(2 * 16 * 80).unwrap();
         let s = Dims { batch: 2, heads: 1, sq: 16, sk: 16, head_dim: 80, causal: false };
-        let err = forward(gpu, &s, View::contiguous(&buf, 80), View::contiguous(&buf, 80), View::contiguous(&buf, 80))
-            .err()
-            .unwrap();
+        let c = |b, w| View::contiguous(b, w);
+        let err = forward(gpu, &s, c(&buf, 80), c(&buf, 80), c(&buf, 80), &Masks::NONE).err().unwrap();
         assert!(err.to_string().contains("head dims 64 and 128"), "{err}");
         let s = Dims { head_dim: 64, ..s };
         let short = gpu.zeros::<half::bf16>(10).unwrap();
-        let err =
-            forward(gpu, &s, View::contiguous(&short, 64), View::contiguous(&buf, 64), View::contiguous(&buf, 64))
-                .err()
-                .unwrap();
+        let err = forward(gpu, &s, c(&short, 64), c(&buf, 64), c(&buf, 64), &Masks::NONE).err().unwrap();
         assert!(err.to_string().contains("operand q"), "{err}");
         return;
     }
@@ -442,13 +480,13 @@ test_device!(attention_on_fused_qkv_and_kv_buffers, |dev| {
 test_device!(attention_launches_from_a_fresh_thread, |dev| {
     #[cfg(not(no_cuda_kernels))]
     if let Dev::Cuda(gpu) = dev {
-        use retro::backend::cuda::attention::{forward, View};
+        use retro::backend::cuda::attention::{forward, Masks, View};
         let gpu = gpu.clone();
         let s = Dims { batch: 1, heads: 2, sq: 64, sk: 64, head_dim: 128, causal: true };
         let o = std::thread::spawn(move || {
             let x = gpu.zeros::<half::bf16>(s.batch * s.sq * s.width()).unwrap();
             let c = || View::contiguous(&x, s.width());
-            let (o, _) = forward(&gpu, &s, c(), c(), c()).unwrap();
+            let (o, _) = forward(&gpu, &s, c(), c(), c(), &Masks::NONE).unwrap();
             gpu.download(&o).unwrap()
         })
         .join()

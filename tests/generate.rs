@@ -66,7 +66,7 @@ fn check(gpt: bool) {
     let model = RetroModel::init(&config(gpt), 3, DType::F64).unwrap();
     let mut rng = Rng::new(8);
     let prompt: Vec<u32> = (0..70).map(|_| rng.below(97) as u32).collect();
-    let mut dec = KvDecoder::new(&model);
+    let mut dec = KvDecoder::new(&model, &model.params.tensors);
     let c = model.config.clone();
     let mut retrieved = Vec::new();
     let mut retrieve = |chunk: usize, toks: &[u32]| {
@@ -112,7 +112,7 @@ fn decoding_past_the_positions_is_an_error() {
     let mut c = config(true);
     c.seq_length = 64;
     let model = RetroModel::init(&c, 1, DType::F32).unwrap();
-    let mut dec = KvDecoder::new(&model);
+    let mut dec = KvDecoder::new(&model, &model.params.tensors);
     let mut retrieve = |_: usize, _: &[u32]| -> retro::Result<Tensor> { unreachable!() };
     for _ in 0..64 {
         dec.push(1, &mut retrieve).unwrap();

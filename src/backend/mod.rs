@@ -23,33 +23,20 @@ pub fn cuda_unavailable() -> Option<String> {
     }
 }
 
-/// `--device auto|cpu|cuda` for a command; `gpu_ready` says whether that command runs on the GPU yet
-/// (`retro train` and `retro bench train` do; eval and generate do not). `auto` says what it picked and why.
-pub fn select_device(choice: &str, command: &str, gpu_ready: bool) -> crate::Result<Device> {
-    let not_ready = || {
-        format!("{command} runs on the CPU only so far (training runs on the GPU: `retro train`, `retro bench train`)")
-    };
+/// `--device auto|cpu|cuda`: `auto` takes GPU 0 when CUDA is usable and says what it picked and why.
+pub fn select_device(choice: &str) -> crate::Result<Device> {
     match choice {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if let Some(why) = cuda_unavailable() {
-                crate::bail!("--device cuda: {why}; use --device cpu");
-            }
-            if !gpu_ready {
-                crate::bail!("--device cuda: {}; use --device cpu", not_ready());
-            }
-            Ok(Device::Cuda(0))
-        }
-        "auto" => match (cuda_unavailable(), gpu_ready) {
-            (None, true) => {
+        "cuda" => match cuda_unavailable() {
+            Some(why) => crate::bail!("--device cuda: {why}; use --device cpu"),
+            None => Ok(Device::Cuda(0)),
+        },
+        "auto" => match cuda_unavailable() {
+            None => {
                 eprintln!("retro: --device auto -> cuda:0");
                 Ok(Device::Cuda(0))
             }
-            (None, false) => {
-                eprintln!("retro: --device auto -> cpu ({})", not_ready());
-                Ok(Device::Cpu)
-            }
-            (Some(why), _) => {
+            Some(why) => {
                 eprintln!("retro: --device auto -> cpu ({why})");
                 Ok(Device::Cpu)
             }

@@ -156,13 +156,14 @@ impl Suite {
             "causal": s.causal, "dtype": "bfloat16", "backend": "retro",
         });
         fields.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-        let t = self.time(|| attention::forward(gpu, &s, c(&q), c(&k), c(&v)).map(|_| ()))?;
+        let t = self.time(|| attention::forward(gpu, &s, c(&q), c(&k), c(&v), &attention::Masks::NONE).map(|_| ()))?;
         let mut f = fields.clone();
         f.as_object_mut().unwrap().extend([("mode".into(), json!("fwd")), ("flops".into(), json!(fwd_flops))]);
         emit(self.record(kernel, t, f));
         let t = self.time(|| {
-            let (o, lse) = attention::forward(gpu, &s, c(&q), c(&k), c(&v))?;
-            attention::backward(gpu, &s, (c(&q), c(&k), c(&v)), &o, &lse, &dout, (c(&dq), c(&dk), c(&dv)))
+            let (o, lse) = attention::forward(gpu, &s, c(&q), c(&k), c(&v), &attention::Masks::NONE)?;
+            let (x, dx) = ((c(&q), c(&k), c(&v)), (c(&dq), c(&dk), c(&dv)));
+            attention::backward(gpu, &s, x, &o, &lse, &dout, dx, &attention::Masks::NONE)
         })?;
         fields.as_object_mut().unwrap().extend([
             ("mode".into(), json!("fwd+bwd")),

@@ -34,7 +34,7 @@ pub fn run(a: Args) -> retro::Result<()> {
         warmup: a.warmup,
         seed: a.seed,
     };
-    match retro::backend::select_device(&a.device, "retro bench train", true)? {
+    match retro::backend::select_device(&a.device)? {
         retro::tensor::Device::Cpu => {
             retro::ensure!(sizes.len() == 1, "--micro-batch auto is for the GPU; give a number on the CPU");
             println!("{}", retro::bench::train::run(&bench(sizes[0]))?);

@@ -14,7 +14,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> retro::Result<()> {
     use retro::train::{loader::ProjectData, trainer};
-    let (dir, model) = a.checkpoint.load()?;
+    let (dir, model, device) = a.checkpoint.load()?;
+    let leaves = model.leaves_on(device)?;
     let project = &a.checkpoint.project;
     let config = &model.config;
     let data = ProjectData::open(project, config.num_neighbors, !config.gpt_baseline)?;
@@ -22,13 +23,13 @@ pub fn run(a: Args) -> retro::Result<()> {
         retro::bail!("{}: the project has no validation samples", project.display());
     };
     let iters = a.eval_iters.unwrap_or(valid.len() / a.micro_batch_size).max(1);
-    let with = trainer::evaluate(&model, valid, a.micro_batch_size, iters, true)?;
+    let with = trainer::evaluate(&model, &leaves, valid, a.micro_batch_size, iters, true)?;
     let mut out = serde_json::json!({
         "checkpoint": dir, "model": if config.gpt_baseline { "gpt" } else { "retro" }, "valid_samples": iters * a.micro_batch_size,
         "valid_loss": with, "valid_ppl": with.exp(),
     });
     if !config.gpt_baseline {
-        let without = trainer::evaluate(&model, valid, a.micro_batch_size, iters, false)?;
+        let without = trainer::evaluate(&model, &leaves, valid, a.micro_batch_size, iters, false)?;
         out["valid_loss_without_retrieval"] = serde_json::json!(without);
         out["valid_ppl_without_retrieval"] = serde_json::json!(without.exp());
     }

@@ -24,15 +24,22 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> retro::Result<()> {
-    let (_, model) = a.checkpoint.load()?;
+    let (_, model, device) = a.checkpoint.load()?;
     let retriever = if model.is_retro() {
         Some(retro::retrieval::live::LiveRetriever::open(&a.checkpoint.project, model.config.num_neighbors)?)
     } else {
         None
     };
     let sampling = retro::commands::generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let out =
-        retro::commands::generate::generate(&model, retriever.as_ref(), &a.prompt, a.max_tokens, &sampling, a.seed)?;
+    let out = retro::commands::generate::generate(
+        &model,
+        device,
+        retriever.as_ref(),
+        &a.prompt,
+        a.max_tokens,
+        &sampling,
+        a.seed,
+    )?;
     println!("{}{}", a.prompt, out.text);
     if a.show_neighbours {
         for r in &out.retrieved {

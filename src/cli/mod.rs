@@ -28,16 +28,18 @@ pub struct CheckpointArgs {
     /// The preprocessed project (its validation samples, index and chunk database).
     #[arg(long)]
     pub project: PathBuf,
-    /// auto, cpu or cuda.
+    /// auto, cpu or cuda: where the model runs (the same code on both; on a GPU in bf16 with f32
+    /// LayerNorm parameters, the training precision).
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
 impl CheckpointArgs {
-    /// Select the device, then load the checkpoint's model.
-    pub fn load(&self) -> retro::Result<(PathBuf, retro::model::RetroModel)> {
-        retro::backend::select_device(&self.device, "this command", false)?;
-        retro::train::checkpoint::load(&self.checkpoint)
+    /// Select the device, then load the checkpoint's model (its directory, the model, the device).
+    pub fn load(&self) -> retro::Result<(PathBuf, retro::model::RetroModel, retro::tensor::Device)> {
+        let device = retro::backend::select_device(&self.device)?;
+        let (dir, model) = retro::train::checkpoint::load(&self.checkpoint)?;
+        Ok((dir, model, device))
     }
 }
 

@@ -63,9 +63,8 @@ pub struct Args {
     /// Write TensorBoard scalars (loss, lr, grad norm, tokens/s, validation perplexity) here.
     #[arg(long)]
     pub tensorboard_dir: Option<PathBuf>,
-    /// auto, cpu or cuda: where the steps run (the same model code on both; on a GPU bf16 activations
-    /// and f32 master weights). The GPU attention kernels have no attention dropout and no masked
-    /// neighbours yet, so `auto` keeps a run with dropout on the CPU.
+    /// auto, cpu or cuda: where the steps run (the same model code on both; on a GPU bf16 activations,
+    /// f32 master weights and AdamW).
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -110,13 +109,7 @@ pub fn run(args: Args) -> retro::Result<()> {
             world.size()
         )));
     }
-    // The GPU attention kernels have no attention dropout yet: `auto` keeps a run with dropout on the CPU;
-    // `cuda` says what to pass.
-    let device = if device == "auto" && hidden_dropout > 0.0 {
-        retro::backend::select_device(&device, "retro train with dropout", false)?
-    } else {
-        retro::backend::select_device(&device, "retro train", true)?
-    };
+    let device = retro::backend::select_device(&device)?;
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =

@@ -119,11 +119,11 @@ pub fn run(o: &DemoOptions) -> Result<()> {
         let data = ProjectData::open(&project, m.config.num_neighbors, !gpt)?;
         let valid =
             data.valid.as_ref().ok_or_else(|| crate::Error::msg("the demo project has no validation samples"))?;
-        let with = trainer::evaluate(&m, valid, o.micro_batch, valid.len() / o.micro_batch, true)?;
+        let with = trainer::evaluate(&m, &m.params.tensors, valid, o.micro_batch, valid.len() / o.micro_batch, true)?;
         let without = if gpt {
             None
         } else {
-            Some(trainer::evaluate(&m, valid, o.micro_batch, valid.len() / o.micro_batch, false)?)
+            Some(trainer::evaluate(&m, &m.params.tensors, valid, o.micro_batch, valid.len() / o.micro_batch, false)?)
         };
         results.push((name, with, without, valid.len(), m));
     }
@@ -163,7 +163,15 @@ pub fn run(o: &DemoOptions) -> Result<()> {
     let retro_model = &results[0].4;
     let retriever = crate::retrieval::live::LiveRetriever::open(&project, retro_model.config.num_neighbors)?;
     let sampling = crate::commands::generate::Sampling { temperature: 0.8, top_k: 40, top_p: 0.95 };
-    let out = crate::commands::generate::generate(retro_model, Some(&retriever), &o.prompt, 96, &sampling, 7)?;
+    let out = crate::commands::generate::generate(
+        retro_model,
+        crate::tensor::Device::Cpu,
+        Some(&retriever),
+        &o.prompt,
+        96,
+        &sampling,
+        7,
+    )?;
     println!("\nprompt + RETRO continuation:\n{}{}\n", o.prompt, out.text);
     for r in &out.retrieved {
         println!("retrieved for chunk {} ({:?}):", r.chunk, r.chunk_text.chars().take(80).collect::<String>());

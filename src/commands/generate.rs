@@ -72,6 +72,7 @@ pub struct Output {
 
 pub fn generate(
     model: &RetroModel,
+    device: crate::tensor::Device,
     retriever: Option<&LiveRetriever>,
     prompt: &str,
     max_tokens: usize,
@@ -87,7 +88,8 @@ pub fn generate(
         model.config.seq_length
     );
     ensure!(retriever.is_some() || !model.is_retro(), "a RETRO model needs the project's index for live retrieval");
-    let mut dec = KvDecoder::new(model);
+    let leaves = model.leaves_on(device)?;
+    let mut dec = KvDecoder::new(model, &leaves);
     let mut retrieved = Vec::new();
     let mut retrieve = |chunk: usize, tokens: &[u32]| -> Result<Tensor> {
         let r = retriever.expect("checked above");

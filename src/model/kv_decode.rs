@@ -29,10 +29,11 @@ pub struct KvDecoder<'m> {
 }
 
 impl<'m> KvDecoder<'m> {
-    pub fn new(model: &'m RetroModel) -> Self {
+    /// A decoder reading `leaves` as the parameters (`RetroModel::leaves_on`: on their device).
+    pub fn new(model: &'m RetroModel, leaves: &[Tensor]) -> Self {
         Self {
             model,
-            params: model.params.leaves(&mut Tape::inference()),
+            params: leaves.iter().cloned().map(Var::constant).collect(),
             tokens: Vec::new(),
             caches: vec![LayerCache::default(); model.layers.len()],
             chunk_states: Vec::new(),
@@ -68,6 +69,6 @@ impl<'m> KvDecoder<'m> {
         self.chunk_states = step.chunk_states;
         let h = self.model.final_ln.forward(tape, p, &x)?;
         let logits = ops::linear(tape, &h, &p[self.model.word_embeddings], None)?;
-        Ok(logits.value().to_f64_vec())
+        Ok(logits.value().to(crate::tensor::Device::Cpu)?.to_f64_vec())
     }
 }

@@ -196,9 +196,29 @@ impl RetroModel {
 
     /// Loss only, recording nothing.
     pub fn eval_loss(&self, batch: &Batch) -> Result<f64> {
+        self.eval_loss_on(&self.params.tensors, batch)
+    }
+
+    /// Loss only, with `leaves` as the parameters (`leaves_on`), on their device.
+    pub fn eval_loss_on(&self, leaves: &[Tensor], batch: &Batch) -> Result<f64> {
         let mut tape = Tape::inference();
-        let p = self.params.leaves(&mut tape);
-        Ok(self.loss(&mut tape, &p, batch)?.value().to_f64_vec()[0])
+        let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
+        Ok(self.loss(&mut tape, &p, batch)?.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0])
+    }
+
+    /// The parameters as the tape reads them on `device`: these tensors on the CPU; on a GPU bf16 copies
+    /// of what GEMMs and embeddings read and f32 copies of LayerNorm's (`ParamSpec::reads_master`), the
+    /// training precision.
+    pub fn leaves_on(&self, device: crate::tensor::Device) -> Result<Vec<Tensor>> {
+        if device == crate::tensor::Device::Cpu {
+            return Ok(self.params.tensors.clone());
+        }
+        self.params
+            .specs
+            .iter()
+            .zip(&self.params.tensors)
+            .map(|(spec, t)| t.to_dtype(if spec.reads_master { DType::F32 } else { DType::BF16 })?.to(device))
+            .collect()
     }
 
     /// word + learned position embeddings of ids [.., s] (positions 0..s-1).

@@ -145,19 +145,7 @@ fn run(
         _ => None,
     };
     if inputs[0].value().device() != Device::Cpu {
-        ensure!(
-            key_mask.is_none(),
-            "attention on {} on {}: masked keys (missing neighbours) are not implemented in the GPU kernels yet",
-            shapes(),
-            inputs[0].value().device()
-        );
-        ensure!(
-            dropout.is_none(),
-            "attention on {} on {}: attention dropout is not implemented in the GPU kernels yet (set attention dropout to 0)",
-            shapes(),
-            inputs[0].value().device()
-        );
-        return on_cuda(tape, inputs, source, layout, dims);
+        return on_cuda(tape, inputs, source, layout, key_mask, dropout, dims);
     }
     crate::profile::timed(
         "attention",
@@ -191,20 +179,30 @@ fn run_typed<T: Float>(
 }
 
 /// kernels/attention.cu (bf16, flash) or attention_exact.cu (f32), reading Q, K and V in place from the
-/// (possibly fused) projection outputs; the backward writes the gradients in the same packing.
+/// (possibly fused) projection outputs; the backward writes the gradients in the same packing. The key
+/// mask is uploaded once (u8 per key) and kept for the backward; the dropout mask is regenerated.
 #[cfg(not(no_cuda_kernels))]
-fn on_cuda(tape: &mut Tape, inputs: &[&Var], source: [usize; 3], layout: Layout, dims: Dims) -> Result<Var> {
+fn on_cuda(
+    tape: &mut Tape,
+    inputs: &[&Var],
+    source: [usize; 3],
+    layout: Layout,
+    key_mask: Option<Arc<[bool]>>,
+    dropout: Option<Dropout>,
+    dims: Dims,
+) -> Result<Var> {
     use crate::backend::cpu::attention::Operand;
-    use crate::backend::cuda::attention::{self as kernel, View};
+    use crate::backend::cuda::attention::{self as kernel, Masks, View};
     fn view<E>(buf: &crate::backend::cuda::DeviceBuffer<E>, at: Operand) -> View<'_, E> {
         View { buf, offset: at.offset, stride: at.stride }
     }
     let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
     crate::with_gpu_float!(values[0].dtype(), "attention", E => {
         let gpu = values[0].cuda::<E>()?.0.clone();
+        let keys = key_mask.map(|m| gpu.upload(&m.iter().map(|&v| v as u8).collect::<Vec<u8>>())).transpose()?;
         let bufs = values.iter().map(|v| v.cuda::<E>().map(|(_, b)| b)).collect::<Result<Vec<_>>>()?;
         let (q, k, v) = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
-        let (o, lse) = kernel::forward(&gpu, &dims, q, k, v)?;
+        let (o, lse) = kernel::forward(&gpu, &dims, q, k, v, &Masks { keys: keys.as_ref(), dropout })?;
         let out = Tensor::from_cuda(&gpu, o, &[dims.batch, dims.sq, dims.width()])?;
         let saved = out.clone();
         Ok(tape.record("attention", inputs, out, move |g, _| {
@@ -214,13 +212,21 @@ fn on_cuda(tape: &mut Tape, inputs: &[&Var], source: [usize; 3], layout: Layout,
             let (_, dout) = g.cuda::<E>()?;
             let x = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
             let dx = (view(&grads[source[0]], layout.q), view(&grads[source[1]], layout.k), view(&grads[source[2]], layout.v));
-            kernel::backward(&gpu, &dims, x, o, &lse, dout, dx)?;
+            kernel::backward(&gpu, &dims, x, o, &lse, dout, dx, &Masks { keys: keys.as_ref(), dropout })?;
             grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_cuda(&gpu, g, v.shape()).map(Some)).collect()
         }))
     })
 }
 
 #[cfg(no_cuda_kernels)]
-fn on_cuda(_: &mut Tape, inputs: &[&Var], _: [usize; 3], _: Layout, _: Dims) -> Result<Var> {
+fn on_cuda(
+    _: &mut Tape,
+    inputs: &[&Var],
+    _: [usize; 3],
+    _: Layout,
+    _: Option<Arc<[bool]>>,
+    _: Option<Dropout>,
+    _: Dims,
+) -> Result<Var> {
     crate::bail!("attention: a tensor on {} in a build without CUDA kernels", inputs[0].value().device())
 }

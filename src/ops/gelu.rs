@@ -50,20 +50,18 @@ fn run<T: Float>(
     }))
 }
 
-/// kernels/gelu.cu's bias-GELU with a zero bias (the bias is the preceding linear's epilogue).
+/// kernels/gelu.cu's GELU without a bias (the bias is the preceding linear's epilogue).
 #[cfg(not(no_cuda_kernels))]
 fn on_cuda(tape: &mut Tape, x: &Var) -> Result<Var> {
     use crate::backend::cuda::gelu as kernel;
     crate::with_gpu_float!(x.dtype(), "gelu", E => {
         let (gpu, buf) = x.value().cuda::<E>()?;
         let d = x.value().last_dim();
-        let zero_bias = gpu.zeros::<f32>(d)?;
-        let out = Tensor::from_cuda(gpu, kernel::forward(gpu, buf, &zero_bias, d)?, x.shape())?;
+        let out = Tensor::from_cuda(gpu, kernel::forward(gpu, buf, None, d)?, x.shape())?;
         let xs = x.value().clone();
         Ok(tape.record("gelu", &[x], out, move |g, _| {
             let ((gpu, xb), (_, gb)) = (xs.cuda::<E>()?, g.cuda::<E>()?);
-            let (zero_bias, unused_dbias) = (gpu.zeros::<f32>(d)?, gpu.zeros::<f32>(d)?);
-            let dx = kernel::backward(gpu, gb, xb, &zero_bias, &unused_dbias, d)?;
+            let dx = kernel::backward(gpu, gb, xb, None, d)?;
             Ok(vec![Some(Tensor::from_cuda(gpu, dx, xs.shape())?)])
         }))
     })

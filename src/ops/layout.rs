@@ -136,6 +136,9 @@ fn shift_on_cuda(
     crate::with_gpu_float!(x.dtype(), "shift_rows", E => {
         let (gpu, src) = x.cuda::<E>()?;
         let out = gpu.zeros::<E>(numel(shape))?;
+        if hi == lo {
+            return Tensor::from_cuda(gpu, out, shape);
+        }
         let from = (lo as isize + offset) as usize;
         gpu.copy_rows(&out, lo * inner, len * inner, src, from * inner, size * inner, (hi - lo) * inner, outer)?;
         Tensor::from_cuda(gpu, out, shape)

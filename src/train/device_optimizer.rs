@@ -51,31 +51,17 @@ impl DeviceOptimizer {
     /// Weights drawn on the GPU (Philox4x32-10, `crate::philox`'s layout: stream = the parameter's index)
     /// from the specs' initialisations: not the CPU's `RetroModel::init` values (another generator).
     pub fn random(device: Device, model: &RetroModel, config: AdamWConfig, seed: u64) -> Result<Self> {
-        use crate::backend::cuda::random::fill_normal;
-        use crate::model::params::Init;
         let Device::Cuda(ordinal) = device else { crate::bail!("DeviceOptimizer on {device}") };
         let gpu = Gpu::shared(ordinal)?;
         let (mut masters, mut leaves, mut exp_avg, mut exp_avg_sq) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, spec) in model.params.specs.iter().enumerate() {
             let n = spec.shape.iter().product();
-            let (value, copy) = (gpu.alloc::<f32>(n)?, gpu.alloc::<bf16>(n)?);
-            match spec.init {
-                // The bf16 copy rounds the same f32 draw, so it equals the master rounded to bf16.
-                Init::Normal(std) => {
-                    fill_normal(&gpu, &value, seed, i as u64, std as f32)?;
-                    fill_normal(&gpu, &copy, seed, i as u64, std as f32)?;
-                }
-                Init::Zeros => {
-                    gpu.fill_zero(&value)?;
-                    gpu.fill_zero(&copy)?;
-                }
-                Init::Ones => {
-                    gpu.write(&value, 0, &vec![1.0f32; n])?;
-                    gpu.write(&copy, 0, &vec![bf16::ONE; n])?;
-                }
-            }
-            let master = Tensor::from_cuda(&gpu, value, &spec.shape)?;
-            leaves.push(if spec.reads_master { master.clone() } else { Tensor::from_cuda(&gpu, copy, &spec.shape)? });
+            // The bf16 copy rounds the same f32 draw, so it equals the master rounded to bf16.
+            let master = Tensor::from_cuda(&gpu, draw::<f32>(&gpu, spec.init, n, seed, i as u64)?, &spec.shape)?;
+            leaves.push(match spec.reads_master {
+                true => master.clone(),
+                false => Tensor::from_cuda(&gpu, draw::<bf16>(&gpu, spec.init, n, seed, i as u64)?, &spec.shape)?,
+            });
             masters.push(master);
             exp_avg.push(gpu.zeros::<f32>(n)?);
             exp_avg_sq.push(gpu.zeros::<f32>(n)?);
@@ -159,4 +145,22 @@ impl DeviceOptimizer {
         opt.step = self.step;
         Ok(())
     }
+}
+
+/// `n` values of a parameter's initialisation on the GPU (Normal: Philox stream `stream` under `seed`).
+fn draw<E: crate::tensor::cuda::CudaFloat>(
+    gpu: &Gpu,
+    init: crate::model::params::Init,
+    n: usize,
+    seed: u64,
+    stream: u64,
+) -> Result<DeviceBuffer<E>> {
+    use crate::model::params::Init;
+    let buf = gpu.alloc::<E>(n)?;
+    match init {
+        Init::Normal(std) => crate::backend::cuda::random::fill_normal(gpu, &buf, seed, stream, std as f32)?,
+        Init::Zeros => gpu.fill_zero(&buf)?,
+        Init::Ones => gpu.write(&buf, 0, &vec![E::from_f32(1.0); n])?,
+    }
+    Ok(buf)
 }

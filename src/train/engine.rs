@@ -69,8 +69,8 @@ impl Engine {
         self.device
     }
 
-    /// What the tape reads as the parameters.
-    fn leaves<'a>(&'a self, model: &'a RetroModel) -> &'a [Tensor] {
+    /// What the tape reads as the parameters (on the engine's device).
+    pub fn leaves<'a>(&'a self, model: &'a RetroModel) -> &'a [Tensor] {
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &self.gpu {
             return gpu.leaves();

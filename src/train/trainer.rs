@@ -62,9 +62,17 @@ pub fn project_model(preset: &RetroConfig, project: &crate::preprocess::project:
     Ok(c)
 }
 
-/// Mean loss over the first `iters` batches of a split (no dropout). `retrieval = false` masks every
-/// neighbour (the model then sees no retrieved text).
-pub fn evaluate(model: &RetroModel, split: &SplitData, batch: usize, iters: usize, retrieval: bool) -> Result<f64> {
+/// Mean loss over the first `iters` batches of a split (no dropout), with `leaves` as the parameters
+/// (`RetroModel::leaves_on`: on their device). `retrieval = false` masks every neighbour (the model then
+/// sees no retrieved text).
+pub fn evaluate(
+    model: &RetroModel,
+    leaves: &[crate::tensor::Tensor],
+    split: &SplitData,
+    batch: usize,
+    iters: usize,
+    retrieval: bool,
+) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..iters {
         let ids: Vec<usize> = (i * batch..(i + 1) * batch).collect();
@@ -74,7 +82,7 @@ pub fn evaluate(model: &RetroModel, split: &SplitData, batch: usize, iters: usiz
                 nb.data_mut::<i64>()?.iter_mut().for_each(|t| *t = -1);
             }
         }
-        total += model.eval_loss(&b)?;
+        total += model.eval_loss_on(leaves, &b)?;
     }
     Ok(total / iters as f64)
 }
@@ -117,13 +125,6 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let identity = run_identity(args, &config, &data);
     let mut model = initial_model(args, &config)?;
     let mut opt = AdamW::new(optimizer_config(args), &model.params.tensors);
-    if args.device != crate::tensor::Device::Cpu {
-        ensure!(
-            config.dropout == 0.0,
-            "--device {}: the GPU attention kernels have no attention dropout yet, and one rate drives hidden and attention dropout; pass --hidden-dropout 0 --attention-dropout 0",
-            args.device
-        );
-    }
     let (mut iteration, mut consumed) = resume(args, &config, &identity, &mut model, &mut opt)?;
     let mut engine = Engine::new(args.device, &model, &opt)?;
     let mut tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
@@ -153,7 +154,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         last_loss = loss;
         let evaluating = args.eval_interval > 0 && iteration % args.eval_interval == 0 && data.valid.is_some();
         let saving = (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters;
-        if evaluating || saving {
+        if saving {
             engine.to_host(&mut model, &mut opt)?;
         }
         let step_s = t0.elapsed().as_secs_f64();
@@ -163,7 +164,8 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         });
         if evaluating {
             let valid = data.valid.as_ref().expect("evaluating needs a validation split");
-            valid_loss = Some(evaluate_into(&mut line, &model, valid, args, retrieval)?);
+            // On the engine's device, with the parameters the steps read.
+            valid_loss = Some(evaluate_into(&mut line, &model, engine.leaves(&model), valid, args, retrieval)?);
         }
         if let Some(tb) = &mut tensorboard {
             log_tensorboard(tb, &line, iteration)?;
@@ -312,15 +314,16 @@ fn accumulate(
 fn evaluate_into(
     line: &mut Value,
     model: &RetroModel,
+    leaves: &[crate::tensor::Tensor],
     valid: &SplitData,
     args: &TrainArgs,
     retrieval: bool,
 ) -> Result<f64> {
-    let v = evaluate(model, valid, args.micro_batch, args.eval_iters, retrieval)?;
+    let v = evaluate(model, leaves, valid, args.micro_batch, args.eval_iters, retrieval)?;
     line["valid_loss"] = json!(v);
     line["valid_ppl"] = json!(v.exp());
     if retrieval {
-        let masked = evaluate(model, valid, args.micro_batch, args.eval_iters, false)?;
+        let masked = evaluate(model, leaves, valid, args.micro_batch, args.eval_iters, false)?;
         line["valid_ppl_without_retrieval"] = json!(masked.exp());
     }
     Ok(v)

@@ -296,7 +296,7 @@ impl Dev {
             #[cfg(not(no_cuda_kernels))]
             _ => on_cuda!(self, gpu, E, {
                 let (dx, db) = (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(bias).unwrap());
-                let y = retro::backend::cuda::gelu::forward(gpu, &dx, &db, d).unwrap();
+                let y = retro::backend::cuda::gelu::forward(gpu, &dx, Some(&db), d).unwrap();
                 from_e(&gpu.download(&y).unwrap())
             }),
         }
@@ -319,7 +319,7 @@ impl Dev {
                     gpu.upload(&to_e::<E>(dy)).unwrap(),
                 );
                 let dbias = gpu.zeros::<f32>(d).unwrap();
-                let du = retro::backend::cuda::gelu::backward(gpu, &ddy, &dx, &db, &dbias, d).unwrap();
+                let du = retro::backend::cuda::gelu::backward(gpu, &ddy, &dx, Some((&db, &dbias)), d).unwrap();
                 (from_e(&gpu.download(&du).unwrap()), gpu.download(&dbias).unwrap())
             }),
         }
@@ -472,91 +472,38 @@ impl Dev {
         }
     }
 
-    /// Attention output for separate q [b, sq, w], k, v [b, sk, w].
-    pub fn attention(&self, q: &[f32], k: &[f32], v: &[f32], a: cpu::attention::Dims) -> Vec<f32> {
-        match self {
-            Dev::Cpu => {
-                let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-                cpu::attention::forward(q, k, v, layout, None, None, a).0
-            }
-            #[cfg(not(no_cuda_kernels))]
-            _ => on_cuda!(self, gpu, E, {
-                use retro::backend::cuda::attention::{forward, View};
-                let s = a;
-                let (gq, gk, gv) = (
-                    gpu.upload(&to_e::<E>(q)).unwrap(),
-                    gpu.upload(&to_e::<E>(k)).unwrap(),
-                    gpu.upload(&to_e::<E>(v)).unwrap(),
-                );
-                let w = s.width();
-                let (o, _) =
-                    forward(gpu, &s, View::contiguous(&gq, w), View::contiguous(&gk, w), View::contiguous(&gv, w))
-                        .unwrap();
-                from_e(&gpu.download(&o).unwrap())
-            }),
-        }
-    }
-
-    /// (dq, dk, dv) for the output gradient `dout`.
-    pub fn attention_backward(
+    /// Attention on separate q [b, sq, w], k, v [b, sk, w] through the real op (`ops::attention_dropout`
+    /// on this copy's device, backward on the tape), with an optional key mask and attention dropout.
+    /// Returns (o, dq, dk, dv) for the output gradient `dout`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
         &self,
         q: &[f32],
         k: &[f32],
         v: &[f32],
         dout: &[f32],
         a: cpu::attention::Dims,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        match self {
-            Dev::Cpu => {
-                let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-                let (_, probs) = cpu::attention::forward(q, k, v, layout, None, None, a);
-                let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
-                let targets = cpu::attention::GradTargets {
-                    dq: cpu::SendPtr(dq.as_mut_ptr()),
-                    dk: cpu::SendPtr(dk.as_mut_ptr()),
-                    dv: cpu::SendPtr(dv.as_mut_ptr()),
-                };
-                // SAFETY: three separate buffers of the operands' sizes.
-                unsafe { cpu::attention::backward(dout, q, k, v, &probs, layout, None, a, targets) };
-                (dq, dk, dv)
-            }
-            #[cfg(not(no_cuda_kernels))]
-            _ => on_cuda!(self, gpu, E, {
-                use retro::backend::cuda::attention::{backward, forward, View};
-                let s = a;
-                let w = s.width();
-                let (gq, gk, gv) = (
-                    gpu.upload(&to_e::<E>(q)).unwrap(),
-                    gpu.upload(&to_e::<E>(k)).unwrap(),
-                    gpu.upload(&to_e::<E>(v)).unwrap(),
-                );
-                let c = |b| View::contiguous(b, w);
-                let (o, lse) = forward(gpu, &s, c(&gq), c(&gk), c(&gv)).unwrap();
-                let gdo = gpu.upload(&to_e::<E>(dout)).unwrap();
-                let (dq, dk, dv) =
-                    (gpu.alloc(q.len()).unwrap(), gpu.alloc(k.len()).unwrap(), gpu.alloc(v.len()).unwrap());
-                backward(gpu, &s, (c(&gq), c(&gk), c(&gv)), &o, &lse, &gdo, (c(&dq), c(&dk), c(&dv))).unwrap();
-                let down = |b: &retro::backend::cuda::DeviceBuffer<E>| from_e(&gpu.download(b).unwrap());
-                (down(&dq), down(&dk), down(&dv))
-            }),
-        }
+        key_mask: Option<std::sync::Arc<[bool]>>,
+        dropout: Option<retro::ops::Dropout>,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        use retro::autograd::Tape;
+        use retro::ops::{self, AttnMask};
+        let w = a.width();
+        let mut tape = Tape::new();
+        let mask = match (key_mask, a.causal) {
+            (Some(m), _) => AttnMask::Keys(m),
+            (None, true) => AttnMask::Causal,
+            (None, false) => AttnMask::None,
+        };
+        let [q, k, v] =
+            [(q, a.sq), (k, a.sk), (v, a.sk)].map(|(x, rows)| tape.leaf(self.tensor(x, &[a.batch, rows, w])));
+        let o = ops::attention_dropout(&mut tape, &q, &k, &v, a.heads, &mask, dropout).unwrap();
+        let out = read(o.value());
+        let g = tape.backward_with(&o, self.tensor(dout, o.shape())).unwrap();
+        let [dq, dk, dv] = [&q, &k, &v].map(|x| read(g.get(x).unwrap()));
+        (out, dq, dk, dv)
     }
-}
 
-/// The CCA's row shift on the CPU (backend/cpu/layout.rs, the reference for residual.cu's `shift_rows`):
-/// per batch, `out[i] = x[i + shift]` for `i < rows_out`, zero outside `0..rows_in`.
-pub fn shift_rows_reference(
-    x: &[f32],
-    batch: usize,
-    rows_in: usize,
-    rows_out: usize,
-    d: usize,
-    shift: isize,
-) -> Vec<f32> {
-    cpu::layout::shift_rows(x, batch, rows_in, d, shift, rows_out)
-}
-
-impl Dev {
     /// (a + b, a after `a += b`): residual.cu's add and add_into.
     pub fn add_and_add_into(&self, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
         match self {
@@ -719,4 +666,17 @@ impl Dev {
             }),
         }
     }
+}
+
+/// The CCA's row shift on the CPU (backend/cpu/layout.rs, the reference for residual.cu's `shift_rows`):
+/// per batch, `out[i] = x[i + shift]` for `i < rows_out`, zero outside `0..rows_in`.
+pub fn shift_rows_reference(
+    x: &[f32],
+    batch: usize,
+    rows_in: usize,
+    rows_out: usize,
+    d: usize,
+    shift: isize,
+) -> Vec<f32> {
+    cpu::layout::shift_rows(x, batch, rows_in, d, shift, rows_out)
 }

@@ -1,6 +1,7 @@
 //! Launchers for kernels/attention.cu (bf16: flash attention on tensor cores, head dims 64 and 128) and
 //! kernels/attention_exact.cu (f32: exact, any head dim up to 128), forward and backward, causal,
-//! bidirectional or cross, reading Q, K, V in place from (possibly fused) projection outputs.
+//! bidirectional or cross, reading Q, K, V in place from (possibly fused) projection outputs, with an
+//! optional key mask and attention dropout (`Masks`, kernels/attention_masks.cuh).
 
 use super::device::cuda_error;
 use super::element::GpuFloat;
@@ -46,6 +47,41 @@ impl<'a, E> View<'a, E> {
             self.buf.len()
         );
         Ok(self.buf.ptr_at(self.offset))
+    }
+}
+
+/// What the attention hides or drops: visible keys per batch row (u8 [batch, sk], nonzero = visible), and
+/// attention dropout (the CPU's `Dropout`: Philox stream b * heads + h of its seed, element i * sk + j).
+#[derive(Clone, Copy, Default)]
+pub struct Masks<'a> {
+    pub keys: Option<&'a DeviceBuffer<u8>>,
+    pub dropout: Option<crate::backend::cpu::attention::Dropout>,
+}
+
+impl Masks<'_> {
+    pub const NONE: Masks<'static> = Masks { keys: None, dropout: None };
+
+    fn apply(&self, s: &Dims, p: AttentionParams) -> Result<AttentionParams> {
+        let mut p = p;
+        if let Some(keys) = self.keys {
+            crate::ensure!(
+                keys.len() == s.batch * s.sk,
+                "attention key mask of {} entries for {} x {} keys",
+                keys.len(),
+                s.batch,
+                s.sk
+            );
+            p.key_mask = keys.ptr();
+        }
+        if let Some(d) = self.dropout {
+            crate::ensure!((0.0..1.0).contains(&d.p), "attention dropout probability {} is not in [0, 1)", d.p);
+            if d.p > 0.0 {
+                p.dropout_seed = d.seed;
+                p.dropout_threshold = crate::philox::drop_threshold(d.p);
+                p.dropout_scale = (1.0 / (1.0 - d.p)) as f32;
+            }
+        }
+        Ok(p)
     }
 }
 
@@ -142,6 +178,7 @@ pub fn forward<E: GpuFloat>(
     q: View<E>,
     k: View<E>,
     v: View<E>,
+    masks: &Masks,
 ) -> Result<(DeviceBuffer<E>, DeviceBuffer<f32>)> {
     check_shape(s)?;
     let sfx = suffix::<E>(s)?;
@@ -155,7 +192,7 @@ pub fn forward<E: GpuFloat>(
     );
     let o = gpu.alloc::<E>(s.batch * s.sq * w)?;
     let lse = gpu.alloc::<f32>(s.batch * s.heads * s.sq)?;
-    let p = AttentionParams { o: o.ptr(), lse: lse.ptr(), ..p };
+    let p = masks.apply(s, AttentionParams { o: o.ptr(), lse: lse.ptr(), ..p })?;
     let grid = if sfx == "exact" {
         warp_per_row(s, s.sq)
     } else {
@@ -177,6 +214,7 @@ pub fn backward<E: GpuFloat>(
     lse: &DeviceBuffer<f32>,
     dout: &DeviceBuffer<E>,
     (dq, dk, dv): (View<E>, View<E>, View<E>),
+    masks: &Masks,
 ) -> Result<()> {
     check_shape(s)?;
     let sfx = suffix::<E>(s)?;
@@ -208,6 +246,7 @@ pub fn backward<E: GpuFloat>(
         dv: dv.check("dv", nk, w)?,
         ..params(s, q.check("q", nq, w)?, k.check("k", nk, w)?, v.check("v", nk, w)?, [q.stride, k.stride, v.stride])
     };
+    let p = masks.apply(s, p)?;
     let rows = (s.batch * s.sq * s.heads) as u64;
     let delta_blocks = (rows * 32).div_ceil(256) as u32;
     let bh = (s.batch * s.heads) as u32;

@@ -221,6 +221,20 @@ impl Gpu {
             dst.len()
         );
         let e = std::mem::size_of::<T>();
+        self.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
+        if height == 1 || (src_pitch == width && dst_pitch == width) {
+            // Contiguous: one flat copy (2D copies refuse pitches above the device's limit, ~2 GiB).
+            // SAFETY: both ranges were checked to lie inside their buffers; ordered on the compute stream.
+            return unsafe {
+                result::memcpy_dtod_async(
+                    dst.ptr_at(dst_offset),
+                    src.ptr_at(src_offset),
+                    width * height * e,
+                    self.compute.cu_stream(),
+                )
+            }
+            .map_err(|e| cuda_error("device copy", e));
+        }
         let device = cudarc::driver::sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
         let copy = cudarc::driver::sys::CUDA_MEMCPY2D {
             srcXInBytes: 0,
@@ -240,7 +254,6 @@ impl Gpu {
             WidthInBytes: width * e,
             Height: height,
         };
-        self.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
         // SAFETY: both ranges were checked to lie inside their buffers; ordered on the compute stream.
         unsafe { cudarc::driver::sys::cuMemcpy2DAsync_v2(&copy, self.compute.cu_stream()).result() }
             .map_err(|e| cuda_error("2D device copy", e))
