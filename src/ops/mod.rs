@@ -25,6 +25,8 @@ pub use gelu::{gelu, gelu_erf};
 pub use layernorm::layer_norm;
 pub use layout::{concat, narrow, pad, reshape, shift_rows};
 pub use linear::linear;
+#[cfg(not(no_cuda_kernels))]
+pub use residual::add_into;
 pub use residual::{add, add_tensors};
 pub use scale::{scale, scale_tensor};
 

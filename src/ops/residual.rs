@@ -33,6 +33,24 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     with_float!(a.dtype(), "add", T => Tensor::from_vec(cpu::add(a.data::<T>()?, b.data::<T>()?), a.shape()))
 }
 
+/// `a += b` in place on a GPU buffer nobody else holds (gradient accumulation, `Tensor::add_assign`).
+#[cfg(not(no_cuda_kernels))]
+pub fn add_into(a: &mut crate::tensor::cuda::Buffer, b: &Tensor) -> Result<()> {
+    use crate::backend::cuda::residual;
+    use crate::tensor::cuda::Buffer;
+    match a {
+        Buffer::F32(x) => {
+            let (gpu, y) = b.cuda::<f32>()?;
+            residual::add_into(gpu, x, y)
+        }
+        Buffer::BF16(x) => {
+            let (gpu, y) = b.cuda::<half::bf16>()?;
+            residual::add_into(gpu, x, y)
+        }
+        Buffer::I32(_) => crate::bail!("add: i32 tensors are not added on a GPU"),
+    }
+}
+
 #[cfg(not(no_cuda_kernels))]
 fn on_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     use crate::backend::cuda::residual;

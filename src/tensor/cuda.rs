@@ -65,6 +65,11 @@ impl CudaStorage {
         &self.buffer
     }
 
+    /// The buffer, when no other storage shares it (so it may be written in place).
+    pub fn unique_buffer(&mut self) -> Option<&mut Buffer> {
+        Arc::get_mut(&mut self.buffer)
+    }
+
     pub fn len(&self) -> usize {
         match &*self.buffer {
             Buffer::F32(b) => b.len(),

@@ -303,7 +303,8 @@ impl Tensor {
     }
 
     /// Element-wise `self += other` (same shape, dtype and device); used to accumulate gradients. On a GPU
-    /// the sum is a new buffer (a device tensor is never written through a shared handle).
+    /// in place (kernels/residual.cu's add_into) when this tensor is the only handle on its buffer, else
+    /// into a new buffer (a device tensor is never written through a shared handle).
     pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
         ensure!(
             self.shape == other.shape && self.dtype() == other.dtype() && self.device() == other.device(),
@@ -317,6 +318,11 @@ impl Tensor {
         );
         #[cfg(not(no_cuda_kernels))]
         if self.device() != Device::Cpu {
+            if let Some(Storage::Cuda(mine)) = Arc::get_mut(&mut self.storage) {
+                if let Some(buffer) = mine.unique_buffer() {
+                    return crate::ops::add_into(buffer, other);
+                }
+            }
             *self = crate::ops::add_tensors(self, other)?;
             return Ok(());
         }
