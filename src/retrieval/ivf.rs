@@ -4,10 +4,9 @@
 //! 2·q·x − |x|²; ties to the lower id), so with nprobe = nlist it returns exactly the flat index's result.
 
 use super::kmeans;
-use super::knn::{dot, push_one, Entry, FlatIndex, Index, Metric, Neighbors};
+use super::knn::{dot, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
 use crate::{ensure, Result};
 use rayon::prelude::*;
-use std::collections::BinaryHeap;
 
 /// One cell: its vectors' ids and rows, in the order they were added.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,15 +102,15 @@ impl Index for IvfFlat {
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
         let d = self.dim;
         let l2 = self.metric == Metric::L2;
-        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, heap| {
+        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, top| {
             for &cell in cells {
                 let list = &self.lists[cell];
                 for ((v, &id), &norm) in list.vectors.chunks(d).zip(&list.ids).zip(&list.sq_norms) {
                     let s = dot(q, v);
-                    push_one(heap, if l2 { 2.0 * s - norm } else { s }, id, k);
+                    top.push(if l2 { 2.0 * s - norm } else { s }, id);
                 }
             }
-            // Heap scores rank L2 by 2·q·x − |x|²: the distance is |q|² minus that.
+            // Selection scores rank L2 by 2·q·x − |x|²: the distance is |q|² minus that.
             let qnorm = if l2 { dot(q, q) } else { 0.0 };
             move |s| if l2 { qnorm - s } else { s }
         })
@@ -119,14 +118,14 @@ impl Index for IvfFlat {
 }
 
 /// The search every IVF index shares: each query's `nprobe` nearest cells of `quantizer`, queries in
-/// parallel. `scan(q, cells, heap)` offers the cells' candidates to the top-k heap (larger is nearer) and
-/// returns how a heap score becomes the reported score.
+/// parallel. `scan(q, cells, top)` offers the cells' candidates to the top-k selection (larger is nearer)
+/// and returns how a selection score becomes the reported score.
 pub(crate) fn search_cells<F: Fn(f32) -> f32>(
     quantizer: &FlatIndex,
     nprobe: usize,
     queries: &[f32],
     k: usize,
-    scan: impl Fn(&[f32], &[usize], &mut BinaryHeap<Entry>) -> F + Sync,
+    scan: impl Fn(&[f32], &[usize], &mut TopK) -> F + Sync,
 ) -> Result<Neighbors> {
     let d = quantizer.dim();
     let (nq, mut out) = Neighbors::unfilled(queries, d, k)?;
@@ -140,9 +139,9 @@ pub(crate) fn search_cells<F: Fn(f32) -> f32>(
     rows.for_each(|(qi, (ids, scores))| {
         let cells: Vec<usize> =
             probes.ids[qi * nprobe..(qi + 1) * nprobe].iter().filter_map(|&c| usize::try_from(c).ok()).collect();
-        let mut heap = BinaryHeap::with_capacity(k + 1);
-        let report = scan(&queries[qi * d..(qi + 1) * d], &cells, &mut heap);
-        for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+        let mut top = TopK::new(k);
+        let report = scan(&queries[qi * d..(qi + 1) * d], &cells, &mut top);
+        for (r, Entry(s, id)) in top.into_sorted().into_iter().enumerate() {
             ids[r] = id;
             scores[r] = report(s);
         }

@@ -6,7 +6,7 @@
 
 use super::ivf::search_cells;
 use super::kmeans;
-use super::knn::{dot, push_one, FlatIndex, Index, Metric, Neighbors};
+use super::knn::{dot, FlatIndex, Index, Metric, Neighbors};
 use super::pq::ProductQuantizer;
 use crate::{ensure, Result};
 
@@ -117,8 +117,8 @@ impl Index for IvfPq {
         let (d, m) = (self.dim, self.pq.m);
         let centroids = self.quantizer.vectors();
         let ip = self.metric == Metric::InnerProduct;
-        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, heap| {
-            // Heap scores: larger is nearer (inner product, or minus the squared distance).
+        search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, top| {
+            // Selection scores: larger is nearer (inner product, or minus the squared distance).
             let ip_table = ip.then(|| self.pq.table(q, Metric::InnerProduct));
             for &cell in cells {
                 let c = &centroids[cell * d..(cell + 1) * d];
@@ -133,7 +133,7 @@ impl Index for IvfPq {
                 };
                 let list = &self.lists[cell];
                 for (codes, &id) in list.codes.chunks(m).zip(&list.ids) {
-                    push_one(heap, base + sign * self.pq.score(table, codes), id, k);
+                    top.push(base + sign * self.pq.score(table, codes), id);
                 }
             }
             move |s| if ip { s } else { -s }

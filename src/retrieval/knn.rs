@@ -1,12 +1,11 @@
 //! Exact k-nearest-neighbour search: blocked score GEMMs (a block of queries against a block of database
-//! vectors) feeding a per-query top-k min-heap, query blocks in parallel. Inner product or L2. The
+//! vectors) feeding a per-query top-k selection (`top_k.rs`), query blocks in parallel. Inner product or L2. The
 //! [`Index`] trait is what the IVF indexes of [retrieval-scale] implement too.
 
+pub(crate) use super::top_k::{Entry, TopK};
 use crate::backend::cpu::gemm;
 use crate::{ensure, Result};
 use rayon::prelude::*;
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Metric {
@@ -76,17 +75,6 @@ impl FlatIndex {
     }
 }
 
-/// Offer (score, id) to a top-k heap.
-pub(crate) fn push_one(heap: &mut BinaryHeap<Entry>, score: f32, id: i64, k: usize) {
-    let e = Entry(score, id);
-    if heap.len() < k {
-        heap.push(e);
-    } else if heap.peek().is_some_and(|worst| e < *worst) {
-        heap.pop();
-        heap.push(e);
-    }
-}
-
 /// Dot product with eight independent partial sums (vectorisable; a fixed order, so deterministic).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -99,22 +87,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
-}
-
-/// (score, id) ordered so that the heap's top is the worst kept neighbour.
-#[derive(PartialEq)]
-pub(crate) struct Entry(pub(crate) f32, pub(crate) i64);
-impl Eq for Entry {}
-impl Ord for Entry {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // Worse = lower score, or equal score and larger id.
-        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
-    }
-}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
 }
 
 impl Index for FlatIndex {
@@ -139,9 +111,9 @@ impl Index for FlatIndex {
         let blocks = ids.par_chunks_mut(query_block * k).zip(scores.par_chunks_mut(query_block * k));
         blocks.enumerate().for_each(|(blk, (ids, scores))| {
             let q = &queries[blk * query_block * d..][..ids.len() / k * d];
-            for (qi, heap) in self.search_block(q, k).into_iter().enumerate() {
+            for (qi, top) in self.search_block(q, k).into_iter().enumerate() {
                 let qnorm: f32 = q[qi * d..(qi + 1) * d].iter().map(|x| x * x).sum();
-                for (r, Entry(s, id)) in heap.into_sorted_vec().into_iter().enumerate() {
+                for (r, Entry(s, id)) in top.into_sorted().into_iter().enumerate() {
                     ids[qi * k + r] = id;
                     scores[qi * k + r] = match self.metric {
                         Metric::InnerProduct => s,
@@ -155,12 +127,12 @@ impl Index for FlatIndex {
 }
 
 impl FlatIndex {
-    /// Top-k heaps of the queries `q` (rows of dim) against the whole database, one score GEMM per
+    /// Top-k selections of the queries `q` (rows of dim) against the whole database, one score GEMM per
     /// database block. L2 ranks by 2·q·x − |x|² (|q|² is the same for every candidate).
-    fn search_block(&self, q: &[f32], k: usize) -> Vec<BinaryHeap<Entry>> {
+    fn search_block(&self, q: &[f32], k: usize) -> Vec<TopK> {
         let (d, n) = (self.dim, self.len());
         let qn = q.len() / d;
-        let mut heaps: Vec<BinaryHeap<Entry>> = (0..qn).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
+        let mut tops: Vec<TopK> = (0..qn).map(|_| TopK::new(k)).collect();
         let mut block = vec![0f32; qn * DB_BLOCK];
         for x0 in (0..n).step_by(DB_BLOCK) {
             let xn = DB_BLOCK.min(n - x0);
@@ -190,32 +162,11 @@ impl FlatIndex {
                     }
                 }
             }
-            for (heap, row) in heaps.iter_mut().zip(block.chunks(xn)) {
-                push_scores(heap, row, x0, k);
+            for (top, row) in tops.iter_mut().zip(block.chunks(xn)) {
+                top.push_scores(row, x0);
             }
         }
-        heaps
-    }
-}
-
-/// Offer `scores` (of database ids x0, x0+1, ...) to a top-k heap. Scores below the worst kept one are
-/// skipped with one float compare, which is almost all of them once the heap is full.
-pub(crate) fn push_scores(heap: &mut BinaryHeap<Entry>, scores: &[f32], x0: usize, k: usize) {
-    let mut floor = if heap.len() < k { f32::NEG_INFINITY } else { heap.peek().map_or(f32::NEG_INFINITY, |w| w.0) };
-    for (j, &s) in scores.iter().enumerate() {
-        if s < floor {
-            continue;
-        }
-        let e = Entry(s, (x0 + j) as i64);
-        if heap.len() < k {
-            heap.push(e);
-        } else if heap.peek().is_some_and(|worst| e < *worst) {
-            heap.pop();
-            heap.push(e);
-        }
-        if heap.len() == k {
-            floor = heap.peek().map_or(floor, |w| w.0);
-        }
+        tops
     }
 }
 

@@ -12,3 +12,4 @@ pub mod live;
 pub mod neighbors;
 pub mod npy;
 pub mod pq;
+pub mod top_k;
