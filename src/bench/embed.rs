@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(corpus_path: &Path, embedder: &BertEmbedder, chunks: usize, batch_tokens: usize) -> Result<Value> {
+/// The first `chunks` 64-token GPT-2 chunks of the corpus, detokenised as the preprocess `embed` stage does.
+pub fn chunk_texts(corpus_path: &Path, chunks: usize) -> Result<Vec<String>> {
     let mut texts = Vec::new();
     corpus::for_each_batch(corpus_path, &corpus::Options::default(), 64, |docs| {
         for d in docs {
@@ -22,7 +23,14 @@ pub fn run(corpus_path: &Path, embedder: &BertEmbedder, chunks: usize, batch_tok
         Ok(())
     })?;
     ensure!(texts.len() >= chunks, "the corpus has {} chunks, fewer than --chunks {chunks}", texts.len());
-    let refs: Vec<&str> = texts[..chunks].iter().map(String::as_str).collect();
+    texts.truncate(chunks);
+    Ok(texts)
+}
+
+/// Embedding throughput over `texts` (timed once, after tokenising them once untimed).
+pub fn run(texts: &[String], embedder: &BertEmbedder, batch_tokens: usize) -> Result<Value> {
+    let chunks = texts.len();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let wordpieces: usize = refs.iter().map(|t| embedder.tokenize(t).map(|ids| ids.len())).sum::<Result<usize>>()?;
     let t = Instant::now();
     std::hint::black_box(embedder.embed(&refs, batch_tokens)?);
