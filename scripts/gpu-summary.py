@@ -173,6 +173,13 @@ def training_rows(out):
     print()
     print("| check | verdict | detail |")
     print("| --- | --- | --- |")
+    ops_results, ops_checks = test_results(read(out, "ops.log"), read(out, "checks-ops.jsonl"))
+    failed_ops = sorted(name for name, verdict in ops_results.items() if verdict != "ok")
+    worst = max((c for cs in ops_checks.values() for c in cs if "err" in c and num(c["tol"]) > 0),
+                key=lambda c: num(c["err"]) / num(c["tol"]), default=None)
+    detail = f"failed: {', '.join(failed_ops)}" if failed_ops else (
+        f"worst: {worst['check']} {num(worst['err']):.2e} (tol {num(worst['tol']):.1e})" if worst else "")
+    print(f"| op tests (tests/device_ops.rs, {len(ops_results)} tests) | {status(out, 'ops.log')} | {detail} |")
     results, checks = test_results(read(out, "model.log"), read(out, "checks-model.jsonl"))
     st = status(out, "model.log")
     for name in ("model_loss_and_gradients_match_the_cpu_in_f64::cuda", "model_loss_and_gradients_match_the_cpu_in_f64::cuda_f32",
