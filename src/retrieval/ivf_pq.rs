@@ -117,9 +117,10 @@ impl Index for IvfPq {
         let (d, m) = (self.dim, self.pq.m);
         let centroids = self.quantizer.vectors();
         let ip = self.metric == Metric::InnerProduct;
+        let columns = self.pq.columns();
         search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, top| {
             // Selection scores: larger is nearer (inner product, or minus the squared distance).
-            let ip_table = ip.then(|| self.pq.table(q, Metric::InnerProduct));
+            let ip_table = ip.then(|| columns.table(q, Metric::InnerProduct));
             for &cell in cells {
                 let c = &centroids[cell * d..(cell + 1) * d];
                 let l2_table;
@@ -127,7 +128,7 @@ impl Index for IvfPq {
                     Some(t) => (t, dot(q, c), 1.0),
                     None => {
                         let y: Vec<f32> = q.iter().zip(c).map(|(a, b)| a - b).collect();
-                        l2_table = self.pq.table(&y, Metric::L2);
+                        l2_table = columns.table(&y, Metric::L2);
                         (&l2_table, 0.0, -1.0)
                     }
                 };

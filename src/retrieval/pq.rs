@@ -65,24 +65,52 @@ impl ProductQuantizer {
     /// The lookup table [m, 256] of `y` (the query, or the query minus a list's centroid): inner products
     /// y_j · codeword, or squared distances |y_j − codeword|².
     pub fn table(&self, y: &[f32], metric: Metric) -> Vec<f32> {
+        self.columns().table(y, metric)
+    }
+
+    /// The codebooks transposed for building tables (once per search, not per query).
+    pub fn columns(&self) -> Columns {
         let ds = self.sub_dim();
-        let mut t = Vec::with_capacity(self.m * CODEWORDS);
-        for j in 0..self.m {
-            let yj = &y[j * ds..(j + 1) * ds];
-            for c in 0..CODEWORDS {
-                let w = self.codeword(j, c);
-                t.push(match metric {
-                    Metric::InnerProduct => yj.iter().zip(w).map(|(a, b)| a * b).sum(),
-                    Metric::L2 => yj.iter().zip(w).map(|(a, b)| (a - b) * (a - b)).sum(),
-                });
+        let mut t = vec![0f32; self.codebooks.len()];
+        for (j, book) in self.codebooks.chunks(CODEWORDS * ds).enumerate() {
+            for (c, w) in book.chunks(ds).enumerate() {
+                for (e, &v) in w.iter().enumerate() {
+                    t[(j * ds + e) * CODEWORDS + c] = v;
+                }
             }
         }
-        t
+        Columns { ds, m: self.m, values: t }
     }
 
     /// Σ_j table[j][codes[j]]: the score of an encoded vector.
     pub fn score(&self, table: &[f32], codes: &[u8]) -> f32 {
         codes.iter().enumerate().map(|(j, &c)| table[j * CODEWORDS + c as usize]).sum()
+    }
+}
+
+/// Codebooks as [m, dim / m, 256]: a table entry sums its ds terms in dimension order, and with the
+/// codewords contiguous the 256 sums of a subspace advance together (vectorised), where one dot product
+/// per codeword was a short strided chain; at nprobe 1 building the table was 38% of a query's time.
+pub struct Columns {
+    ds: usize,
+    m: usize,
+    values: Vec<f32>,
+}
+
+impl Columns {
+    /// The lookup table [m, 256] of `y`: inner products y_j · codeword, or squared distances.
+    pub fn table(&self, y: &[f32], metric: Metric) -> Vec<f32> {
+        let mut t = vec![0f32; self.m * CODEWORDS];
+        for (j, row) in t.chunks_mut(CODEWORDS).enumerate() {
+            for e in 0..self.ds {
+                let (ye, column) = (y[j * self.ds + e], &self.values[(j * self.ds + e) * CODEWORDS..][..CODEWORDS]);
+                match metric {
+                    Metric::InnerProduct => row.iter_mut().zip(column).for_each(|(s, &w)| *s += ye * w),
+                    Metric::L2 => row.iter_mut().zip(column).for_each(|(s, &w)| *s += (ye - w) * (ye - w)),
+                }
+            }
+        }
+        t
     }
 }
 
