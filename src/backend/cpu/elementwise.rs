@@ -49,21 +49,20 @@ pub fn add<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
     zip_map(a, b, |x, y| x + y)
 }
 
-/// Exact GELU (BERT's `gelu`): x · Φ(x) = 0.5 x (1 + erf(x / sqrt 2)).
+/// Exact GELU (BERT's `gelu`): x · Φ(x), Φ(x) = 0.5 (1 + erf(x / sqrt 2)) = 0.5 erfc(−x / sqrt 2) (no
+/// cancellation in the negative tail).
 pub fn gelu_erf_forward<T: Float>(x: &[T]) -> Vec<T> {
-    zip_map(x, x, |v, _| T::from_f64(gelu_erf(v.to_f64())))
+    let (half, c) = (T::from_f64(0.5), T::from_f64(-std::f64::consts::FRAC_1_SQRT_2));
+    zip_map(x, x, move |v, _| half * v * (c * v).erfc())
 }
 
-/// d/dx [x Φ(x)] = Φ(x) + x φ(x).
+/// d/dx [x Φ(x)] = Φ(x) + x φ(x), φ(x) = exp(−x²/2) / sqrt(2π).
 pub fn gelu_erf_backward<T: Float>(x: &[T], dy: &[T]) -> Vec<T> {
-    zip_map(x, dy, |v, g| {
-        let v = v.to_f64();
-        let cdf = 0.5 * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2));
-        let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
-        g * T::from_f64(cdf + v * pdf)
+    let (half, c) = (T::from_f64(0.5), T::from_f64(-std::f64::consts::FRAC_1_SQRT_2));
+    let inv_sqrt_2pi = T::from_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+    zip_map(x, dy, move |v, g| {
+        let cdf = half * (c * v).erfc();
+        let pdf = (-(half * v * v)).exp() * inv_sqrt_2pi;
+        g * (cdf + v * pdf)
     })
-}
-
-fn gelu_erf(v: f64) -> f64 {
-    0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2))
 }
