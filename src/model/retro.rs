@@ -82,7 +82,7 @@ impl RetroModel {
     }
 
     /// The model's structure (layers, parameter specs) with no parameter values on the host: for a
-    /// model whose weights are drawn and kept on the GPU (`GpuTrainer::with_random_weights`).
+    /// model whose weights are drawn and kept on the GPU (`train::Engine::with_random_weights`).
     pub fn structure(config: &RetroConfig) -> Result<Self> {
         Ok(Self::build(config)?.1)
     }
