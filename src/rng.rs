@@ -44,6 +44,17 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
+    /// `size` distinct indices of 0..n (size <= n) in draw order: a partial Fisher-Yates shuffle.
+    pub fn sample_indices(&mut self, n: usize, size: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in 0..size {
+            let j = i + self.below((n - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        order.truncate(size);
+        order
+    }
+
     /// Standard normal (Box-Muller; one draw per call keeps the state a plain counter).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform();

@@ -50,13 +50,7 @@ impl AnyIndex {
         // PQ codebooks need 256 training residuals per subspace.
         let least = if matches!(spec, IndexSpec::IvfPq { .. }) { nlist.max(CODEWORDS) } else { nlist };
         let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).max(least).min(n);
-        let mut rows: Vec<usize> = (0..n).collect();
-        let mut rng = crate::rng::Rng::new(seed);
-        for i in 0..ntrain {
-            let j = i + rng.below((n - i) as u64) as usize;
-            rows.swap(i, j);
-        }
-        let mut sample_rows = rows[..ntrain].to_vec();
+        let mut sample_rows = crate::rng::Rng::new(seed).sample_indices(n, ntrain);
         sample_rows.sort_unstable();
         let sample: Vec<f32> =
             sample_rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();

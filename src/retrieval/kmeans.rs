@@ -100,21 +100,14 @@ fn initial(points: &[f32], d: usize, k: usize, seed: u64) -> Vec<f32> {
     out
 }
 
-/// `size` of the rows of `points` drawn without replacement by `rng` (a partial Fisher-Yates shuffle),
-/// in draw order; None when there are no more rows than that.
+/// `size` of the rows of `points` drawn without replacement by `rng`, in draw order; None when there
+/// are no more rows than that.
 fn seed_sample(points: &[f32], d: usize, size: usize, rng: &mut Rng) -> Option<Vec<f32>> {
     let n = points.len() / d;
     if n <= size {
         return None;
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut out = Vec::with_capacity(size * d);
-    for i in 0..size {
-        let j = i + rng.below((n - i) as u64) as usize;
-        order.swap(i, j);
-        out.extend_from_slice(&points[order[i] * d..(order[i] + 1) * d]);
-    }
-    Some(out)
+    Some(rng.sample_indices(n, size).iter().flat_map(|&r| points[r * d..(r + 1) * d].iter().copied()).collect())
 }
 
 /// |a − b|² with eight independent partial sums (vectorisable; a fixed order, so deterministic).
