@@ -191,17 +191,27 @@ fn on_cuda(
     dropout: Option<Dropout>,
     dims: Dims,
 ) -> Result<Var> {
-    use crate::backend::cpu::attention::Operand;
     use crate::backend::cuda::attention::{self as kernel, Masks, View};
-    fn view<E>(buf: &crate::backend::cuda::DeviceBuffer<E>, at: Operand) -> View<'_, E> {
-        View { buf, offset: at.offset, stride: at.stride }
+    use crate::backend::cuda::DeviceBuffer;
+    /// Q, K and V read in place: operand i in buffer `source[i]` at the layout's stride and offset.
+    fn views<'a, E>(
+        bufs: &[&'a DeviceBuffer<E>],
+        source: [usize; 3],
+        layout: Layout,
+    ) -> (View<'a, E>, View<'a, E>, View<'a, E>) {
+        let view = |i: usize, at: crate::backend::cpu::attention::Operand| View {
+            buf: bufs[source[i]],
+            offset: at.offset,
+            stride: at.stride,
+        };
+        (view(0, layout.q), view(1, layout.k), view(2, layout.v))
     }
     let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
     crate::with_gpu_float!(values[0].dtype(), "attention", E => {
         let gpu = values[0].cuda::<E>()?.0.clone();
         let keys = key_mask.map(|m| gpu.upload(&m.iter().map(|&v| v as u8).collect::<Vec<u8>>())).transpose()?;
         let bufs = values.iter().map(|v| v.cuda::<E>().map(|(_, b)| b)).collect::<Result<Vec<_>>>()?;
-        let (q, k, v) = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
+        let (q, k, v) = views(&bufs, source, layout);
         let (o, lse) = kernel::forward(&gpu, &dims, q, k, v, &Masks { keys: keys.as_ref(), dropout })?;
         let out = Tensor::from_cuda(&gpu, o, &[dims.batch, dims.sq, dims.width()])?;
         let saved = out.clone();
@@ -210,8 +220,8 @@ fn on_cuda(
             let grads = values.iter().map(|v| gpu.zeros::<E>(v.numel())).collect::<Result<Vec<_>>>()?;
             let (_, o) = saved.cuda::<E>()?;
             let (_, dout) = g.cuda::<E>()?;
-            let x = (view(bufs[source[0]], layout.q), view(bufs[source[1]], layout.k), view(bufs[source[2]], layout.v));
-            let dx = (view(&grads[source[0]], layout.q), view(&grads[source[1]], layout.k), view(&grads[source[2]], layout.v));
+            let grad_bufs: Vec<&DeviceBuffer<E>> = grads.iter().collect();
+            let (x, dx) = (views(&bufs, source, layout), views(&grad_bufs, source, layout));
             kernel::backward(&gpu, &dims, x, o, &lse, dout, dx, &Masks { keys: keys.as_ref(), dropout })?;
             grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_cuda(&gpu, g, v.shape()).map(Some)).collect()
         }))

@@ -8,17 +8,7 @@ use crate::{ensure, with_float, Result};
 /// x is bf16 or f32 and the weight and bias are f32; the statistics are f32.
 pub fn layer_norm(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Result<Var> {
     let d = x.value().last_dim();
-    if super::cuda::same_device("layer_norm", &[x, w, b])? != Device::Cpu {
-        ensure!(
-            w.shape() == [d] && b.shape() == [d],
-            "layer_norm: input {:?} needs weight and bias [{d}], got {:?} and {:?}",
-            x.shape(),
-            w.shape(),
-            b.shape()
-        );
-        return on_cuda(tape, x, w, b, eps);
-    }
-    let dtype = same_float_dtype("layer_norm", &[x, w, b])?;
+    let device = super::cuda::same_device("layer_norm", &[x, w, b])?;
     ensure!(
         w.shape() == [d] && b.shape() == [d],
         "layer_norm: input {:?} needs weight and bias [{d}], got {:?} and {:?}",
@@ -26,6 +16,10 @@ pub fn layer_norm(tape: &mut Tape, x: &Var, w: &Var, b: &Var, eps: f64) -> Resul
         w.shape(),
         b.shape()
     );
+    if device != Device::Cpu {
+        return on_cuda(tape, x, w, b, eps);
+    }
+    let dtype = same_float_dtype("layer_norm", &[x, w, b])?;
     crate::profile::timed(
         "layer_norm",
         "forward",
