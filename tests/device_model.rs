@@ -38,17 +38,12 @@ fn random_batch(c: &RetroConfig, b: usize, seed: u64) -> Batch {
 /// The parameters as this copy's tape reads them: f32 on the CPU and for `cuda_f32`; for `cuda` (the
 /// training precision) bf16 copies of what GEMMs and embeddings read and f32 LayerNorm parameters.
 fn leaves(dev: &Dev, model: &RetroModel) -> Vec<Tensor> {
-    let (device, dtype) = dev.placement();
-    let f32_model = model.params.to_dtype(DType::F32).unwrap();
-    f32_model
-        .specs
-        .iter()
-        .zip(&f32_model.tensors)
-        .map(|(spec, t)| {
-            let dtype = if spec.reads_master { DType::F32 } else { dtype };
-            t.to_dtype(dtype).unwrap().to(device).unwrap()
-        })
-        .collect()
+    match dev.placement() {
+        (device, DType::BF16) => model.leaves_on(device).unwrap(),
+        (device, _) => {
+            model.params.tensors.iter().map(|t| t.to_dtype(DType::F32).unwrap().to(device).unwrap()).collect()
+        }
+    }
 }
 
 /// The number of bf16 roundings on the longest path through a step (forward and backward): per decoder

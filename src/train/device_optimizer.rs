@@ -34,13 +34,19 @@ impl DeviceOptimizer {
     pub fn upload(device: Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
         let Device::Cuda(ordinal) = device else { crate::bail!("DeviceOptimizer on {device}") };
         let gpu = Gpu::shared(ordinal)?;
-        let (mut masters, mut leaves) = (Vec::new(), Vec::new());
-        for (spec, t) in model.params.specs.iter().zip(&model.params.tensors) {
-            let master = t.to_dtype(DType::F32)?.to(device)?;
-            let leaf = if spec.reads_master { master.clone() } else { t.to_dtype(DType::BF16)?.to(device)? };
-            masters.push(master);
-            leaves.push(leaf);
-        }
+        // LayerNorm reads its master: that leaf is the master itself, so the update reaches it.
+        let leaves = model.leaves_on(device)?;
+        let masters = (model.params.specs.iter().zip(&model.params.tensors).zip(&leaves))
+            .map(
+                |((spec, t), leaf)| {
+                    if spec.reads_master {
+                        Ok(leaf.clone())
+                    } else {
+                        t.to_dtype(DType::F32)?.to(device)
+                    }
+                },
+            )
+            .collect::<Result<Vec<_>>>()?;
         let moments = |m: &[Tensor]| -> Result<Vec<DeviceBuffer<f32>>> {
             m.iter().map(|t| gpu.upload(t.to_dtype(DType::F32)?.data::<f32>()?)).collect()
         };
