@@ -62,12 +62,6 @@ impl ProductQuantizer {
         codes.iter().enumerate().flat_map(|(j, &c)| self.codeword(j, c as usize).iter().copied()).collect()
     }
 
-    /// The lookup table [m, 256] of `y` (the query, or the query minus a list's centroid): inner products
-    /// y_j · codeword, or squared distances |y_j − codeword|².
-    pub fn table(&self, y: &[f32], metric: Metric) -> Vec<f32> {
-        self.columns().table(y, metric)
-    }
-
     /// The codebooks transposed for building tables (once per search, not per query).
     pub fn columns(&self) -> Columns {
         let ds = self.sub_dim();
@@ -98,7 +92,8 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// The lookup table [m, 256] of `y`: inner products y_j · codeword, or squared distances.
+    /// The lookup table [m, 256] of `y` (the query, or the query minus a list's centroid): inner products
+    /// y_j · codeword, or squared distances |y_j − codeword|².
     pub fn table(&self, y: &[f32], metric: Metric) -> Vec<f32> {
         let mut t = vec![0f32; self.m * CODEWORDS];
         for (j, row) in t.chunks_mut(CODEWORDS).enumerate() {
@@ -137,7 +132,7 @@ mod tests {
         // Table lookups equal the products with the decoded vector.
         let q: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
         for metric in [Metric::InnerProduct, Metric::L2] {
-            let t = pq.table(&q, metric);
+            let t = pq.columns().table(&q, metric);
             let r = pq.decode(&codes[..m]);
             let want: f32 = match metric {
                 Metric::InnerProduct => q.iter().zip(&r).map(|(a, b)| a * b).sum(),
