@@ -97,6 +97,24 @@ test_device!(layer_norm, |dev| {
     check(dev, "layer_norm", &inputs, recording, &|t, v| ops::layer_norm(t, &v[0], &v[1], &v[2], 1e-5), 4.0 * BF16_U);
 });
 
+test_device!(add_layer_norm, |dev| {
+    let mut rng = Rng::new(12);
+    let inputs = [
+        input(&mut rng, &[3, 5, 64], 1.0, Kind::Act),
+        input(&mut rng, &[3, 5, 64], 1.0, Kind::Act),
+        input(&mut rng, &[64], 1.0, Kind::Master),
+        input(&mut rng, &[64], 1.0, Kind::Master),
+    ];
+    // Both outputs reach the loss: h (the residual stream) and LN(h), as in a layer.
+    let op: &Op = &|t, v| {
+        let (h, y) = ops::add_layer_norm(t, &v[0], &v[1], &v[2], &v[3], 1e-5)?;
+        let h = ops::scale(t, &h, 0.5)?;
+        ops::add(t, &h, &y)
+    };
+    // LayerNorm of the bf16-rounded residual (tests/cuda_kernels.rs): 4u.
+    check(dev, "add_layer_norm", &inputs, recording, op, 4.0 * BF16_U);
+});
+
 test_device!(gelu, |dev| {
     let mut rng = Rng::new(3);
     let inputs = [input(&mut rng, &[4, 64], 2.0, Kind::Act)];

@@ -122,17 +122,24 @@ impl DecoderLayer {
         };
         let h = self.self_attn.forward(tape, p, &h, attn_cache)?;
         let h = ops::dropout(tape, &h)?;
-        let mut x = ops::add(tape, x, &h)?;
+        // Each residual add is fused with the LayerNorm that reads its result.
+        let next_ln = self.cca.as_ref().map_or(&self.pre_mlp_ln, |cca| &cca.ln);
+        let (mut x, mut y) = next_ln.forward_residual(tape, p, x, &h)?;
         if let Some(cca) = &self.cca {
             // None: a generated position before the first complete chunk, which retrieves nothing (the
             // full pass adds the shift's zero rows there).
-            if let Some(out) = cca.forward(tape, p, &x, &mut pass)? {
-                let out = ops::dropout(tape, &out)?;
-                x = ops::add(tape, &x, &out)?;
-            }
+            (x, y) = match cca.forward(tape, p, &y, &mut pass)? {
+                Some(out) => {
+                    let out = ops::dropout(tape, &out)?;
+                    self.pre_mlp_ln.forward_residual(tape, p, &x, &out)?
+                }
+                None => {
+                    let y = self.pre_mlp_ln.forward(tape, p, &x)?;
+                    (x, y)
+                }
+            };
         }
-        let h = self.pre_mlp_ln.forward(tape, p, &x)?;
-        let h = self.mlp.forward(tape, p, &h)?;
+        let h = self.mlp.forward(tape, p, &y)?;
         let h = ops::dropout(tape, &h)?;
         ops::add(tape, &x, &h)
     }
@@ -145,10 +152,12 @@ enum CcaPass<'a> {
 }
 
 impl Cca {
-    fn forward(&self, tape: &mut Tape, p: &[Var], h: &Var, pass: &mut CcaPass) -> Result<Option<Var>> {
+    /// `y`: the residual stream after this CCA's LayerNorm (`ln`, applied by the layer, fused with the
+    /// residual add before it).
+    fn forward(&self, tape: &mut Tape, p: &[Var], y: &Var, pass: &mut CcaPass) -> Result<Option<Var>> {
         let out = match pass {
-            CcaPass::Full(retrieval) => Some(self.full(tape, p, h, retrieval)?),
-            CcaPass::Step(step, kv) => self.step(tape, p, h, step, kv)?,
+            CcaPass::Full(retrieval) => Some(self.full(tape, p, y, retrieval)?),
+            CcaPass::Step(step, kv) => self.step(tape, p, y, step, kv)?,
         };
         match out {
             Some(out) if self.gate != 1.0 => Ok(Some(ops::scale(tape, &out, self.gate)?)),
@@ -161,12 +170,11 @@ impl Cca {
         &self,
         tape: &mut Tape,
         p: &[Var],
-        h: &Var,
+        y: &Var,
         step: &mut DecodeStep,
         kv: &mut Vec<Var>,
     ) -> Result<Option<Var>> {
         let m = self.chunk_length;
-        let y = self.ln.forward(tape, p, h)?;
         if let Some(encoder) = &self.encoder {
             step.chunk_states.push(y.clone());
             if let Some(embedded) = step.embedded.take() {
@@ -185,23 +193,22 @@ impl Cca {
         let Some(chunk_kv) = kv.get(chunk) else {
             bail!("CCA: position {} attends to chunk {chunk}, whose neighbours were never encoded", step.t)
         };
-        self.attn.forward_kv(tape, p, &y, chunk_kv, &AttnMask::None).map(Some)
+        self.attn.forward_kv(tape, p, y, chunk_kv, &AttnMask::None).map(Some)
     }
 
     /// A whole sequence: the shifted, chunked cross-attention.
-    fn full(&self, tape: &mut Tape, p: &[Var], h: &Var, retrieval: &mut Retrieval) -> Result<Var> {
-        let (b, n, d) = (h.shape()[0], h.shape()[1], h.shape()[2]);
+    fn full(&self, tape: &mut Tape, p: &[Var], y: &Var, retrieval: &mut Retrieval) -> Result<Var> {
+        let (b, n, d) = (y.shape()[0], y.shape()[1], y.shape()[2]);
         let m = self.chunk_length;
         let l = n / m;
-        let y = self.ln.forward(tape, p, h)?;
         if let Some(encoder) = &self.encoder {
             let Some(embedded) = retrieval.embedded.take() else { bail!("CCA: the encoder ran twice in one forward") };
-            let chunks = ops::reshape(tape, &y, &[b * l, m, d])?;
+            let chunks = ops::reshape(tape, y, &[b * l, m, d])?;
             retrieval.encoded = Some(encoder.forward(tape, p, &embedded, &chunks)?);
         }
         let Some(encoded) = &retrieval.encoded else { bail!("CCA: a CCA layer before the one that owns the encoder") };
         let pad = (n - 1) % m;
-        let shifted = ops::shift_rows(tape, &y, 1, pad as isize, l * m)?;
+        let shifted = ops::shift_rows(tape, y, 1, pad as isize, l * m)?;
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let out = self.attn.forward(tape, p, &queries, encoded, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;

@@ -57,17 +57,18 @@ impl Encoder {
             let h = layer.input_ln.forward(tape, p, &x)?;
             let h = layer.self_attn.forward(tape, p, &h, None)?;
             let h = ops::dropout(tape, &h)?;
-            x = ops::add(tape, &x, &h)?;
-            if let Some((ln, cross)) = &layer.cross {
-                let y = ln.forward(tape, p, &x)?;
+            // Each residual add is fused with the LayerNorm that reads its result.
+            let next_ln = layer.cross.as_ref().map_or(&layer.pre_mlp_ln, |(ln, _)| ln);
+            let (mut sum, mut y) = next_ln.forward_residual(tape, p, &x, &h)?;
+            if let Some((_, cross)) = &layer.cross {
                 let queries = ops::reshape(tape, &y, &[n, self.k * self.r, d])?;
                 let ca = cross.forward(tape, p, &queries, chunks, &AttnMask::None)?;
                 let ca = ops::reshape(tape, &ca, &[n * self.k, self.r, d])?;
                 let ca = ops::dropout(tape, &ca)?;
-                x = ops::add(tape, &y, &ca)?;
+                (sum, y) = layer.pre_mlp_ln.forward_residual(tape, p, &y, &ca)?;
             }
-            let h = layer.pre_mlp_ln.forward(tape, p, &x)?;
-            let h = layer.mlp.forward(tape, p, &h)?;
+            x = sum;
+            let h = layer.mlp.forward(tape, p, &y)?;
             let h = ops::dropout(tape, &h)?;
             x = ops::add(tape, &x, &h)?;
         }

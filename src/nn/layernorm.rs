@@ -23,4 +23,9 @@ impl LayerNorm {
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
         ops::layer_norm(tape, x, &p[self.weight], &p[self.bias], self.eps)
     }
+
+    /// The residual add `h = x + r` and this LayerNorm of it, fused (`ops::add_layer_norm`): (h, LN(h)).
+    pub fn forward_residual(&self, tape: &mut Tape, p: &[Var], x: &Var, r: &Var) -> Result<(Var, Var)> {
+        ops::add_layer_norm(tape, x, r, &p[self.weight], &p[self.bias], self.eps)
+    }
 }

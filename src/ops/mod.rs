@@ -22,7 +22,7 @@ pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use embedding::{embedding, word_position_embedding};
 pub use gelu::{gelu, gelu_erf};
-pub use layernorm::layer_norm;
+pub use layernorm::{add_layer_norm, layer_norm};
 pub use layout::{concat, narrow, pad, reshape, shift_rows};
 pub use linear::linear;
 #[cfg(not(no_cuda_kernels))]
