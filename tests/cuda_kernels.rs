@@ -20,7 +20,7 @@
 mod common;
 
 use common::device::{
-    assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, shift_rows_reference, Dev, BF16_U,
+    assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, round_bf16, shift_rows_reference, Dev, BF16_U,
 };
 use retro::backend::cpu;
 use retro::backend::cpu::attention::Dims;
@@ -373,31 +373,66 @@ test_device!(residual_add_add_into_and_shift_rows, |dev| {
     }
 });
 
-test_device!(adamw_update_and_sum_of_squares, |dev| {
-    use retro::train::AdamWConfig;
-    let mut rng = Rng::new(21);
-    let n = 4099; // not a multiple of the block: the tail
-    let mut draw = |s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
-    let (p, g, m) = (draw(1.0), draw(0.1), draw(0.01));
-    let v: Vec<f32> = draw(0.01).iter().map(|x| x * x).collect();
-    for (decay, step) in [(true, 3), (false, 1)] {
-        let c = AdamWConfig::default().coefficients(1e-2, step, decay);
-        let ((copy, p1, m1, v1), sumsq) = dev.adamw(&p, &g, &m, &v, &c, 0.5);
-        let ((rcopy, rp, rm, rv), rsum) = Dev::Cpu.adamw(&p, &g, &m, &v, &c, 0.5);
-        // Same f32 formula on both sides; the GPU fuses multiply-adds and uses sqrtf / division: a few ulp.
-        // The update (new - old parameter, ~lr) is compared on its own scale: the parameters' f32 rounding
-        // (2^-24 of |p| ~ 4) is 1e-5 of an update of 1e-2.
-        let delta = |new: &[f32]| new.iter().zip(&p).map(|(a, b)| (*a as f64 - *b as f64) as f32).collect::<Vec<_>>();
-        assert_close(&format!("adamw update (decay {decay})"), dev, &delta(&p1), &delta(&rp), 1e-4, 1e-4);
-        assert_close("adamw exp_avg", dev, &m1, &rm, 1e-6, 1e-6);
-        assert_close("adamw exp_avg_sq", dev, &v1, &rv, 1e-6, 1e-6);
-        // The bf16 copy is the new parameter rounded: equal unless a parameter sits on a rounding edge.
-        assert_close("adamw bf16 copy", dev, &copy, &rcopy, BF16_U, BF16_U);
-        // f64 partial sums of f32 squares, fixed order: f64 rounding only.
-        let rel = ((sumsq - rsum) / rsum).abs();
-        report_check("sum_squares", dev, rel, 1e-12);
-        assert!(rel <= 1e-12, "sum of squares {sumsq} vs {rsum} on {}", dev.name());
+// The optimizer's kernels on one arena (what `DeviceOptimizer::step` launches; tests/device_model.rs checks
+// the whole optimizer against AdamW in f64): a decaying part and a non-decaying one, an odd length (the
+// grid-stride tail), the micro-batch average and the clip coefficient applied on the device, the bf16 copy;
+// and a non-finite norm leaves every buffer as it was. The reference: the CPU's update in f64.
+test_device!(adamw_arena_update_and_sum_of_squares, |dev| {
+    #[cfg(not(no_cuda_kernels))]
+    if let Dev::Cuda(gpu) = dev {
+        use retro::backend::cpu::adamw::update_slice;
+        use retro::backend::cuda::adamw;
+        use retro::kernels::abi::AdamwParams;
+        let mut rng = Rng::new(21);
+        let (n, decay_end) = (4099, 2048);
+        let mut draw = |s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
+        let (p, g, m) = (draw(1.0), draw(0.1), draw(0.01));
+        let v: Vec<f32> = draw(0.01).iter().map(|x| x * x).collect();
+        let config = retro::train::AdamWConfig::default();
+        let (decay, keep) = (config.coefficients(1e-2, 3, true), config.coefficients(1e-2, 3, false));
+        for (max_norm, poison) in [(Some(0.5), false), (None, false), (Some(0.5), true)] {
+            let mut g = g.clone();
+            if poison {
+                g[4000] = f32::NAN;
+            }
+            let (dp, dg, dm, dv) =
+                (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap());
+            let (copy, sumsq) = (gpu.zeros::<half::bf16>(n).unwrap(), gpu.alloc::<f64>(1).unwrap());
+            adamw::sum_squares_into(gpu, &dg, &sumsq).unwrap();
+            let arenas =
+                adamw::Arenas { param: &dp, grad: &dg, exp_avg: &dm, exp_avg_sq: &dv, weights_bf16: Some(&copy) };
+            adamw::update(gpu, &arenas, &sumsq, AdamwParams::new(&decay, 0.5, max_norm, n, decay_end)).unwrap();
+            let down = |b| gpu.download(b).unwrap();
+            let (p1, m1, v1, sum) = (down(&dp), down(&dm), down(&dv), gpu.download(&sumsq).unwrap()[0]);
+            let copy: Vec<f32> = gpu.download(&copy).unwrap().iter().map(|x| x.to_f32()).collect();
+            if poison {
+                assert!(sum.is_nan(), "the sum of squares of a NaN gradient is {sum}");
+                assert!(p1 == p && m1 == m && v1 == v, "a non-finite norm must leave the arenas untouched");
+                continue;
+            }
+            let rsum: f64 = g.iter().map(|&x| x as f64 * x as f64).sum();
+            let rel = ((sum - rsum) / rsum).abs();
+            report_check("sum_squares", dev, rel, 1e-12);
+            assert!(rel <= 1e-12, "sum of squares {sum} vs {rsum}");
+            let clip = max_norm.map_or(1.0, |c| (c / (rsum.sqrt() * 0.5 + 1e-6)).min(1.0));
+            assert!(max_norm.is_none() || clip < 1.0, "the first case must clip");
+            let scaled: Vec<f64> = g.iter().map(|&x| x as f64 * 0.5 * clip).collect();
+            let (mut rp, mut rm, mut rv) = (f64v(&p), f64v(&m), f64v(&v));
+            let d = decay_end;
+            update_slice(&mut rp[..d], &scaled[..d], &mut rm[..d], &mut rv[..d], &decay);
+            update_slice(&mut rp[d..], &scaled[d..], &mut rm[d..], &mut rv[d..], &keep);
+            // The update (new - old parameter, ~lr) on its own scale: f32 rounding of |p| ~ 4 is 1e-5 of it.
+            let delta = |new: &[f64]| new.iter().zip(&p).map(|(a, b)| (a - *b as f64) as f32).collect::<Vec<_>>();
+            assert_close("adamw update", dev, &delta(&f64v(&p1)), &delta(&rp), 1e-4, 1e-4);
+            assert_close("adamw exp_avg", dev, &m1, &f32v(&rm), 1e-6, 1e-6);
+            assert_close("adamw exp_avg_sq", dev, &v1, &f32v(&rv), 1e-6, 1e-6);
+            // The bf16 copy is the new f32 parameter rounded once.
+            assert_close("adamw bf16 copy", dev, &copy, &round_bf16(&p1), 0.0, 0.0);
+        }
+        return;
     }
+    // The CPU's AdamW is tests/adamw.rs; the f32 copy has no kernel of its own.
+    let _ = dev;
 });
 
 test_device!(random_fill_normal_matches_philox, |dev| {

@@ -166,12 +166,11 @@ fn the_engine_trains_ten_steps_as_the_tape_model_and_adamw() {
     let mut engine = Engine::new(Device::Cpu, &model, &opt).unwrap();
     let mut engine_losses = Vec::new();
     for step in 0..10u64 {
-        let mut loss = 0.0;
         for j in 0..2 {
-            loss += engine.accumulate(&model, &batches[(2 * step as usize + j) % 4], step * 2 + j as u64).unwrap();
+            engine.accumulate(&model, &batches[(2 * step as usize + j) % 4], step * 2 + j as u64).unwrap();
         }
-        engine.apply(&mut model, &mut opt, 1e-3, 2).unwrap();
-        engine_losses.push(loss / 2.0);
+        engine.apply(&mut model, &mut opt, 1e-3).unwrap();
+        engine_losses.push(engine.micro_losses().unwrap().iter().sum::<f64>() / 2.0);
     }
 
     let (mut by_hand, mut opt2) = (start.clone(), AdamW::new(config, &start.params.tensors));
@@ -197,6 +196,113 @@ fn the_engine_trains_ten_steps_as_the_tape_model_and_adamw() {
     assert!(engine_losses[9] < engine_losses[0], "{engine_losses:?}");
 }
 
+/// One optimizer step on `dev` (the CPU's `AdamW` in f32, or a GPU's `DeviceOptimizer` over its flat
+/// arenas) on the average of `micro` micro-batches' gradients (host f32 tensors): the weights and moments
+/// after it (on the host) and its stats.
+fn optimizer_steps(
+    dev: &Dev,
+    model: &RetroModel,
+    config: AdamWConfig,
+    steps: &[Vec<Vec<Tensor>>],
+) -> (RetroModel, AdamW, Vec<retro::train::StepStats>) {
+    let (mut model, mut opt) = (model.clone(), AdamW::new(config, &model.params.tensors));
+    let mut stats = Vec::new();
+    match dev.placement().0 {
+        Device::Cpu => {
+            for micro in steps {
+                let mut sum = micro[0].clone();
+                micro[1..].iter().for_each(|m| sum.iter_mut().zip(m).for_each(|(a, g)| a.add_assign(g).unwrap()));
+                sum.iter_mut().for_each(|g| g.scale(1.0 / micro.len() as f64).unwrap());
+                stats.push(opt.step(&mut model.params.tensors, &mut sum, config.lr).unwrap());
+            }
+        }
+        #[cfg(not(no_cuda_kernels))]
+        device => {
+            use retro::train::device_optimizer::DeviceOptimizer;
+            let mut gpu = DeviceOptimizer::upload(device, &model, &opt).unwrap();
+            for micro in steps {
+                for grads in micro {
+                    let on_device: Vec<Tensor> = grads.iter().map(|g| g.to(device).unwrap()).collect();
+                    gpu.accumulate(&on_device).unwrap();
+                }
+                stats.push(gpu.step(config.lr).unwrap());
+            }
+            // What the tape reads: the bf16 copies are the masters rounded; LayerNorm reads the master.
+            let masters: Vec<Vec<f32>> = (gpu.leaves().iter().zip(&model.params.specs))
+                .map(|(leaf, spec)| {
+                    let values = common::device::read(leaf);
+                    if !spec.reads_master {
+                        assert_eq!(leaf.dtype(), DType::BF16, "{}", spec.name);
+                    }
+                    values
+                })
+                .collect();
+            gpu.to_host(&mut model, &mut opt).unwrap();
+            for ((leaf, t), spec) in masters.iter().zip(&model.params.tensors).zip(&model.params.specs) {
+                let host = t.to_vec::<f32>().unwrap();
+                let want = if spec.reads_master { host } else { common::device::round_bf16(&host) };
+                assert_eq!(leaf, &want, "the leaf of {} is not its master (rounded to bf16)", spec.name);
+            }
+        }
+        #[cfg(no_cuda_kernels)]
+        _ => unreachable!(),
+    }
+    (model, opt, stats)
+}
+
+// The optimizer step of each device (the CPU's per-tensor AdamW in f32; on a GPU one sum-of-squares and
+// one AdamW launch over the flat arenas, clipping on the device) against AdamW in f64: two steps of two
+// micro-batches each, the first clipped (norm ~7 > 1), the second not.
+test_device!(the_optimizer_step_is_adamw_in_f64, |dev| {
+    if dev.placement() == (Device::Cpu, DType::F32) || dev.placement().1 == DType::BF16 {
+        let c = gpu_sized_config();
+        let config = AdamWConfig { lr: 1e-2, clip: Some(1.0), ..AdamWConfig::default() };
+        let model = RetroModel::init(&c, 3, DType::F32).unwrap();
+        let mut rng = Rng::new(5);
+        let mut grads = |scale: f64| -> Vec<Tensor> {
+            (model.params.specs.iter())
+                .map(|s| {
+                    let n = s.shape.iter().product();
+                    Tensor::from_vec((0..n).map(|_| (rng.normal() * scale) as f32).collect::<Vec<f32>>(), &s.shape)
+                        .unwrap()
+                })
+                .collect()
+        };
+        let steps = vec![vec![grads(1e-2), grads(1e-2)], vec![grads(1e-5), grads(1e-5)]];
+        let (got, got_opt, got_stats) = optimizer_steps(dev, &model, config, &steps);
+        let f64s = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect() };
+        let mut reference = model.clone();
+        reference.params.tensors = f64s(&model.params.tensors);
+        let steps64: Vec<Vec<Vec<Tensor>>> = steps.iter().map(|m| m.iter().map(|g| f64s(g)).collect()).collect();
+        let (want, want_opt, want_stats) = optimizer_steps(&Dev::Cpu, &reference, config, &steps64);
+        assert!(want_stats[0].clip_coef < 0.5 && want_stats[1].clip_coef == 1.0, "{want_stats:?}");
+        for (g, w) in got_stats.iter().zip(&want_stats) {
+            let (norm, clip) = ((g.grad_norm / w.grad_norm - 1.0).abs(), (g.clip_coef / w.clip_coef - 1.0).abs());
+            assert!(norm < 1e-6 && clip < 1e-6, "{} stats {g:?} vs f64 {w:?}", dev.name());
+        }
+        // The update (new - old weight, ~lr) on its own scale: f32 rounding of |w| ~ 1 is 1e-5 of it.
+        for (i, start) in model.params.tensors.iter().enumerate() {
+            let name = &model.params.specs[i].name;
+            let before = start.to_f64_vec();
+            let delta =
+                |t: &Tensor| -> Vec<f32> { t.to_f64_vec().iter().zip(&before).map(|(a, b)| (a - b) as f32).collect() };
+            let err = common::device::rel_err(&delta(&got.params.tensors[i]), &delta(&want.params.tensors[i]), 1e-12);
+            assert!(err < 1e-4, "{name} update on {}: relative error {err:.2e}", dev.name());
+            for (what, g, w) in [
+                ("exp_avg", &got_opt.exp_avg[i], &want_opt.exp_avg[i]),
+                ("exp_avg_sq", &got_opt.exp_avg_sq[i], &want_opt.exp_avg_sq[i]),
+            ] {
+                let err = common::device::rel_err(&common::device::read(g), &common::device::read(w), 1e-30);
+                assert!(err < 1e-5, "{name} {what} on {}: relative error {err:.2e}", dev.name());
+            }
+        }
+        assert_eq!(got_opt.step, 2);
+        common::device::report_check("optimizer step vs f64", dev, 0.0, 1e-4);
+    } else {
+        eprintln!("{}: skipped (one optimizer per device: the cuda copy checks it)", dev.name());
+    }
+});
+
 // 20 AdamW steps of the 857m preset (dropout 0.1, as Megatron's) on two alternating random batches
 // through the engine: finite, and the loss falls. The GPU only: on the CPU this model takes minutes per
 // step. Weights are drawn on the GPU.
@@ -213,9 +319,9 @@ test_device!(gpu_857m_twenty_steps_lower_the_loss, |dev| {
     let batches = [random_batch(&c, 1, 1), random_batch(&c, 1, 2)];
     let losses: Vec<f64> = (0..20)
         .map(|i| {
-            let loss = engine.accumulate(&model, &batches[i % 2], i as u64).unwrap();
-            engine.apply(&mut host, &mut opt, 6e-4, 1).unwrap();
-            loss
+            engine.accumulate(&model, &batches[i % 2], i as u64).unwrap();
+            engine.apply(&mut host, &mut opt, 6e-4).unwrap();
+            engine.micro_losses().unwrap()[0]
         })
         .collect();
     eprintln!("857m losses: {losses:?}");

@@ -128,9 +128,9 @@ pub fn run_gpu(b: &TrainBench, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -
     let mut trainer = crate::train::Engine::with_random_weights(device, &model, opt_config, b.seed)?;
     let (mut host_model, mut opt) = (model.clone(), crate::train::AdamW::new(opt_config, &[]));
     let mut train_step = |batch: &Batch| -> Result<f64> {
-        let loss = trainer.accumulate(&model, batch, b.seed)?;
-        trainer.apply(&mut host_model, &mut opt, opt_config.lr, 1)?;
-        Ok(loss)
+        trainer.accumulate(&model, batch, b.seed)?;
+        trainer.apply(&mut host_model, &mut opt, opt_config.lr)?;
+        Ok(trainer.micro_losses()?[0])
     };
     let mut rng = Rng::new(b.seed);
     let batches = [random_batch(c, b.micro_batch, &mut rng)?, random_batch(c, b.micro_batch, &mut rng)?];

@@ -114,29 +114,36 @@ fn load_every_entry_point(ordinal: usize, image: cuda::module::Image) -> Result<
     Ok(format!("{} modules, {} entry points resolve", crate::kernels::MODULES.len(), entries.len()))
 }
 
-/// Runs the fused AdamW kernel and the sum of squares on the GPU and compares with the CPU reference.
+/// Runs the fused AdamW kernel (a decaying and a non-decaying part, clipped) and the sum of squares on
+/// the GPU and compares with the CPU reference.
 #[cfg(not(no_cuda_kernels))]
 fn adamw_check(ordinal: usize, image: cuda::module::Image) -> Result<String> {
+    use crate::backend::cpu::adamw::update_slice;
     use crate::kernels::abi::AdamwParams;
     use crate::train::AdamWConfig;
     let gpu = cuda::Gpu::with_image(ordinal, image)?;
-    let n = 4099;
+    let (n, decay_end, grad_scale, max_norm) = (4099, 2048, 0.5, 0.25);
     let mut rng = crate::rng::Rng::new(1);
     let mut draw = |s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
     let (mut p, g, mut m) = (draw(1.0), draw(0.1), draw(0.01));
     let mut v: Vec<f32> = draw(0.01).iter().map(|x| x * x).collect();
-    let coef = AdamWConfig::default().coefficients(1e-3, 3, true);
+    let config = AdamWConfig::default();
+    let (decay, keep) = (config.coefficients(1e-3, 3, true), config.coefficients(1e-3, 3, false));
     let (dp, dg, dm, dv) = (gpu.upload(&p)?, gpu.upload(&g)?, gpu.upload(&m)?, gpu.upload(&v)?);
-    let segment =
-        cuda::adamw::Segment { param: &dp, grad: &dg, exp_avg: &dm, exp_avg_sq: &dv, weights_bf16: None, offset: 0 };
-    cuda::adamw::update(&gpu, &segment, AdamwParams::new(&coef, 1.0, n))?;
-    let sumsq = cuda::adamw::sum_squares(&gpu, &dg)?;
-    let gpu_p = gpu.download(&dp)?;
-    crate::backend::cpu::adamw::update_slice(&mut p, &g, &mut m, &mut v, &coef);
-    let max_rel = p.iter().zip(&gpu_p).map(|(a, b)| ((a - b).abs() / a.abs().max(1e-3)) as f64).fold(0.0, f64::max);
+    let sumsq = gpu.alloc::<f64>(1)?;
+    cuda::adamw::sum_squares_into(&gpu, &dg, &sumsq)?;
+    let arenas = cuda::adamw::Arenas { param: &dp, grad: &dg, exp_avg: &dm, exp_avg_sq: &dv, weights_bf16: None };
+    cuda::adamw::update(&gpu, &arenas, &sumsq, AdamwParams::new(&decay, grad_scale, Some(max_norm), n, decay_end))?;
+    let (gpu_p, gpu_sumsq) = (gpu.download(&dp)?, gpu.download(&sumsq)?[0]);
     let cpu_sumsq: f64 = g.iter().map(|&x| (x as f64) * (x as f64)).sum();
-    let sumsq_rel = ((sumsq - cpu_sumsq) / cpu_sumsq).abs();
+    let clip = (max_norm / (cpu_sumsq.sqrt() * grad_scale + 1e-6)).min(1.0);
+    let scaled: Vec<f32> = g.iter().map(|&x| x * (grad_scale * clip) as f32).collect();
+    let (d, k) = (decay_end, n);
+    update_slice(&mut p[..d], &scaled[..d], &mut m[..d], &mut v[..d], &decay);
+    update_slice(&mut p[d..k], &scaled[d..k], &mut m[d..k], &mut v[d..k], &keep);
+    let max_rel = p.iter().zip(&gpu_p).map(|(a, b)| ((a - b).abs() / a.abs().max(1e-3)) as f64).fold(0.0, f64::max);
+    let sumsq_rel = ((gpu_sumsq - cpu_sumsq) / cpu_sumsq).abs();
     crate::ensure!(max_rel < 1e-5, "AdamW update differs from the CPU by {max_rel:.2e} (relative)");
-    crate::ensure!(sumsq_rel < 1e-12, "sum of squares {sumsq} differs from the CPU's {cpu_sumsq}");
+    crate::ensure!(sumsq_rel < 1e-12, "sum of squares {gpu_sumsq} differs from the CPU's {cpu_sumsq}");
     Ok(format!("AdamW on {n} elements within {max_rel:.1e} of the CPU, sum of squares within {sumsq_rel:.1e}"))
 }

@@ -175,12 +175,19 @@ impl RetroModel {
     }
 
     /// Loss and gradients with `leaves` as the parameters (this model's own, or their copies on a GPU),
-    /// on whichever device they are; the loss is read back once. A parameter the loss does not reach gets
-    /// a zero gradient (f32 on a GPU, where gradients are f32 whatever the leaf's type).
-    pub fn loss_and_grads_on(&self, leaves: &[Tensor], batch: &Batch, mut tape: Tape) -> Result<LossAndGrads> {
+    /// on whichever device they are; the loss is read back once, after the backward is queued.
+    pub fn loss_and_grads_on(&self, leaves: &[Tensor], batch: &Batch, tape: Tape) -> Result<LossAndGrads> {
+        let (loss, grads) = self.forward_backward(leaves, batch, tape)?;
+        Ok(LossAndGrads { loss: loss.to(crate::tensor::Device::Cpu)?.to_f64_vec()[0], grads })
+    }
+
+    /// The loss (a scalar tensor on the leaves' device, not read back: a GPU step queues its work without
+    /// waiting) and the gradients of `leaves`. A parameter the loss does not reach gets a zero gradient
+    /// (f32 on a GPU, where gradients are f32 whatever the leaf's type).
+    pub fn forward_backward(&self, leaves: &[Tensor], batch: &Batch, mut tape: Tape) -> Result<(Tensor, Vec<Tensor>)> {
         let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
         let loss = self.loss(&mut tape, &p, batch)?;
-        let value = loss.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0];
+        let value = loss.value().clone();
         let mut grads: Gradients = tape.backward(&loss)?;
         let grads = p
             .iter()
@@ -191,7 +198,7 @@ impl RetroModel {
                 None => Tensor::zeros(t.shape(), DType::F32).to(t.device()),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(LossAndGrads { loss: value, grads })
+        Ok((value, grads))
     }
 
     /// Loss only, recording nothing.

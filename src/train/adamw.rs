@@ -43,6 +43,12 @@ pub struct AdamW {
     pub exp_avg_sq: Vec<Tensor>,
 }
 
+/// Whether a parameter of this shape decays (torch's and Megatron's rule: weights, not biases or
+/// LayerNorm parameters).
+pub fn decays(shape: &[usize]) -> bool {
+    shape.len() >= 2
+}
+
 /// Global L2 norm over all gradients, summed in f64.
 pub fn global_norm(grads: &[Tensor]) -> f64 {
     grads.iter().map(Tensor::sum_squares).sum::<f64>().sqrt()
@@ -91,7 +97,7 @@ impl AdamW {
                 g.shape(),
                 g.dtype()
             );
-            let coef = self.config.coefficients(lr, self.step, p.rank() >= 2);
+            let coef = self.config.coefficients(lr, self.step, decays(p.shape()));
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             with_float!(p.dtype(), "AdamW", T => update_slice::<T>(p.data_mut()?, g.data()?, m.data_mut()?, v.data_mut()?, &coef));
         }

@@ -1,12 +1,15 @@
-//! The optimizer state of a GPU run: f32 master weights and AdamW moments on the device, the copies the
-//! tape reads (bf16 for GEMM and embedding operands, the masters themselves for LayerNorm), and the step:
-//! the global gradient norm (deterministic per-tensor sums of squares, read once per step for clipping
-//! and the metrics), then kernels/adamw.cu per parameter with the micro-batch average and the clip
-//! coefficient folded into its gradient scale; the kernel rewrites the bf16 copy as it updates the master.
-//! The one place device tensors are written in place: between steps, after the tape is gone.
+//! The optimizer state of a GPU run, in flat arenas laid out by `ParamArena`: f32 master weights, their
+//! bf16 copies, the step's summed gradients and both AdamW moments, one device buffer each. The tape
+//! reads views of them as the parameters: bf16 copies of what GEMMs and embeddings read, the f32 masters
+//! of LayerNorm (`ParamSpec::reads_master`). A step is three launches whatever the model: the global
+//! sum of squares of the gradients, AdamW over the whole arena with the micro-batch average and the clip
+//! coefficient applied on the device (the kernel also rewrites the bf16 copies), and the zeroing of the
+//! gradient arena for the next step. The host reads the norm once, after the update is queued.
+//! The one place device tensors are written in place: arena views, between tapes.
 
+use super::param_arena::ParamArena;
 use super::{AdamW, AdamWConfig, StepStats};
-use crate::backend::cuda::{adamw, DeviceBuffer, Gpu};
+use crate::backend::cuda::{adamw, residual, DeviceBuffer, Gpu};
 use crate::kernels::abi::AdamwParams;
 use crate::model::RetroModel;
 use crate::tensor::{DType, Device, Tensor};
@@ -16,78 +19,103 @@ use std::sync::Arc;
 
 pub struct DeviceOptimizer {
     gpu: Arc<Gpu>,
-    masters: Vec<Tensor>,
+    arena: ParamArena,
+    masters: DeviceBuffer<f32>,
+    weights_bf16: DeviceBuffer<bf16>,
+    grads: DeviceBuffer<f32>,
+    exp_avg: DeviceBuffer<f32>,
+    exp_avg_sq: DeviceBuffer<f32>,
+    /// The gradient arena's sum of squares (one f64), written and read on the device.
+    grad_sum_squares: DeviceBuffer<f64>,
+    /// Views of `masters` or `weights_bf16`, in model order: what the tape reads.
     leaves: Vec<Tensor>,
-    exp_avg: Vec<DeviceBuffer<f32>>,
-    exp_avg_sq: Vec<DeviceBuffer<f32>>,
-    decays: Vec<bool>,
+    /// Micro-batches summed into `grads` since the last step.
+    micro_batches: usize,
     config: AdamWConfig,
     step: u64,
 }
 
-fn f32_buffer(t: &Tensor) -> Result<&DeviceBuffer<f32>> {
-    Ok(t.cuda::<f32>()?.1)
-}
-
 impl DeviceOptimizer {
-    /// `model`'s weights and `opt`'s moments copied to `device`.
+    /// `model`'s weights and `opt`'s moments copied to `device` (one upload per arena).
     pub fn upload(device: Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
-        let Device::Cuda(ordinal) = device else { crate::bail!("DeviceOptimizer on {device}") };
-        let gpu = Gpu::shared(ordinal)?;
-        // LayerNorm reads its master: that leaf is the master itself, so the update reaches it.
-        let leaves = model.leaves_on(device)?;
-        let masters = (model.params.specs.iter().zip(&model.params.tensors).zip(&leaves))
-            .map(
-                |((spec, t), leaf)| {
-                    if spec.reads_master {
-                        Ok(leaf.clone())
-                    } else {
-                        t.to_dtype(DType::F32)?.to(device)
-                    }
-                },
-            )
-            .collect::<Result<Vec<_>>>()?;
-        let moments = |m: &[Tensor]| -> Result<Vec<DeviceBuffer<f32>>> {
-            m.iter().map(|t| gpu.upload(t.to_dtype(DType::F32)?.data::<f32>()?)).collect()
+        let gpu = gpu_of(device)?;
+        let arena = arena_of(model);
+        crate::ensure!(
+            model.params.tensors.len() == arena.num_params()
+                && opt.exp_avg.len() == arena.num_params()
+                && opt.exp_avg_sq.len() == arena.num_params(),
+            "DeviceOptimizer::upload: {} parameters, {} tensors, {}/{} moments",
+            arena.num_params(),
+            model.params.tensors.len(),
+            opt.exp_avg.len(),
+            opt.exp_avg_sq.len()
+        );
+        let host_arena = |ts: &[Tensor]| -> Result<Vec<f32>> {
+            let f32s = ts.iter().map(|t| t.to_dtype(DType::F32)?.to_vec::<f32>()).collect::<Result<Vec<_>>>()?;
+            Ok(arena.gather(&f32s.iter().map(Vec::as_slice).collect::<Vec<_>>()))
         };
-        let (exp_avg, exp_avg_sq) = (moments(&opt.exp_avg)?, moments(&opt.exp_avg_sq)?);
-        Ok(Self::around(gpu, masters, leaves, exp_avg, exp_avg_sq, model, opt.config, opt.step))
+        let masters = host_arena(&model.params.tensors)?;
+        // The kernel's __float2bfloat16 and half's from_f32 both round to nearest even.
+        let copies: Vec<bf16> = masters.iter().map(|&x| bf16::from_f32(x)).collect();
+        let masters = gpu.upload(&masters)?;
+        let weights_bf16 = gpu.upload(&copies)?;
+        let exp_avg = gpu.upload(&host_arena(&opt.exp_avg)?)?;
+        let exp_avg_sq = gpu.upload(&host_arena(&opt.exp_avg_sq)?)?;
+        Self::around(gpu, arena, masters, weights_bf16, exp_avg, exp_avg_sq, model, opt.config, opt.step)
     }
 
     /// Weights drawn on the GPU (Philox4x32-10, `crate::philox`'s layout: stream = the parameter's index)
     /// from the specs' initialisations: not the CPU's `RetroModel::init` values (another generator).
     pub fn random(device: Device, model: &RetroModel, config: AdamWConfig, seed: u64) -> Result<Self> {
-        let Device::Cuda(ordinal) = device else { crate::bail!("DeviceOptimizer on {device}") };
-        let gpu = Gpu::shared(ordinal)?;
-        let (mut masters, mut leaves, mut exp_avg, mut exp_avg_sq) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let gpu = gpu_of(device)?;
+        let arena = arena_of(model);
+        let (masters, weights_bf16) = (gpu.zeros::<f32>(arena.len())?, gpu.zeros::<bf16>(arena.len())?);
         for (i, spec) in model.params.specs.iter().enumerate() {
-            let n = spec.shape.iter().product();
+            let r = arena.range(i);
             // The bf16 copy rounds the same f32 draw, so it equals the master rounded to bf16.
-            let master = Tensor::from_cuda(&gpu, draw::<f32>(&gpu, spec.init, n, seed, i as u64)?, &spec.shape)?;
-            leaves.push(match spec.reads_master {
-                true => master.clone(),
-                false => Tensor::from_cuda(&gpu, draw::<bf16>(&gpu, spec.init, n, seed, i as u64)?, &spec.shape)?,
-            });
-            masters.push(master);
-            exp_avg.push(gpu.zeros::<f32>(n)?);
-            exp_avg_sq.push(gpu.zeros::<f32>(n)?);
+            draw(&gpu, spec.init, &masters.view(r.start, r.len())?, seed, i as u64)?;
+            draw(&gpu, spec.init, &weights_bf16.view(r.start, r.len())?, seed, i as u64)?;
         }
-        Ok(Self::around(gpu, masters, leaves, exp_avg, exp_avg_sq, model, config, 0))
+        let (exp_avg, exp_avg_sq) = (gpu.zeros::<f32>(arena.len())?, gpu.zeros::<f32>(arena.len())?);
+        Self::around(gpu, arena, masters, weights_bf16, exp_avg, exp_avg_sq, model, config, 0)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn around(
         gpu: Arc<Gpu>,
-        masters: Vec<Tensor>,
-        leaves: Vec<Tensor>,
-        exp_avg: Vec<DeviceBuffer<f32>>,
-        exp_avg_sq: Vec<DeviceBuffer<f32>>,
+        arena: ParamArena,
+        masters: DeviceBuffer<f32>,
+        weights_bf16: DeviceBuffer<bf16>,
+        exp_avg: DeviceBuffer<f32>,
+        exp_avg_sq: DeviceBuffer<f32>,
         model: &RetroModel,
         config: AdamWConfig,
         step: u64,
-    ) -> Self {
-        let decays = model.params.specs.iter().map(|s| s.shape.len() >= 2).collect();
-        Self { gpu, masters, leaves, exp_avg, exp_avg_sq, decays, config, step }
+    ) -> Result<Self> {
+        let leaves = (model.params.specs.iter().enumerate())
+            .map(|(i, spec)| {
+                let r = arena.range(i);
+                match spec.reads_master {
+                    true => Tensor::from_cuda(&gpu, masters.view(r.start, r.len())?, &spec.shape),
+                    false => Tensor::from_cuda(&gpu, weights_bf16.view(r.start, r.len())?, &spec.shape),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (grads, grad_sum_squares) = (gpu.zeros::<f32>(arena.len())?, gpu.zeros::<f64>(1)?);
+        Ok(Self {
+            gpu,
+            arena,
+            masters,
+            weights_bf16,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            grad_sum_squares,
+            leaves,
+            micro_batches: 0,
+            config,
+            step,
+        })
     }
 
     /// What the tape reads as the parameters.
@@ -95,78 +123,101 @@ impl DeviceOptimizer {
         &self.leaves
     }
 
-    /// AdamW at `lr` on `grads` (f32, on the device) times `grad_scale`, clipped as `AdamW::step` clips.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<StepStats> {
+    /// Add one micro-batch's gradients (f32, on the device, in model order) into the gradient arena.
+    pub fn accumulate(&mut self, grads: &[Tensor]) -> Result<()> {
         crate::ensure!(
-            grads.len() == self.masters.len(),
+            grads.len() == self.arena.num_params(),
             "{} gradients for {} parameters",
             grads.len(),
-            self.masters.len()
+            self.arena.num_params()
         );
-        let grad_bufs = grads.iter().map(f32_buffer).collect::<Result<Vec<_>>>()?;
-        let sumsq: f64 = adamw::sum_squares_each(&self.gpu, &grad_bufs)?.iter().sum();
-        let grad_norm = sumsq.sqrt() * grad_scale;
-        crate::ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; refusing to update");
+        for (i, g) in grads.iter().enumerate() {
+            let r = self.arena.range(i);
+            let (_, src) = g.cuda::<f32>().map_err(|e| e.context(format!("the gradient of parameter {i}")))?;
+            crate::ensure!(src.len() == r.len(), "parameter {i} has {} elements, its gradient {}", r.len(), src.len());
+            residual::add_into(&self.gpu, &self.grads.view(r.start, r.len())?, src)?;
+        }
+        self.micro_batches += 1;
+        Ok(())
+    }
+
+    /// AdamW at `lr` on the average of the accumulated micro-batches, clipped as `AdamW::step` clips.
+    pub fn step(&mut self, lr: f64) -> Result<StepStats> {
+        crate::ensure!(self.micro_batches > 0, "an optimizer step without a micro-batch");
+        let grad_scale = 1.0 / self.micro_batches as f64;
+        let c = self.config.coefficients(lr, self.step + 1, true);
+        let params = AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());
+        adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares)?;
+        let arenas = adamw::Arenas {
+            param: &self.masters,
+            grad: &self.grads,
+            exp_avg: &self.exp_avg,
+            exp_avg_sq: &self.exp_avg_sq,
+            weights_bf16: Some(&self.weights_bf16),
+        };
+        adamw::update(&self.gpu, &arenas, &self.grad_sum_squares, params)?;
+        self.gpu.fill_zero(&self.grads)?;
+        self.micro_batches = 0;
+        // The one wait of the step: the norm, for the metrics (the update has been queued behind it).
+        let grad_norm = self.gpu.download(&self.grad_sum_squares)?[0].sqrt() * grad_scale;
+        crate::ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; the update was skipped");
+        self.step += 1;
         let clip_coef = match self.config.clip {
             Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,
         };
-        self.step += 1;
-        for (i, grad) in grad_bufs.iter().enumerate() {
-            let c = self.config.coefficients(lr, self.step, self.decays[i]);
-            let param = f32_buffer(&self.masters[i])?;
-            let copy = match self.leaves[i].dtype() {
-                DType::BF16 => Some(self.leaves[i].cuda::<bf16>()?.1),
-                _ => None,
-            };
-            let segment = adamw::Segment {
-                param,
-                grad,
-                exp_avg: &self.exp_avg[i],
-                exp_avg_sq: &self.exp_avg_sq[i],
-                weights_bf16: copy,
-                offset: 0,
-            };
-            adamw::update(&self.gpu, &segment, AdamwParams::new(&c, grad_scale * clip_coef, param.len()))?;
-        }
         Ok(StepStats { grad_norm, clip_coef })
     }
 
     /// Copy the master weights into `model` and the moments and step count into `opt`.
     pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
         crate::ensure!(
-            model.params.tensors.len() == self.masters.len(),
+            model.params.tensors.len() == self.arena.num_params(),
             "to_host: the host model has {} parameter tensors, the GPU {} (a structure-only model has none)",
             model.params.tensors.len(),
-            self.masters.len()
+            self.arena.num_params()
         );
-        let download = |b: &DeviceBuffer<f32>, like: &Tensor| -> Result<Tensor> {
-            Tensor::from_vec(self.gpu.download(b)?, like.shape())?.to_dtype(like.dtype())
-        };
-        for i in 0..self.masters.len() {
-            model.params.tensors[i] = download(f32_buffer(&self.masters[i])?, &model.params.tensors[i])?;
-            opt.exp_avg[i] = download(&self.exp_avg[i], &opt.exp_avg[i])?;
-            opt.exp_avg_sq[i] = download(&self.exp_avg_sq[i], &opt.exp_avg_sq[i])?;
+        opt.exp_avg.resize(self.arena.num_params(), Tensor::scalar(0f32));
+        opt.exp_avg_sq.resize(self.arena.num_params(), Tensor::scalar(0f32));
+        let (masters, m, v) = (
+            self.gpu.download(&self.masters)?,
+            self.gpu.download(&self.exp_avg)?,
+            self.gpu.download(&self.exp_avg_sq)?,
+        );
+        for i in 0..self.arena.num_params() {
+            let (r, like) = (self.arena.range(i), &model.params.tensors[i]);
+            let (shape, dtype) = (like.shape().to_vec(), like.dtype());
+            let part = |flat: &[f32]| Tensor::from_vec(flat[r.clone()].to_vec(), &shape)?.to_dtype(dtype);
+            model.params.tensors[i] = part(&masters)?;
+            opt.exp_avg[i] = part(&m)?;
+            opt.exp_avg_sq[i] = part(&v)?;
         }
         opt.step = self.step;
         Ok(())
     }
 }
 
-/// `n` values of a parameter's initialisation on the GPU (Normal: Philox stream `stream` under `seed`).
+fn gpu_of(device: Device) -> Result<Arc<Gpu>> {
+    let Device::Cuda(ordinal) = device else { crate::bail!("DeviceOptimizer on {device}") };
+    Gpu::shared(ordinal)
+}
+
+fn arena_of(model: &RetroModel) -> ParamArena {
+    ParamArena::new(model.params.specs.iter().map(|s| s.shape.as_slice()))
+}
+
+/// A parameter's initialisation into `out` on the GPU (Normal: Philox stream `stream` under `seed`).
 fn draw<E: crate::tensor::cuda::CudaFloat>(
     gpu: &Gpu,
     init: crate::model::params::Init,
-    n: usize,
+    out: &DeviceBuffer<E>,
     seed: u64,
     stream: u64,
-) -> Result<DeviceBuffer<E>> {
+) -> Result<()> {
     use crate::model::params::Init;
-    let buf = gpu.alloc::<E>(n)?;
     match init {
-        Init::Normal(std) => crate::backend::cuda::random::fill_normal(gpu, &buf, seed, stream, std as f32)?,
-        Init::Zeros => gpu.fill_zero(&buf)?,
-        Init::Ones => gpu.write(&buf, 0, &vec![E::from_f32(1.0); n])?,
+        Init::Normal(std) => crate::backend::cuda::random::fill_normal(gpu, out, seed, stream, std as f32),
+        Init::Zeros => Ok(()),
+        Init::Ones => gpu.write(out, 0, &vec![E::from_f32(1.0); out.len()]),
     }
-    Ok(buf)
 }

@@ -4,7 +4,8 @@
 //! - CPU: the tape reads the parameters themselves (f32 or f64) and `AdamW` (adamw.rs) updates them.
 //! - GPU (Megatron's mixed precision): f32 master weights and AdamW moments live on the device; the tape
 //!   reads bf16 copies of what GEMMs and embeddings read and the f32 masters of LayerNorm; gradients come
-//!   out in f32; kernels/adamw.cu updates the masters and rewrites the bf16 copies in the same pass.
+//!   out in f32 and are summed into a flat arena; kernels/adamw.cu updates the whole arena of masters in
+//!   one launch and rewrites the bf16 copies in the same pass (device_optimizer.rs, param_arena.rs).
 //!   `to_host` copies masters and moments into the host model and `AdamW` for checkpoints and evaluation.
 //!
 //! Micro-batch gradients are summed in the engine; `apply` averages them and steps the optimizer.
@@ -17,8 +18,13 @@ use crate::Result;
 
 pub struct Engine {
     device: Device,
-    /// The step's summed gradients (None before the first micro-batch).
+    /// The step's summed gradients on the CPU (None before the first micro-batch; a GPU engine sums
+    /// them in its optimizer's gradient arena).
     grads: Option<Vec<Tensor>>,
+    /// Micro-batches accumulated since the last optimizer step.
+    micro_batches: usize,
+    /// The step's micro-batch losses, on the device until `micro_losses` reads them.
+    losses: Vec<Tensor>,
     #[cfg(not(no_cuda_kernels))]
     gpu: Option<super::device_optimizer::DeviceOptimizer>,
 }
@@ -57,12 +63,12 @@ impl Engine {
 
     #[cfg(not(no_cuda_kernels))]
     fn around(device: Device, gpu: Option<super::device_optimizer::DeviceOptimizer>) -> Self {
-        Self { device, grads: None, gpu }
+        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), gpu }
     }
 
     #[cfg(no_cuda_kernels)]
     fn around(device: Device, _: Option<()>) -> Self {
-        Self { device, grads: None }
+        Self { device, grads: None, micro_batches: 0, losses: Vec::new() }
     }
 
     pub fn device(&self) -> Device {
@@ -79,34 +85,45 @@ impl Engine {
     }
 
     /// Forward and backward of one micro-batch on the engine's device (dropout masks from `seed`), its
-    /// gradients added to the step's. Returns its loss.
-    pub fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<f64> {
+    /// gradients added to the step's. Queues the work and returns (the loss stays on the device until
+    /// `micro_losses`).
+    pub fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<()> {
         let tape = Tape::training(model.config.dropout, seed);
-        let step = model.loss_and_grads_on(self.leaves(model), batch, tape)?;
+        let (loss, grads) = model.forward_backward(self.leaves(model), batch, tape)?;
+        if self.micro_batches == 0 {
+            self.losses.clear(); // the previous step's, unread
+        }
+        self.losses.push(loss);
+        self.micro_batches += 1;
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &mut self.gpu {
+            return gpu.accumulate(&grads);
+        }
         match &mut self.grads {
-            None => self.grads = Some(step.grads),
+            None => self.grads = Some(grads),
             Some(acc) => {
-                for (a, g) in acc.iter_mut().zip(&step.grads) {
+                for (a, g) in acc.iter_mut().zip(&grads) {
                     a.add_assign(g)?;
                 }
             }
         }
-        Ok(step.loss)
+        Ok(())
     }
 
-    /// The optimizer step at `lr` on the summed gradients averaged over `micro_batches`.
-    pub fn apply(
-        &mut self,
-        model: &mut RetroModel,
-        opt: &mut AdamW,
-        lr: f64,
-        micro_batches: usize,
-    ) -> Result<StepStats> {
-        let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
+    /// The losses of this step's micro-batches, in order (before or after `apply`): on a GPU the step's
+    /// one wait for its forward and backward passes.
+    pub fn micro_losses(&self) -> Result<Vec<f64>> {
+        (self.losses.iter()).map(|l| Ok(l.to(Device::Cpu)?.to_f64_vec()[0])).collect()
+    }
+
+    /// The optimizer step at `lr` on the average of the micro-batches accumulated since the last one.
+    pub fn apply(&mut self, model: &mut RetroModel, opt: &mut AdamW, lr: f64) -> Result<StepStats> {
+        let micro_batches = std::mem::take(&mut self.micro_batches);
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
-            return gpu.step(&grads, lr, 1.0 / micro_batches as f64);
+            return gpu.step(lr);
         }
+        let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
         if micro_batches > 1 {
             for g in grads.iter_mut() {
                 g.scale(1.0 / micro_batches as f64)?;

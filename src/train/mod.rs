@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod device_optimizer;
 pub mod engine;
 pub mod loader;
+pub mod param_arena;
 pub mod plot;
 pub mod schedule;
 pub mod tensorboard;

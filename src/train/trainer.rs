@@ -146,9 +146,8 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             .map(|_| batches.recv().map_err(|_| crate::Error::msg("the data loader stopped")).and_then(|b| b));
         let loss = accumulate(args, &mut engine, &model, &mut micro_batches, iteration)?;
         let lr = args.schedule.at(consumed);
-        let stats = engine
-            .apply(&mut model, &mut opt, lr, micro_per_step)
-            .map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
+        let stats =
+            engine.apply(&mut model, &mut opt, lr).map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
         iteration += 1;
         consumed += args.global_batch as u64;
         last_loss = loss;
@@ -280,8 +279,8 @@ fn progress_bar(args: &TrainArgs, iteration: u64) -> ProgressBar {
     bar
 }
 
-/// Forward and backward of one step's micro-batches, their gradients summed (CPU: in `grads`, returned
-/// through the engine; GPU: in its accumulators). Returns the mean loss; a non-finite loss stops training.
+/// Forward and backward of one step's micro-batches, their gradients summed in the engine; the losses
+/// are read once, after all of them are queued. Returns the mean loss; a non-finite loss stops training.
 fn accumulate(
     args: &TrainArgs,
     engine: &mut Engine,
@@ -289,25 +288,21 @@ fn accumulate(
     micro_batches: &mut dyn Iterator<Item = Result<Batch>>,
     iteration: u64,
 ) -> Result<f64> {
-    let micro_per_step = args.global_batch / args.micro_batch;
-    let mut loss = 0.0;
     for (j, batch) in micro_batches.enumerate() {
-        let batch = batch?;
         let seed = args.seed
             ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
-        let micro_loss = engine.accumulate(model, &batch, seed)?;
-        if !micro_loss.is_finite() {
-            bail!(
-                "iteration {}: the loss is {} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
-                iteration + 1,
-                micro_loss,
-                args.save.display()
-            );
-        }
-        loss += micro_loss / micro_per_step as f64;
+        engine.accumulate(model, &batch?, seed)?;
     }
-    Ok(loss)
+    let losses = engine.micro_losses()?;
+    if let Some((j, bad)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+        bail!(
+            "iteration {}: the loss is {bad} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
+            iteration + 1,
+            args.save.display()
+        );
+    }
+    Ok(losses.iter().map(|l| l / losses.len() as f64).sum())
 }
 
 /// Validation loss (and, for RETRO, perplexity with every neighbour masked) into the step's metrics line.

@@ -589,55 +589,6 @@ impl Dev {
         (out, g)
     }
 
-    /// One AdamW step over flat f32 buffers (param, exp_avg, exp_avg_sq updated) and the bf16 copy of the
-    /// new parameters (the CPU rounds its result), then the f64 sum of squares of `g`.
-    #[allow(clippy::type_complexity)]
-    pub fn adamw(
-        &self,
-        p: &[f32],
-        g: &[f32],
-        m: &[f32],
-        v: &[f32],
-        c: &retro::backend::cpu::adamw::Coefficients,
-        grad_scale: f64,
-    ) -> ((Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>), f64) {
-        let sumsq = |g: &[f32]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-        match self {
-            Dev::Cpu => {
-                let (mut p, mut m, mut v) = (p.to_vec(), m.to_vec(), v.to_vec());
-                // The kernel scales each gradient as it reads it (one f32 product, exact in f64 first).
-                let scaled: Vec<f32> = g.iter().map(|&x| (x as f64 * grad_scale) as f32).collect();
-                retro::backend::cpu::adamw::update_slice(&mut p, &scaled, &mut m, &mut v, c);
-                ((round_bf16(&p), p, m, v), sumsq(g))
-            }
-            #[cfg(not(no_cuda_kernels))]
-            _ => {
-                let gpu = match self {
-                    Dev::Cuda(g) | Dev::CudaF32(g) => g,
-                    Dev::Cpu => unreachable!(),
-                };
-                use retro::backend::cuda::adamw;
-                let (dp, dg, dm, dv) =
-                    (gpu.upload(p).unwrap(), gpu.upload(g).unwrap(), gpu.upload(m).unwrap(), gpu.upload(v).unwrap());
-                let copy = gpu.zeros::<half::bf16>(p.len()).unwrap();
-                let segment = adamw::Segment {
-                    param: &dp,
-                    grad: &dg,
-                    exp_avg: &dm,
-                    exp_avg_sq: &dv,
-                    weights_bf16: Some(&copy),
-                    offset: 0,
-                };
-                let params = retro::kernels::abi::AdamwParams::new(c, grad_scale, p.len());
-                adamw::update(gpu, &segment, params).unwrap();
-                let sum = adamw::sum_squares(gpu, &dg).unwrap();
-                let copy: Vec<f32> = gpu.download(&copy).unwrap().iter().map(|x| x.to_f32()).collect();
-                let down = |b| gpu.download(b).unwrap();
-                ((copy, down(&dp), down(&dm), down(&dv)), sum)
-            }
-        }
-    }
-
     /// Dropout of `x` (Philox stream `stream` under `seed`, probability `p`): the CPU's factors, or
     /// kernels/dropout.cu.
     pub fn dropout(&self, x: &[f32], seed: u64, stream: u64, p: f64) -> Vec<f32> {

@@ -1,5 +1,5 @@
-//! Launchers for kernels/adamw.cu: the fused AdamW update over a flat f32 parameter arena (all
-//! parameters in one launch per weight-decay group) and the deterministic global sum of squares.
+//! Launchers for kernels/adamw.cu: the deterministic sum of squares of a gradient arena, and the fused
+//! AdamW update of a whole parameter arena in one launch, clipped on the device.
 
 use super::gpu::{DeviceBuffer, Gpu};
 use super::launch::{config, launch};
@@ -13,8 +13,10 @@ use half::bf16;
 unsafe impl DeviceRepr for AdamwParams {}
 
 impl AdamwParams {
-    /// Kernel parameters from the optimizer's per-step scalars, over `n` elements.
-    pub fn new(c: &Coefficients, grad_scale: f64, n: usize) -> Self {
+    /// Kernel parameters from the optimizer's per-step scalars (`c.decay_factor` is the decaying
+    /// parameters'), over an arena of `n` elements whose first `decay_end` decay. Gradients are read
+    /// times `grad_scale` and clipped to a global norm of `max_norm` (None: not clipped).
+    pub fn new(c: &Coefficients, grad_scale: f64, max_norm: Option<f64>, n: usize, decay_end: usize) -> Self {
         Self {
             decay_factor: c.decay_factor as f32,
             one_minus_beta1: (1.0 - c.beta1) as f32,
@@ -23,44 +25,42 @@ impl AdamwParams {
             eps: c.eps as f32,
             step_size: c.step_size as f32,
             bias_correction2_sqrt: c.bias_correction2_sqrt as f32,
-            grad_scale: grad_scale as f32,
+            grad_scale,
+            max_norm: max_norm.unwrap_or(0.0),
             n: n as u64,
+            decay_end: decay_end as u64,
         }
     }
 }
 
-/// Elements `offset..offset + params.n` of one arena, updated in place; `weights_bf16` (same layout)
-/// receives the bf16 copy the GEMMs read, when given.
-pub struct Segment<'a> {
+/// The flat f32 buffers one update reads and writes, all of the same length; `weights_bf16` (same
+/// layout) receives the bf16 copy the GEMMs read, when given.
+pub struct Arenas<'a> {
     pub param: &'a DeviceBuffer<f32>,
     pub grad: &'a DeviceBuffer<f32>,
     pub exp_avg: &'a DeviceBuffer<f32>,
     pub exp_avg_sq: &'a DeviceBuffer<f32>,
     pub weights_bf16: Option<&'a DeviceBuffer<bf16>>,
-    pub offset: usize,
 }
 
-pub fn update(gpu: &Gpu, s: &Segment, params: AdamwParams) -> Result<()> {
-    let end = s.offset + params.n as usize;
+/// One AdamW step over the arenas, queued on the compute stream. The clip coefficient comes from
+/// `grad_sum_squares` (one f64 on the device, `sum_squares_into`'s output); nothing waits on the host.
+pub fn update(gpu: &Gpu, a: &Arenas, grad_sum_squares: &DeviceBuffer<f64>, params: AdamwParams) -> Result<()> {
+    let n = params.n as usize;
     for (name, len) in [
-        ("param", s.param.len()),
-        ("grad", s.grad.len()),
-        ("exp_avg", s.exp_avg.len()),
-        ("exp_avg_sq", s.exp_avg_sq.len()),
+        ("param", a.param.len()),
+        ("grad", a.grad.len()),
+        ("exp_avg", a.exp_avg.len()),
+        ("exp_avg_sq", a.exp_avg_sq.len()),
+        ("bf16 weights", a.weights_bf16.map_or(n, |w| w.len())),
     ] {
-        crate::ensure!(end <= len, "AdamW segment {}..{end} is past the end of {name} ({len})", s.offset);
+        crate::ensure!(len == n, "AdamW over {n} elements: the {name} arena has {len}");
     }
-    if let Some(w) = s.weights_bf16 {
-        crate::ensure!(
-            end <= w.len(),
-            "AdamW segment {}..{end} is past the end of the bf16 weights ({})",
-            s.offset,
-            w.len()
-        );
-    }
-    let bf16_ptr = s.weights_bf16.map_or(0, |w| w.ptr_at(s.offset));
-    let blocks = (params.n as usize).div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
-    // SAFETY: argument list of adamw_update_f32; the segment lies inside every buffer (checked above).
+    crate::ensure!(params.decay_end <= params.n, "AdamW: decay_end {} past {n} elements", params.decay_end);
+    crate::ensure!(grad_sum_squares.len() == 1, "AdamW: the sum of squares is one f64");
+    let bf16_ptr = a.weights_bf16.map_or(0, |w| w.ptr());
+    let blocks = n.div_ceil(RETRO_ADAMW_BLOCK as usize).clamp(1, 65_535) as u32;
+    // SAFETY: argument list of adamw_update_f32; every arena holds n elements (checked above).
     unsafe {
         launch(
             gpu,
@@ -68,47 +68,47 @@ pub fn update(gpu: &Gpu, s: &Segment, params: AdamwParams) -> Result<()> {
             "adamw_update_f32",
             config((blocks, 1, 1), RETRO_ADAMW_BLOCK, 0),
             &[
-                &s.param.ptr_at(s.offset),
-                &s.grad.ptr_at(s.offset),
-                &s.exp_avg.ptr_at(s.offset),
-                &s.exp_avg_sq.ptr_at(s.offset),
+                &a.param.ptr(),
+                &a.grad.ptr(),
+                &a.exp_avg.ptr(),
+                &a.exp_avg_sq.ptr(),
                 &bf16_ptr,
+                &grad_sum_squares.ptr(),
                 &params,
             ],
         )
     }
 }
 
-/// Sum of squares of `x` in f64, deterministic (fixed grid, no atomics); waits for the result.
-pub fn sum_squares(gpu: &Gpu, x: &DeviceBuffer<f32>) -> Result<f64> {
-    Ok(sum_squares_each(gpu, &[x])?[0])
+/// The sum of squares of `x` in f64 into `out` (one element), deterministic (fixed grid, no atomics);
+/// queued, no wait.
+pub fn sum_squares_into(gpu: &Gpu, x: &DeviceBuffer<f32>, out: &DeviceBuffer<f64>) -> Result<()> {
+    crate::ensure!(out.len() == 1, "sum_squares_into: the output is one f64, not {}", out.len());
+    let partials = gpu.alloc::<f64>(RETRO_SUMSQ_BLOCKS as usize)?;
+    let (n, count) = (x.len() as u64, RETRO_SUMSQ_BLOCKS);
+    // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64 (one
+    // double at out); the partials buffer returns to the cache in stream order.
+    unsafe {
+        launch(
+            gpu,
+            "adamw",
+            "sum_squares_f32",
+            config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[&x.ptr(), &n, &partials.ptr()],
+        )?;
+        launch(
+            gpu,
+            "adamw",
+            "sum_partials_f64",
+            config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[&partials.ptr(), &count, &out.ptr()],
+        )
+    }
 }
 
-/// The sum of squares of each buffer (one f64 each), with a single wait at the end.
-pub fn sum_squares_each(gpu: &Gpu, xs: &[&DeviceBuffer<f32>]) -> Result<Vec<f64>> {
-    let partials = gpu.alloc::<f64>(RETRO_SUMSQ_BLOCKS as usize)?;
-    let out = gpu.alloc::<f64>(xs.len())?;
-    let count = RETRO_SUMSQ_BLOCKS;
-    for (i, x) in xs.iter().enumerate() {
-        let n = x.len() as u64;
-        // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64 (one
-        // double at out[i]); the partials buffer is reused in stream order.
-        unsafe {
-            launch(
-                gpu,
-                "adamw",
-                "sum_squares_f32",
-                config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
-                &[&x.ptr(), &n, &partials.ptr()],
-            )?;
-            launch(
-                gpu,
-                "adamw",
-                "sum_partials_f64",
-                config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
-                &[&partials.ptr(), &count, &out.ptr_at(i)],
-            )?;
-        }
-    }
-    gpu.download(&out)
+/// The sum of squares of `x` in f64 (waits for it).
+pub fn sum_squares(gpu: &Gpu, x: &DeviceBuffer<f32>) -> Result<f64> {
+    let out = gpu.alloc::<f64>(1)?;
+    sum_squares_into(gpu, x, &out)?;
+    Ok(gpu.download(&out)?[0])
 }

@@ -23,9 +23,13 @@ pub struct Gpu {
     ordinal: usize,
 }
 
-/// A typed device array of `len` elements in a cached block.
+/// A typed device array of `len` elements in a cached block: the whole block, or a view of part of it
+/// (`view`: the parameter arenas, whose per-tensor views the tape reads). The block goes back to the
+/// cache when its last buffer is dropped.
 pub struct DeviceBuffer<T> {
-    block: Block,
+    block: Arc<Block>,
+    /// The first element's index in the block.
+    start: usize,
     len: usize,
     _element: PhantomData<T>,
 }
@@ -41,13 +45,25 @@ impl<T> DeviceBuffer<T> {
 
     /// The device address (a kernel argument).
     pub fn ptr(&self) -> u64 {
-        self.block.ptr()
+        self.ptr_at(0)
     }
 
     /// The address of element `offset` (for a kernel working on part of the buffer).
     pub fn ptr_at(&self, offset: usize) -> u64 {
         assert!(offset <= self.len, "offset {offset} past the end of a buffer of {}", self.len);
-        self.block.ptr() + (offset * std::mem::size_of::<T>()) as u64
+        self.block.ptr() + ((self.start + offset) * std::mem::size_of::<T>()) as u64
+    }
+
+    /// Elements `start..start + len` of this buffer, sharing its memory: kernels writing through the
+    /// view write the buffer.
+    pub fn view(&self, start: usize, len: usize) -> Result<DeviceBuffer<T>> {
+        crate::ensure!(
+            start + len <= self.len,
+            "a view of elements {start}..{} of a buffer of {}",
+            start + len,
+            self.len
+        );
+        Ok(DeviceBuffer { block: self.block.clone(), start: self.start + start, len, _element: PhantomData })
     }
 
     pub fn bytes(&self) -> usize {
@@ -143,7 +159,7 @@ impl Gpu {
     /// An uninitialised buffer of `len` elements.
     pub fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let block = self.allocator.alloc(len * std::mem::size_of::<T>())?;
-        Ok(DeviceBuffer { block, len, _element: PhantomData })
+        Ok(DeviceBuffer { block: Arc::new(block), start: 0, len, _element: PhantomData })
     }
 
     /// A zero-filled buffer (the memset is queued on the compute stream).
