@@ -176,7 +176,7 @@ impl Gpu {
             .map_err(|e| cuda_error("memset", e))
     }
 
-    /// Copy `host` into a new buffer (queued on the compute stream; returns once `host` has been read).
+    /// Copy `host` into a new buffer (queued on the compute stream; `host` has been read when it returns).
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         let buf = self.alloc::<T>(host.len())?;
         self.write(&buf, 0, host)?;
@@ -192,11 +192,13 @@ impl Gpu {
             buf.len()
         );
         self.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
-        // SAFETY: the destination range is inside the buffer; the copy from pageable memory has read
-        // `host` when the call returns.
+        // SAFETY: the destination range is inside the buffer. From pageable memory the driver copies
+        // `host` into its own staging memory before the call returns (CUDA's "API synchronization
+        // behavior"; torch's non-blocking copies from pageable tensors rely on the same), so `host` may
+        // be dropped at once and the host does not wait for the stream: an op that uploads its indices
+        // keeps the step's work queued.
         unsafe { result::memcpy_htod_async(buf.ptr_at(offset), host, self.compute.cu_stream()) }
-            .map_err(|e| cuda_error("host-to-device copy", e))?;
-        self.compute.synchronize().map_err(|e| cuda_error("synchronising after an upload", e))
+            .map_err(|e| cuda_error("host-to-device copy", e))
     }
 
     /// The buffer's contents (waits for the compute stream).
