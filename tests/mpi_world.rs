@@ -9,12 +9,12 @@ fn main() {
     assert_eq!(size, expected_size, "world size {size}, expected {expected_size} ({})", world.describe());
     let ranks_sum = (size * (size + 1) / 2) as f64;
     let mut f32s: Vec<f32> = (0..1000).map(|i| ((rank + 1) * (i % 7 + 1)) as f32).collect();
-    world.all_reduce_sum_f32(&mut f32s);
+    world.all_reduce_sum(&mut f32s);
     for (i, x) in f32s.iter().enumerate() {
         assert_eq!(*x as f64, ranks_sum * (i % 7 + 1) as f64, "f32 element {i} on rank {rank}");
     }
     let mut f64s = vec![0.1 * (rank + 1) as f64; 3];
-    world.all_reduce_sum_f64(&mut f64s);
+    world.all_reduce_sum(&mut f64s);
     assert!(f64s.iter().all(|x| (x - 0.1 * ranks_sum).abs() < 1e-12), "f64 sum {f64s:?} on rank {rank}");
     world.barrier();
     println!("mpi_world: rank {rank} of {size}: all-reduce ok ({})", world.describe());

@@ -65,6 +65,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> retro::Result<()> {
+    // N processes would each build the whole project into the same directory.
+    let world = retro::dist::World::init()?;
+    if world.size() > 1 {
+        return Err(retro::Error::msg(format!(
+            "started as rank {} of {} processes, but retro preprocess does not divide its work across processes \
+             yet: each would build the whole project into the same directory. Run one process",
+            world.rank(),
+            world.size()
+        )));
+    }
     let Args {
         input,
         project,

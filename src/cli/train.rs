@@ -67,9 +67,34 @@ pub struct Args {
     /// f32 master weights and AdamW).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Tensor-parallel size: must divide the processes of the job (mpirun -np N). Only 1 is built so
+    /// far: a larger value is refused.
+    #[arg(long, default_value_t = 1)]
+    pub tensor_model_parallel_size: usize,
+    /// Data parallelism (every process of `mpirun -np N` is a data-parallel rank): gradients are summed
+    /// over the ranks in buckets of at most this many elements (on the CPU; a GPU sums its whole
+    /// gradient arena in one NCCL call).
+    #[arg(long, default_value_t = retro::train::data_parallel::DEFAULT_BUCKET_SIZE)]
+    pub ddp_bucket_size: usize,
 }
 
+/// Under `mpirun -np N` every process is a data-parallel rank; an error on any rank ends the whole job
+/// (MPI_Abort) with that rank's message, so no rank waits forever in a collective.
 pub fn run(args: Args) -> retro::Result<()> {
+    let world = std::rc::Rc::new(retro::dist::World::init()?);
+    if world.size() == 1 {
+        return run_on(args, world);
+    }
+    let rank = world.rank();
+    let result = run_on(args, world.clone());
+    if let Err(e) = &result {
+        eprintln!("retro train: rank {rank} of {}: {e}", world.size());
+        world.abort(2);
+    }
+    result
+}
+
+fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<()> {
     let Args {
         project,
         config,
@@ -96,20 +121,27 @@ pub fn run(args: Args) -> retro::Result<()> {
         no_retrieval,
         tensorboard_dir,
         device,
+        tensor_model_parallel_size,
+        ddp_bucket_size,
     } = args;
-    // Splitting the work across processes (data and tensor parallelism) is not built yet: N processes under
-    // mpirun would each train the whole run into the same --save, so a job of several is refused.
-    let world = retro::dist::World::init()?;
-    if world.size() > 1 {
+    let layout = retro::dist::ParallelLayout::new(world.size(), world.rank(), tensor_model_parallel_size)?;
+    if layout.tp > 1 {
         return Err(retro::Error::msg(format!(
-            "started as rank {} of {} processes, but retro train does not divide its work across processes yet \
-             (data and tensor parallelism are not built): each would train the whole run into the same --save. \
-             Run one process",
-            world.rank(),
-            world.size()
+            "--tensor-model-parallel-size {}: tensor parallelism is not built yet; run data-parallel only \
+             (--tensor-model-parallel-size 1, every process a data-parallel rank)",
+            layout.tp
         )));
     }
-    let device = retro::backend::select_device(&device)?;
+    if ddp_bucket_size == 0 {
+        return Err(retro::Error::msg("--ddp-bucket-size must be at least 1 element"));
+    }
+    share_cores(&world);
+    let dp = retro::train::data_parallel::DataParallel { world: world.clone(), layout, bucket_size: ddp_bucket_size };
+    // Each rank on its own GPU: the one its node-local rank names.
+    let device = match retro::backend::select_device(&device)? {
+        retro::tensor::Device::Cuda(_) if world.size() > 1 => retro::tensor::Device::Cuda(world.local_rank()),
+        d => d,
+    };
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =
@@ -165,12 +197,26 @@ pub fn run(args: Args) -> retro::Result<()> {
         tensorboard_dir,
         device,
     };
-    let s = retro::train::trainer::train(&args)?;
-    println!(
-        "{}",
-        serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save})
-    );
+    let s = retro::train::trainer::train(&args, &dp)?;
+    if dp.is_root() {
+        println!(
+            "{}",
+            serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save})
+        );
+    }
     Ok(())
+}
+
+/// The ranks on one node share its cores: each rank's thread pool gets cores / ranks-on-the-node threads
+/// (unless RAYON_NUM_THREADS says otherwise), so N ranks do not run N x cores threads.
+fn share_cores(world: &retro::dist::World) {
+    if world.local_size() <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / world.local_size()).max(1);
+    // Fails only if the pool was already built; then it keeps its size.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }
 
 /// The project's value, or an error if the flag was given with another one.

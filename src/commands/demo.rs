@@ -108,7 +108,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             device: crate::tensor::Device::Cpu,
         };
         let t = Instant::now();
-        let s = trainer::train(&args)?;
+        let s = trainer::train(&args, &crate::train::data_parallel::DataParallel::single())?;
         eprintln!(
             "demo: trained {name} for {} steps in {:.0} s (final train loss {:.3})",
             s.iterations,

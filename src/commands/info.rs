@@ -6,6 +6,21 @@ use crate::backend::cuda;
 use crate::Result;
 use std::fmt::Write;
 
+/// This process's place in the job: under `mpirun`, its rank, the world size and its node-local rank
+/// (the GPU a training rank uses); else a single process.
+fn world_line() -> String {
+    match crate::dist::World::init() {
+        Ok(w) if w.size() > 1 => format!(
+            "{}; `retro train` runs it as {} data-parallel ranks, this one on GPU {} when it trains on GPUs",
+            w.describe(),
+            w.size(),
+            w.local_rank()
+        ),
+        Ok(w) => w.describe(),
+        Err(e) => format!("{e}"),
+    }
+}
+
 /// The report, and whether every check passed.
 pub fn report() -> (String, bool) {
     let mut out = String::new();
@@ -27,6 +42,7 @@ pub fn report() -> (String, bool) {
             "not compiled (build with --features mpi)"
         }
     );
+    let _ = writeln!(out, "world: {}", world_line());
     if !cuda::driver_present() {
         let _ = writeln!(out, "cuda: no driver (libcuda.so not found); the CPU backend is used");
         return (out, ok);

@@ -1,8 +1,11 @@
-//! The parallel runtime: a [`World`] of processes (MPI under `mpirun`, or a single process) and, on
-//! GPUs, NCCL communicators over it ([`nccl::NcclComm`]).
+//! The parallel runtime: a [`World`] of processes (MPI under `mpirun`, or a single process), where each
+//! rank sits in it ([`ParallelLayout`]: tensor- x data-parallel, Megatron's order) and, on GPUs, NCCL
+//! communicators over it ([`nccl::NcclComm`]).
 
+mod layout;
 #[cfg(not(no_cuda_kernels))]
 pub mod nccl;
 mod world;
 
-pub use world::World;
+pub use layout::ParallelLayout;
+pub use world::{launched_by_mpirun, World};

@@ -1,11 +1,16 @@
 //! `World`: the processes of one job. Built with `--features mpi` and started by `mpirun`, it is the MPI
 //! world; otherwise (or without a launcher in the environment) it is a single process whose
-//! collectives are the identity.
+//! collectives are the identity. CPU tensors move over MPI; GPU tensors over NCCL (`nccl.rs`), whose
+//! unique id MPI broadcasts.
 
 use crate::Result;
 
 pub struct World {
     backend: Backend,
+    /// This process's index among the ranks on its node, and their number (MPI's shared-memory split):
+    /// the GPU a rank uses is its local rank.
+    local_rank: usize,
+    local_size: usize,
 }
 
 enum Backend {
@@ -18,6 +23,16 @@ enum Backend {
     },
 }
 
+/// What the collectives move: plain numbers MPI has a datatype for.
+#[cfg(feature = "mpi")]
+pub trait Element: mpi::datatype::Equivalence + Copy {}
+#[cfg(not(feature = "mpi"))]
+pub trait Element: Copy {}
+impl Element for f32 {}
+impl Element for f64 {}
+impl Element for u8 {}
+impl Element for u64 {}
+
 /// True when a launcher (mpirun / srun / hydra) started this process.
 pub fn launched_by_mpirun() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS"].iter().any(|v| std::env::var_os(v).is_some())
@@ -26,7 +41,7 @@ pub fn launched_by_mpirun() -> bool {
 impl World {
     /// A one-process world.
     pub fn single() -> Self {
-        Self { backend: Backend::Single }
+        Self { backend: Backend::Single, local_rank: 0, local_size: 1 }
     }
 
     /// The MPI world when launched by mpirun and built with MPI; a single process otherwise.
@@ -37,11 +52,14 @@ impl World {
         }
         #[cfg(feature = "mpi")]
         {
+            use mpi::topology::Communicator;
             let Some(universe) = mpi::initialize() else {
                 crate::bail!("MPI was already initialized in this process");
             };
             let comm = universe.world();
-            Ok(Self { backend: Backend::Mpi { comm, _universe: universe } })
+            let node = comm.split_shared(comm.rank());
+            let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
+            Ok(Self { backend: Backend::Mpi { comm, _universe: universe }, local_rank, local_size })
         }
         #[cfg(not(feature = "mpi"))]
         crate::bail!("started by an MPI launcher, but this retro was built without MPI: rebuild with `--features mpi`")
@@ -69,30 +87,28 @@ impl World {
         }
     }
 
-    /// In-place element-wise sum over all ranks.
-    pub fn all_reduce_sum_f32(&self, buf: &mut [f32]) {
-        self.all_reduce_sum(buf)
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
     }
 
-    /// In-place element-wise sum over all ranks.
-    pub fn all_reduce_sum_f64(&self, buf: &mut [f64]) {
-        self.all_reduce_sum(buf)
+    pub fn local_size(&self) -> usize {
+        self.local_size
     }
 
-    #[cfg(feature = "mpi")]
-    fn all_reduce_sum<T: mpi::datatype::Equivalence + Copy>(&self, buf: &mut [T]) {
+    /// In-place element-wise sum over all ranks; every rank receives the same values.
+    pub fn all_reduce_sum<T: Element>(&self, buf: &mut [T]) {
+        #[cfg(feature = "mpi")]
         if let Backend::Mpi { comm, .. } = &self.backend {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let send = buf.to_vec();
             comm.all_reduce_into(&send[..], buf, SystemOperation::sum());
         }
+        #[cfg(not(feature = "mpi"))]
+        let _ = buf;
     }
 
-    #[cfg(not(feature = "mpi"))]
-    fn all_reduce_sum<T>(&self, _buf: &mut [T]) {}
-
-    /// Overwrite `buf` on every rank with rank `root`'s bytes (the NCCL unique id's way to every rank).
-    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) {
+    /// Overwrite `buf` on every rank with rank `root`'s values.
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) {
         #[cfg(feature = "mpi")]
         if let Backend::Mpi { comm, .. } = &self.backend {
             use mpi::topology::Communicator;
@@ -103,6 +119,11 @@ impl World {
         let _ = (buf, root);
     }
 
+    /// Overwrite `buf` on every rank with rank `root`'s bytes (the NCCL unique id's way to every rank).
+    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) {
+        self.broadcast(buf, root)
+    }
+
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]
         if let Backend::Mpi { comm, .. } = &self.backend {
@@ -111,11 +132,28 @@ impl World {
         }
     }
 
+    /// End every process of the job with `code` (MPI_Abort): what a rank that failed does, so that no
+    /// other rank waits forever in a collective. A single process just exits.
+    pub fn abort(&self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        if let Backend::Mpi { comm, .. } = &self.backend {
+            use mpi::topology::Communicator;
+            comm.abort(code)
+        }
+        std::process::exit(code)
+    }
+
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Single => "single process".into(),
             #[cfg(feature = "mpi")]
-            Backend::Mpi { .. } => format!("MPI, rank {} of {}", self.rank(), self.size()),
+            Backend::Mpi { .. } => format!(
+                "MPI, rank {} of {} (local rank {} of {} on this node)",
+                self.rank(),
+                self.size(),
+                self.local_rank,
+                self.local_size
+            ),
         }
     }
 }

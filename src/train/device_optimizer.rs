@@ -4,7 +4,8 @@
 //! of LayerNorm (`ParamSpec::reads_master`). A step is three launches whatever the model: the global
 //! sum of squares of the gradients, AdamW over the whole arena with the micro-batch average and the clip
 //! coefficient applied on the device (the kernel also rewrites the bf16 copies), and the zeroing of the
-//! gradient arena for the next step. The host reads the norm once, after the update is queued.
+//! gradient arena for the next step (under data parallelism an NCCL all-reduce of the gradient arena
+//! comes first). The host reads the norm once, after the update is queued.
 //! The one place device tensors are written in place: arena views, between tapes.
 
 use super::param_arena::ParamArena;
@@ -31,6 +32,9 @@ pub struct DeviceOptimizer {
     leaves: Vec<Tensor>,
     /// Micro-batches summed into `grads` since the last step.
     micro_batches: usize,
+    /// Data parallelism: the gradient arena is summed over the ranks of this communicator (NCCL, in
+    /// stream order) before the norm.
+    data_parallel: Option<crate::dist::nccl::NcclComm>,
     config: AdamWConfig,
     step: u64,
 }
@@ -113,9 +117,20 @@ impl DeviceOptimizer {
             grad_sum_squares,
             leaves,
             micro_batches: 0,
+            data_parallel: None,
             config,
             step,
         })
+    }
+
+    /// Sum the gradients over `comm`'s ranks at every step (each rank on its own GPU).
+    pub fn set_data_parallel(&mut self, comm: crate::dist::nccl::NcclComm) {
+        self.data_parallel = Some(comm);
+    }
+
+    /// The GPU the optimizer state lives on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
     }
 
     /// What the tape reads as the parameters.
@@ -141,10 +156,15 @@ impl DeviceOptimizer {
         Ok(())
     }
 
-    /// AdamW at `lr` on the average of the accumulated micro-batches, clipped as `AdamW::step` clips.
+    /// AdamW at `lr` on the average of the accumulated micro-batches (of every data-parallel rank),
+    /// clipped as `AdamW::step` clips.
     pub fn step(&mut self, lr: f64) -> Result<StepStats> {
         crate::ensure!(self.micro_batches > 0, "an optimizer step without a micro-batch");
-        let grad_scale = 1.0 / self.micro_batches as f64;
+        let mut grad_scale = 1.0 / self.micro_batches as f64;
+        if let Some(comm) = &self.data_parallel {
+            comm.all_reduce_sum_f32(&self.grads)?;
+            grad_scale /= comm.size() as f64;
+        }
         let c = self.config.coefficients(lr, self.step + 1, true);
         let params = AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());
         adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares)?;

@@ -8,8 +8,10 @@
 //!   one launch and rewrites the bf16 copies in the same pass (device_optimizer.rs, param_arena.rs).
 //!   `to_host` copies masters and moments into the host model and `AdamW` for checkpoints and evaluation.
 //!
-//! Micro-batch gradients are summed in the engine; `apply` averages them and steps the optimizer.
+//! Micro-batch gradients are summed in the engine; `apply` sums them over the data-parallel ranks
+//! (data_parallel.rs), averages them and steps the optimizer.
 
+use super::data_parallel::DataParallel;
 use super::{AdamW, AdamWConfig, StepStats};
 use crate::autograd::Tape;
 use crate::model::{Batch, RetroModel};
@@ -25,6 +27,8 @@ pub struct Engine {
     micro_batches: usize,
     /// The step's micro-batch losses, on the device until `micro_losses` reads them.
     losses: Vec<Tensor>,
+    /// The data-parallel ranks whose gradients each step sums (one process: the identity).
+    data_parallel: super::data_parallel::DataParallel,
     #[cfg(not(no_cuda_kernels))]
     gpu: Option<super::device_optimizer::DeviceOptimizer>,
 }
@@ -63,12 +67,26 @@ impl Engine {
 
     #[cfg(not(no_cuda_kernels))]
     fn around(device: Device, gpu: Option<super::device_optimizer::DeviceOptimizer>) -> Self {
-        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), gpu }
+        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), data_parallel: DataParallel::single(), gpu }
     }
 
     #[cfg(no_cuda_kernels)]
     fn around(device: Device, _: Option<()>) -> Self {
-        Self { device, grads: None, micro_batches: 0, losses: Vec::new() }
+        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), data_parallel: DataParallel::single() }
+    }
+
+    /// Sum every step's gradients over `dp`'s data-parallel ranks (on a GPU over NCCL, each rank on its
+    /// own device; collective: every rank calls it).
+    pub fn with_data_parallel(mut self, dp: DataParallel) -> Result<Self> {
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &mut self.gpu {
+            if dp.size() > 1 {
+                let comm = crate::dist::nccl::NcclComm::new(&dp.world, gpu.gpu().clone())?;
+                gpu.set_data_parallel(comm);
+            }
+        }
+        self.data_parallel = dp;
+        Ok(self)
     }
 
     pub fn device(&self) -> Device {
@@ -124,6 +142,8 @@ impl Engine {
             return gpu.step(lr);
         }
         let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
+        self.data_parallel.all_reduce_grads(&mut grads)?;
+        let micro_batches = micro_batches * self.data_parallel.size();
         if micro_batches > 1 {
             for g in grads.iter_mut() {
                 g.scale(1.0 / micro_batches as f64)?;

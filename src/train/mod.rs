@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod data_parallel;
 #[cfg(not(no_cuda_kernels))]
 pub mod device_optimizer;
 pub mod engine;

@@ -7,6 +7,7 @@
 //! checkpoint continues exactly as if it had never stopped.
 
 use super::checkpoint::{self, State};
+use super::data_parallel::DataParallel;
 use super::loader::{prefetch, ProjectData, SplitData};
 use super::schedule::LrSchedule;
 use super::{AdamW, AdamWConfig, Engine};
@@ -75,16 +76,28 @@ pub fn evaluate(
 ) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..iters {
-        let ids: Vec<usize> = (i * batch..(i + 1) * batch).collect();
-        let mut b = split.batch(&ids)?;
-        if !retrieval {
-            if let Some(nb) = &mut b.neighbors {
-                nb.data_mut::<i64>()?.iter_mut().for_each(|t| *t = -1);
-            }
-        }
-        total += model.eval_loss_on(leaves, &b)?;
+        total += evaluate_batch(model, leaves, split, batch, i, retrieval)?;
     }
     Ok(total / iters as f64)
+}
+
+/// The loss of validation batch `i` (samples i·batch..).
+fn evaluate_batch(
+    model: &RetroModel,
+    leaves: &[crate::tensor::Tensor],
+    split: &SplitData,
+    batch: usize,
+    i: usize,
+    retrieval: bool,
+) -> Result<f64> {
+    let ids: Vec<usize> = (i * batch..(i + 1) * batch).collect();
+    let mut b = split.batch(&ids)?;
+    if !retrieval {
+        if let Some(nb) = &mut b.neighbors {
+            nb.data_mut::<i64>()?.iter_mut().for_each(|t| *t = -1);
+        }
+    }
+    model.eval_loss_on(leaves, &b)
 }
 
 fn run_identity(args: &TrainArgs, model: &RetroConfig, data: &ProjectData) -> Value {
@@ -111,40 +124,35 @@ pub struct Summary {
     pub valid_loss: Option<f64>,
 }
 
-pub fn train(args: &TrainArgs) -> Result<Summary> {
-    ensure!(
-        args.micro_batch > 0 && args.global_batch % args.micro_batch == 0,
-        "--global-batch-size {} is not a multiple of --micro-batch-size {}",
-        args.global_batch,
-        args.micro_batch
-    );
-    check_writable(&args.save)?;
+/// Train on this process's share of the work: `dp` says which data-parallel rank it is (one process:
+/// `DataParallel::single()`). Every rank computes the same steps on the same weights; rank 0 alone writes
+/// the run's files.
+pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
+    // Refused before any work: the same check on every rank.
+    let per_rank = dp.layout.micro_batches_per_rank(args.global_batch, args.micro_batch)?;
+    if dp.is_root() {
+        check_writable(&args.save)?;
+    }
     let retrieval = !args.model.gpt_baseline;
     let data = ProjectData::open(&args.project, args.model.num_neighbors, retrieval)?;
     let config = project_model(&args.model, &data.config)?;
     let identity = run_identity(args, &config, &data);
-    let mut model = initial_model(args, &config)?;
+    let mut model = initial_model(args, &config, dp.is_root())?;
     let mut opt = AdamW::new(optimizer_config(args), &model.params.tensors);
     let (mut iteration, mut consumed) = resume(args, &config, &identity, &mut model, &mut opt)?;
-    let mut engine = Engine::new(args.device, &model, &opt)?;
-    let mut tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
-    let metrics_path = args.save.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
-    let micro_per_step = args.global_batch / args.micro_batch;
-    let batches = prefetch(Arc::new(data.train), micro_batch_plan(args, iteration), 4);
-    let bar = progress_bar(args, iteration);
+    dp.broadcast_from_root(&mut model.params.tensors)?;
+    let mut engine = Engine::new(args.device, &model, &opt)?.with_data_parallel(dp.clone())?;
+    let mut outputs = dp.is_root().then(|| RunFiles::open(args)).transpose()?;
+    let batches = prefetch(Arc::new(data.train), micro_batch_plan(args, iteration, dp.layout.dp_rank(), per_rank), 4);
+    let bar = progress_bar(args, iteration, dp.is_root());
     let start = Instant::now();
     let tokens_per_step = (args.global_batch * config.seq_length) as f64;
     let (mut last_loss, mut valid_loss) = (f64::NAN, None);
     while iteration < args.train_iters {
         let t0 = Instant::now();
-        let mut micro_batches = (0..micro_per_step)
+        let mut micro_batches = (0..per_rank)
             .map(|_| batches.recv().map_err(|_| crate::Error::msg("the data loader stopped")).and_then(|b| b));
-        let loss = accumulate(args, &mut engine, &model, &mut micro_batches, iteration)?;
+        let loss = accumulate(args, dp, &mut engine, &model, &mut micro_batches, iteration, per_rank)?;
         let lr = args.schedule.at(consumed);
         let stats =
             engine.apply(&mut model, &mut opt, lr).map_err(|e| e.context(format!("iteration {}", iteration + 1)))?;
@@ -153,7 +161,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         last_loss = loss;
         let evaluating = args.eval_interval > 0 && iteration % args.eval_interval == 0 && data.valid.is_some();
         let saving = (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters;
-        if saving {
+        if saving && dp.is_root() {
             engine.to_host(&mut model, &mut opt)?;
         }
         let step_s = t0.elapsed().as_secs_f64();
@@ -164,13 +172,11 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         if evaluating {
             let valid = data.valid.as_ref().expect("evaluating needs a validation split");
             // On the engine's device, with the parameters the steps read.
-            valid_loss = Some(evaluate_into(&mut line, &model, engine.leaves(&model), valid, args, retrieval)?);
+            let leaves = engine.leaves(&model);
+            valid_loss = Some(evaluate_into(&mut line, &model, leaves, valid, args, retrieval, dp)?);
         }
-        if let Some(tb) = &mut tensorboard {
-            log_tensorboard(tb, &line, iteration)?;
-        }
-        writeln!(metrics, "{line}")?;
-        metrics.sync_data()?;
+        let Some(files) = &mut outputs else { continue };
+        files.record(&line, iteration)?;
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
         bar.set_position(iteration);
         if saving {
@@ -186,14 +192,44 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         }
     }
     bar.finish_and_clear();
-    let series = super::plot::metrics_series(&metrics_path, if retrieval { "retro" } else { "gpt" })?;
-    super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
+    if dp.is_root() {
+        let series =
+            super::plot::metrics_series(&args.save.join("metrics.jsonl"), if retrieval { "retro" } else { "gpt" })?;
+        super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
+    }
     Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
+}
+
+/// What rank 0 writes every step: a line of metrics.jsonl (synced), and TensorBoard scalars.
+struct RunFiles {
+    metrics: std::fs::File,
+    tensorboard: Option<super::tensorboard::EventWriter>,
+}
+
+impl RunFiles {
+    fn open(args: &TrainArgs) -> Result<Self> {
+        let tensorboard = args.tensorboard_dir.as_deref().map(super::tensorboard::EventWriter::create).transpose()?;
+        let path = args.save.join("metrics.jsonl");
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { metrics, tensorboard })
+    }
+
+    fn record(&mut self, line: &Value, iteration: u64) -> Result<()> {
+        if let Some(tb) = &mut self.tensorboard {
+            log_tensorboard(tb, line, iteration)?;
+        }
+        writeln!(self.metrics, "{line}")?;
+        Ok(self.metrics.sync_data()?)
+    }
 }
 
 /// Megatron's initialisation from `--seed`, or `--init-from` a checkpoint (retro-fit: parameters the
 /// checkpoint lacks start fresh and are listed).
-fn initial_model(args: &TrainArgs, config: &RetroConfig) -> Result<RetroModel> {
+fn initial_model(args: &TrainArgs, config: &RetroConfig, report_missing: bool) -> Result<RetroModel> {
     let model = RetroModel::init(config, args.seed, DType::F32)?;
     let Some(from) = &args.init_from else { return Ok(model) };
     let dir = checkpoint::resolve(from)?;
@@ -207,12 +243,14 @@ fn initial_model(args: &TrainArgs, config: &RetroConfig) -> Result<RetroModel> {
         dir.display(),
         report.unexpected.join(", ")
     );
-    eprintln!(
-        "retro train: initialised from {}; {} parameter(s) were not in it and start fresh: {}",
-        dir.display(),
-        report.missing.len(),
-        report.missing.join(", ")
-    );
+    if report_missing {
+        eprintln!(
+            "retro train: initialised from {}; {} parameter(s) were not in it and start fresh: {}",
+            dir.display(),
+            report.missing.len(),
+            report.missing.join(", ")
+        );
+    }
     RetroModel::from_params(config, params)
 }
 
@@ -256,11 +294,12 @@ fn resume(
     Ok((iteration, consumed))
 }
 
-/// The sample ids of every micro-batch from `iteration` on: iteration i reads samples i·B..(i+1)·B.
-fn micro_batch_plan(args: &TrainArgs, iteration: u64) -> Vec<Vec<usize>> {
-    let micro_per_step = args.global_batch / args.micro_batch;
+/// The sample ids of every micro-batch this data-parallel rank runs from `iteration` on: iteration i
+/// reads samples i·B..(i+1)·B, cut into micro-batches of m; DP rank r runs the `per_rank` micro-batches
+/// r·per_rank.. of each iteration (the single-process order, whatever the number of ranks).
+fn micro_batch_plan(args: &TrainArgs, iteration: u64, dp_rank: usize, per_rank: usize) -> Vec<Vec<usize>> {
     (iteration..args.train_iters)
-        .flat_map(|it| (0..micro_per_step).map(move |j| (it, j)))
+        .flat_map(|it| (0..per_rank).map(move |j| (it, dp_rank * per_rank + j)))
         .map(|(it, j)| {
             let start = (it as usize) * args.global_batch + j * args.micro_batch;
             (start..start + args.micro_batch).collect()
@@ -268,8 +307,8 @@ fn micro_batch_plan(args: &TrainArgs, iteration: u64) -> Vec<Vec<usize>> {
         .collect()
 }
 
-fn progress_bar(args: &TrainArgs, iteration: u64) -> ProgressBar {
-    let bar = if args.progress { ProgressBar::new(args.train_iters) } else { ProgressBar::hidden() };
+fn progress_bar(args: &TrainArgs, iteration: u64, root: bool) -> ProgressBar {
+    let bar = if args.progress && root { ProgressBar::new(args.train_iters) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} eta {eta}")
             .expect("valid template")
@@ -279,16 +318,21 @@ fn progress_bar(args: &TrainArgs, iteration: u64) -> ProgressBar {
     bar
 }
 
-/// Forward and backward of one step's micro-batches, their gradients summed in the engine; the losses
-/// are read once, after all of them are queued. Returns the mean loss; a non-finite loss stops training.
+/// Forward and backward of this rank's micro-batches of one step, their gradients summed in the engine;
+/// the losses are read once, after all of them are queued. Returns the step's mean loss over every
+/// data-parallel rank; a non-finite loss stops training.
 fn accumulate(
     args: &TrainArgs,
+    dp: &DataParallel,
     engine: &mut Engine,
     model: &RetroModel,
     micro_batches: &mut dyn Iterator<Item = Result<Batch>>,
     iteration: u64,
+    per_rank: usize,
 ) -> Result<f64> {
     for (j, batch) in micro_batches.enumerate() {
+        // The micro-batch's index in the whole step: its dropout masks do not depend on the ranks.
+        let j = dp.layout.dp_rank() * per_rank + j;
         let seed = args.seed
             ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
@@ -297,15 +341,20 @@ fn accumulate(
     let losses = engine.micro_losses()?;
     if let Some((j, bad)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
         bail!(
-            "iteration {}: the loss is {bad} (micro-batch {j}); stopping. The last checkpoint in {} is intact",
+            "iteration {}: the loss is {bad} (micro-batch {}); stopping. The last checkpoint in {} is intact",
             iteration + 1,
+            dp.layout.dp_rank() * per_rank + j,
             args.save.display()
         );
     }
-    Ok(losses.iter().map(|l| l / losses.len() as f64).sum())
+    let micro_per_step = (per_rank * dp.size()) as f64;
+    let mut sum = [losses.iter().map(|l| l / micro_per_step).sum()];
+    dp.sum(&mut sum);
+    Ok(sum[0])
 }
 
-/// Validation loss (and, for RETRO, perplexity with every neighbour masked) into the step's metrics line.
+/// Validation loss (and, for RETRO, perplexity with every neighbour masked) into the step's metrics line;
+/// the validation batches are divided among the data-parallel ranks.
 fn evaluate_into(
     line: &mut Value,
     model: &RetroModel,
@@ -313,15 +362,33 @@ fn evaluate_into(
     valid: &SplitData,
     args: &TrainArgs,
     retrieval: bool,
+    dp: &DataParallel,
 ) -> Result<f64> {
-    let v = evaluate(model, leaves, valid, args.micro_batch, args.eval_iters, retrieval)?;
+    let v = evaluate_shared(model, leaves, valid, args, true, dp)?;
     line["valid_loss"] = json!(v);
     line["valid_ppl"] = json!(v.exp());
     if retrieval {
-        let masked = evaluate(model, leaves, valid, args.micro_batch, args.eval_iters, false)?;
+        let masked = evaluate_shared(model, leaves, valid, args, false, dp)?;
         line["valid_ppl_without_retrieval"] = json!(masked.exp());
     }
     Ok(v)
+}
+
+/// `evaluate` over the first `eval_iters` validation batches, rank r taking batches r, r + DP, ...
+fn evaluate_shared(
+    model: &RetroModel,
+    leaves: &[crate::tensor::Tensor],
+    valid: &SplitData,
+    args: &TrainArgs,
+    retrieval: bool,
+    dp: &DataParallel,
+) -> Result<f64> {
+    let mut sum = [0.0];
+    for i in (dp.layout.dp_rank()..args.eval_iters).step_by(dp.size()) {
+        sum[0] += evaluate_batch(model, leaves, valid, args.micro_batch, i, retrieval)?;
+    }
+    dp.sum(&mut sum);
+    Ok(sum[0] / args.eval_iters as f64)
 }
 
 /// Megatron's TensorBoard tags for the metrics line's values.

@@ -1,0 +1,87 @@
+//! Data parallelism: every data-parallel rank runs its share of a step's micro-batches on its own copy of
+//! the model, then the ranks' gradient sums are added together, so each applies the same optimizer step
+//! to the same weights. On the CPU the host gradients are summed over MPI in buckets of at most
+//! `--ddp-bucket-size` elements (each parameter whole, in model order); on a GPU the optimizer sums its
+//! gradient arena with NCCL (`DeviceOptimizer`). Also the small reductions a step needs: losses and
+//! validation sums, and rank 0's initial weights to every rank.
+
+use crate::dist::{ParallelLayout, World};
+use crate::tensor::Tensor;
+use crate::{with_float, Result};
+use std::rc::Rc;
+
+/// Megatron's default `--ddp-bucket-size`: 40M elements.
+pub const DEFAULT_BUCKET_SIZE: usize = 40_000_000;
+
+#[derive(Clone)]
+pub struct DataParallel {
+    pub world: Rc<World>,
+    pub layout: ParallelLayout,
+    pub bucket_size: usize,
+}
+
+impl DataParallel {
+    /// One process: every reduction is the identity.
+    pub fn single() -> Self {
+        let layout = ParallelLayout::new(1, 0, 1).expect("a world of one");
+        Self { world: Rc::new(World::single()), layout, bucket_size: DEFAULT_BUCKET_SIZE }
+    }
+
+    pub fn size(&self) -> usize {
+        self.layout.dp
+    }
+
+    /// Rank 0 of the job writes the run's files (checkpoints, metrics, TensorBoard, plots).
+    pub fn is_root(&self) -> bool {
+        self.layout.rank == 0
+    }
+
+    /// Sum host gradients over the data-parallel ranks in place, bucket by bucket.
+    pub fn all_reduce_grads(&self, grads: &mut [Tensor]) -> Result<()> {
+        if self.size() == 1 || grads.is_empty() {
+            return Ok(());
+        }
+        with_float!(grads[0].dtype(), "data-parallel gradient all-reduce", T => {
+            let mut start = 0;
+            while start < grads.len() {
+                let mut end = start + 1;
+                let mut len = grads[start].numel();
+                while end < grads.len() && len + grads[end].numel() <= self.bucket_size {
+                    len += grads[end].numel();
+                    end += 1;
+                }
+                let mut bucket: Vec<T> = Vec::with_capacity(len);
+                for g in &grads[start..end] {
+                    bucket.extend_from_slice(g.data::<T>()?);
+                }
+                self.world.all_reduce_sum(&mut bucket);
+                let mut offset = 0;
+                for g in &mut grads[start..end] {
+                    let n = g.numel();
+                    g.data_mut::<T>()?.copy_from_slice(&bucket[offset..offset + n]);
+                    offset += n;
+                }
+                start = end;
+            }
+        });
+        Ok(())
+    }
+
+    /// Sum `values` over the data-parallel ranks.
+    pub fn sum(&self, values: &mut [f64]) {
+        if self.size() > 1 {
+            self.world.all_reduce_sum(values);
+        }
+    }
+
+    /// Every rank's parameters become rank 0's (host tensors).
+    pub fn broadcast_from_root(&self, tensors: &mut [Tensor]) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        for t in tensors {
+            with_float!(t.dtype(), "broadcasting the weights", T => self.world.broadcast(t.data_mut::<T>()?, 0));
+        }
+        Ok(())
+    }
+}

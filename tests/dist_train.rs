@@ -1,0 +1,198 @@
+//! `mpirun -np 2 retro train` on the CPU: data parallelism equals one process with the same global
+//! batch, a data-parallel checkpoint resumes in one process, and the job's failures end every rank
+//! (bad world shapes and batches refused before any work, an error on one rank, a rank killed).
+//! Needs `mpirun` (OpenMPI; ./scripts/test installs it) and a build with `--features mpi`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::s;
+
+fn project() -> &'static PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("retro-dist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let project = dir.join("project");
+        let (code, _, err) = common::preprocess_small(&dir, &project, &["--eval-interval", "2", "--eval-iters", "2"]);
+        assert_eq!(code, 0, "{err}");
+        project
+    })
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let d = project().parent().unwrap().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `retro train` with the test's settings: one process (`ranks` = 0) or `mpirun -np ranks`.
+fn train_command(ranks: usize, run: &Path, extra: &[&str]) -> Command {
+    let retro = env!("CARGO_BIN_EXE_retro");
+    let mut cmd = if ranks == 0 {
+        Command::new(retro)
+    } else {
+        let mut c = Command::new("mpirun");
+        c.args(["--allow-run-as-root", "--oversubscribe", "-np", &ranks.to_string(), retro]);
+        c
+    };
+    cmd.args([
+        "train",
+        "--project",
+        &s(project()),
+        "--save",
+        &s(run),
+        "--lr",
+        "2e-3",
+        "--lr-warmup-samples",
+        "4",
+        "--lr-decay-samples",
+        "20",
+    ]);
+    cmd.args(extra);
+    cmd
+}
+
+fn train(ranks: usize, run: &Path, extra: &[&str]) -> (i32, String) {
+    let out = train_command(ranks, run, extra).output().expect("running mpirun (is OpenMPI installed?)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn assert_close(what: &str, a: f64, b: f64, tol: f64) {
+    let rel = (a - b).abs() / b.abs().max(1e-12);
+    assert!(rel <= tol, "{what}: {a} vs {b} (relative {rel:.2e} > {tol:.0e})");
+}
+
+/// Losses, gradient norms and validation losses of two runs' metrics, step by step.
+fn assert_same_curve(got: &[serde_json::Value], want: &[serde_json::Value]) {
+    assert_eq!(got.len(), want.len(), "metrics records: {} vs {}", got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        let step = &w["step"];
+        assert_eq!(&g["step"], step);
+        for key in ["loss", "grad_norm", "valid_loss", "valid_ppl_without_retrieval"] {
+            if let Some(w) = w[key].as_f64() {
+                assert_close(&format!("step {step} {key}"), g[key].as_f64().expect(key), w, 1e-6);
+            }
+        }
+    }
+}
+
+// Two data-parallel ranks, each running 2 micro-batches of 1 of the global batch of 4, against one
+// process running all 4: the same losses, gradient norms and validation losses (f32: the gradient sums
+// differ only in order), and one metrics record per step.
+#[test]
+fn two_data_parallel_ranks_equal_one_process() {
+    let (one, two) = (run_dir("one"), run_dir("two"));
+    let args = ["--train-iters", "5", "--micro-batch-size", "1"];
+    let (code, out) = train(0, &one, &args);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = train(2, &two, &args);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("\"iterations\"").count(), 1, "only rank 0 prints the summary: {out}");
+    let (a, b) = (metrics(&two), metrics(&one));
+    assert_eq!(a.len(), 5, "one record per step");
+    assert_same_curve(&a, &b);
+    assert!(a[1]["valid_loss"].is_number(), "evaluated at step 2");
+}
+
+// Preprocessing does not divide its work yet: two processes would build one directory twice.
+#[test]
+fn preprocessing_under_mpirun_is_refused() {
+    let dir = project().parent().unwrap().join("preprocess-2");
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_retro"), "preprocess"])
+        .args(["--input", &s(&common::corpus(project().parent().unwrap())), "--project", &s(&dir)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("retro preprocess does not divide its work"), "{text}");
+    assert!(!dir.exists(), "{} was created", dir.display());
+}
+
+// A run of two ranks saved at step 3 and resumed by one process continues as the one-process run.
+#[test]
+fn a_data_parallel_checkpoint_resumes_in_one_process() {
+    let (whole, split) = (run_dir("whole"), run_dir("split"));
+    let (code, out) = train(0, &whole, &["--train-iters", "5", "--micro-batch-size", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = train(2, &split, &["--train-iters", "3", "--micro-batch-size", "2", "--save-interval", "3"]);
+    assert_eq!(code, 0, "{out}");
+    let load = s(&split);
+    let (code, out) = train(0, &split, &["--train-iters", "5", "--micro-batch-size", "2", "--load", &load]);
+    assert_eq!(code, 0, "{out}");
+    assert_same_curve(&metrics(&split), &metrics(&whole));
+}
+
+// Refused on every rank before any work: nothing is written to --save.
+#[test]
+fn bad_batches_and_world_shapes_are_refused_before_any_work() {
+    let cases: [(&[&str], &str); 2] = [
+        (&["--micro-batch-size", "4"], "is not divisible by --micro-batch-size 4 x 2 data-parallel ranks"),
+        (&["--tensor-model-parallel-size", "3"], "--tensor-model-parallel-size 3 does not divide the 2 processes"),
+    ];
+    for (extra, message) in cases {
+        let run = run_dir("refused");
+        let (code, out) = train(2, &run, extra);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(message), "expected {message:?} in: {out}");
+        assert!(!run.exists(), "{} was created", run.display());
+    }
+}
+
+// Rank 0 cannot create --save (a path under a file): its error ends the job (MPI_Abort) with its message
+// while rank 1 waits in the first collective.
+#[test]
+fn an_error_on_one_rank_ends_the_job_with_its_message() {
+    let file = project().parent().unwrap().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let start = Instant::now();
+    let (code, out) = train(2, &file.join("run"), &["--train-iters", "2"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("rank 0 of 2") && out.contains("cannot create the directory"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+}
+
+// A rank killed by a signal mid-run: every other rank exits and mpirun fails within 60 seconds, naming it.
+#[test]
+fn a_killed_rank_ends_the_job_within_a_minute() {
+    let run = run_dir("killed");
+    let mut job = train_command(2, &run, &["--train-iters", "100000", "--micro-batch-size", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !run.join("metrics.jsonl").exists() || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().is_empty()
+    {
+        assert!(Instant::now() < deadline, "no step within 300 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The ranks are mpirun's children; kill the last one.
+    let ps = Command::new("ps").args(["-o", "pid=", "--ppid", &job.id().to_string()]).output().unwrap();
+    let ranks: Vec<String> = String::from_utf8_lossy(&ps.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(ranks.len(), 2, "mpirun's children: {ranks:?}");
+    let killed = Instant::now();
+    assert!(Command::new("kill").args(["-9", &ranks[1]]).status().unwrap().success());
+    loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            assert!(!status.success(), "mpirun succeeded after a rank was killed");
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "the job still runs 60 s after a rank was killed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = job.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("rank"), "mpirun's report should name the rank: {text}");
+}
