@@ -163,6 +163,51 @@ fn an_error_on_one_rank_ends_the_job_with_its_message() {
     assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
 }
 
+// SIGTERM to one rank (as Slurm sends before the time limit) with --exit-signal-handler: both ranks
+// finish the same step, rank 0 saves, the job exits 0; resumed, the run equals an uninterrupted one bitwise.
+#[test]
+fn sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_run_resumes_bitwise() {
+    let run = run_dir("sigterm");
+    let common = ["--micro-batch-size", "1", "--exit-signal-handler"];
+    let mut job = train_command(2, &run, &[&common[..], &["--train-iters", "100000"]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ranks = ranks_after_first_step(&mut job, &run);
+    assert!(Command::new("kill").args(["-TERM", &ranks[1]]).status().unwrap().success());
+    let out = job.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("--exit-signal-handler (SIGTERM): stopped after iteration"), "{text}");
+    let stopped = metrics(&run).len();
+    let saved = std::fs::read_to_string(run.join("latest_checkpointed_iteration.txt")).unwrap();
+    assert_eq!(saved, stopped.to_string(), "the checkpoint is the last step's");
+    let total = (stopped + 2).to_string();
+    let load = s(&run);
+    let (code, out) = train(2, &run, &["--micro-batch-size", "1", "--train-iters", &total, "--load", &load]);
+    assert_eq!(code, 0, "{out}");
+    let whole = run_dir("sigterm-whole");
+    let (code, out) = train(2, &whole, &["--micro-batch-size", "1", "--train-iters", &total]);
+    assert_eq!(code, 0, "{out}");
+    let losses = |r: &Path| metrics(r).iter().map(|m| m["loss"].to_string()).collect::<Vec<_>>();
+    assert_eq!(losses(&run), losses(&whole), "losses differ after a SIGTERM stop and resume");
+}
+
+/// Waits until the run has logged a step, then returns the pids of mpirun's children (the ranks).
+fn ranks_after_first_step(job: &mut std::process::Child, run: &Path) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(true, |m| m.is_empty()) {
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before its first step");
+        assert!(Instant::now() < deadline, "no step within 300 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ps = Command::new("ps").args(["-o", "pid=", "--ppid", &job.id().to_string()]).output().unwrap();
+    let ranks: Vec<String> = String::from_utf8_lossy(&ps.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(ranks.len(), 2, "mpirun's children: {ranks:?}");
+    ranks
+}
+
 // A rank killed by a signal mid-run: every other rank exits and mpirun fails within 60 seconds, naming it.
 #[test]
 fn a_killed_rank_ends_the_job_within_a_minute() {
@@ -172,16 +217,7 @@ fn a_killed_rank_ends_the_job_within_a_minute() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !run.join("metrics.jsonl").exists() || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().is_empty()
-    {
-        assert!(Instant::now() < deadline, "no step within 300 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // The ranks are mpirun's children; kill the last one.
-    let ps = Command::new("ps").args(["-o", "pid=", "--ppid", &job.id().to_string()]).output().unwrap();
-    let ranks: Vec<String> = String::from_utf8_lossy(&ps.stdout).split_whitespace().map(str::to_string).collect();
-    assert_eq!(ranks.len(), 2, "mpirun's children: {ranks:?}");
+    let ranks = ranks_after_first_step(&mut job, &run);
     let killed = Instant::now();
     assert!(Command::new("kill").args(["-9", &ranks[1]]).status().unwrap().success());
     loop {

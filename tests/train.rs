@@ -88,6 +88,32 @@ fn ten_steps_equal_five_then_resume_five_bitwise() {
     assert!(last < first, "loss {first} -> {last}");
 }
 
+// Megatron's exit flags stop the run early with a checkpoint and exit 0; --load then continues it
+// bitwise. --exit-duration-in-mins stops after the first step that passes the limit.
+#[test]
+fn exit_interval_and_duration_stop_with_a_checkpoint_that_resumes_bitwise() {
+    let whole = run_dir("exit-whole");
+    let (code, _, err) = train(&whole, &["--train-iters", "6"]);
+    assert_eq!(code, 0, "{err}");
+    let split = run_dir("exit-split");
+    let (code, out, err) = train(&split, &["--train-iters", "6", "--exit-interval", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--exit-interval: stopped after iteration 4, checkpoint saved"), "{err}");
+    assert!(out.contains("\"iterations\":4") && out.contains("\"stopped_by\":\"--exit-interval\""), "{out}");
+    assert_eq!(std::fs::read_to_string(split.join("latest_checkpointed_iteration.txt")).unwrap(), "4");
+    let (code, _, err) = train(&split, &["--train-iters", "6", "--load", &s(&split)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(losses(&whole), losses(&split), "losses differ after an --exit-interval stop and resume");
+
+    let timed = run_dir("exit-duration");
+    let (code, out, err) = train(&timed, &["--train-iters", "6", "--exit-duration-in-mins", "0.0001"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"iterations\":1") && err.contains("--exit-duration-in-mins"), "{out} {err}");
+    assert_eq!(std::fs::read_to_string(timed.join("latest_checkpointed_iteration.txt")).unwrap(), "1");
+    let (code, _, err) = train(&timed, &["--train-iters", "6", "--exit-interval", "0"]);
+    assert!(code != 0 && err.contains("must be positive"), "{err}");
+}
+
 #[test]
 fn keep_retains_only_the_newest_checkpoints_and_the_gpt_baseline_trains() {
     let run = run_dir("keep");

@@ -76,6 +76,16 @@ pub struct Args {
     /// gradient arena in one NCCL call).
     #[arg(long, default_value_t = retro::train::data_parallel::DEFAULT_BUCKET_SIZE)]
     pub ddp_bucket_size: usize,
+    /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
+    #[arg(long)]
+    pub exit_interval: Option<u64>,
+    /// Stop once the run has trained this many minutes (saving a checkpoint; exit 0).
+    #[arg(long)]
+    pub exit_duration_in_mins: Option<f64>,
+    /// On SIGTERM (Slurm's warning before the time limit) finish the step, save a checkpoint and exit 0.
+    /// Every rank stops at the same iteration, whichever rank got the signal.
+    #[arg(long)]
+    pub exit_signal_handler: bool,
 }
 
 /// Under `mpirun -np N` every process is a data-parallel rank; an error on any rank ends the whole job
@@ -123,6 +133,9 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         device,
         tensor_model_parallel_size,
         ddp_bucket_size,
+        exit_interval,
+        exit_duration_in_mins,
+        exit_signal_handler,
     } = args;
     let layout = retro::dist::ParallelLayout::new(world.size(), world.rank(), tensor_model_parallel_size)?;
     if layout.tp > 1 {
@@ -131,6 +144,9 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
              (--tensor-model-parallel-size 1, every process a data-parallel rank)",
             layout.tp
         )));
+    }
+    if exit_interval == Some(0) || exit_duration_in_mins.is_some_and(|m| m.is_nan() || m <= 0.0) {
+        return Err(retro::Error::msg("--exit-interval and --exit-duration-in-mins must be positive"));
     }
     if ddp_bucket_size == 0 {
         return Err(retro::Error::msg("--ddp-bucket-size must be at least 1 element"));
@@ -196,12 +212,18 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         tensorboard_dir,
         device,
+        exit: retro::train::exit::ExitConditions {
+            interval: exit_interval,
+            duration_mins: exit_duration_in_mins,
+            on_sigterm: exit_signal_handler,
+        },
     };
     let s = retro::train::trainer::train(&args, &dp)?;
     if dp.is_root() {
         println!(
             "{}",
-            serde_json::json!({"iterations": s.iterations, "final_loss": s.final_loss, "valid_loss": s.valid_loss, "save": save})
+            serde_json::json!({"iterations": s.iterations, "stopped_by": s.stopped_by, "final_loss": s.final_loss,
+                "valid_loss": s.valid_loss, "save": save})
         );
     }
     Ok(())

@@ -106,6 +106,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             progress: true,
             tensorboard_dir: Some(o.dir.join(format!("tensorboard-{name}"))),
             device: crate::tensor::Device::Cpu,
+            exit: Default::default(),
         };
         let t = Instant::now();
         let s = trainer::train(&args, &crate::train::data_parallel::DataParallel::single())?;

@@ -6,6 +6,7 @@ pub mod data_parallel;
 #[cfg(not(no_cuda_kernels))]
 pub mod device_optimizer;
 pub mod engine;
+pub mod exit;
 pub mod loader;
 pub mod param_arena;
 pub mod plot;

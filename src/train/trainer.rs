@@ -48,6 +48,8 @@ pub struct TrainArgs {
     /// Where the steps run (`train::Engine`): the CPU (f32) or a GPU (the same model with bf16 activations
     /// and f32 master weights; evaluation and checkpoints go through the CPU copy of the model).
     pub device: crate::tensor::Device,
+    /// When the run stops before `train_iters` (saving a checkpoint first).
+    pub exit: super::exit::ExitConditions,
 }
 
 /// The model config for a project: the preset's shape with the project's vocabulary and lengths.
@@ -120,6 +122,8 @@ fn check_writable(dir: &Path) -> Result<()> {
 
 pub struct Summary {
     pub iterations: u64,
+    /// Why the run stopped before `train_iters` (an exit condition), if it did.
+    pub stopped_by: Option<String>,
     pub final_loss: f64,
     pub valid_loss: Option<f64>,
 }
@@ -147,7 +151,8 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
     let bar = progress_bar(args, iteration, dp.is_root());
     let start = Instant::now();
     let tokens_per_step = (args.global_batch * config.seq_length) as f64;
-    let (mut last_loss, mut valid_loss) = (f64::NAN, None);
+    let (mut last_loss, mut valid_loss, mut stopped_by) = (f64::NAN, None, None);
+    args.exit.install();
     while iteration < args.train_iters {
         let t0 = Instant::now();
         let mut micro_batches = (0..per_rank)
@@ -160,7 +165,10 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
         consumed += args.global_batch as u64;
         last_loss = loss;
         let evaluating = args.eval_interval > 0 && iteration % args.eval_interval == 0 && data.valid.is_some();
-        let saving = (args.save_interval > 0 && iteration % args.save_interval == 0) || iteration == args.train_iters;
+        stopped_by = args.exit.agreed(iteration, start.elapsed(), dp);
+        let saving = (args.save_interval > 0 && iteration % args.save_interval == 0)
+            || iteration == args.train_iters
+            || stopped_by.is_some();
         if saving && dp.is_root() {
             engine.to_host(&mut model, &mut opt)?;
         }
@@ -175,20 +183,29 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
             let leaves = engine.leaves(&model);
             valid_loss = Some(evaluate_into(&mut line, &model, leaves, valid, args, retrieval, dp)?);
         }
-        let Some(files) = &mut outputs else { continue };
-        files.record(&line, iteration)?;
-        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
-        bar.set_position(iteration);
-        if saving {
-            // (For a GPU run, `to_host` above has copied the weights and moments into `model` and `opt`.)
-            let state = State {
-                iteration,
-                consumed_samples: consumed,
-                optimizer_step: opt.step,
-                run: identity.clone(),
-                files: Default::default(),
-            };
-            checkpoint::save(&args.save, &model, &opt, &state, args.keep)?;
+        if let Some(files) = &mut outputs {
+            files.record(&line, iteration)?;
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
+            bar.set_position(iteration);
+            if saving {
+                // (For a GPU run, `to_host` above has copied the weights and moments into `model` and `opt`.)
+                let state = State {
+                    iteration,
+                    consumed_samples: consumed,
+                    optimizer_step: opt.step,
+                    run: identity.clone(),
+                    files: Default::default(),
+                };
+                checkpoint::save(&args.save, &model, &opt, &state, args.keep)?;
+            }
+        }
+        if let Some(reason) = &stopped_by {
+            if dp.is_root() {
+                bar.suspend(|| {
+                    eprintln!("retro train: {reason}: stopped after iteration {iteration}, checkpoint saved")
+                });
+            }
+            break;
         }
     }
     bar.finish_and_clear();
@@ -197,7 +214,7 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
             super::plot::metrics_series(&args.save.join("metrics.jsonl"), if retrieval { "retro" } else { "gpt" })?;
         super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
     }
-    Ok(Summary { iterations: iteration, final_loss: last_loss, valid_loss })
+    Ok(Summary { iterations: iteration, stopped_by, final_loss: last_loss, valid_loss })
 }
 
 /// What rank 0 writes every step: a line of metrics.jsonl (synced), and TensorBoard scalars.
