@@ -71,6 +71,9 @@ enum Bench {
     Loader(cli::bench_loader::Args),
     /// BERT chunk-embedding throughput on 64-token chunks of a corpus.
     Embed(cli::bench_embed::Args),
+    /// Under `mpirun -np N`: the data-parallel gradient all-reduce (bucketed, as training runs it) on a
+    /// model's gradient shapes against one plain MPI_Allreduce of the same bytes; bus bandwidth.
+    Allreduce(cli::bench_allreduce::Args),
 }
 
 /// Exit code 0, or the error on stderr and `code` (2: bad input or settings, 1: failures of benchmarks
@@ -109,5 +112,6 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Kernels(a)) => finish("bench kernels", cli::bench_kernels::run(a), 1),
         Command::Bench(Bench::Loader(a)) => finish("bench loader", cli::bench_loader::run(a), 1),
         Command::Bench(Bench::Embed(a)) => finish("bench embed", cli::bench_embed::run(a), 1),
+        Command::Bench(Bench::Allreduce(a)) => finish("bench allreduce", cli::bench_allreduce::run(a), 1),
     }
 }

@@ -1,5 +1,5 @@
-//! `mpirun -np 2 retro train` on the CPU: data parallelism equals one process with the same global
-//! batch, a data-parallel checkpoint resumes in one process, and the job's failures end every rank
+//! `mpirun -np 2 retro train` on the CPU: data parallelism (plain, and with the distributed optimizer)
+//! equals one process with the same global batch, a data-parallel checkpoint resumes in one process, and the job's failures end every rank
 //! (bad world shapes and batches refused before any work, an error on one rank, a rank killed).
 //! Needs `mpirun` (OpenMPI; ./scripts/test installs it) and a build with `--features mpi`.
 
@@ -104,6 +104,11 @@ fn two_data_parallel_ranks_equal_one_process() {
     assert_eq!(a.len(), 5, "one record per step");
     assert_same_curve(&a, &b);
     assert!(a[1]["valid_loss"].is_number(), "evaluated at step 2");
+    // The distributed optimizer (moments split across the ranks) takes the same steps.
+    let zero = run_dir("two-zero");
+    let (code, out) = train(2, &zero, &[&args[..], &["--use-distributed-optimizer"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert_same_curve(&metrics(&zero), &b);
 }
 
 // Preprocessing does not divide its work yet: two processes would build one directory twice.
@@ -120,18 +125,23 @@ fn preprocessing_under_mpirun_is_refused() {
     assert!(!dir.exists(), "{} was created", dir.display());
 }
 
-// A run of two ranks saved at step 3 and resumed by one process continues as the one-process run.
+// A run of two ranks saved at step 3 and resumed by one process continues as the one-process run; with
+// the distributed optimizer too (its checkpoint gathers the moments every rank holds a shard of).
 #[test]
 fn a_data_parallel_checkpoint_resumes_in_one_process() {
-    let (whole, split) = (run_dir("whole"), run_dir("split"));
+    let whole = run_dir("whole");
     let (code, out) = train(0, &whole, &["--train-iters", "5", "--micro-batch-size", "2"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = train(2, &split, &["--train-iters", "3", "--micro-batch-size", "2", "--save-interval", "3"]);
-    assert_eq!(code, 0, "{out}");
-    let load = s(&split);
-    let (code, out) = train(0, &split, &["--train-iters", "5", "--micro-batch-size", "2", "--load", &load]);
-    assert_eq!(code, 0, "{out}");
-    assert_same_curve(&metrics(&split), &metrics(&whole));
+    for (name, extra) in [("split", &[][..]), ("split-zero", &["--use-distributed-optimizer"][..])] {
+        let split = run_dir(name);
+        let first = [&["--train-iters", "3", "--micro-batch-size", "2", "--save-interval", "3"][..], extra].concat();
+        let (code, out) = train(2, &split, &first);
+        assert_eq!(code, 0, "{out}");
+        let load = s(&split);
+        let (code, out) = train(0, &split, &["--train-iters", "5", "--micro-batch-size", "2", "--load", &load]);
+        assert_eq!(code, 0, "{out}");
+        assert_same_curve(&metrics(&split), &metrics(&whole));
+    }
 }
 
 // Refused on every rank before any work: nothing is written to --save.

@@ -16,8 +16,20 @@ fn main() {
     let mut f64s = vec![0.1 * (rank + 1) as f64; 3];
     world.all_reduce_sum(&mut f64s);
     assert!(f64s.iter().all(|x| (x - 0.1 * ranks_sum).abs() < 1e-12), "f64 sum {f64s:?} on rank {rank}");
+    // Reduce-scatter: block b of the sum is sum over ranks r of (r + 1) * (b + 1); all-gather puts every
+    // rank's block back in rank order.
+    let block = 5;
+    let send: Vec<f32> = (0..size * block).map(|i| ((rank + 1) * (i / block + 1)) as f32).collect();
+    let mut mine = vec![0f32; block];
+    world.reduce_scatter_sum(&send, &mut mine);
+    assert!(mine.iter().all(|&x| x as f64 == ranks_sum * (rank + 1) as f64), "reduce-scatter {mine:?} on rank {rank}");
+    let mut all = vec![0f32; size * block];
+    world.all_gather(&mine, &mut all);
+    for (i, x) in all.iter().enumerate() {
+        assert_eq!(*x as f64, ranks_sum * (i / block + 1) as f64, "all-gather element {i} on rank {rank}");
+    }
     world.barrier();
-    println!("mpi_world: rank {rank} of {size}: all-reduce ok ({})", world.describe());
+    println!("mpi_world: rank {rank} of {size}: all-reduce, reduce-scatter, all-gather ok ({})", world.describe());
     if std::env::var("RETRO_TEST_NCCL").is_ok_and(|v| v == "1") {
         nccl_all_reduce(&world);
     }

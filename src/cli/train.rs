@@ -76,6 +76,10 @@ pub struct Args {
     /// gradient arena in one NCCL call).
     #[arg(long, default_value_t = retro::train::data_parallel::DEFAULT_BUCKET_SIZE)]
     pub ddp_bucket_size: usize,
+    /// Megatron's distributed optimizer (ZeRO-1): the AdamW moments split across the data-parallel ranks,
+    /// gradients reduce-scattered, updated weight shards all-gathered. CPU only so far.
+    #[arg(long)]
+    pub use_distributed_optimizer: bool,
     /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
     #[arg(long)]
     pub exit_interval: Option<u64>,
@@ -133,6 +137,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         device,
         tensor_model_parallel_size,
         ddp_bucket_size,
+        use_distributed_optimizer,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -152,7 +157,12 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         return Err(retro::Error::msg("--ddp-bucket-size must be at least 1 element"));
     }
     share_cores(&world);
-    let dp = retro::train::data_parallel::DataParallel { world: world.clone(), layout, bucket_size: ddp_bucket_size };
+    let dp = retro::train::data_parallel::DataParallel {
+        world: world.clone(),
+        layout,
+        bucket_size: ddp_bucket_size,
+        distributed_optimizer: use_distributed_optimizer,
+    };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = match retro::backend::select_device(&device)? {
         retro::tensor::Device::Cuda(_) if world.size() > 1 => retro::tensor::Device::Cuda(world.local_rank()),

@@ -97,14 +97,56 @@ impl World {
 
     /// In-place element-wise sum over all ranks; every rank receives the same values.
     pub fn all_reduce_sum<T: Element>(&self, buf: &mut [T]) {
-        #[cfg(feature = "mpi")]
-        if let Backend::Mpi { comm, .. } = &self.backend {
-            use mpi::collective::{CommunicatorCollectives, SystemOperation};
+        if self.size() > 1 {
             let send = buf.to_vec();
-            comm.all_reduce_into(&send[..], buf, SystemOperation::sum());
+            self.all_reduce_sum_into(&send, buf);
         }
-        #[cfg(not(feature = "mpi"))]
-        let _ = buf;
+    }
+
+    /// The element-wise sum over all ranks of `send` into `recv` (same length) on every rank.
+    pub fn all_reduce_sum_into<T: Element>(&self, send: &[T], recv: &mut [T]) {
+        assert_eq!(send.len(), recv.len(), "all-reduce of {} elements into {}", send.len(), recv.len());
+        match &self.backend {
+            Backend::Single => recv.copy_from_slice(send),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, .. } => {
+                use mpi::collective::{CommunicatorCollectives, SystemOperation};
+                comm.all_reduce_into(send, recv, SystemOperation::sum());
+            }
+        }
+    }
+
+    /// `send` (`size` blocks of `recv.len()` elements) summed over all ranks; this rank receives block
+    /// `rank` of the sum (MPI_Reduce_scatter_block).
+    pub fn reduce_scatter_sum<T: Element>(&self, send: &[T], recv: &mut [T]) {
+        assert_eq!(
+            send.len(),
+            recv.len() * self.size(),
+            "reduce-scatter of {} into blocks of {}",
+            send.len(),
+            recv.len()
+        );
+        match &self.backend {
+            Backend::Single => recv.copy_from_slice(send),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, .. } => {
+                use mpi::collective::{CommunicatorCollectives, SystemOperation};
+                comm.reduce_scatter_block_into(send, recv, SystemOperation::sum());
+            }
+        }
+    }
+
+    /// Every rank's `send`, in rank order, into `recv` (`size` x `send.len()` elements) on every rank.
+    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T]) {
+        assert_eq!(recv.len(), send.len() * self.size(), "all-gather of {} into {}", send.len(), recv.len());
+        match &self.backend {
+            Backend::Single => recv.copy_from_slice(send),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, .. } => {
+                use mpi::collective::CommunicatorCollectives;
+                comm.all_gather_into(send, recv);
+            }
+        }
     }
 
     /// Overwrite `buf` on every rank with rank `root`'s values.

@@ -6,7 +6,7 @@
 //! validation sums, and rank 0's initial weights to every rank.
 
 use crate::dist::{ParallelLayout, World};
-use crate::tensor::Tensor;
+use crate::tensor::{Float, Tensor};
 use crate::{with_float, Result};
 use std::rc::Rc;
 
@@ -18,13 +18,15 @@ pub struct DataParallel {
     pub world: Rc<World>,
     pub layout: ParallelLayout,
     pub bucket_size: usize,
+    /// `--use-distributed-optimizer`: the AdamW moments split across the ranks (distributed_optimizer.rs).
+    pub distributed_optimizer: bool,
 }
 
 impl DataParallel {
     /// One process: every reduction is the identity.
     pub fn single() -> Self {
         let layout = ParallelLayout::new(1, 0, 1).expect("a world of one");
-        Self { world: Rc::new(World::single()), layout, bucket_size: DEFAULT_BUCKET_SIZE }
+        Self { world: Rc::new(World::single()), layout, bucket_size: DEFAULT_BUCKET_SIZE, distributed_optimizer: false }
     }
 
     pub fn size(&self) -> usize {
@@ -50,15 +52,18 @@ impl DataParallel {
                     len += grads[end].numel();
                     end += 1;
                 }
+                // Packed, reduced into a second buffer (MPI needs distinct send and receive buffers),
+                // unpacked: the same two copies an in-place all-reduce of one flat buffer makes.
                 let mut bucket: Vec<T> = Vec::with_capacity(len);
                 for g in &grads[start..end] {
                     bucket.extend_from_slice(g.data::<T>()?);
                 }
-                self.world.all_reduce_sum(&mut bucket);
+                let mut summed = vec![T::from_f64(0.0); len];
+                self.world.all_reduce_sum_into(&bucket, &mut summed);
                 let mut offset = 0;
                 for g in &mut grads[start..end] {
                     let n = g.numel();
-                    g.data_mut::<T>()?.copy_from_slice(&bucket[offset..offset + n]);
+                    g.data_mut::<T>()?.copy_from_slice(&summed[offset..offset + n]);
                     offset += n;
                 }
                 start = end;

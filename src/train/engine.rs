@@ -29,6 +29,8 @@ pub struct Engine {
     losses: Vec<Tensor>,
     /// The data-parallel ranks whose gradients each step sums (one process: the identity).
     data_parallel: super::data_parallel::DataParallel,
+    /// `--use-distributed-optimizer` on the CPU: this rank's shard of the AdamW moments.
+    sharded: Option<super::distributed_optimizer::ShardedAdamW>,
     #[cfg(not(no_cuda_kernels))]
     gpu: Option<super::device_optimizer::DeviceOptimizer>,
 }
@@ -67,23 +69,47 @@ impl Engine {
 
     #[cfg(not(no_cuda_kernels))]
     fn around(device: Device, gpu: Option<super::device_optimizer::DeviceOptimizer>) -> Self {
-        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), data_parallel: DataParallel::single(), gpu }
+        Self {
+            device,
+            grads: None,
+            micro_batches: 0,
+            losses: Vec::new(),
+            data_parallel: DataParallel::single(),
+            sharded: None,
+            gpu,
+        }
     }
 
     #[cfg(no_cuda_kernels)]
     fn around(device: Device, _: Option<()>) -> Self {
-        Self { device, grads: None, micro_batches: 0, losses: Vec::new(), data_parallel: DataParallel::single() }
+        Self {
+            device,
+            grads: None,
+            micro_batches: 0,
+            losses: Vec::new(),
+            data_parallel: DataParallel::single(),
+            sharded: None,
+        }
     }
 
     /// Sum every step's gradients over `dp`'s data-parallel ranks (on a GPU over NCCL, each rank on its
-    /// own device; collective: every rank calls it).
-    pub fn with_data_parallel(mut self, dp: DataParallel) -> Result<Self> {
+    /// own device; collective: every rank calls it). With `dp.distributed_optimizer` (CPU only) the
+    /// moments of `opt` are split across the ranks.
+    pub fn with_data_parallel(mut self, dp: DataParallel, model: &RetroModel, opt: &AdamW) -> Result<Self> {
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
+            crate::ensure!(
+                !dp.distributed_optimizer,
+                "--use-distributed-optimizer is built for the CPU only so far (on a GPU every rank keeps all moments)"
+            );
             if dp.size() > 1 {
                 let comm = crate::dist::nccl::NcclComm::new(&dp.world, gpu.gpu().clone())?;
                 gpu.set_data_parallel(comm);
             }
+        }
+        if dp.distributed_optimizer && self.device == Device::Cpu {
+            self.sharded =
+                Some(super::distributed_optimizer::ShardedAdamW::from_full(opt, &model.params.tensors, &dp)?);
         }
         self.data_parallel = dp;
         Ok(self)
@@ -142,6 +168,10 @@ impl Engine {
             return gpu.step(lr);
         }
         let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
+        if let Some(sharded) = &mut self.sharded {
+            let all = micro_batches * self.data_parallel.size();
+            return sharded.step(&mut model.params.tensors, &grads, lr, all, &self.data_parallel);
+        }
         self.data_parallel.all_reduce_grads(&mut grads)?;
         let micro_batches = micro_batches * self.data_parallel.size();
         if micro_batches > 1 {
@@ -152,8 +182,12 @@ impl Engine {
         opt.step(&mut model.params.tensors, &mut grads, lr)
     }
 
-    /// Bring the weights and optimizer state into `model` and `opt` (a no-op on the CPU, where they are).
+    /// Bring the weights and optimizer state into `model` and `opt` (on the CPU they are there, except the
+    /// distributed optimizer's moments, which are gathered: then a collective, every rank calls it).
     pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
+        if let Some(sharded) = &self.sharded {
+            return sharded.to_full(opt, &model.params.tensors, &self.data_parallel);
+        }
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &self.gpu {
             return gpu.to_host(model, opt);

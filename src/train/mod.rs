@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data_parallel;
 #[cfg(not(no_cuda_kernels))]
 pub mod device_optimizer;
+pub mod distributed_optimizer;
 pub mod engine;
 pub mod exit;
 pub mod loader;

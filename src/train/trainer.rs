@@ -145,7 +145,7 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
     let mut opt = AdamW::new(optimizer_config(args), &model.params.tensors);
     let (mut iteration, mut consumed) = resume(args, &config, &identity, &mut model, &mut opt)?;
     dp.broadcast_from_root(&mut model.params.tensors)?;
-    let mut engine = Engine::new(args.device, &model, &opt)?.with_data_parallel(dp.clone())?;
+    let mut engine = Engine::new(args.device, &model, &opt)?.with_data_parallel(dp.clone(), &model, &opt)?;
     let mut outputs = dp.is_root().then(|| RunFiles::open(args)).transpose()?;
     let batches = prefetch(Arc::new(data.train), micro_batch_plan(args, iteration, dp.layout.dp_rank(), per_rank), 4);
     let bar = progress_bar(args, iteration, dp.is_root());
@@ -169,8 +169,8 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
         let saving = (args.save_interval > 0 && iteration % args.save_interval == 0)
             || iteration == args.train_iters
             || stopped_by.is_some();
-        if saving && dp.is_root() {
-            engine.to_host(&mut model, &mut opt)?;
+        if saving {
+            engine.to_host(&mut model, &mut opt)?; // on every rank: the distributed optimizer gathers
         }
         let step_s = t0.elapsed().as_secs_f64();
         let mut line = json!({
