@@ -20,7 +20,7 @@
 mod common;
 
 use common::device::{
-    assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, round_bf16, shift_rows_reference, Dev, BF16_U,
+    assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, shift_rows_reference, Dev, BF16_U,
 };
 use retro::backend::cpu;
 use retro::backend::cpu::attention::Dims;
@@ -427,7 +427,7 @@ test_device!(adamw_arena_update_and_sum_of_squares, |dev| {
             assert_close("adamw exp_avg", dev, &m1, &f32v(&rm), 1e-6, 1e-6);
             assert_close("adamw exp_avg_sq", dev, &v1, &f32v(&rv), 1e-6, 1e-6);
             // The bf16 copy is the new f32 parameter rounded once.
-            assert_close("adamw bf16 copy", dev, &copy, &round_bf16(&p1), 0.0, 0.0);
+            assert_close("adamw bf16 copy", dev, &copy, &common::device::round_bf16(&p1), 0.0, 0.0);
         }
         return;
     }
