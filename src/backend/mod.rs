@@ -25,19 +25,29 @@ pub fn cuda_unavailable() -> Option<String> {
 
 /// `--device auto|cpu|cuda`: `auto` takes GPU 0 when CUDA is usable and says what it picked and why.
 pub fn select_device(choice: &str) -> crate::Result<Device> {
+    select_device_for(choice, 0, true)
+}
+
+/// `select_device` for one rank of a job: `gpu` is the GPU it takes (its node-local rank), and only the
+/// rank that `announce`s prints what `auto` chose.
+pub fn select_device_for(choice: &str, gpu: usize, announce: bool) -> crate::Result<Device> {
     match choice {
         "cpu" => Ok(Device::Cpu),
         "cuda" => match cuda_unavailable() {
             Some(why) => crate::bail!("--device cuda: {why}; use --device cpu"),
-            None => Ok(Device::Cuda(0)),
+            None => Ok(Device::Cuda(gpu)),
         },
         "auto" => match cuda_unavailable() {
             None => {
-                eprintln!("retro: --device auto -> cuda:0");
-                Ok(Device::Cuda(0))
+                if announce {
+                    eprintln!("retro: --device auto -> cuda:{gpu}");
+                }
+                Ok(Device::Cuda(gpu))
             }
             Some(why) => {
-                eprintln!("retro: --device auto -> cpu ({why})");
+                if announce {
+                    eprintln!("retro: --device auto -> cpu ({why})");
+                }
                 Ok(Device::Cpu)
             }
         },

@@ -164,10 +164,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         distributed_optimizer: use_distributed_optimizer,
     };
     // Each rank on its own GPU: the one its node-local rank names.
-    let device = match retro::backend::select_device(&device)? {
-        retro::tensor::Device::Cuda(_) if world.size() > 1 => retro::tensor::Device::Cuda(world.local_rank()),
-        d => d,
-    };
+    let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =
