@@ -93,6 +93,7 @@ fn finish(command: &str, result: retro::Result<()>, code: u8) -> ExitCode {
 static ALLOCATOR: retro::alloc_tuning::RetainingAllocator = retro::alloc_tuning::RetainingAllocator::new();
 
 fn main() -> ExitCode {
+    retro::train::exit::mark_process_start();
     let cli = Cli::parse();
     retro::alloc_tuning::keep_freed_memory();
     match cli.command {

@@ -83,7 +83,8 @@ pub struct Args {
     /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
     #[arg(long)]
     pub exit_interval: Option<u64>,
-    /// Stop once the run has trained this many minutes (saving a checkpoint; exit 0).
+    /// Stop once the process has run this many minutes, counted from its start as Megatron counts them
+    /// (saving a checkpoint after the step in progress; exit 0).
     #[arg(long)]
     pub exit_duration_in_mins: Option<f64>,
     /// On SIGTERM (Slurm's warning before the time limit) finish the step, save a checkpoint and exit 0.

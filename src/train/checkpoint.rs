@@ -33,6 +33,13 @@ pub struct State {
     pub files: BTreeMap<String, Sums>,
 }
 
+impl State {
+    /// The state of a run after `iteration` (the file checksums are filled in by `save`).
+    pub fn at(iteration: u64, consumed_samples: u64, optimizer_step: u64, run: serde_json::Value) -> Self {
+        Self { iteration, consumed_samples, optimizer_step, run, files: Default::default() }
+    }
+}
+
 /// The files a checkpoint directory holds beside state.json.
 const FILES: [&str; 2] = ["model.safetensors", "optimizer.safetensors"];
 const FIX: &str = "this checkpoint cannot be used";

@@ -1,6 +1,7 @@
 //! Megatron's ways for a cluster job to end on time: `--exit-interval N` (stop after every N-th
 //! iteration), `--exit-duration-in-mins M` (stop once the run has trained M minutes) and
-//! `--exit-signal-handler` (stop on SIGTERM, which Slurm sends ahead of the time limit). The step in
+//! `--exit-signal-handler` (stop on SIGTERM, which Slurm sends ahead of the time limit). The duration
+//! counts from the start of the process, as Megatron's does (`mark_process_start`, called by `main`). The step in
 //! progress finishes, a checkpoint is saved and the process exits 0, so `--load` continues the run as if
 //! it had never stopped. The ranks of a job agree (any rank's reason stops all of them, at the same
 //! iteration): each step ends with a small all-reduce of every rank's reasons.
@@ -20,6 +21,17 @@ pub struct ExitConditions {
 }
 
 static SIGTERM_RECEIVED: AtomicBool = AtomicBool::new(false);
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Remember now as the start of the process (the first call wins; `main` makes it first).
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
+/// Time since `mark_process_start` (or since the first call here, if it was never called).
+fn since_process_start() -> Duration {
+    PROCESS_START.get_or_init(std::time::Instant::now).elapsed()
+}
 
 extern "C" fn on_sigterm(_: libc::c_int) {
     // Async-signal-safe: one atomic store.
@@ -43,12 +55,13 @@ impl ExitConditions {
         }
     }
 
-    /// After `iteration` (trained for `elapsed`): the reasons every rank agrees to stop for (those any
-    /// rank has), or None. A collective when any condition is set: every rank calls it every step.
-    pub fn agreed(&self, iteration: u64, elapsed: Duration, dp: &DataParallel) -> Option<String> {
+    /// After `iteration`: the reasons every rank agrees to stop for (those any rank has), or None. A
+    /// collective when any condition is set: every rank calls it every step.
+    pub fn agreed(&self, iteration: u64, dp: &DataParallel) -> Option<String> {
         if !self.any() {
             return None;
         }
+        let elapsed = since_process_start();
         let mut flags = [
             f64::from(self.interval.is_some_and(|n| n > 0 && iteration % n == 0)),
             f64::from(self.duration_mins.is_some_and(|m| elapsed.as_secs_f64() / 60.0 >= m)),

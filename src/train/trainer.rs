@@ -165,7 +165,7 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
         consumed += args.global_batch as u64;
         last_loss = loss;
         let evaluating = args.eval_interval > 0 && iteration % args.eval_interval == 0 && data.valid.is_some();
-        stopped_by = args.exit.agreed(iteration, start.elapsed(), dp);
+        stopped_by = args.exit.agreed(iteration, dp);
         let saving = (args.save_interval > 0 && iteration % args.save_interval == 0)
             || iteration == args.train_iters
             || stopped_by.is_some();
@@ -188,14 +188,8 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tokens_per_step / step_s));
             bar.set_position(iteration);
             if saving {
-                // (For a GPU run, `to_host` above has copied the weights and moments into `model` and `opt`.)
-                let state = State {
-                    iteration,
-                    consumed_samples: consumed,
-                    optimizer_step: opt.step,
-                    run: identity.clone(),
-                    files: Default::default(),
-                };
+                // (`to_host` above has brought the weights and moments into `model` and `opt`.)
+                let state = State::at(iteration, consumed, opt.step, identity.clone());
                 checkpoint::save(&args.save, &model, &opt, &state, args.keep)?;
             }
         }
