@@ -43,7 +43,7 @@ pub fn run(world: Rc<World>, config: &RetroConfig, bucket_size: usize, reps: usi
     })?;
     let bytes = (elements * 4) as f64;
     let bus = |s: f64| bytes / s * 2.0 * (n as f64 - 1.0) / n as f64 / 1e9;
-    let buckets = dp_buckets(&grads, bucket_size);
+    let buckets = dp.buckets(&grads.iter().map(Tensor::numel).collect::<Vec<_>>()).len();
     Ok(json!({
         "bench": "allreduce", "ranks": n, "tensors": grads.len(), "elements": elements, "bytes": bytes,
         "bucket_size": bucket_size, "buckets": buckets,
@@ -51,17 +51,4 @@ pub fn run(world: Rc<World>, config: &RetroConfig, bucket_size: usize, reps: usi
         "bucketed_busbw_gbps": bus(bucketed), "plain_busbw_gbps": bus(plain),
         "bucketed_vs_plain": plain / bucketed,
     }))
-}
-
-/// How many all-reduces `all_reduce_grads` makes of these tensors.
-fn dp_buckets(grads: &[Tensor], bucket_size: usize) -> usize {
-    let (mut buckets, mut len) = (0, 0);
-    for g in grads {
-        if buckets == 0 || len + g.numel() > bucket_size {
-            buckets += 1;
-            len = 0;
-        }
-        len += g.numel();
-    }
-    buckets
 }

@@ -8,6 +8,7 @@
 use crate::dist::{ParallelLayout, World};
 use crate::tensor::{Float, Tensor};
 use crate::{with_float, Result};
+use std::ops::Range;
 use std::rc::Rc;
 
 /// Megatron's default `--ddp-bucket-size`: 40M elements.
@@ -38,35 +39,46 @@ impl DataParallel {
         self.layout.rank == 0
     }
 
+    /// The buckets `all_reduce_grads` reduces tensors of these element counts in: consecutive tensors,
+    /// each whole, at most `bucket_size` elements per bucket (a larger tensor is a bucket of its own).
+    pub fn buckets(&self, numels: &[usize]) -> Vec<Range<usize>> {
+        let mut buckets = Vec::new();
+        let mut start = 0;
+        while start < numels.len() {
+            let (mut end, mut len) = (start + 1, numels[start]);
+            while end < numels.len() && len + numels[end] <= self.bucket_size {
+                len += numels[end];
+                end += 1;
+            }
+            buckets.push(start..end);
+            start = end;
+        }
+        buckets
+    }
+
     /// Sum host gradients over the data-parallel ranks in place, bucket by bucket.
     pub fn all_reduce_grads(&self, grads: &mut [Tensor]) -> Result<()> {
         if self.size() == 1 || grads.is_empty() {
             return Ok(());
         }
+        let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
         with_float!(grads[0].dtype(), "data-parallel gradient all-reduce", T => {
-            let mut start = 0;
-            while start < grads.len() {
-                let mut end = start + 1;
-                let mut len = grads[start].numel();
-                while end < grads.len() && len + grads[end].numel() <= self.bucket_size {
-                    len += grads[end].numel();
-                    end += 1;
-                }
+            for range in self.buckets(&numels) {
+                let len: usize = numels[range.clone()].iter().sum();
                 // Packed, reduced into a second buffer (MPI needs distinct send and receive buffers),
                 // unpacked: the same two copies an in-place all-reduce of one flat buffer makes.
                 let mut bucket: Vec<T> = Vec::with_capacity(len);
-                for g in &grads[start..end] {
+                for g in &grads[range.clone()] {
                     bucket.extend_from_slice(g.data::<T>()?);
                 }
                 let mut summed = vec![T::from_f64(0.0); len];
                 self.world.all_reduce_sum_into(&bucket, &mut summed);
                 let mut offset = 0;
-                for g in &mut grads[start..end] {
+                for g in &mut grads[range] {
                     let n = g.numel();
                     g.data_mut::<T>()?.copy_from_slice(&summed[offset..offset + n]);
                     offset += n;
                 }
-                start = end;
             }
         });
         Ok(())
@@ -88,5 +100,17 @@ impl DataParallel {
             with_float!(t.dtype(), "broadcasting the weights", T => self.world.broadcast(t.data_mut::<T>()?, 0));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_whole_consecutive_tensors_up_to_the_bucket_size() {
+        let dp = DataParallel { bucket_size: 10, ..DataParallel::single() };
+        assert_eq!(dp.buckets(&[4, 6, 1, 12, 3, 3]), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(dp.buckets(&[]), Vec::<Range<usize>>::new());
     }
 }
