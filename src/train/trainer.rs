@@ -76,11 +76,7 @@ pub fn evaluate(
     iters: usize,
     retrieval: bool,
 ) -> Result<f64> {
-    let mut total = 0.0;
-    for i in 0..iters {
-        total += evaluate_batch(model, leaves, split, batch, i, retrieval)?;
-    }
-    Ok(total / iters as f64)
+    evaluate_shared(model, leaves, split, batch, iters, retrieval, &DataParallel::single())
 }
 
 /// The loss of validation batch `i` (samples i·batch..).
@@ -375,31 +371,32 @@ fn evaluate_into(
     retrieval: bool,
     dp: &DataParallel,
 ) -> Result<f64> {
-    let v = evaluate_shared(model, leaves, valid, args, true, dp)?;
+    let v = evaluate_shared(model, leaves, valid, args.micro_batch, args.eval_iters, true, dp)?;
     line["valid_loss"] = json!(v);
     line["valid_ppl"] = json!(v.exp());
     if retrieval {
-        let masked = evaluate_shared(model, leaves, valid, args, false, dp)?;
+        let masked = evaluate_shared(model, leaves, valid, args.micro_batch, args.eval_iters, false, dp)?;
         line["valid_ppl_without_retrieval"] = json!(masked.exp());
     }
     Ok(v)
 }
 
-/// `evaluate` over the first `eval_iters` validation batches, rank r taking batches r, r + DP, ...
+/// `evaluate` over the first `iters` batches, data-parallel rank r taking batches r, r + DP, ...
 fn evaluate_shared(
     model: &RetroModel,
     leaves: &[crate::tensor::Tensor],
-    valid: &SplitData,
-    args: &TrainArgs,
+    split: &SplitData,
+    batch: usize,
+    iters: usize,
     retrieval: bool,
     dp: &DataParallel,
 ) -> Result<f64> {
     let mut sum = [0.0];
-    for i in (dp.layout.dp_rank()..args.eval_iters).step_by(dp.size()) {
-        sum[0] += evaluate_batch(model, leaves, valid, args.micro_batch, i, retrieval)?;
+    for i in (dp.layout.dp_rank()..iters).step_by(dp.size()) {
+        sum[0] += evaluate_batch(model, leaves, split, batch, i, retrieval)?;
     }
     dp.sum(&mut sum);
-    Ok(sum[0] / args.eval_iters as f64)
+    Ok(sum[0] / iters as f64)
 }
 
 /// Megatron's TensorBoard tags for the metrics line's values.
