@@ -225,7 +225,7 @@ fn optimizer_steps(
                     let on_device: Vec<Tensor> = grads.iter().map(|g| g.to(device).unwrap()).collect();
                     gpu.accumulate(&on_device).unwrap();
                 }
-                stats.push(gpu.step(config.lr).unwrap());
+                stats.push(gpu.step(config.lr, micro.len()).unwrap());
             }
             // What the tape reads: the bf16 copies are the masters rounded; LayerNorm reads the master.
             let masters: Vec<Vec<f32>> = (gpu.leaves().iter().zip(&model.params.specs))

@@ -30,8 +30,6 @@ pub struct DeviceOptimizer {
     grad_sum_squares: DeviceBuffer<f64>,
     /// Views of `masters` or `weights_bf16`, in model order: what the tape reads.
     leaves: Vec<Tensor>,
-    /// Micro-batches summed into `grads` since the last step.
-    micro_batches: usize,
     /// Data parallelism: the gradient arena is summed over the ranks of this communicator (NCCL, in
     /// stream order) before the norm.
     data_parallel: Option<crate::dist::nccl::NcclComm>,
@@ -116,7 +114,6 @@ impl DeviceOptimizer {
             exp_avg_sq,
             grad_sum_squares,
             leaves,
-            micro_batches: 0,
             data_parallel: None,
             config,
             step,
@@ -152,15 +149,14 @@ impl DeviceOptimizer {
             crate::ensure!(src.len() == r.len(), "parameter {i} has {} elements, its gradient {}", r.len(), src.len());
             residual::add_into(&self.gpu, &self.grads.view(r.start, r.len())?, src)?;
         }
-        self.micro_batches += 1;
         Ok(())
     }
 
-    /// AdamW at `lr` on the average of the accumulated micro-batches (of every data-parallel rank),
-    /// clipped as `AdamW::step` clips.
-    pub fn step(&mut self, lr: f64) -> Result<StepStats> {
-        crate::ensure!(self.micro_batches > 0, "an optimizer step without a micro-batch");
-        let mut grad_scale = 1.0 / self.micro_batches as f64;
+    /// AdamW at `lr` on the average of the `micro_batches` accumulated on this rank since the last step
+    /// (and as many on every other data-parallel rank), clipped as `AdamW::step` clips.
+    pub fn step(&mut self, lr: f64, micro_batches: usize) -> Result<StepStats> {
+        crate::ensure!(micro_batches > 0, "an optimizer step without a micro-batch");
+        let mut grad_scale = 1.0 / micro_batches as f64;
         if let Some(comm) = &self.data_parallel {
             comm.all_reduce_sum_f32(&self.grads)?;
             grad_scale /= comm.size() as f64;
@@ -177,7 +173,6 @@ impl DeviceOptimizer {
         };
         adamw::update(&self.gpu, &arenas, &self.grad_sum_squares, params)?;
         self.gpu.fill_zero(&self.grads)?;
-        self.micro_batches = 0;
         // The one wait of the step: the norm, for the metrics (the update has been queued behind it).
         let grad_norm = self.gpu.download(&self.grad_sum_squares)?[0].sqrt() * grad_scale;
         crate::ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; the update was skipped");

@@ -18,6 +18,12 @@ use crate::model::{Batch, RetroModel};
 use crate::tensor::{Device, Tensor};
 use crate::Result;
 
+/// A GPU engine's optimizer state (a build without kernels has none).
+#[cfg(not(no_cuda_kernels))]
+type DeviceState = Option<super::device_optimizer::DeviceOptimizer>;
+#[cfg(no_cuda_kernels)]
+type DeviceState = Option<()>;
+
 pub struct Engine {
     device: Device,
     /// The step's summed gradients on the CPU (None before the first micro-batch; a GPU engine sums
@@ -32,7 +38,7 @@ pub struct Engine {
     /// `--use-distributed-optimizer` on the CPU: this rank's shard of the AdamW moments.
     sharded: Option<super::distributed_optimizer::ShardedAdamW>,
     #[cfg(not(no_cuda_kernels))]
-    gpu: Option<super::device_optimizer::DeviceOptimizer>,
+    gpu: DeviceState,
 }
 
 impl Engine {
@@ -67,8 +73,9 @@ impl Engine {
         }
     }
 
-    #[cfg(not(no_cuda_kernels))]
-    fn around(device: Device, gpu: Option<super::device_optimizer::DeviceOptimizer>) -> Self {
+    fn around(device: Device, gpu: DeviceState) -> Self {
+        #[cfg(no_cuda_kernels)]
+        let _ = gpu;
         Self {
             device,
             grads: None,
@@ -76,19 +83,8 @@ impl Engine {
             losses: Vec::new(),
             data_parallel: DataParallel::single(),
             sharded: None,
+            #[cfg(not(no_cuda_kernels))]
             gpu,
-        }
-    }
-
-    #[cfg(no_cuda_kernels)]
-    fn around(device: Device, _: Option<()>) -> Self {
-        Self {
-            device,
-            grads: None,
-            micro_batches: 0,
-            losses: Vec::new(),
-            data_parallel: DataParallel::single(),
-            sharded: None,
         }
     }
 
@@ -163,11 +159,12 @@ impl Engine {
     /// The optimizer step at `lr` on the average of the micro-batches accumulated since the last one.
     pub fn apply(&mut self, model: &mut RetroModel, opt: &mut AdamW, lr: f64) -> Result<StepStats> {
         let micro_batches = std::mem::take(&mut self.micro_batches);
+        crate::ensure!(micro_batches > 0, "an optimizer step without a micro-batch");
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
-            return gpu.step(lr);
+            return gpu.step(lr, micro_batches);
         }
-        let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without a micro-batch") };
+        let Some(mut grads) = self.grads.take() else { crate::bail!("an optimizer step without gradients") };
         if let Some(sharded) = &mut self.sharded {
             let all = micro_batches * self.data_parallel.size();
             return sharded.step(&mut model.params.tensors, &grads, lr, all, &self.data_parallel);
