@@ -14,21 +14,11 @@ use common::s;
 
 fn project() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("retro-dist-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let project = dir.join("project");
-        let (code, _, err) = common::preprocess_small(&dir, &project, &["--eval-interval", "2", "--eval-iters", "2"]);
-        assert_eq!(code, 0, "{err}");
-        project
-    })
+    P.get_or_init(|| common::small_project("dist", &["--eval-interval", "2", "--eval-iters", "2"]))
 }
 
 fn run_dir(name: &str) -> PathBuf {
-    let d = project().parent().unwrap().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::run_dir_beside(project(), name)
 }
 
 /// `retro train` with the test's settings: one process (`ranks` = 0) or `mpirun -np ranks`.

@@ -12,21 +12,11 @@ use common::{retro, s};
 /// One project shared by the tests (preprocessing is the slow part): seq 128, global batch 4.
 fn project() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("retro-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let project = dir.join("project");
-        let (code, _, err) = common::preprocess_small(&dir, &project, &["--eval-interval", "2", "--eval-iters", "1"]);
-        assert_eq!(code, 0, "{err}");
-        project
-    })
+    P.get_or_init(|| common::small_project("train", &["--eval-interval", "2", "--eval-iters", "1"]))
 }
 
 fn run_dir(name: &str) -> PathBuf {
-    let d = project().parent().unwrap().join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::run_dir_beside(project(), name)
 }
 
 const COMMON: [&str; 8] =

@@ -157,4 +157,24 @@ pub fn preprocess_small(dir: &std::path::Path, project: &std::path::Path, extra:
     retro(&args)
 }
 
+/// A small project (`preprocess_small` with `extra`) in a fresh temporary directory named by `tag` and
+/// the process id; panics with preprocessing's stderr if it fails. Tests share one per binary
+/// (preprocessing is the slow part) through a `OnceLock`.
+pub fn small_project(tag: &str, extra: &[&str]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("retro-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let project = dir.join("project");
+    let (code, _, err) = preprocess_small(&dir, &project, extra);
+    assert_eq!(code, 0, "{err}");
+    project
+}
+
+/// An empty path `name` beside `project` for a run directory (removed if an earlier run left it).
+pub fn run_dir_beside(project: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let d = project.parent().unwrap().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 pub mod device;
