@@ -285,7 +285,7 @@ test_device!(attention_with_masked_keys_and_dropout, |dev| {
         let mask: Option<std::sync::Arc<[bool]>> = masked.then(|| {
             (0..a.batch * a.sk).map(|i| (i / a.sk != 1) && !(i / a.sk == 0 && i % a.sk >= a.sk / 2)).collect()
         });
-        let dropout = (p > 0.0).then_some(retro::ops::Dropout { p, seed: 77 });
+        let dropout = (p > 0.0).then_some(retro::ops::Dropout { p, seed: 77, split_heads: None });
         let (o, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, mask.clone(), dropout);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.width());

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 /// Computes the gradients of an op's inputs from the gradient of its output.
 /// `needs[i]` says whether input `i` wants a gradient; the closure may return `None` where it does not.
-pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+/// The backward runs on the thread that recorded the forward, so a closure may hold a communicator
+/// (tensor parallelism's all-reduce).
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
 
 #[derive(Debug, Clone)]
 pub struct Var {
@@ -125,7 +127,7 @@ impl Tape {
     /// output's gradient is reached during `backward`.
     pub fn record<F>(&mut self, op: &'static str, inputs: &[&Var], output: Tensor, backward: F) -> Var
     where
-        F: FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+        F: FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
     {
         if !self.recording || inputs.iter().all(|v| v.id.is_none()) {
             return Var::constant(output);

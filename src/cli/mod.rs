@@ -67,3 +67,34 @@ pub fn corpus_split(paragraphs: bool, lines: bool) -> retro::data::corpus::Split
         _ => Split::None,
     }
 }
+
+/// Runs `job` on this rank of `world`. Under mpirun an error on any rank ends the whole job (MPI_Abort)
+/// after printing that rank's message, so no rank waits forever in a collective; alone, the error is
+/// returned as usual.
+pub fn on_every_rank<T>(
+    command: &str,
+    world: std::rc::Rc<retro::dist::World>,
+    job: impl FnOnce(std::rc::Rc<retro::dist::World>) -> retro::Result<T>,
+) -> retro::Result<T> {
+    if world.size() == 1 {
+        return job(world);
+    }
+    let (rank, size) = (world.rank(), world.size());
+    let result = job(world.clone());
+    if let Err(e) = &result {
+        eprintln!("{command}: rank {rank} of {size}: {e}");
+        world.abort(2);
+    }
+    result
+}
+
+/// Ranks on one node split its cores between their thread pools (unless RAYON_NUM_THREADS says).
+pub fn share_cores(world: &retro::dist::World) {
+    if world.local_size() <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / world.local_size()).max(1);
+    // Fails only if the pool was already built; then it keeps its size.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}

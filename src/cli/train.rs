@@ -67,8 +67,11 @@ pub struct Args {
     /// f32 master weights and AdamW).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Tensor-parallel size: must divide the processes of the job (mpirun -np N). Only 1 is built so
-    /// far: a larger value is refused.
+    /// Tensor-parallel size (Megatron's): each model is split over this many consecutive ranks
+    /// (column-parallel QKV, CCA query/key-value and fc1; row-parallel projections and fc2; the
+    /// vocabulary of the embedding and the output layer divided), the retrieval encoder included. It
+    /// must divide the processes of the job (mpirun -np N), the heads, the MLP width and the padded
+    /// vocabulary. CPU only in this build. Checkpoints are whole, so a run resumes with any size.
     #[arg(long, default_value_t = 1)]
     pub tensor_model_parallel_size: usize,
     /// Data parallelism (every process of `mpirun -np N` is a data-parallel rank): gradients are summed
@@ -93,20 +96,11 @@ pub struct Args {
     pub exit_signal_handler: bool,
 }
 
-/// Under `mpirun -np N` every process is a data-parallel rank; an error on any rank ends the whole job
-/// (MPI_Abort) with that rank's message, so no rank waits forever in a collective.
+/// Under `mpirun -np N` every process is a data-parallel (or tensor-parallel) rank; an error on any rank
+/// ends the whole job with that rank's message (`super::on_every_rank`).
 pub fn run(args: Args) -> retro::Result<()> {
     let world = std::rc::Rc::new(retro::dist::World::init()?);
-    if world.size() == 1 {
-        return run_on(args, world);
-    }
-    let rank = world.rank();
-    let result = run_on(args, world.clone());
-    if let Err(e) = &result {
-        eprintln!("retro train: rank {rank} of {}: {e}", world.size());
-        world.abort(2);
-    }
-    result
+    super::on_every_rank("retro train", world.clone(), |world| run_on(args, world))
 }
 
 fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<()> {
@@ -144,22 +138,23 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         exit_signal_handler,
     } = args;
     let layout = retro::dist::ParallelLayout::new(world.size(), world.rank(), tensor_model_parallel_size)?;
-    if layout.tp > 1 {
-        return Err(retro::Error::msg(format!(
-            "--tensor-model-parallel-size {}: tensor parallelism is not built yet; run data-parallel only \
-             (--tensor-model-parallel-size 1, every process a data-parallel rank)",
-            layout.tp
-        )));
-    }
     if exit_interval == Some(0) || exit_duration_in_mins.is_some_and(|m| m.is_nan() || m <= 0.0) {
         return Err(retro::Error::msg("--exit-interval and --exit-duration-in-mins must be positive"));
     }
     if ddp_bucket_size == 0 {
         return Err(retro::Error::msg("--ddp-bucket-size must be at least 1 element"));
     }
-    share_cores(&world);
+    super::share_cores(&world);
+    // Megatron's groups: the ranks of one model's parts are consecutive, data-parallel ranks strided.
+    let (dp_group, tp) = if layout.tp == 1 {
+        (world.clone(), retro::dist::TensorParallel::single())
+    } else {
+        let dp_group = std::rc::Rc::new(world.split(layout.tp_rank(), layout.dp_rank())?);
+        (dp_group, retro::dist::TensorParallel::new(std::rc::Rc::new(world.split(layout.dp_rank(), layout.tp_rank())?)))
+    };
     let dp = retro::train::data_parallel::DataParallel {
         world: world.clone(),
+        group: dp_group,
         layout,
         bucket_size: ddp_bucket_size,
         distributed_optimizer: use_distributed_optimizer,
@@ -226,7 +221,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
             on_sigterm: exit_signal_handler,
         },
     };
-    let s = retro::train::trainer::train(&args, &dp)?;
+    let s = retro::train::trainer::train(&args, &dp, &tp)?;
     if dp.is_root() {
         println!(
             "{}",
@@ -239,16 +234,6 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
 
 /// The ranks on one node share its cores: each rank's thread pool gets cores / ranks-on-the-node threads
 /// (unless RAYON_NUM_THREADS says otherwise), so N ranks do not run N x cores threads.
-fn share_cores(world: &retro::dist::World) {
-    if world.local_size() <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / world.local_size()).max(1);
-    // Fails only if the pool was already built; then it keeps its size.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-}
-
 /// The project's value, or an error if the flag was given with another one.
 fn agree<T: PartialEq + std::fmt::Display + Copy>(
     flag: &str,

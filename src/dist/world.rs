@@ -18,8 +18,9 @@ enum Backend {
     #[cfg(feature = "mpi")]
     Mpi {
         comm: mpi::topology::SimpleCommunicator,
-        // Finalizes MPI when dropped; declared after `comm` so the communicator goes first.
-        _universe: mpi::environment::Universe,
+        // Finalizes MPI when the last world holding it is dropped (the job's world and the groups split
+        // from it); declared after `comm` so the communicator is freed first.
+        _universe: std::rc::Rc<mpi::environment::Universe>,
     },
 }
 
@@ -59,6 +60,7 @@ impl World {
             let comm = universe.world();
             let node = comm.split_shared(comm.rank());
             let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
+            let universe = std::rc::Rc::new(universe);
             Ok(Self { backend: Backend::Mpi { comm, _universe: universe }, local_rank, local_size })
         }
         #[cfg(not(feature = "mpi"))]
@@ -112,6 +114,38 @@ impl World {
             Backend::Mpi { comm, .. } => {
                 use mpi::collective::{CommunicatorCollectives, SystemOperation};
                 comm.all_reduce_into(send, recv, SystemOperation::sum());
+            }
+        }
+    }
+
+    /// In-place element-wise maximum over all ranks (vocab-parallel cross-entropy's row maxima).
+    pub fn all_reduce_max<T: Element>(&self, buf: &mut [T]) {
+        #[cfg(feature = "mpi")]
+        if let Backend::Mpi { comm, .. } = &self.backend {
+            use mpi::collective::{CommunicatorCollectives, SystemOperation};
+            let send = buf.to_vec();
+            comm.all_reduce_into(&send[..], buf, SystemOperation::max());
+        }
+        #[cfg(not(feature = "mpi"))]
+        let _ = buf;
+    }
+
+    /// The ranks that give the same `color` as a world of their own (MPI_Comm_split), ordered by `key`:
+    /// a tensor- or data-parallel group. A collective: every rank calls it.
+    pub fn split(&self, color: usize, key: usize) -> Result<World> {
+        match &self.backend {
+            Backend::Single => {
+                let _ = (color, key);
+                Ok(Self::single())
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, _universe } => {
+                use mpi::topology::{Color, Communicator};
+                let Some(group) = comm.split_by_color_with_key(Color::with_value(color as i32), key as i32) else {
+                    crate::bail!("MPI_Comm_split of rank {} with color {color} gave no communicator", self.rank());
+                };
+                let backend = Backend::Mpi { comm: group, _universe: _universe.clone() };
+                Ok(Self { backend, local_rank: self.local_rank, local_size: self.local_size })
             }
         }
     }

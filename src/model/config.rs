@@ -229,6 +229,23 @@ impl RetroConfig {
         }
         Ok(())
     }
+
+    /// Whether a tensor-parallel group of `n` ranks can split this model (Megatron's checks): the heads
+    /// (so the hidden size), the MLP's hidden features and the (padded) vocabulary divide evenly.
+    pub fn check_tensor_parallel(&self, n: usize) -> Result<()> {
+        for (what, count) in [
+            ("num_heads (--num-attention-heads)", self.num_heads),
+            ("ffn_hidden_size", self.ffn_hidden_size()),
+            ("the padded vocabulary", self.vocab_size),
+        ] {
+            ensure!(
+                count % n == 0,
+                "--tensor-model-parallel-size {n}: {what} is {count}, not divisible by {n}; each tensor-parallel \
+                 rank needs an equal part"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -259,5 +276,8 @@ mod tests {
         let mut few = c.clone();
         few.retro_layer_numbers = None;
         assert!(few.validate().unwrap_err().to_string().contains("no CCA layer"));
+        c.check_tensor_parallel(4).unwrap();
+        let e = c.check_tensor_parallel(3).unwrap_err().to_string();
+        assert!(e.contains("--tensor-model-parallel-size 3") && e.contains("num_heads"), "{e}");
     }
 }

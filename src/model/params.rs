@@ -2,6 +2,7 @@
 //! of all of them as tape leaves for one forward pass.
 
 use crate::autograd::{Tape, Var};
+use crate::dist::TensorParallel;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::{bail, ensure, Result};
@@ -23,22 +24,101 @@ pub struct ParamSpec {
     /// On the GPU the op reads the f32 master itself (LayerNorm's weight and bias), not a copy in the
     /// activations' type (what GEMMs and embeddings read).
     pub reads_master: bool,
+    /// How tensor-parallel ranks divide it (`shape` is then one rank's part); `None`: every rank holds
+    /// all of it (LayerNorms, position embeddings, row-parallel biases).
+    pub split: Option<Split>,
+}
+
+/// Megatron's division of a parameter among the N ranks of a tensor-parallel group: along `dim`, each of
+/// `blocks` equal blocks is cut into N equal parts and rank r holds part r of every block. A fused QKV
+/// weight (row blocks Q | K | V) is split with 3 blocks, so each rank holds the Q, K and V rows of its own
+/// heads; a plain column-parallel weight has 1 block along dim 0, a row-parallel weight 1 along dim 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub dim: usize,
+    pub blocks: usize,
+}
+
+impl Split {
+    /// One rank's shape of a parameter of `full` shape split `n` ways (the caller has checked that
+    /// `blocks * n` divides the dimension).
+    pub fn local_shape(&self, full: &[usize], n: usize) -> Vec<usize> {
+        debug_assert_eq!(full[self.dim] % (self.blocks * n), 0, "{self:?} of {full:?} over {n} ranks");
+        let mut shape = full.to_vec();
+        shape[self.dim] /= n;
+        shape
+    }
+
+    /// (elements before `dim`, length of `dim`, elements after it) of `shape`.
+    fn strides(&self, shape: &[usize]) -> (usize, usize, usize) {
+        (shape[..self.dim].iter().product(), shape[self.dim], shape[self.dim + 1..].iter().product())
+    }
+
+    /// Rank `r`'s part (of `n`) of `full` (row-major, shape `full_shape`).
+    pub fn shard<T: Copy>(&self, full: &[T], full_shape: &[usize], n: usize, r: usize) -> Vec<T> {
+        let (outer, len, inner) = self.strides(full_shape);
+        let (block, part) = (len / self.blocks, len / self.blocks / n);
+        let mut out = Vec::with_capacity(full.len() / n);
+        for o in 0..outer {
+            for b in 0..self.blocks {
+                let first = (o * len + b * block + r * part) * inner;
+                out.extend_from_slice(&full[first..first + part * inner]);
+            }
+        }
+        out
+    }
+
+    /// The whole parameter from the `n` ranks' parts, concatenated in rank order (`all_gather`), each of
+    /// `local_shape`: the inverse of `shard`.
+    pub fn assemble<T: Copy>(&self, parts: &[T], local_shape: &[usize], n: usize) -> Vec<T> {
+        let (outer, local_len, inner) = self.strides(local_shape);
+        let local_numel = outer * local_len * inner;
+        let part = local_len / self.blocks;
+        let mut out = Vec::with_capacity(parts.len());
+        for o in 0..outer {
+            for b in 0..self.blocks {
+                for r in 0..n {
+                    let first = r * local_numel + (o * local_len + b * part) * inner;
+                    out.extend_from_slice(&parts[first..first + part * inner]);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Collects parameter specs while the modules are built; each gets the index modules use to find it.
+/// For a tensor-parallel model (`tensor_parallel` of more than one rank) split parameters are registered
+/// with this rank's shape.
 #[derive(Debug, Default)]
 pub struct ParamBuilder {
     specs: Vec<ParamSpec>,
+    tensor_parallel: TensorParallel,
 }
 
 impl ParamBuilder {
+    pub fn new(tensor_parallel: TensorParallel) -> Self {
+        Self { specs: Vec::new(), tensor_parallel }
+    }
+
+    /// The group the model's split parameters are divided among.
+    pub fn tensor_parallel(&self) -> &TensorParallel {
+        &self.tensor_parallel
+    }
+
     pub fn add(&mut self, name: String, shape: &[usize], init: Init) -> usize {
-        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: false })
+        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: false, split: None })
+    }
+
+    /// A parameter of `full_shape` divided among the tensor-parallel ranks as `split` says.
+    pub fn add_split(&mut self, name: String, full_shape: &[usize], init: Init, split: Split) -> usize {
+        let shape = split.local_shape(full_shape, self.tensor_parallel.size());
+        self.push(ParamSpec { name, shape, init, reads_master: false, split: Some(split) })
     }
 
     /// A parameter the GPU op reads in f32 (LayerNorm's).
     pub fn add_master(&mut self, name: String, shape: &[usize], init: Init) -> usize {
-        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: true })
+        self.push(ParamSpec { name, shape: shape.to_vec(), init, reads_master: true, split: None })
     }
 
     fn push(&mut self, spec: ParamSpec) -> usize {
@@ -134,4 +214,28 @@ pub fn init_tensor(spec: &ParamSpec, rng: &mut Rng, dtype: DType) -> Result<Tens
         Init::Ones => vec![1.0; n],
     };
     Tensor::from_vec(values, &spec.shape)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Split;
+
+    #[test]
+    fn a_split_gives_each_rank_its_part_of_every_block_and_assembles_back() {
+        // [6, 2] with 3 row blocks (Q | K | V of 2 rows each) over 2 ranks: rank 1 holds row 1 of each.
+        let full: Vec<u32> = (0..12).collect();
+        let qkv = Split { dim: 0, blocks: 3 };
+        assert_eq!(qkv.local_shape(&[6, 2], 2), vec![3, 2]);
+        assert_eq!(qkv.shard(&full, &[6, 2], 2, 1), vec![2, 3, 6, 7, 10, 11]);
+        let parts = [qkv.shard(&full, &[6, 2], 2, 0), qkv.shard(&full, &[6, 2], 2, 1)].concat();
+        assert_eq!(qkv.assemble(&parts, &[3, 2], 2), full);
+        // A row-parallel [2, 6] weight: columns 3..6 on rank 1.
+        let row = Split { dim: 1, blocks: 1 };
+        assert_eq!(row.shard(&full, &[2, 6], 2, 1), vec![3, 4, 5, 9, 10, 11]);
+        let parts = [row.shard(&full, &[2, 6], 2, 0), row.shard(&full, &[2, 6], 2, 1)].concat();
+        assert_eq!(row.assemble(&parts, &[2, 3], 2), full);
+        // A bias of 4 in 2 blocks (K | V) over 2 ranks.
+        let kv = Split { dim: 0, blocks: 2 };
+        assert_eq!(kv.shard(&[0, 1, 2, 3], &[4], 2, 0), vec![0, 2]);
+    }
 }

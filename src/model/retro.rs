@@ -2,13 +2,14 @@
 //! with the tied output embedding and the mean token cross-entropy.
 
 use super::decoder::{DecoderLayer, Pass, Retrieval};
-use super::params::{Init, ParamBuilder, ParamSpec, Params};
+use super::params::{Init, ParamBuilder, ParamSpec, Params, Split};
 use super::RetroConfig;
 use crate::autograd::{Gradients, Tape, Var};
+use crate::dist::TensorParallel;
 use crate::nn::{InitStd, LayerNorm};
 use crate::ops::{self, AttnMask};
 use crate::tensor::{DType, Tensor};
-use crate::{bail, ensure, Result};
+use crate::{bail, ensure, with_float, Result};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct RetroModel {
     pub(crate) position_embeddings: usize,
     pub(crate) layers: Vec<DecoderLayer>,
     pub(crate) final_ln: LayerNorm,
+    /// The ranks this model's split parameters are divided among (`shard`); one rank: the whole model.
+    pub tensor_parallel: TensorParallel,
 }
 
 /// One batch: tokens [B, n], labels [B, n] (next tokens), neighbour tokens [B, l, k, r] (i64 / i32).
@@ -39,16 +42,23 @@ pub struct LossAndGrads {
 impl RetroModel {
     /// Parameter names, shapes and initialisations of `config` (Megatron names and order).
     pub fn specs(config: &RetroConfig) -> Result<Vec<ParamSpec>> {
-        Ok(Self::build(config)?.0)
+        Ok(Self::build(config, &TensorParallel::single())?.0)
     }
 
-    fn build(config: &RetroConfig) -> Result<(Vec<ParamSpec>, Self)> {
+    /// The layers and parameter specs of `config`, split parameters with one rank's shape of `tp`.
+    fn build(config: &RetroConfig, tp: &TensorParallel) -> Result<(Vec<ParamSpec>, Self)> {
         config.validate()?;
+        config.check_tensor_parallel(tp.size())?;
         let c = config;
-        let mut pb = ParamBuilder::default();
+        let mut pb = ParamBuilder::new(tp.clone());
         let init = InitStd::megatron(c.init_std, c.num_layers);
-        let word =
-            pb.add("embedding.word_embeddings.weight".into(), &[c.vocab_size, c.hidden_size], Init::Normal(c.init_std));
+        // Vocab-parallel: each tensor-parallel rank holds a contiguous range of the vocabulary.
+        let word = pb.add_split(
+            "embedding.word_embeddings.weight".into(),
+            &[c.vocab_size, c.hidden_size],
+            Init::Normal(c.init_std),
+            Split { dim: 0, blocks: 1 },
+        );
         let pos = pb.add(
             "embedding.position_embeddings.weight".into(),
             &[c.seq_length, c.hidden_size],
@@ -71,30 +81,87 @@ impl RetroModel {
             position_embeddings: pos,
             layers,
             final_ln,
+            tensor_parallel: tp.clone(),
         };
         Ok((specs, model))
     }
 
     /// A model with Megatron's initialisation drawn from `seed`.
     pub fn init(config: &RetroConfig, seed: u64, dtype: DType) -> Result<Self> {
-        let (specs, model) = Self::build(config)?;
+        let (specs, model) = Self::build(config, &TensorParallel::single())?;
         Ok(Self { params: Params::init(specs, seed, dtype)?, ..model })
     }
 
     /// The model's structure (layers, parameter specs) with no parameter values on the host: for a
     /// model whose weights are drawn and kept on the GPU (`train::Engine::with_random_weights`).
     pub fn structure(config: &RetroConfig) -> Result<Self> {
-        Ok(Self::build(config)?.1)
+        Ok(Self::build(config, &TensorParallel::single())?.1)
     }
 
     /// A model around given parameters, which must match the config's specs exactly.
     pub fn from_params(config: &RetroConfig, params: Params) -> Result<Self> {
-        let (specs, model) = Self::build(config)?;
+        let (specs, model) = Self::build(config, &TensorParallel::single())?;
         ensure!(
             params.specs.iter().map(|s| (&s.name, &s.shape)).eq(specs.iter().map(|s| (&s.name, &s.shape))),
             "parameters do not match the model config (names or shapes differ)"
         );
         Ok(Self { params, ..model })
+    }
+
+    /// This rank's part of this (whole, host) model for the tensor-parallel group `tp`: the split
+    /// parameters cut as Megatron cuts them, the rest copied. Every rank starts from the same whole
+    /// model, so a split run starts from the weights an unsplit one does.
+    pub fn shard(&self, tp: &TensorParallel) -> Result<Self> {
+        ensure!(!self.tensor_parallel.is_split(), "model: shard of a model that is already split");
+        let (specs, model) = Self::build(&self.config, tp)?;
+        let tensors = model.shard_tensors(&self.params.tensors)?;
+        Ok(Self { params: Params { specs, tensors }, ..model })
+    }
+
+    /// This rank's parts of tensors shaped like the whole model's parameters (a checkpoint's AdamW
+    /// moments); `self` is a split model.
+    pub fn shard_tensors(&self, whole: &[Tensor]) -> Result<Vec<Tensor>> {
+        let tp = &self.tensor_parallel;
+        ensure!(
+            whole.len() == self.params.specs.len(),
+            "model: {} tensors to shard for {} parameters",
+            whole.len(),
+            self.params.specs.len()
+        );
+        (self.params.specs.iter().zip(whole))
+            .map(|(spec, t)| match spec.split {
+                Some(split) if tp.is_split() => with_float!(t.dtype(), "sharding a parameter", T => {
+                    Tensor::from_vec(split.shard(t.data::<T>()?, t.shape(), tp.size(), tp.rank()), &spec.shape)
+                }),
+                _ => Ok(t.clone()),
+            })
+            .collect()
+    }
+
+    /// The whole tensors from every tensor-parallel rank's parts (`local`: shaped like this model's
+    /// parameters): the inverse of `shard_tensors`. A collective of the group: every rank calls it.
+    pub fn gather_tensors(&self, local: &[Tensor]) -> Result<Vec<Tensor>> {
+        let tp = &self.tensor_parallel;
+        let whole = Self::specs(&self.config)?;
+        (self.params.specs.iter().zip(&whole).zip(local))
+            .map(|((spec, full), t)| match spec.split {
+                Some(split) if tp.is_split() => with_float!(t.dtype(), "gathering a parameter", T => {
+                    let parts = tp.all_gather(t.data::<T>()?);
+                    Tensor::from_vec(split.assemble(&parts, &spec.shape, tp.size()), &full.shape)
+                }),
+                _ => Ok(t.clone()),
+            })
+            .collect()
+    }
+
+    /// The whole model from the tensor-parallel ranks' parts (what a checkpoint holds; a collective of
+    /// the group). An unsplit model is returned as it is.
+    pub fn unsharded(&self) -> Result<Self> {
+        if !self.tensor_parallel.is_split() {
+            return Ok(self.clone());
+        }
+        let tensors = self.gather_tensors(&self.params.tensors)?;
+        Self::from_params(&self.config, Params { specs: Self::specs(&self.config)?, tensors })
     }
 
     pub fn is_retro(&self) -> bool {
@@ -144,6 +211,11 @@ impl RetroModel {
 
     /// Logits [B, n, vocab] through the tied output embedding.
     pub fn logits(&self, tape: &mut Tape, p: &[Var], tokens: &Tensor, neighbors: Option<&Tensor>) -> Result<Var> {
+        ensure!(
+            !self.tensor_parallel.is_split(),
+            "model: the logits of a tensor-parallel model are split over its ranks; generation and golden \
+             checks run the whole model (--tensor-model-parallel-size 1)"
+        );
         let h = self.hidden(tape, p, tokens, neighbors)?;
         ops::linear(tape, &h, &p[self.word_embeddings], None)
     }
@@ -156,8 +228,17 @@ impl RetroModel {
             batch.labels.shape(),
             batch.tokens.shape()
         );
-        let logits = self.logits(tape, p, &batch.tokens, batch.neighbors.as_ref())?;
-        ops::cross_entropy(tape, &logits, &batch.labels)
+        let tp = &self.tensor_parallel;
+        if !tp.is_split() {
+            let logits = self.logits(tape, p, &batch.tokens, batch.neighbors.as_ref())?;
+            return ops::cross_entropy(tape, &logits, &batch.labels);
+        }
+        // Vocab-parallel output layer: each rank's logits of its part of the vocabulary.
+        let h = self.hidden(tape, p, &batch.tokens, batch.neighbors.as_ref())?;
+        let h = ops::copy_to_tensor_parallel(tape, &h, tp)?;
+        let logits = ops::linear(tape, &h, &p[self.word_embeddings], None)?;
+        let first = tp.rank() * self.params.specs[self.word_embeddings].shape[0];
+        ops::vocab_parallel_cross_entropy(tape, &logits, &batch.labels, first, tp)
     }
 
     /// Forward and backward of one batch, without dropout.
@@ -237,7 +318,19 @@ impl RetroModel {
     /// at its position).
     pub(crate) fn embed_at(&self, tape: &mut Tape, p: &[Var], ids: &Tensor, first: usize) -> Result<Var> {
         let (word, position) = (&p[self.word_embeddings], &p[self.position_embeddings]);
-        let x = ops::word_position_embedding(tape, ids, word, position, first)?;
+        let tp = &self.tensor_parallel;
+        let x = if tp.is_split() {
+            // Vocab-parallel: each rank's rows of its words, summed over the group, then the positions.
+            let rows = word.shape()[0];
+            let words = ops::vocab_parallel_embedding(tape, ids, word, tp.rank() * rows, rows * tp.size())?;
+            let words = ops::reduce_from_tensor_parallel(tape, &words, tp)?;
+            let period = ids.last_dim().max(1);
+            let at: Vec<i64> = (0..ids.numel()).map(|i| (first + i % period) as i64).collect();
+            let positions = ops::embedding(tape, &Tensor::from_vec(at, ids.shape())?, position)?;
+            ops::add(tape, &words, &positions)?
+        } else {
+            ops::word_position_embedding(tape, ids, word, position, first)?
+        };
         ops::dropout(tape, &x)
     }
 

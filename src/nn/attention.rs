@@ -1,26 +1,31 @@
 use super::{InitStd, Linear};
 use crate::autograd::{Tape, Var};
+use crate::dist::TensorParallel;
 use crate::model::params::ParamBuilder;
 use crate::ops::{self, AttnMask};
 use crate::Result;
 
 /// Multi-head self-attention with a fused QKV projection: `linear_qkv.weight` is `[3d, d]` with row
-/// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`.
+/// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`. Tensor-parallel: QKV
+/// column-parallel and the projection row-parallel, so each rank attends with its own heads.
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
     pub proj: Linear,
+    /// This rank's heads (all of them without tensor parallelism).
     pub heads: usize,
     pub causal: bool,
+    tensor_parallel: TensorParallel,
 }
 
 impl SelfAttention {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, causal: bool, init: InitStd) -> Self {
         Self {
-            qkv: Linear::new(pb, &format!("{prefix}.linear_qkv"), d, 3 * d, init.std),
-            proj: Linear::new(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
-            heads,
+            qkv: Linear::column(pb, &format!("{prefix}.linear_qkv"), d, 3 * d, 3, init.std),
+            proj: Linear::row(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
+            heads: heads / pb.tensor_parallel().size(),
             causal,
+            tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
 
@@ -31,11 +36,11 @@ impl SelfAttention {
         let o = match cache {
             None => {
                 let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };
-                let drop = ops::Dropout::from_tape(tape);
+                let drop = attention_dropout(tape, &self.tensor_parallel, self.heads);
                 ops::attention_qkv(tape, &qkv, self.heads, &mask, drop)?
             }
             Some(cache) => {
-                let d = x.shape()[2];
+                let d = qkv.shape()[2] / 3;
                 let q = ops::narrow(tape, &qkv, 2, 0, d)?;
                 cache.keys.push(ops::narrow(tape, &qkv, 2, d, d)?);
                 cache.values.push(ops::narrow(tape, &qkv, 2, 2 * d, d)?);
@@ -55,23 +60,34 @@ pub struct KvCache {
     values: Vec<Var>,
 }
 
+/// Attention dropout's next mask for a rank's `heads`: a tensor-parallel rank drops exactly what the
+/// whole layer drops for those heads, so a split run's masks are the unsplit run's (Megatron instead
+/// forks its RNG per rank, and its runs then depend on the split).
+fn attention_dropout(tape: &mut Tape, tp: &TensorParallel, heads: usize) -> Option<ops::Dropout> {
+    let drop = ops::Dropout::from_tape(tape)?;
+    Some(if tp.is_split() { drop.for_heads(tp.rank() * heads, tp.size() * heads) } else { drop })
+}
+
 /// Cross-attention: `linear_q` on the queries, `linear_kv` (`[2d, d]`, rows K | V) on the context,
-/// then `linear_proj`. Unmasked unless a key mask is given.
+/// then `linear_proj`. Unmasked unless a key mask is given. Tensor-parallel as `SelfAttention`.
 #[derive(Debug, Clone)]
 pub struct CrossAttention {
     pub q: Linear,
     pub kv: Linear,
     pub proj: Linear,
+    /// This rank's heads.
     pub heads: usize,
+    tensor_parallel: TensorParallel,
 }
 
 impl CrossAttention {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, init: InitStd) -> Self {
         Self {
-            q: Linear::new(pb, &format!("{prefix}.linear_q"), d, d, init.std),
-            kv: Linear::new(pb, &format!("{prefix}.linear_kv"), d, 2 * d, init.std),
-            proj: Linear::new(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
-            heads,
+            q: Linear::column(pb, &format!("{prefix}.linear_q"), d, d, 1, init.std),
+            kv: Linear::column(pb, &format!("{prefix}.linear_kv"), d, 2 * d, 2, init.std),
+            proj: Linear::row(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
+            heads: heads / pb.tensor_parallel().size(),
+            tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
 
@@ -89,7 +105,7 @@ impl CrossAttention {
     /// `forward` with the context's K|V already projected.
     pub fn forward_kv(&self, tape: &mut Tape, p: &[Var], x: &Var, kv: &Var, mask: &AttnMask) -> Result<Var> {
         let q = self.q.forward(tape, p, x)?;
-        let drop = ops::Dropout::from_tape(tape);
+        let drop = attention_dropout(tape, &self.tensor_parallel, self.heads);
         let o = ops::attention_kv(tape, &q, kv, self.heads, mask, drop)?;
         self.proj.forward(tape, p, &o)
     }

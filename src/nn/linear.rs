@@ -1,24 +1,69 @@
 use crate::autograd::{Tape, Var};
-use crate::model::params::{Init, ParamBuilder};
+use crate::dist::TensorParallel;
+use crate::model::params::{Init, ParamBuilder, Split};
 use crate::ops;
 use crate::Result;
 
-/// `y = x·Wᵀ + b`, W `[out, in]` named `<prefix>.weight`, b `<prefix>.bias` (zero-initialised).
+/// How a tensor-parallel group divides a linear layer (Megatron's `ColumnParallelLinear` and
+/// `RowParallelLinear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallel {
+    /// Output features divided, in `blocks` blocks (fused QKV: 3, fused KV: 2): each rank computes its
+    /// features from the whole input, whose gradient is summed over the ranks.
+    Column { blocks: usize },
+    /// Input features divided: each rank's partial product is summed over the ranks, then the (whole)
+    /// bias added.
+    Row,
+}
+
+/// `y = x·Wᵀ + b`, W `[out, in]` named `<prefix>.weight`, b `<prefix>.bias` (zero-initialised). In a
+/// tensor-parallel model W and b are this rank's parts (`Parallel`); alone, the whole layer.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: usize,
     pub bias: usize,
+    pub parallel: Parallel,
+    tensor_parallel: TensorParallel,
 }
 
 impl Linear {
-    pub fn new(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, std: f64) -> Self {
+    /// A column-parallel linear (its output features divided among tensor-parallel ranks).
+    pub fn column(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, blocks: usize, std: f64) -> Self {
+        let split = Split { dim: 0, blocks };
         Self {
-            weight: pb.add(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std)),
+            weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
+            bias: pb.add_split(format!("{prefix}.bias"), &[d_out], Init::Zeros, split),
+            parallel: Parallel::Column { blocks },
+            tensor_parallel: pb.tensor_parallel().clone(),
+        }
+    }
+
+    /// A row-parallel linear (its input features divided; the bias whole on every rank).
+    pub fn row(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, std: f64) -> Self {
+        let split = Split { dim: 1, blocks: 1 };
+        Self {
+            weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
             bias: pb.add(format!("{prefix}.bias"), &[d_out], Init::Zeros),
+            parallel: Parallel::Row,
+            tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
 
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
-        ops::linear(tape, x, &p[self.weight], Some(&p[self.bias]))
+        let (w, b, tp) = (&p[self.weight], &p[self.bias], &self.tensor_parallel);
+        if !tp.is_split() {
+            return ops::linear(tape, x, w, Some(b));
+        }
+        match self.parallel {
+            Parallel::Column { .. } => {
+                let x = ops::copy_to_tensor_parallel(tape, x, tp)?;
+                ops::linear(tape, &x, w, Some(b))
+            }
+            Parallel::Row => {
+                let partial = ops::linear(tape, x, w, None)?;
+                let y = ops::reduce_from_tensor_parallel(tape, &partial, tp)?;
+                ops::add_bias(tape, &y, b)
+            }
+        }
     }
 }

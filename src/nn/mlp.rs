@@ -4,7 +4,8 @@ use crate::model::params::ParamBuilder;
 use crate::ops;
 use crate::Result;
 
-/// `linear_fc2(gelu_tanh(linear_fc1(x)))`, hidden 4d.
+/// `linear_fc2(gelu_tanh(linear_fc1(x)))`, hidden 4d; fc1 column-parallel and fc2 row-parallel, so the
+/// GELU runs on each tensor-parallel rank's part of the hidden features.
 #[derive(Debug, Clone)]
 pub struct Mlp {
     pub fc1: Linear,
@@ -14,8 +15,8 @@ pub struct Mlp {
 impl Mlp {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, ffn: usize, init: InitStd) -> Self {
         Self {
-            fc1: Linear::new(pb, &format!("{prefix}.linear_fc1"), d, ffn, init.std),
-            fc2: Linear::new(pb, &format!("{prefix}.linear_fc2"), ffn, d, init.output_std),
+            fc1: Linear::column(pb, &format!("{prefix}.linear_fc1"), d, ffn, 1, init.std),
+            fc2: Linear::row(pb, &format!("{prefix}.linear_fc2"), ffn, d, init.output_std),
         }
     }
 

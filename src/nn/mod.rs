@@ -8,7 +8,7 @@ mod mlp;
 
 pub use attention::{CrossAttention, KvCache, SelfAttention};
 pub use layernorm::LayerNorm;
-pub use linear::Linear;
+pub use linear::{Linear, Parallel};
 pub use mlp::Mlp;
 
 /// Megatron's init: N(0, std) for weights, N(0, std / sqrt(2·layers)) for the output projections

@@ -11,7 +11,13 @@ pub use crate::backend::cpu::attention::Dropout;
 impl Dropout {
     /// The tape's next attention-dropout mask, if it is in training mode with dropout.
     pub fn from_tape(tape: &mut Tape) -> Option<Self> {
-        tape.next_dropout().map(|(p, seed)| Dropout { p, seed })
+        tape.next_dropout().map(|(p, seed)| Dropout { p, seed, split_heads: None })
+    }
+
+    /// The masks of heads first..first + n of a layer of `all` heads (a tensor-parallel rank's): those the
+    /// whole layer draws for them.
+    pub fn for_heads(self, first: usize, all: usize) -> Self {
+        Self { split_heads: Some((first, all)), ..self }
     }
 }
 

@@ -14,6 +14,7 @@ mod gelu;
 mod layernorm;
 mod layout;
 mod linear;
+mod parallel;
 mod residual;
 mod scale;
 
@@ -25,6 +26,10 @@ pub use gelu::{gelu, gelu_erf};
 pub use layernorm::{add_layer_norm, layer_norm};
 pub use layout::{concat, narrow, pad, reshape, shift_rows};
 pub use linear::linear;
+pub use parallel::{
+    add_bias, copy_to_tensor_parallel, reduce_from_tensor_parallel, vocab_parallel_cross_entropy,
+    vocab_parallel_embedding,
+};
 #[cfg(not(no_cuda_kernels))]
 pub use residual::add_into;
 pub use residual::{add, add_tensors};

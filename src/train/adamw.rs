@@ -4,6 +4,7 @@
 //! `p -= lr/(1-b1^t) · m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
 
 use crate::backend::cpu::adamw::{update_slice, Coefficients};
+use crate::model::RetroModel;
 use crate::tensor::Tensor;
 use crate::{ensure, with_float, Result};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,25 @@ pub fn global_norm(grads: &[Tensor]) -> f64 {
     grads.iter().map(Tensor::sum_squares).sum::<f64>().sqrt()
 }
 
+/// The global L2 norm of `model`'s gradients. Tensor-parallel, each rank adds the squares of its parts
+/// of the split parameters, summed over the group, to those of the parameters every rank holds whole,
+/// counted once (Megatron's rule); the same value on every rank of the group.
+pub fn model_grad_norm(model: &RetroModel, grads: &[Tensor]) -> f64 {
+    let tp = &model.tensor_parallel;
+    if !tp.is_split() {
+        return global_norm(grads);
+    }
+    let (mut split, mut whole) = ([0.0], 0.0);
+    for (spec, g) in model.params.specs.iter().zip(grads) {
+        match spec.split {
+            Some(_) => split[0] += g.sum_squares(),
+            None => whole += g.sum_squares(),
+        }
+    }
+    tp.all_reduce_sum(&mut split);
+    (split[0] + whole).sqrt()
+}
+
 impl AdamW {
     /// Zero moments shaped like `params`.
     pub fn new(config: AdamWConfig, params: &[Tensor]) -> Self {
@@ -69,6 +89,18 @@ impl AdamW {
     /// One update with learning rate `lr` (the schedule's value for this step). Scales `grads` in place
     /// when clipping.
     pub fn step(&mut self, params: &mut [Tensor], grads: &mut [Tensor], lr: f64) -> Result<StepStats> {
+        let grad_norm = global_norm(grads);
+        self.step_with_norm(params, grads, lr, grad_norm)
+    }
+
+    /// `step` with the gradients' global norm given (`model_grad_norm` of a tensor-parallel model).
+    pub fn step_with_norm(
+        &mut self,
+        params: &mut [Tensor],
+        grads: &mut [Tensor],
+        lr: f64,
+        grad_norm: f64,
+    ) -> Result<StepStats> {
         ensure!(
             params.len() == grads.len() && params.len() == self.exp_avg.len(),
             "AdamW: {} parameters, {} gradients, {} moment slots",
@@ -76,7 +108,6 @@ impl AdamW {
             grads.len(),
             self.exp_avg.len()
         );
-        let grad_norm = global_norm(grads);
         ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; refusing to update");
         let clip_coef = match self.config.clip {
             Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),

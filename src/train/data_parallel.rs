@@ -16,7 +16,12 @@ pub const DEFAULT_BUCKET_SIZE: usize = 40_000_000;
 
 #[derive(Clone)]
 pub struct DataParallel {
+    /// Every process of the job (what stop decisions are agreed over).
     pub world: Rc<World>,
+    /// This rank's data-parallel group (the ranks holding the same part of the model, strided by the
+    /// tensor-parallel size): what gradients, losses and initial weights are reduced or broadcast over.
+    /// Without tensor parallelism it is the world.
+    pub group: Rc<World>,
     pub layout: ParallelLayout,
     pub bucket_size: usize,
     /// `--use-distributed-optimizer`: the AdamW moments split across the ranks (distributed_optimizer.rs).
@@ -27,7 +32,8 @@ impl DataParallel {
     /// One process: every reduction is the identity.
     pub fn single() -> Self {
         let layout = ParallelLayout::new(1, 0, 1).expect("a world of one");
-        Self { world: Rc::new(World::single()), layout, bucket_size: DEFAULT_BUCKET_SIZE, distributed_optimizer: false }
+        let world = Rc::new(World::single());
+        Self { group: world.clone(), world, layout, bucket_size: DEFAULT_BUCKET_SIZE, distributed_optimizer: false }
     }
 
     pub fn size(&self) -> usize {
@@ -72,7 +78,7 @@ impl DataParallel {
                     bucket.extend_from_slice(g.data::<T>()?);
                 }
                 let mut summed = vec![T::from_f64(0.0); len];
-                self.world.all_reduce_sum_into(&bucket, &mut summed);
+                self.group.all_reduce_sum_into(&bucket, &mut summed);
                 let mut offset = 0;
                 for g in &mut grads[range] {
                     let n = g.numel();
@@ -87,17 +93,22 @@ impl DataParallel {
     /// Sum `values` over the data-parallel ranks.
     pub fn sum(&self, values: &mut [f64]) {
         if self.size() > 1 {
-            self.world.all_reduce_sum(values);
+            self.group.all_reduce_sum(values);
         }
     }
 
-    /// Every rank's parameters become rank 0's (host tensors).
+    /// Sum `values` over every rank of the job (tensor- and data-parallel).
+    pub fn sum_over_job(&self, values: &mut [f64]) {
+        self.world.all_reduce_sum(values);
+    }
+
+    /// Every rank's parameters become its data-parallel group's first rank's (host tensors).
     pub fn broadcast_from_root(&self, tensors: &mut [Tensor]) -> Result<()> {
         if self.size() == 1 {
             return Ok(());
         }
         for t in tensors {
-            with_float!(t.dtype(), "broadcasting the weights", T => self.world.broadcast(t.data_mut::<T>()?, 0));
+            with_float!(t.dtype(), "broadcasting the weights", T => self.group.broadcast(t.data_mut::<T>()?, 0));
         }
         Ok(())
     }

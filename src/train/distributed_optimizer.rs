@@ -12,12 +12,17 @@ use super::adamw::{AdamW, AdamWConfig, StepStats};
 use super::data_parallel::DataParallel;
 use super::param_arena::ParamArena;
 use crate::backend::cpu::adamw::update_slice;
+use crate::dist::TensorParallel;
+use crate::model::RetroModel;
 use crate::tensor::{DType, Tensor};
 use crate::{ensure, Result};
 use std::ops::Range;
 
 pub struct ShardedAdamW {
     arena: ParamArena,
+    /// A tensor-parallel model's group and which parameters it splits (for the gradient norm).
+    tensor_parallel: TensorParallel,
+    split: Vec<bool>,
     /// Elements of the (padded) arena: a multiple of the number of ranks.
     padded: usize,
     /// This rank's elements of the arena.
@@ -33,8 +38,10 @@ fn f32_parts(ts: &[Tensor]) -> Result<Vec<&[f32]>> {
 }
 
 impl ShardedAdamW {
-    /// This rank's shard of `opt`'s moments (a fresh or a resumed optimizer) for `params` (f32).
-    pub fn from_full(opt: &AdamW, params: &[Tensor], dp: &DataParallel) -> Result<Self> {
+    /// This rank's shard of `opt`'s moments (a fresh or a resumed optimizer) for `model`'s parameters
+    /// (f32; with tensor parallelism, this rank's parts of them).
+    pub fn from_full(opt: &AdamW, model: &RetroModel, dp: &DataParallel) -> Result<Self> {
+        let params = &model.params.tensors;
         ensure!(
             params.iter().all(|p| p.dtype() == DType::F32),
             "--use-distributed-optimizer trains f32 parameters on the CPU"
@@ -55,7 +62,19 @@ impl ShardedAdamW {
             Ok(flat[shard.clone()].to_vec())
         };
         let (exp_avg, exp_avg_sq) = (take(&opt.exp_avg)?, take(&opt.exp_avg_sq)?);
-        Ok(Self { arena, padded, shard, exp_avg, exp_avg_sq, config: opt.config, step: opt.step })
+        let tensor_parallel = model.tensor_parallel.clone();
+        let split = model.params.specs.iter().map(|s| s.split.is_some()).collect();
+        Ok(Self {
+            arena,
+            tensor_parallel,
+            split,
+            padded,
+            shard,
+            exp_avg,
+            exp_avg_sq,
+            config: opt.config,
+            step: opt.step,
+        })
     }
 
     /// One AdamW step at `lr` on the ranks' summed gradients (`grads`: this rank's sum over its
@@ -71,14 +90,12 @@ impl ShardedAdamW {
         let mut flat = self.arena.gather(&f32_parts(grads)?);
         flat.resize(self.padded, 0.0);
         let mut g = vec![0f32; self.shard.len()];
-        dp.world.reduce_scatter_sum(&flat, &mut g);
+        dp.group.reduce_scatter_sum(&flat, &mut g);
         let average = (1.0 / micro_batches as f64) as f32;
         if micro_batches > 1 {
             g.iter_mut().for_each(|x| *x *= average);
         }
-        let mut sumsq = [g.iter().map(|&x| x as f64 * x as f64).sum::<f64>()];
-        dp.sum(&mut sumsq);
-        let grad_norm = sumsq[0].sqrt();
+        let grad_norm = self.grad_norm(&g, dp);
         ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; refusing to update");
         let clip_coef = match self.config.clip {
             Some(clip) => (clip / (grad_norm + 1e-6)).min(1.0),
@@ -109,11 +126,35 @@ impl ShardedAdamW {
                 &coef,
             );
         }
-        dp.world.all_gather(&mine, &mut weights);
+        dp.group.all_gather(&mine, &mut weights);
         for (i, p) in params.iter_mut().enumerate() {
             p.data_mut::<f32>()?.copy_from_slice(&weights[self.arena.range(i)]);
         }
         Ok(StepStats { grad_norm, clip_coef })
+    }
+
+    /// The global norm from this rank's shard `g` of the summed gradients: the shards' squares summed
+    /// over the data-parallel ranks; tensor-parallel, the split parameters' sums also over the group
+    /// (`adamw::model_grad_norm`'s rule).
+    fn grad_norm(&self, g: &[f32], dp: &DataParallel) -> f64 {
+        let square = |xs: &[f32]| xs.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+        if !self.tensor_parallel.is_split() {
+            let mut sumsq = [square(g)];
+            dp.sum(&mut sumsq);
+            return sumsq[0].sqrt();
+        }
+        let mut sums = [0.0, 0.0]; // [split parameters, whole ones]
+        for i in 0..self.arena.num_params() {
+            let r = self.arena.range(i);
+            let (start, end) = (r.start.max(self.shard.start), r.end.min(self.shard.end));
+            if start < end {
+                sums[usize::from(!self.split[i])] += square(&g[start - self.shard.start..end - self.shard.start]);
+            }
+        }
+        dp.sum(&mut sums);
+        let mut split = [sums[0]];
+        self.tensor_parallel.all_reduce_sum(&mut split);
+        (split[0] + sums[1]).sqrt()
     }
 
     /// Every rank's moments gathered into `opt` (shaped like `params`), and the step count: what a
@@ -121,7 +162,7 @@ impl ShardedAdamW {
     pub fn to_full(&self, opt: &mut AdamW, params: &[Tensor], dp: &DataParallel) -> Result<()> {
         let mut flat = vec![0f32; self.padded];
         for (moments, mine) in [(&mut opt.exp_avg, &self.exp_avg), (&mut opt.exp_avg_sq, &self.exp_avg_sq)] {
-            dp.world.all_gather(mine, &mut flat);
+            dp.group.all_gather(mine, &mut flat);
             *moments = (params.iter().enumerate())
                 .map(|(i, p)| Tensor::from_vec(flat[self.arena.range(i)].to_vec(), p.shape()))
                 .collect::<Result<_>>()?;

@@ -99,13 +99,12 @@ impl Engine {
                 "--use-distributed-optimizer is built for the CPU only so far (on a GPU every rank keeps all moments)"
             );
             if dp.size() > 1 {
-                let comm = crate::dist::nccl::NcclComm::new(&dp.world, gpu.gpu().clone())?;
+                let comm = crate::dist::nccl::NcclComm::new(&dp.group, gpu.gpu().clone())?;
                 gpu.set_data_parallel(comm);
             }
         }
         if dp.distributed_optimizer && self.device == Device::Cpu {
-            self.sharded =
-                Some(super::distributed_optimizer::ShardedAdamW::from_full(opt, &model.params.tensors, &dp)?);
+            self.sharded = Some(super::distributed_optimizer::ShardedAdamW::from_full(opt, model, &dp)?);
         }
         self.data_parallel = dp;
         Ok(self)
@@ -176,7 +175,8 @@ impl Engine {
                 g.scale(1.0 / micro_batches as f64)?;
             }
         }
-        opt.step(&mut model.params.tensors, &mut grads, lr)
+        let grad_norm = super::adamw::model_grad_norm(model, &grads);
+        opt.step_with_norm(&mut model.params.tensors, &mut grads, lr, grad_norm)
     }
 
     /// Bring the weights and optimizer state into `model` and `opt` (on the CPU they are there, except the

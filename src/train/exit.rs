@@ -67,7 +67,7 @@ impl ExitConditions {
             f64::from(self.duration_mins.is_some_and(|m| elapsed.as_secs_f64() / 60.0 >= m)),
             f64::from(self.on_sigterm && SIGTERM_RECEIVED.load(Ordering::SeqCst)),
         ];
-        dp.sum(&mut flags);
+        dp.sum_over_job(&mut flags);
         let reasons: Vec<&str> = REASONS.iter().zip(flags).filter(|(_, f)| *f > 0.0).map(|(r, _)| *r).collect();
         (!reasons.is_empty()).then(|| reasons.join(", "))
     }

@@ -11,6 +11,7 @@ use super::data_parallel::DataParallel;
 use super::loader::{prefetch, ProjectData, SplitData};
 use super::schedule::LrSchedule;
 use super::{AdamW, AdamWConfig, Engine};
+use crate::dist::TensorParallel;
 use crate::model::{padded_vocab_size, Batch, RetroConfig, RetroModel};
 use crate::tensor::DType;
 use crate::{bail, ensure, Context, Result};
@@ -124,22 +125,38 @@ pub struct Summary {
     pub valid_loss: Option<f64>,
 }
 
-/// Train on this process's share of the work: `dp` says which data-parallel rank it is (one process:
-/// `DataParallel::single()`). Every rank computes the same steps on the same weights; rank 0 alone writes
-/// the run's files.
-pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
-    // Refused before any work: the same check on every rank.
+/// Train on this process's share of the work: `dp` says which data-parallel rank it is and `tp` which
+/// tensor-parallel group holds its model's parts (one process: `DataParallel::single()` and
+/// `TensorParallel::single()`). Every data-parallel rank computes the same steps on the same weights;
+/// rank 0 alone writes the run's files, checkpoints whole (gathered from the tensor-parallel ranks).
+pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result<Summary> {
+    // Refused before any work: the same checks on every rank.
     let per_rank = dp.layout.micro_batches_per_rank(args.global_batch, args.micro_batch)?;
-    if dp.is_root() {
-        check_writable(&args.save)?;
-    }
+    ensure!(
+        !tp.is_split() || args.device == crate::tensor::Device::Cpu,
+        "--tensor-model-parallel-size {} on {}: tensor parallelism runs on the CPU in this build (its NCCL \
+         path is not built); use --device cpu, or data parallelism alone on GPUs",
+        tp.size(),
+        args.device
+    );
     let retrieval = !args.model.gpt_baseline;
     let data = ProjectData::open(&args.project, args.model.num_neighbors, retrieval)?;
     let config = project_model(&args.model, &data.config)?;
+    config.check_tensor_parallel(tp.size())?;
+    if dp.is_root() {
+        check_writable(&args.save)?;
+    }
     let identity = run_identity(args, &config, &data);
     let mut model = initial_model(args, &config, dp.is_root())?;
     let mut opt = AdamW::new(optimizer_config(args), &model.params.tensors);
     let (mut iteration, mut consumed) = resume(args, &config, &identity, &mut model, &mut opt)?;
+    if tp.is_split() {
+        // Every rank holds the same whole model here (same seed, or the same checkpoint): keep this
+        // rank's part of it and of the moments.
+        model = model.shard(tp)?;
+        opt.exp_avg = model.shard_tensors(&opt.exp_avg)?;
+        opt.exp_avg_sq = model.shard_tensors(&opt.exp_avg_sq)?;
+    }
     dp.broadcast_from_root(&mut model.params.tensors)?;
     let mut engine = Engine::new(args.device, &model, &opt)?.with_data_parallel(dp.clone(), &model, &opt)?;
     let mut outputs = dp.is_root().then(|| RunFiles::open(args)).transpose()?;
@@ -168,6 +185,9 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
         if saving {
             engine.to_host(&mut model, &mut opt)?; // on every rank: the distributed optimizer gathers
         }
+        // Checkpoints are whole: the first data-parallel group gathers its tensor-parallel parts.
+        let gathered =
+            (saving && tp.is_split() && dp.layout.dp_rank() == 0).then(|| whole(&model, &opt)).transpose()?;
         let step_s = t0.elapsed().as_secs_f64();
         let mut line = json!({
             "step": iteration, "loss": loss, "lr": lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_step / step_s,
@@ -185,8 +205,9 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
             bar.set_position(iteration);
             if saving {
                 // (`to_host` above has brought the weights and moments into `model` and `opt`.)
+                let (model, opt) = gathered.as_ref().map_or((&model, &opt), |(m, o)| (m, o));
                 let state = State::at(iteration, consumed, opt.step, identity.clone());
-                checkpoint::save(&args.save, &model, &opt, &state, args.keep)?;
+                checkpoint::save(&args.save, model, opt, &state, args.keep)?;
             }
         }
         if let Some(reason) = &stopped_by {
@@ -205,6 +226,13 @@ pub fn train(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
         super::plot::losses(&args.save.join("loss.png"), "loss", &series)?;
     }
     Ok(Summary { iterations: iteration, stopped_by, final_loss: last_loss, valid_loss })
+}
+
+/// The whole model and optimizer state of a tensor-parallel model: a collective of its group.
+fn whole(model: &RetroModel, opt: &AdamW) -> Result<(RetroModel, AdamW)> {
+    let exp_avg = model.gather_tensors(&opt.exp_avg)?;
+    let exp_avg_sq = model.gather_tensors(&opt.exp_avg_sq)?;
+    Ok((model.unsharded()?, AdamW { exp_avg, exp_avg_sq, ..opt.clone() }))
 }
 
 /// What rank 0 writes every step: a line of metrics.jsonl (synced), and TensorBoard scalars.

@@ -70,17 +70,25 @@ impl Layout {
 /// Attention dropout: each probability is kept with chance 1 − p and scaled by 1/(1 − p). The mask of
 /// (batch, head) pair `bh` is Philox stream `bh` of the op's seed (`crate::philox::keep_mask`, the mask
 /// kernels/dropout.cu draws), so it is the same whatever the thread count or device, and the backward
-/// regenerates it instead of storing it.
+/// regenerates it instead of storing it. A tensor-parallel rank attends with a slice of the layer's
+/// heads (`split_heads`): its head h of batch b draws the stream the whole layer's head first + h does,
+/// so the masks do not depend on how the heads are split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
     pub p: f64,
     pub seed: u64,
+    /// (the layer's index of this op's first head, the layer's heads); `None`: the op has all of them.
+    pub split_heads: Option<(usize, usize)>,
 }
 
 impl Dropout {
-    /// Per-element factors (0 or 1/(1 − p)) for `n` probabilities of pair `bh`.
-    fn factors<T: Float>(&self, bh: usize, n: usize) -> Vec<T> {
-        super::dropout::factors(self.p, self.seed, bh as u64, n)
+    /// Per-element factors (0 or 1/(1 − p)) for `n` probabilities of pair `bh` of an op with `heads`.
+    fn factors<T: Float>(&self, bh: usize, heads: usize, n: usize) -> Vec<T> {
+        let stream = match self.split_heads {
+            None => bh,
+            Some((first, all)) => (bh / heads) * all + first + bh % heads,
+        };
+        super::dropout::factors(self.p, self.seed, stream as u64, n)
     }
 }
 
@@ -142,7 +150,7 @@ pub fn forward<T: Float>(
         );
         // The kept probabilities (P itself is stored for the backward).
         let dropped: Option<Vec<T>> =
-            dropout.map(|d| p.iter().zip(d.factors::<T>(bh, sq * sk)).map(|(&x, f)| x * f).collect());
+            dropout.map(|d| p.iter().zip(d.factors::<T>(bh, heads, sq * sk)).map(|(&x, f)| x * f).collect());
         let pv = dropped.as_deref().unwrap_or(p);
         // SAFETY: task (b, h) writes only the head-h column block of batch b's output rows.
         unsafe {
@@ -186,7 +194,7 @@ pub unsafe fn backward<T: Float>(
         let (qo, ko, vo) = (at(layout.q, b, sq, h, dh), at(layout.k, b, sk, h, dh), at(layout.v, b, sk, h, dh));
         let od = &dout[b * sq * dh * heads + h * dh..];
         let p = &probs[bh * sq * sk..(bh + 1) * sq * sk];
-        let factors: Option<Vec<T>> = dropout.map(|d| d.factors(bh, sq * sk));
+        let factors: Option<Vec<T>> = dropout.map(|d| d.factors(bh, heads, sq * sk));
         let kept: Option<Vec<T>> = factors.as_ref().map(|f| p.iter().zip(f).map(|(&x, &f)| x * f).collect());
         let mut ds = vec![T::ZERO; sq * sk];
         // SAFETY: as in forward; each task writes only its own head blocks of dq, dk, dv.

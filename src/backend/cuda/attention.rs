@@ -63,6 +63,10 @@ impl Masks<'_> {
 
     fn apply(&self, s: &Dims, p: AttentionParams) -> Result<AttentionParams> {
         let mut p = p;
+        crate::ensure!(
+            self.dropout.is_none_or(|d| d.split_heads.is_none()),
+            "attention dropout over a tensor-parallel rank's slice of the heads runs on the CPU only"
+        );
         if let Some(keys) = self.keys {
             crate::ensure!(
                 keys.len() == s.batch * s.sk,

@@ -1,0 +1,64 @@
+//! A tensor-parallel group (Megatron's `--tensor-model-parallel-size`): the ranks that hold the shards of
+//! one model replica. Column-parallel linears split their output features among them, row-parallel
+//! linears their input features, the embedding and the output layer the vocabulary (nn/linear.rs,
+//! ops/parallel.rs). A group of one is the unsharded model: no op communicates.
+
+use super::world::{Element, World};
+use std::rc::Rc;
+
+#[derive(Clone)]
+pub struct TensorParallel {
+    group: Rc<World>,
+}
+
+impl std::fmt::Debug for TensorParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TensorParallel(rank {} of {})", self.rank(), self.size())
+    }
+}
+
+impl Default for TensorParallel {
+    fn default() -> Self {
+        Self::single()
+    }
+}
+
+impl TensorParallel {
+    /// No tensor parallelism: the whole model in this process.
+    pub fn single() -> Self {
+        Self { group: Rc::new(World::single()) }
+    }
+
+    /// The ranks of `group` (split from the job's world by `ParallelLayout`'s order) share each model.
+    pub fn new(group: Rc<World>) -> Self {
+        Self { group }
+    }
+
+    pub fn size(&self) -> usize {
+        self.group.size()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// True when the model is split over more than one rank.
+    pub fn is_split(&self) -> bool {
+        self.size() > 1
+    }
+
+    pub fn all_reduce_sum<T: Element>(&self, buf: &mut [T]) {
+        self.group.all_reduce_sum(buf)
+    }
+
+    pub fn all_reduce_max<T: Element>(&self, buf: &mut [T]) {
+        self.group.all_reduce_max(buf)
+    }
+
+    /// Every rank's `send` in rank order (`size` x `send.len()` elements).
+    pub fn all_gather<T: Element>(&self, send: &[T]) -> Vec<T> {
+        let mut recv = send.repeat(self.size());
+        self.group.all_gather(send, &mut recv);
+        recv
+    }
+}
