@@ -64,17 +64,15 @@ pub struct Args {
     pub validate: f64,
 }
 
+/// Under `mpirun -np N` the ranks divide the embedding and neighbour-query blocks (the project directory
+/// must be on a filesystem every rank sees); an error on any rank ends the job with its message.
 pub fn run(args: Args) -> retro::Result<()> {
-    // N processes would each build the whole project into the same directory.
-    let world = retro::dist::World::init()?;
-    if world.size() > 1 {
-        return Err(retro::Error::msg(format!(
-            "started as rank {} of {} processes, but retro preprocess does not divide its work across processes \
-             yet: each would build the whole project into the same directory. Run one process",
-            world.rank(),
-            world.size()
-        )));
-    }
+    let world = std::rc::Rc::new(retro::dist::World::init()?);
+    super::on_every_rank("retro preprocess", world, |world| run_on(args, &world))
+}
+
+fn run_on(args: Args, world: &retro::dist::World) -> retro::Result<()> {
+    super::share_cores(world);
     let Args {
         input,
         project,
@@ -136,6 +134,9 @@ pub fn run(args: Args) -> retro::Result<()> {
         validate,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    println!("{}", preprocess::run(&opts)?);
+    let summary = preprocess::run(&opts, world)?;
+    if world.rank() == 0 {
+        println!("{summary}");
+    }
     Ok(())
 }

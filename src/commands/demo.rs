@@ -62,16 +62,19 @@ pub fn run(o: &DemoOptions) -> Result<()> {
         ..ProjectConfig::new(&input, "text")
     };
     let t = Instant::now();
-    let summary = preprocess::run(&preprocess::Options {
-        input: input.clone(),
-        project: project.clone(),
-        config,
-        corpus: corpus::Options::default(),
-        embedder_dir: None,
-        stage: None,
-        validate: 0.0,
-        progress: true,
-    })?;
+    let summary = preprocess::run(
+        &preprocess::Options {
+            input: input.clone(),
+            project: project.clone(),
+            config,
+            corpus: corpus::Options::default(),
+            embedder_dir: None,
+            stage: None,
+            validate: 0.0,
+            progress: true,
+        },
+        &crate::dist::World::single(),
+    )?;
     eprintln!("demo: preprocessed in {:.0} s: {}", t.elapsed().as_secs_f64(), summary);
     let mut results = Vec::new();
     for (name, gpt) in [("retro", false), ("gpt", true)] {
@@ -109,7 +112,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             exit: Default::default(),
         };
         let t = Instant::now();
-        let s = trainer::train(&args, &crate::train::data_parallel::DataParallel::single())?;
+        let s = trainer::train(&args, &crate::train::data_parallel::DataParallel::single(), &Default::default())?;
         eprintln!(
             "demo: trained {name} for {} steps in {:.0} s (final train loss {:.3})",
             s.iterations,

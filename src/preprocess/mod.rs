@@ -8,6 +8,11 @@
 //! `--stage NAME` runs one stage; `--validate F` verifies every stored checksum, then recomputes a random
 //! fraction F of the blocks and checks they are bitwise equal to the stored ones.
 //!
+//! Under `mpirun -np N` (a shared project directory) the ranks divide the `embed` and `query` blocks:
+//! rank r computes blocks r, r + N, ...; rank 0 runs the other stages, assembles the neighbour stores
+//! and writes every record while the others wait at a barrier. Each block is computed the same way
+//! whoever computes it, so the directory's data files are the bytes one process writes.
+//!
 //! Every file written here carries a checksum (`data::integrity`): a trailer on our binary files, the
 //! stage record for Megatron's .bin / .idx and config.json, a `crc32c` field in each stage record.
 
@@ -17,6 +22,7 @@ use crate::data::chunks::{Chunk, ChunkDb};
 use crate::data::indexed::IndexedDataset;
 use crate::data::samples::Samples;
 use crate::data::{corpus, integrity, tokenize, tokenizer};
+use crate::dist::World;
 use crate::retrieval::bert::BertEmbedder;
 use crate::retrieval::index_file::AnyIndex;
 use crate::retrieval::knn::Metric;
@@ -67,9 +73,20 @@ struct Stages<'a> {
     opts: &'a Options,
     layout: Layout,
     embedder: Option<BertEmbedder>,
+    /// The processes sharing the work (one without mpirun).
+    world: &'a World,
 }
 
 impl Stages<'_> {
+    fn is_root(&self) -> bool {
+        self.world.rank() == 0
+    }
+
+    /// The blocks of `0..blocks` this rank computes: r, r + N, ...
+    fn my_blocks(&self, blocks: usize) -> impl Iterator<Item = usize> {
+        (self.world.rank()..blocks).step_by(self.world.size())
+    }
+
     fn embedder(&mut self) -> Result<&BertEmbedder> {
         if self.embedder.is_none() {
             let dir = crate::retrieval::embedder_dir::resolve(self.opts.embedder_dir.as_deref())?;
@@ -83,14 +100,22 @@ impl Stages<'_> {
     }
 }
 
-/// Runs the stages and returns the summary.
-pub fn run(opts: &Options) -> Result<Value> {
+/// Runs the stages on this rank of `world` (`World::single()` alone) and returns the summary (rank 0's
+/// is the project's).
+pub fn run(opts: &Options, world: &World) -> Result<Value> {
     if let Some(s) = &opts.stage {
         ensure!(STAGES.contains(&s.as_str()), "--stage {s:?}: stages are {}", STAGES.join(", "));
     }
     ensure!((0.0..=1.0).contains(&opts.validate), "--validate {}: a fraction in [0, 1]", opts.validate);
-    opts.config.create_or_check(&opts.project)?;
-    let mut cx = Stages { opts, layout: Layout { dir: opts.project.clone() }, embedder: None };
+    let mut cx = Stages { opts, layout: Layout { dir: opts.project.clone() }, embedder: None, world };
+    // Rank 0 creates config.json; the others then check theirs against it.
+    if cx.is_root() {
+        opts.config.create_or_check(&opts.project)?;
+    }
+    world.barrier();
+    if !cx.is_root() {
+        opts.config.create_or_check(&opts.project)?;
+    }
     let mut summary = serde_json::Map::new();
     let mut times = serde_json::Map::new();
     for stage in STAGES {
@@ -105,24 +130,30 @@ pub fn run(opts: &Options) -> Result<Value> {
                 }
                 Ok(None) => {}
                 // A damaged record: the stage is not known to be complete, so it runs again (and says so).
-                Err(e) => eprintln!("retro preprocess: {e}\n  running the {stage} stage again"),
+                Err(e) if cx.is_root() => eprintln!("retro preprocess: {e}\n  running the {stage} stage again"),
+                Err(_) => {}
             }
         }
         let start = Instant::now();
         let mut stats = match stage {
+            "embed" => stage_embed(&mut cx)?,
+            "query" => stage_query(&mut cx)?,
+            _ if !cx.is_root() => Value::Null, // rank 0's alone
             "tokenize" => stage_tokenize(&mut cx)?,
             "db" => stage_db(&mut cx)?,
-            "embed" => stage_embed(&mut cx)?,
-            "index" => stage_index(&mut cx)?,
-            _ => stage_query(&mut cx)?,
+            _ => stage_index(&mut cx)?,
         };
-        let secs = start.elapsed().as_secs_f64();
-        stats["seconds"] = json!(secs);
-        times.insert(stage.into(), json!(secs));
-        cx.layout.write_marker(stage, stats.clone())?;
-        summary.insert(stage.into(), stats);
+        if cx.is_root() {
+            let secs = start.elapsed().as_secs_f64();
+            stats["seconds"] = json!(secs);
+            times.insert(stage.into(), json!(secs));
+            cx.layout.write_marker(stage, stats.clone())?;
+            summary.insert(stage.into(), stats);
+        }
+        // Nobody reads a stage's output (or record) before it is complete.
+        world.barrier();
     }
-    if opts.validate > 0.0 {
+    if opts.validate > 0.0 && cx.is_root() {
         summary.insert("validate".into(), validate(&mut cx)?);
     }
     summary.insert("project".into(), json!(opts.project));
@@ -200,22 +231,26 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks()).map_err(|e| e.context("run the db stage first"))?;
     let blocks = db.len().div_ceil(EMBED_BLOCK);
+    let block_range = |block: usize| block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
     std::fs::create_dir_all(cx.layout.dir.join("db/embeddings"))?;
-    let b = bar(db.len(), "embed", cx.opts.progress);
-    let mut computed = 0;
-    for block in 0..blocks {
-        let range = block * EMBED_BLOCK..((block + 1) * EMBED_BLOCK).min(db.len());
+    let mine: Vec<usize> = cx.my_blocks(blocks).collect();
+    let b = bar(mine.iter().map(|&i| block_range(i).len()).sum(), "embed", cx.opts.progress && cx.is_root());
+    let mut computed = [0.0];
+    for block in mine {
+        let range = block_range(block);
         let path = cx.layout.embedding_block(block);
         if stored(&path, "embed").is_none() {
             let mut bytes = f32_bytes(&embed_chunks(cx, &ds, &db, range.clone())?);
             integrity::seal(&mut bytes);
             crate::atomic_file::write(&path, &bytes)?;
-            computed += 1;
+            computed[0] += 1.0;
         }
         b.inc(range.len() as u64);
     }
     b.finish_and_clear();
-    Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": cx.embedder()?.dim()}))
+    cx.world.all_reduce_sum(&mut computed);
+    let (computed, dim) = (computed[0] as usize, cx.embedder()?.dim());
+    Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": dim}))
 }
 
 /// The verified contents of a block a stage wrote earlier, or None when it is missing or damaged (a
@@ -321,6 +356,52 @@ fn query_block(
     Ok(out)
 }
 
+/// This rank's neighbour blocks of a split that are not stored yet, each computed and written.
+fn query_my_blocks(
+    cx: &mut Stages,
+    ds: &IndexedDataset,
+    db: &ChunkDb,
+    index: &AnyIndex,
+    samples: &Samples,
+    split: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
+    let block_range = |block: usize| block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
+    let mine: Vec<usize> = cx.my_blocks(samples.len().div_ceil(QUERY_BLOCK)).collect();
+    let b = bar(mine.iter().map(|&i| block_range(i).len()).sum(), split, cx.opts.progress && cx.is_root());
+    for block in mine {
+        let path = cx.layout.neighbor_block(split, block);
+        if stored(&path, "query").is_none() {
+            let ids = query_block(cx, ds, db, index, samples, block_range(block))?;
+            let mut bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+            integrity::seal(&mut bytes);
+            crate::atomic_file::write(&path, &bytes)?;
+        }
+        b.inc(block_range(block).len() as u64);
+    }
+    b.finish_and_clear();
+    Ok(())
+}
+
+/// The neighbour store of a split from its blocks (all written), written to the project.
+fn assemble_neighbors(cx: &Stages, samples: &Samples, split: &str) -> Result<NeighborStore> {
+    let c = &cx.opts.config;
+    let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
+    let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
+    for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
+        let path = cx.layout.neighbor_block(split, block);
+        let bytes = integrity::read_sealed(&path, &integrity::rerun("query"))?;
+        ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())));
+    }
+    ensure!(
+        ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
+        "neighbour blocks of {split} are incomplete"
+    );
+    let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
+    crate::atomic_file::write(&cx.layout.neighbors(split), &store.bytes())?;
+    Ok(store)
+}
+
 fn stage_query(cx: &mut Stages) -> Result<Value> {
     let ds = cx.dataset()?;
     let db = ChunkDb::read(&cx.layout.chunks())?;
@@ -340,7 +421,11 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
     let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
     let mut stats = serde_json::Map::new();
     for split in ["train", "valid"] {
-        let Some(samples) = samples(cx, &ds, split)? else {
+        // Rank 0 builds and writes the sample index; the others then read it.
+        let samples = if cx.is_root() { samples(cx, &ds, split)? } else { None };
+        cx.world.barrier();
+        let samples = if cx.is_root() { samples } else { self::samples(cx, &ds, split)? };
+        let Some(samples) = samples else {
             stats.insert(split.into(), json!({"samples": 0}));
             continue;
         };
@@ -350,43 +435,21 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
             true => NeighborStore::read(&out).map_err(|e| eprintln!("retro preprocess: {e}; rebuilding it")).ok(),
         };
         let store = match existing {
-            Some(store) => store,
+            Some(store) => Some(store),
             None => {
-                std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
-                let b = bar(samples.len(), split, cx.opts.progress);
-                let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
-                for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
-                    let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
-                    let path = cx.layout.neighbor_block(split, block);
-                    match stored(&path, "query") {
-                        Some(bytes) => {
-                            ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())))
-                        }
-                        None => {
-                            let block_ids = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
-                            let mut bytes: Vec<u8> = block_ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-                            integrity::seal(&mut bytes);
-                            crate::atomic_file::write(&path, &bytes)?;
-                            ids.extend(block_ids);
-                        }
-                    }
-                    b.inc(range.len() as u64);
-                }
-                b.finish_and_clear();
-                ensure!(
-                    ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
-                    "neighbour blocks of {split} are incomplete"
-                );
-                let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
-                crate::atomic_file::write(&out, &store.bytes())?;
-                store
+                query_my_blocks(cx, &ds, &db, &index, &samples, split)?;
+                cx.world.barrier(); // every block is written
+                cx.is_root().then(|| assemble_neighbors(cx, &samples, split)).transpose()?
             }
         };
-        let found = store.ids.iter().filter(|&&x| x >= 0).count() as f64 / (store.samples() * l).max(1) as f64;
-        stats.insert(
-            split.into(),
-            json!({"samples": store.samples(), "chunks": store.samples() * l, "neighbors_found_per_chunk": found}),
-        );
+        if let Some(store) = store {
+            let found = store.ids.iter().filter(|&&x| x >= 0).count() as f64 / (store.samples() * l).max(1) as f64;
+            stats.insert(
+                split.into(),
+                json!({"samples": store.samples(), "chunks": store.samples() * l, "neighbors_found_per_chunk": found}),
+            );
+        }
+        cx.world.barrier(); // the store is written before anyone reads it
     }
     Ok(Value::Object(stats))
 }

@@ -102,8 +102,13 @@ const TOPICS: [&[&str]; 3] = [
 ];
 
 pub fn corpus(dir: &std::path::Path) -> std::path::PathBuf {
+    corpus_of(dir, 30)
+}
+
+/// The three-topic corpus with `docs` documents (plus one shorter than a chunk); 30 give 77 chunks.
+pub fn corpus_of(dir: &std::path::Path, docs: usize) -> std::path::PathBuf {
     let mut lines = String::new();
-    for d in 0..30 {
+    for d in 0..docs {
         let topic = TOPICS[d % 3];
         let text: Vec<&str> = (0..24).map(|i| topic[(i * 7 + d) % topic.len()]).collect();
         lines += &format!("{}\n", serde_json::json!({"text": text.join(" ")}));
