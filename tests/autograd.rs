@@ -66,3 +66,43 @@ fn backward_needs_a_scalar_loss() {
     let err = tape.backward(&y).unwrap_err().to_string();
     assert!(err.contains("scalar") && err.contains("[2]"), "{err}");
 }
+
+// `backward_each` hands a leaf's gradient over as soon as the last op reading it has run its backward:
+// the weight of the last layer before the first layer's ops run, the first layer's weight at the end,
+// and a leaf read twice only after both reads; the values are `backward`'s.
+#[test]
+fn backward_each_hands_over_each_leaf_when_its_last_reader_ran() {
+    let t = |v: Vec<f64>, s: &[usize]| Tensor::from_vec(v, s).unwrap();
+    let record = |tape: &mut Tape| {
+        let x = tape.leaf(t(vec![0.5, -1.0, 2.0], &[1, 3]));
+        let w1 = tape.leaf(t((0..6).map(|i| 0.1 * i as f64 - 0.2).collect(), &[2, 3]));
+        let w2 = tape.leaf(t(vec![0.3, -0.7], &[1, 2]));
+        let h = ops::linear(tape, &x, &w1, None).unwrap();
+        let h = ops::gelu(tape, &h).unwrap();
+        let y = ops::linear(tape, &h, &w2, None).unwrap();
+        let y = ops::add(tape, &y, &y).unwrap();
+        let loss = ops::reshape(tape, &y, &[]).unwrap();
+        (vec![x, w1, w2], loss)
+    };
+    let mut tape = Tape::new();
+    let (leaves, loss) = record(&mut tape);
+    let mut events = Vec::new();
+    tape.backward_each(&loss, |e| {
+        events.push(e.map(|(id, g)| (id, g.to_vec::<f64>().unwrap())));
+        Ok(())
+    })
+    .unwrap();
+    let position = |leaf: &Var| events.iter().position(|e| e.as_ref().is_some_and(|(id, _)| Some(*id) == leaf.id()));
+    let (x, w1, w2) = (position(&leaves[0]).unwrap(), position(&leaves[1]).unwrap(), position(&leaves[2]).unwrap());
+    // After reshape's and add's events, linear 2's backward completes w2 (its own event follows); gelu and
+    // linear 1 come after.
+    assert_eq!(events[..w2].iter().filter(|e| e.is_none()).count(), 2, "{events:?}");
+    assert!(w2 < w1 && w2 < x && events[w2 + 1..w1].iter().any(Option::is_none), "{events:?}");
+    let mut tape = Tape::new();
+    let (same, loss) = record(&mut tape);
+    let grads = tape.backward(&loss).unwrap();
+    for (leaf, at) in same.iter().zip([x, w1, w2]) {
+        let want = grads.get(leaf).unwrap().to_vec::<f64>().unwrap();
+        assert_eq!(events[at].as_ref().unwrap().1, want);
+    }
+}

@@ -145,7 +145,36 @@ impl Tape {
     }
 
     /// Backward from any output with an explicit output gradient.
-    pub fn backward_with(mut self, output: &Var, seed: Tensor) -> Result<Gradients> {
+    pub fn backward_with(self, output: &Var, seed: Tensor) -> Result<Gradients> {
+        let mut leaves = HashMap::new();
+        self.run_backward(output, seed, &mut |event| {
+            if let Some((id, g)) = event {
+                leaves.insert(id, g);
+            }
+            Ok(())
+        })?;
+        Ok(Gradients { by_id: leaves })
+    }
+
+    /// Backward from a scalar, handing each leaf's gradient to `ready(leaf id, gradient)` as soon as it
+    /// is complete — once every op that read the leaf has run its backward — rather than at the end, and
+    /// calling `ready(None)` after each op's backward: what lets data parallelism reduce a bucket of
+    /// gradients while the rest of the backward runs (`--overlap-grad-reduce`). Leaves the loss does not
+    /// reach are never handed over.
+    pub fn backward_each(self, loss: &Var, mut ready: impl FnMut(Option<(usize, Tensor)>) -> Result<()>) -> Result<()> {
+        ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
+        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype()).to(loss.value().device())?;
+        self.run_backward(loss, seed, &mut ready)
+    }
+
+    /// The backward walk: `event(Some((id, gradient)))` for each leaf as its gradient completes,
+    /// `event(None)` after each op's backward.
+    fn run_backward(
+        mut self,
+        output: &Var,
+        seed: Tensor,
+        event: &mut dyn FnMut(Option<(usize, Tensor)>) -> Result<()>,
+    ) -> Result<()> {
         ensure!(
             seed.shape() == output.shape()
                 && seed.dtype() == output.dtype()
@@ -163,42 +192,61 @@ impl Tape {
         };
         let mut grads: Vec<Option<Tensor>> = vec![None; out_id + 1];
         grads[out_id] = Some(seed);
-        let mut leaves = HashMap::new();
         self.nodes.truncate(out_id + 1);
-        while let Some(node) = self.nodes.pop() {
-            let id = self.nodes.len();
-            let Some(grad) = grads[id].take() else { continue };
-            let Some(backward) = node.backward else {
-                leaves.insert(id, grad);
-                continue;
-            };
-            let needs: Vec<bool> = node.inputs.iter().map(|(i, _)| i.is_some()).collect();
-            let input_grads = crate::profile::timed(node.op, "backward", || backward(&grad, &needs))
-                .map_err(|e| e.context(format!("backward of {}", node.op)))?;
-            drop(grad);
-            ensure!(
-                input_grads.len() == node.inputs.len(),
-                "backward of {}: {} gradients for {} inputs",
-                node.op,
-                input_grads.len(),
-                node.inputs.len()
-            );
-            for ((input, shape), g) in node.inputs.iter().zip(input_grads) {
-                let (Some(input), Some(g)) = (input, g) else { continue };
-                ensure!(
-                    g.shape() == shape.as_slice(),
-                    "backward of {}: gradient shape {:?} for an input of shape {:?}",
-                    node.op,
-                    g.shape(),
-                    shape
-                );
-                match &mut grads[*input] {
-                    Some(acc) => acc.add_assign(&g)?,
-                    slot => *slot = Some(g),
-                }
+        // How many ops still to run read each leaf: at zero its gradient is complete.
+        let mut readers = vec![0usize; out_id + 1];
+        for node in &self.nodes {
+            for id in node.inputs.iter().filter_map(|(id, _)| *id) {
+                readers[id] += 1;
             }
         }
-        Ok(Gradients { by_id: leaves })
+        while let Some(node) = self.nodes.pop() {
+            let id = self.nodes.len();
+            let Some(backward) = node.backward else {
+                // A leaf no op reads (the output itself): complete now.
+                if let Some(grad) = grads[id].take() {
+                    event(Some((id, grad)))?;
+                }
+                continue;
+            };
+            if let Some(grad) = grads[id].take() {
+                let needs: Vec<bool> = node.inputs.iter().map(|(i, _)| i.is_some()).collect();
+                let input_grads = crate::profile::timed(node.op, "backward", || backward(&grad, &needs))
+                    .map_err(|e| e.context(format!("backward of {}", node.op)))?;
+                drop(grad);
+                ensure!(
+                    input_grads.len() == node.inputs.len(),
+                    "backward of {}: {} gradients for {} inputs",
+                    node.op,
+                    input_grads.len(),
+                    node.inputs.len()
+                );
+                for ((input, shape), g) in node.inputs.iter().zip(input_grads) {
+                    let (Some(input), Some(g)) = (input, g) else { continue };
+                    ensure!(
+                        g.shape() == shape.as_slice(),
+                        "backward of {}: gradient shape {:?} for an input of shape {:?}",
+                        node.op,
+                        g.shape(),
+                        shape
+                    );
+                    match &mut grads[*input] {
+                        Some(acc) => acc.add_assign(&g)?,
+                        slot => *slot = Some(g),
+                    }
+                }
+            }
+            for input in node.inputs.iter().filter_map(|(id, _)| *id) {
+                readers[input] -= 1;
+                if readers[input] == 0 && self.nodes[input].backward.is_none() {
+                    if let Some(grad) = grads[input].take() {
+                        event(Some((input, grad)))?;
+                    }
+                }
+            }
+            event(None)?;
+        }
+        Ok(())
     }
 }
 

@@ -31,8 +31,7 @@ pub fn run(world: Rc<World>, config: &RetroConfig, bucket_size: usize, reps: usi
     crate::ensure!(reps > 0 && bucket_size > 0, "bench allreduce: --reps and --bucket-size must be positive");
     let n = world.size();
     let layout = ParallelLayout::new(n, world.rank(), 1)?;
-    let dp =
-        DataParallel { world: world.clone(), group: world.clone(), layout, bucket_size, distributed_optimizer: false };
+    let dp = DataParallel { world: world.clone(), group: world.clone(), layout, bucket_size, ..DataParallel::single() };
     let specs = RetroModel::structure(config)?.params.specs;
     let mut grads: Vec<Tensor> = specs.iter().map(|s| Tensor::full(&s.shape, 1.0, crate::tensor::DType::F32)).collect();
     let elements: usize = grads.iter().map(Tensor::numel).sum();

@@ -83,6 +83,13 @@ pub struct Args {
     /// gradients reduce-scattered, updated weight shards all-gathered. CPU only so far.
     #[arg(long)]
     pub use_distributed_optimizer: bool,
+    /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
+    /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
+    /// between the backward's ops), so the communication hides behind the rest of the backward. CPU
+    /// data parallelism without the distributed optimizer (elsewhere it changes nothing); the same bits
+    /// as without it.
+    #[arg(long)]
+    pub overlap_grad_reduce: bool,
     /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
     #[arg(long)]
     pub exit_interval: Option<u64>,
@@ -133,6 +140,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         tensor_model_parallel_size,
         ddp_bucket_size,
         use_distributed_optimizer,
+        overlap_grad_reduce,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -158,6 +166,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         layout,
         bucket_size: ddp_bucket_size,
         distributed_optimizer: use_distributed_optimizer,
+        overlap_grad_reduce,
     };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;

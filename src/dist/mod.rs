@@ -11,4 +11,4 @@ mod world;
 
 pub use layout::ParallelLayout;
 pub use tensor_parallel::TensorParallel;
-pub use world::{launched_by_mpirun, Element, World};
+pub use world::{launched_by_mpirun, Element, PendingSum, World};

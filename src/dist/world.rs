@@ -34,6 +34,59 @@ impl Element for f64 {}
 impl Element for u8 {}
 impl Element for u64 {}
 
+#[cfg(feature = "mpi")]
+struct Request(mpi::ffi::MPI_Request);
+#[cfg(not(feature = "mpi"))]
+enum Request {}
+
+/// A sum over the ranks in flight (`World::start_all_reduce_sum`): it owns both buffers until MPI is done
+/// with them; dropping it waits for the reduction.
+pub struct PendingSum<T: Element> {
+    send: Vec<T>,
+    recv: Vec<T>,
+    request: Option<Request>,
+}
+
+impl<T: Element> PendingSum<T> {
+    /// Let MPI progress the reduction; true once it is complete.
+    pub fn test(&mut self) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(Request(request)) = &mut self.request {
+            let mut done = 0;
+            // SAFETY: the request is live (set to null by MPI when it completes).
+            unsafe { mpi::ffi::MPI_Test(request, &mut done, mpi::ffi::RSMPI_STATUS_IGNORE) };
+            if done == 0 {
+                return false;
+            }
+            self.request = None;
+        }
+        true
+    }
+
+    /// The sum over the ranks, once complete.
+    pub fn wait(mut self) -> Vec<T> {
+        self.finish();
+        std::mem::take(&mut self.recv)
+    }
+
+    fn finish(&mut self) {
+        #[cfg(feature = "mpi")]
+        if let Some(Request(mut request)) = self.request.take() {
+            // SAFETY: as in `test`.
+            unsafe { mpi::ffi::MPI_Wait(&mut request, mpi::ffi::RSMPI_STATUS_IGNORE) };
+        }
+        #[cfg(not(feature = "mpi"))]
+        let _ = self.request.take();
+        self.send.clear();
+    }
+}
+
+impl<T: Element> Drop for PendingSum<T> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// True when a launcher (mpirun / srun / hydra) started this process.
 pub fn launched_by_mpirun() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS"].iter().any(|v| std::env::var_os(v).is_some())
@@ -114,6 +167,35 @@ impl World {
             Backend::Mpi { comm, .. } => {
                 use mpi::collective::{CommunicatorCollectives, SystemOperation};
                 comm.all_reduce_into(send, recv, SystemOperation::sum());
+            }
+        }
+    }
+
+    /// Start summing `send` over all ranks (MPI_Iallreduce) and return at once; the sum is in flight
+    /// until `PendingSum::wait`, progressing whenever `PendingSum::test` (or any MPI call) runs. Every
+    /// rank must start the same reductions in the same order.
+    pub fn start_all_reduce_sum<T: Element>(&self, send: Vec<T>) -> PendingSum<T> {
+        let mut recv = send.clone();
+        match &self.backend {
+            Backend::Single => PendingSum { recv, send: Vec::new(), request: None },
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, .. } => {
+                use mpi::raw::AsRaw;
+                let mut request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
+                // SAFETY: both buffers are heap memory owned by the returned PendingSum, which neither
+                // touches nor frees them until MPI reports the request complete (test, wait or drop).
+                unsafe {
+                    mpi::ffi::MPI_Iallreduce(
+                        send.as_ptr().cast(),
+                        recv.as_mut_ptr().cast(),
+                        send.len() as i32,
+                        T::equivalent_datatype().as_raw(),
+                        mpi::collective::SystemOperation::sum().as_raw(),
+                        comm.as_raw(),
+                        &mut request,
+                    );
+                }
+                PendingSum { send, recv, request: Some(Request(request)) }
             }
         }
     }

@@ -4,7 +4,7 @@
 use super::decoder::{DecoderLayer, Pass, Retrieval};
 use super::params::{Init, ParamBuilder, ParamSpec, Params, Split};
 use super::RetroConfig;
-use crate::autograd::{Gradients, Tape, Var};
+use crate::autograd::{Tape, Var};
 use crate::dist::TensorParallel;
 use crate::nn::{InitStd, LayerNorm};
 use crate::ops::{self, AttnMask};
@@ -265,21 +265,49 @@ impl RetroModel {
     /// The loss (a scalar tensor on the leaves' device, not read back: a GPU step queues its work without
     /// waiting) and the gradients of `leaves`. A parameter the loss does not reach gets a zero gradient
     /// (f32 on a GPU, where gradients are f32 whatever the leaf's type).
-    pub fn forward_backward(&self, leaves: &[Tensor], batch: &Batch, mut tape: Tape) -> Result<(Tensor, Vec<Tensor>)> {
-        let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
-        let loss = self.loss(&mut tape, &p, batch)?;
-        let value = loss.value().clone();
-        let mut grads: Gradients = tape.backward(&loss)?;
-        let grads = p
-            .iter()
+    pub fn forward_backward(&self, leaves: &[Tensor], batch: &Batch, tape: Tape) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; leaves.len()];
+        let loss = self.forward_backward_each(leaves, batch, tape, |event| {
+            if let Some((i, g)) = event {
+                grads[i] = Some(g);
+            }
+            Ok(())
+        })?;
+        let grads = grads
+            .into_iter()
             .zip(leaves)
-            .map(|(v, t)| match grads.take(v) {
+            .map(|(g, t)| match g {
                 Some(g) => Ok(g),
                 None if t.device() == crate::tensor::Device::Cpu => Ok(Tensor::zeros(t.shape(), t.dtype())),
                 None => Tensor::zeros(t.shape(), DType::F32).to(t.device()),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((value, grads))
+        Ok((loss, grads))
+    }
+
+    /// `forward_backward` handing over each parameter's gradient as soon as the backward has completed it
+    /// (`ready(Some((parameter index, gradient)))`; `ready(None)` after each op: `Tape::backward_each`).
+    /// Parameters the loss does not reach are never handed over.
+    pub fn forward_backward_each(
+        &self,
+        leaves: &[Tensor],
+        batch: &Batch,
+        mut tape: Tape,
+        mut ready: impl FnMut(Option<(usize, Tensor)>) -> Result<()>,
+    ) -> Result<Tensor> {
+        let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
+        let index: std::collections::HashMap<usize, usize> =
+            p.iter().enumerate().filter_map(|(i, v)| v.id().map(|id| (id, i))).collect();
+        let loss = self.loss(&mut tape, &p, batch)?;
+        let value = loss.value().clone();
+        tape.backward_each(&loss, |event| match event {
+            Some((id, g)) => match index.get(&id) {
+                Some(&i) => ready(Some((i, g))),
+                None => Ok(()),
+            },
+            None => ready(None),
+        })?;
+        Ok(value)
     }
 
     /// Loss only, recording nothing.

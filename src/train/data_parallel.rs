@@ -5,7 +5,7 @@
 //! gradient arena with NCCL (`DeviceOptimizer`). Also the small reductions a step needs: losses and
 //! validation sums, and rank 0's initial weights to every rank.
 
-use crate::dist::{ParallelLayout, World};
+use crate::dist::{Element, ParallelLayout, PendingSum, World};
 use crate::tensor::{Float, Tensor};
 use crate::{with_float, Result};
 use std::ops::Range;
@@ -26,6 +26,9 @@ pub struct DataParallel {
     pub bucket_size: usize,
     /// `--use-distributed-optimizer`: the AdamW moments split across the ranks (distributed_optimizer.rs).
     pub distributed_optimizer: bool,
+    /// `--overlap-grad-reduce`: the last micro-batch's backward starts each bucket's sum as soon as the
+    /// bucket's gradients are complete (`OverlappedReduce`).
+    pub overlap_grad_reduce: bool,
 }
 
 impl DataParallel {
@@ -33,7 +36,14 @@ impl DataParallel {
     pub fn single() -> Self {
         let layout = ParallelLayout::new(1, 0, 1).expect("a world of one");
         let world = Rc::new(World::single());
-        Self { group: world.clone(), world, layout, bucket_size: DEFAULT_BUCKET_SIZE, distributed_optimizer: false }
+        Self {
+            group: world.clone(),
+            world,
+            layout,
+            bucket_size: DEFAULT_BUCKET_SIZE,
+            distributed_optimizer: false,
+            overlap_grad_reduce: false,
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -111,6 +121,112 @@ impl DataParallel {
             with_float!(t.dtype(), "broadcasting the weights", T => self.group.broadcast(t.data_mut::<T>()?, 0));
         }
         Ok(())
+    }
+}
+
+/// `--overlap-grad-reduce` on the CPU: gradients summed over the data-parallel ranks while the step's last
+/// backward runs. Buckets hold whole parameters in reverse model order (the order a backward completes
+/// them, as Megatron orders its buckets), at most `--ddp-bucket-size` elements each. As the backward
+/// completes a parameter's gradient (`ready`), it is added to the earlier micro-batches' sum; when a
+/// bucket's last parameter is in, its non-blocking all-reduce starts, and every later op of the backward
+/// lets MPI progress the reductions in flight. `finish` starts what the backward never reached (in the
+/// same order on every rank: the ranks run the same graph) and waits. Each element's sum is the one
+/// `all_reduce_grads` computes, so the result is the same bits.
+pub struct OverlappedReduce<T: Float + Element> {
+    group: Rc<World>,
+    shapes: Vec<Vec<usize>>,
+    /// Parameter indices of each bucket, in packing order.
+    buckets: Vec<Vec<usize>>,
+    bucket_of: Vec<usize>,
+    /// Parameters of each bucket still to complete.
+    missing: Vec<usize>,
+    /// The earlier micro-batches' sums, taken as each parameter completes.
+    earlier: Vec<Option<Tensor>>,
+    grads: Vec<Option<Tensor>>,
+    pending: Vec<Option<PendingSum<T>>>,
+}
+
+impl<T: Float + Element> OverlappedReduce<T> {
+    /// For parameters of `shapes`, with the step's earlier micro-batches' gradient sums, if any.
+    pub fn new(dp: &DataParallel, shapes: Vec<Vec<usize>>, earlier: Option<Vec<Tensor>>) -> Self {
+        let order: Vec<usize> = (0..shapes.len()).rev().collect();
+        let numels: Vec<usize> = order.iter().map(|&i| shapes[i].iter().product()).collect();
+        let buckets: Vec<Vec<usize>> = dp.buckets(&numels).into_iter().map(|r| order[r].to_vec()).collect();
+        let mut bucket_of = vec![0; shapes.len()];
+        for (b, params) in buckets.iter().enumerate() {
+            params.iter().for_each(|&i| bucket_of[i] = b);
+        }
+        let n = shapes.len();
+        Self {
+            group: dp.group.clone(),
+            missing: buckets.iter().map(Vec::len).collect(),
+            pending: buckets.iter().map(|_| None).collect(),
+            earlier: earlier.map_or_else(|| vec![None; n], |e| e.into_iter().map(Some).collect()),
+            grads: vec![None; n],
+            shapes,
+            buckets,
+            bucket_of,
+        }
+    }
+
+    /// The backward's events (`RetroModel::forward_backward_each`).
+    pub fn ready(&mut self, event: Option<(usize, Tensor)>) -> Result<()> {
+        let Some((i, g)) = event else {
+            self.pending.iter_mut().flatten().for_each(|p| {
+                p.test();
+            });
+            return Ok(());
+        };
+        let total = match self.earlier[i].take() {
+            Some(mut sum) => {
+                sum.add_assign(&g)?;
+                sum
+            }
+            None => g,
+        };
+        self.grads[i] = Some(total);
+        let b = self.bucket_of[i];
+        self.missing[b] -= 1;
+        if self.missing[b] == 0 {
+            self.start(b)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, b: usize) -> Result<()> {
+        let mut packed: Vec<T> = Vec::new();
+        for &i in &self.buckets[b] {
+            packed.extend_from_slice(self.grads[i].as_ref().expect("complete").data::<T>()?);
+        }
+        self.pending[b] = Some(self.group.start_all_reduce_sum(packed));
+        Ok(())
+    }
+
+    /// The gradients summed over the ranks (parameters the backward never reached: the earlier sums, or
+    /// zeros).
+    pub fn finish(mut self) -> Result<Vec<Tensor>> {
+        for b in 0..self.buckets.len() {
+            if self.pending[b].is_none() {
+                for &i in &self.buckets[b] {
+                    if self.grads[i].is_none() {
+                        let shape = &self.shapes[i];
+                        self.grads[i] = Some(self.earlier[i].take().unwrap_or_else(|| Tensor::zeros(shape, T::DTYPE)));
+                    }
+                }
+                self.start(b)?;
+            }
+        }
+        for b in 0..self.buckets.len() {
+            let summed = self.pending[b].take().expect("started").wait();
+            let mut offset = 0;
+            for &i in &self.buckets[b] {
+                let g = self.grads[i].as_mut().expect("complete");
+                let n = g.numel();
+                g.data_mut::<T>()?.copy_from_slice(&summed[offset..offset + n]);
+                offset += n;
+            }
+        }
+        Ok(self.grads.into_iter().map(|g| g.expect("every gradient")).collect())
     }
 }
 

@@ -11,12 +11,12 @@
 //! Micro-batch gradients are summed in the engine; `apply` sums them over the data-parallel ranks
 //! (data_parallel.rs), averages them and steps the optimizer.
 
-use super::data_parallel::DataParallel;
+use super::data_parallel::{DataParallel, OverlappedReduce};
 use super::{AdamW, AdamWConfig, StepStats};
 use crate::autograd::Tape;
 use crate::model::{Batch, RetroModel};
 use crate::tensor::{Device, Tensor};
-use crate::Result;
+use crate::{with_float, Result};
 
 /// A GPU engine's optimizer state (a build without kernels has none).
 #[cfg(not(no_cuda_kernels))]
@@ -33,6 +33,8 @@ pub struct Engine {
     micro_batches: usize,
     /// The step's micro-batch losses, on the device until `micro_losses` reads them.
     losses: Vec<Tensor>,
+    /// `grads` are already summed over the data-parallel ranks (`accumulate_last` overlapped it).
+    reduced: bool,
     /// The data-parallel ranks whose gradients each step sums (one process: the identity).
     data_parallel: super::data_parallel::DataParallel,
     /// `--use-distributed-optimizer` on the CPU: this rank's shard of the AdamW moments.
@@ -81,6 +83,7 @@ impl Engine {
             grads: None,
             micro_batches: 0,
             losses: Vec::new(),
+            reduced: false,
             data_parallel: DataParallel::single(),
             sharded: None,
             #[cfg(not(no_cuda_kernels))]
@@ -129,11 +132,7 @@ impl Engine {
     pub fn accumulate(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<()> {
         let tape = Tape::training(model.config.dropout, seed);
         let (loss, grads) = model.forward_backward(self.leaves(model), batch, tape)?;
-        if self.micro_batches == 0 {
-            self.losses.clear(); // the previous step's, unread
-        }
-        self.losses.push(loss);
-        self.micro_batches += 1;
+        self.count(loss);
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
             return gpu.accumulate(&grads);
@@ -147,6 +146,40 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `accumulate` for the step's last micro-batch. With `--overlap-grad-reduce` (on the CPU, more than
+    /// one data-parallel rank, without the distributed optimizer) its backward sums each bucket of
+    /// gradients over the ranks as soon as the bucket is complete (`OverlappedReduce`), so the
+    /// communication runs behind the rest of the backward and `apply` finds the sums done.
+    pub fn accumulate_last(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<()> {
+        let dp = &self.data_parallel;
+        let overlap = dp.overlap_grad_reduce && dp.size() > 1 && self.sharded.is_none() && self.device == Device::Cpu;
+        if !overlap {
+            return self.accumulate(model, batch, seed);
+        }
+        let tape = Tape::training(model.config.dropout, seed);
+        let leaves = &model.params.tensors; // on the CPU the tape reads the parameters themselves
+        let shapes = leaves.iter().map(|t| t.shape().to_vec()).collect();
+        let earlier = self.grads.take();
+        let (loss, grads) = with_float!(model.params.dtype(), "overlapped gradient reduction", T => {
+            let mut reduce = OverlappedReduce::<T>::new(dp, shapes, earlier);
+            let loss = model.forward_backward_each(leaves, batch, tape, |event| reduce.ready(event))?;
+            (loss, reduce.finish()?)
+        });
+        self.count(loss);
+        self.grads = Some(grads);
+        self.reduced = true;
+        Ok(())
+    }
+
+    /// A micro-batch's loss joins the step's.
+    fn count(&mut self, loss: Tensor) {
+        if self.micro_batches == 0 {
+            self.losses.clear(); // the previous step's, unread
+        }
+        self.losses.push(loss);
+        self.micro_batches += 1;
     }
 
     /// The losses of this step's micro-batches, in order (before or after `apply`): on a GPU the step's
@@ -168,7 +201,9 @@ impl Engine {
             let all = micro_batches * self.data_parallel.size();
             return sharded.step(&mut model.params.tensors, &grads, lr, all, &self.data_parallel);
         }
-        self.data_parallel.all_reduce_grads(&mut grads)?;
+        if !std::mem::take(&mut self.reduced) {
+            self.data_parallel.all_reduce_grads(&mut grads)?;
+        }
         let micro_batches = micro_batches * self.data_parallel.size();
         if micro_batches > 1 {
             for g in grads.iter_mut() {

@@ -371,7 +371,11 @@ fn accumulate(
         let seed = args.seed
             ^ (iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             ^ ((j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
-        engine.accumulate(model, &batch?, seed)?;
+        if j + 1 == (dp.layout.dp_rank() + 1) * per_rank {
+            engine.accumulate_last(model, &batch?, seed)?;
+        } else {
+            engine.accumulate(model, &batch?, seed)?;
+        }
     }
     let losses = engine.micro_losses()?;
     if let Some((j, bad)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
