@@ -20,6 +20,7 @@ pub mod retrieval;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+pub mod variants;
 
 pub use error::{Context, Error, Result};
 

@@ -101,6 +101,7 @@ test_device!(model_loss_and_gradients_match_the_cpu_in_f64, |dev| {
             c.dropout = 0.1;
             c.mask_missing_neighbors = true;
             c.retro_attention_gate = 0.5;
+            c.cca_variant = "cca-gate".into();
         }
         let model = RetroModel::init(&c, 11, DType::F64).unwrap();
         let mut batch = random_batch(&c, 2, 12);

@@ -63,10 +63,14 @@ fn argmax(x: &[f64]) -> u32 {
 }
 
 fn check(gpt: bool) {
-    let model = RetroModel::init(&config(gpt), 3, DType::F64).unwrap();
+    check_model(&RetroModel::init(&config(gpt), 3, DType::F64).unwrap());
+}
+
+fn check_model(model: &RetroModel) {
+    let gpt = model.config.gpt_baseline;
     let mut rng = Rng::new(8);
     let prompt: Vec<u32> = (0..70).map(|_| rng.below(97) as u32).collect();
-    let mut dec = KvDecoder::new(&model, &model.params.tensors);
+    let mut dec = KvDecoder::new(model, &model.params.tensors);
     let c = model.config.clone();
     let mut retrieved = Vec::new();
     let mut retrieve = |chunk: usize, toks: &[u32]| {
@@ -79,7 +83,7 @@ fn check(gpt: bool) {
     }
     let mut generated = prompt.clone();
     for _ in 0..(200 - prompt.len()) {
-        let want = full_forward_last(&model, &generated);
+        let want = full_forward_last(model, &generated);
         let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(
             worst < 1e-10,
@@ -105,6 +109,26 @@ fn kv_cache_with_live_retrieval_equals_full_recompute() {
 #[test]
 fn kv_cache_equals_full_recompute_for_the_gpt_baseline() {
     check(true);
+}
+
+// Each CCA variant runs through the same layer code in generation: the gates (learned at a non-zero
+// value) apply to the cached path as to the full one.
+#[test]
+fn kv_cache_equals_full_recompute_for_every_cca_variant() {
+    for entry in retro::variants::CCA_VARIANTS {
+        let mut c = config(false);
+        c.cca_variant = entry.name.into();
+        if entry.name == "cca-gate" {
+            c.retro_attention_gate = 0.5;
+        }
+        let mut model = RetroModel::init(&c, 3, DType::F64).unwrap();
+        for (spec, t) in model.params.specs.iter().zip(model.params.tensors.iter_mut()) {
+            if spec.name.ends_with("tanh_gate") {
+                *t = Tensor::from_vec(vec![0.3f64], &[1]).unwrap();
+            }
+        }
+        check_model(&model);
+    }
 }
 
 #[test]

@@ -164,6 +164,7 @@ fn gpt_baseline_equals_retro_with_its_cca_layers_removed() {
 #[test]
 fn cca_gate_zero_is_the_gpt_baseline_and_other_gates_change_the_output() {
     let mut c = config();
+    c.cca_variant = "cca-gate".into();
     c.retro_attention_gate = 0.0;
     let gated = RetroModel::from_params(&c, model(&config()).params).unwrap();
     let bt = batch(6);

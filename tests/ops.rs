@@ -485,3 +485,97 @@ fn dropout_masks_are_seeded_scaled_and_differentiable() {
     };
     assert!(analytic_vs_numeric(&attn, &qkv) < GRAD_TOL);
 }
+
+// ---------------------------------------------------------------- tensor parallelism (a group of one)
+// The split forms across ranks are checked against the whole model under mpirun (tests/tensor_parallel.rs);
+// here each op's own forward and backward, on one rank.
+
+#[test]
+fn add_bias_adds_to_every_row_and_passes_finite_differences() {
+    let mut rng = Rng::new(21);
+    let (x, b) = (randn(&mut rng, &[2, 3, 5], 1.0), randn(&mut rng, &[5], 1.0));
+    let op = |t: &mut Tape, v: &[Var]| ops::add_bias(t, &v[0], &v[1]);
+    let got = forward(&[x.clone(), b.clone()], op);
+    let want: Vec<f64> = v64(&x).iter().enumerate().map(|(i, &xi)| xi + v64(&b)[i % 5]).collect();
+    assert_eq!(got, want);
+    assert!(gradcheck(&[x.clone(), b], &[true, true], 100, op) <= GRAD_TOL);
+    let err = ops::add_bias(&mut Tape::new(), &Var::constant(x), &Var::constant(randn(&mut rng, &[4], 1.0)));
+    assert!(err.unwrap_err().to_string().contains("bias [4] does not match input [2, 3, 5]"));
+}
+
+#[test]
+fn vocab_parallel_embedding_gives_its_rows_and_zeros_for_other_ids() {
+    let mut rng = Rng::new(22);
+    // Rows 4..8 of a vocabulary of 12.
+    let shard = randn(&mut rng, &[4, 3], 1.0);
+    let ids = Tensor::from_vec(vec![4i64, 0, 7, 11, 5, 5], &[2, 3]).unwrap();
+    let op = |ids: Tensor| move |t: &mut Tape, v: &[Var]| ops::vocab_parallel_embedding(t, &ids, &v[0], 4, 12);
+    let got = forward(std::slice::from_ref(&shard), op(ids.clone()));
+    let s = v64(&shard);
+    let want: Vec<f64> = [4i64, 0, 7, 11, 5, 5]
+        .iter()
+        .flat_map(|&i| {
+            if (4..8).contains(&i) {
+                s[(i as usize - 4) * 3..(i as usize - 3) * 3].to_vec()
+            } else {
+                vec![0.0; 3]
+            }
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(gradcheck(std::slice::from_ref(&shard), &[true], 100, op(ids)) <= GRAD_TOL);
+    let bad = Tensor::from_vec(vec![12i64], &[1]).unwrap();
+    let err = ops::vocab_parallel_embedding(&mut Tape::new(), &bad, &Var::constant(shard), 4, 12).unwrap_err();
+    assert!(err.to_string().contains("id 12") && err.to_string().contains("vocabulary of 12"), "{err}");
+}
+
+#[test]
+fn vocab_parallel_cross_entropy_of_one_rank_is_cross_entropy_and_passes_finite_differences() {
+    let mut rng = Rng::new(23);
+    let logits = randn(&mut rng, &[7, 13], 2.0);
+    let labels = Tensor::from_vec(vec![0i64, 12, 5, 5, 3, 9, 1], &[7]).unwrap();
+    let tp = retro::dist::TensorParallel::single();
+    let (l, group) = (labels.clone(), tp.clone());
+    let op = move |t: &mut Tape, v: &[Var]| ops::vocab_parallel_cross_entropy(t, &v[0], &l, 0, &group);
+    let got = forward(std::slice::from_ref(&logits), op.clone())[0];
+    let want = forward(std::slice::from_ref(&logits), |t, v| ops::cross_entropy(t, &v[0], &labels))[0];
+    assert!((got - want).abs() < 1e-13 * want.abs(), "{got} vs {want}");
+    assert!(gradcheck(std::slice::from_ref(&logits), &[true], 100, op.clone()) <= GRAD_TOL);
+    assert!(f32_matches_f64(std::slice::from_ref(&logits), op) < F32_TOL);
+    let bad = Tensor::from_vec(vec![13i64; 7], &[7]).unwrap();
+    let err = ops::vocab_parallel_cross_entropy(&mut Tape::new(), &Var::constant(logits), &bad, 0, &tp).unwrap_err();
+    assert!(err.to_string().contains("label 13") && err.to_string().contains("vocabulary of 13"), "{err}");
+}
+
+#[test]
+fn the_tensor_parallel_mappings_of_one_rank_are_the_identity_both_ways() {
+    let mut rng = Rng::new(24);
+    let x = randn(&mut rng, &[3, 4], 1.0);
+    let tp = retro::dist::TensorParallel::single();
+    for op in [ops::copy_to_tensor_parallel, ops::reduce_from_tensor_parallel] {
+        let group = tp.clone();
+        let f = move |t: &mut Tape, v: &[Var]| op(t, &v[0], &group);
+        assert_eq!(forward(std::slice::from_ref(&x), f.clone()), v64(&x));
+        assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, f) <= GRAD_TOL);
+    }
+}
+
+// ---------------------------------------------------------------- the scalar gate (cca-tanh-gate)
+
+#[test]
+fn tanh_and_mul_scalar_match_formulas_and_finite_differences() {
+    let mut rng = Rng::new(25);
+    let x = randn(&mut rng, &[3, 4], 1.5);
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::tanh(t, &v[0]));
+    assert_eq!(got, v64(&x).iter().map(|v| v.tanh()).collect::<Vec<_>>());
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 100, |t, v| ops::tanh(t, &v[0])) <= GRAD_TOL);
+    assert!(f32_matches_f64(std::slice::from_ref(&x), |t, v| ops::tanh(t, &v[0])) < F32_TOL);
+    let s = Tensor::from_vec(vec![-0.7f64], &[1]).unwrap();
+    let op = |t: &mut Tape, v: &[Var]| ops::mul_scalar(t, &v[0], &v[1]);
+    let got = forward(&[x.clone(), s.clone()], op);
+    assert_eq!(got, v64(&x).iter().map(|v| v * -0.7).collect::<Vec<_>>());
+    assert!(gradcheck(&[x.clone(), s], &[true, true], 100, op) <= GRAD_TOL);
+    let two = Var::constant(Tensor::from_vec(vec![1.0f64, 2.0], &[2]).unwrap());
+    let err = ops::mul_scalar(&mut Tape::new(), &Var::constant(x), &two).unwrap_err().to_string();
+    assert!(err.contains("mul_scalar") && err.contains("one element") && err.contains("[2]"), "{err}");
+}

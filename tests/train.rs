@@ -220,3 +220,25 @@ fn bad_inputs_fail_before_training_with_clear_messages() {
         "{err}"
     );
 }
+
+// `--cca-variant` trains the lab's variant, stores it in the checkpoint's config, and a resume with
+// another variant is refused naming it; an unknown name lists the registered ones, before any work.
+#[test]
+fn the_cca_variant_is_trained_stored_and_must_match_on_resume() {
+    let run = run_dir("tanh-gate");
+    let (code, _, err) = train(&run, &["--train-iters", "2", "--cca-variant", "cca-tanh-gate"]);
+    assert_eq!(code, 0, "{err}");
+    let checkpoint = std::fs::read_to_string(run.join("iter_0000002/state.json")).unwrap();
+    assert!(checkpoint.contains("\"cca_variant\": \"cca-tanh-gate\""), "{checkpoint}");
+    let load = s(&run);
+    let (code, _, err) = train(&run, &["--train-iters", "3", "--load", &load]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other settings") && err.contains("cca_variant"), "{err}");
+    let (code, _, err) = train(&run, &["--train-iters", "3", "--load", &load, "--cca-variant", "cca-tanh-gate"]);
+    assert_eq!(code, 0, "{err}");
+    let fresh = run_dir("unknown-variant");
+    let (code, _, err) = train(&fresh, &["--train-iters", "1", "--cca-variant", "cca-magic"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--cca-variant") && err.contains("cca, cca-gate, cca-tanh-gate"), "{err}");
+    assert!(!fresh.exists(), "{} was created", fresh.display());
+}

@@ -83,6 +83,12 @@ pub struct Args {
     /// gradients reduce-scattered, updated weight shards all-gathered. CPU only so far.
     #[arg(long)]
     pub use_distributed_optimizer: bool,
+    /// The CCA layers' variant, from the lab's registry (src/variants, docs/variants.md): cca
+    /// (Megatron's, the default), cca-gate (Megatron's legacy retro_attention_gate constant, from the
+    /// config), cca-tanh-gate (the output times tanh of a learned per-layer scalar that starts at 0).
+    /// Stored with the model config, so a checkpoint resumes only with the same variant.
+    #[arg(long)]
+    pub cca_variant: Option<String>,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
     /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
     /// between the backward's ops), so the communication hides behind the rest of the backward. CPU
@@ -141,6 +147,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         ddp_bucket_size,
         use_distributed_optimizer,
         overlap_grad_reduce,
+        cca_variant,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -188,6 +195,10 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     let mut model = model_config(&config)?;
     model.dropout = hidden_dropout;
     model.gpt_baseline = no_retrieval;
+    if let Some(variant) = cca_variant {
+        retro::variants::cca_variant(&variant).map_err(|e| e.context("--cca-variant"))?;
+        model.cca_variant = variant;
+    }
     let samples = retro::data::samples::Samples::read(
         &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
     )?

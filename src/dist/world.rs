@@ -175,12 +175,12 @@ impl World {
     /// until `PendingSum::wait`, progressing whenever `PendingSum::test` (or any MPI call) runs. Every
     /// rank must start the same reductions in the same order.
     pub fn start_all_reduce_sum<T: Element>(&self, send: Vec<T>) -> PendingSum<T> {
-        let mut recv = send.clone();
         match &self.backend {
-            Backend::Single => PendingSum { recv, send: Vec::new(), request: None },
+            Backend::Single => PendingSum { recv: send, send: Vec::new(), request: None },
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, .. } => {
                 use mpi::raw::AsRaw;
+                let mut recv = send.clone();
                 let mut request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
                 // SAFETY: both buffers are heap memory owned by the returned PendingSum, which neither
                 // touches nor frees them until MPI reports the request complete (test, wait or drop).

@@ -50,6 +50,10 @@ pub struct RetroConfig {
     /// the residual add. 1 (the default) is Megatron core's behaviour.
     #[serde(default = "default_gate")]
     pub retro_attention_gate: f64,
+    /// The CCA layers' variant (src/variants, `--cca-variant`): Megatron's `cca` by default (then not
+    /// written, so configs from before variants existed read the same).
+    #[serde(default = "default_cca_variant", skip_serializing_if = "is_default_cca_variant")]
+    pub cca_variant: String,
     // Derived values some writers include (the golden file does); checked, never trusted.
     #[serde(default, skip_serializing)]
     retrieved_length: Option<usize>,
@@ -73,6 +77,12 @@ fn default_eps() -> f64 {
 }
 fn default_gate() -> f64 {
     1.0
+}
+fn default_cca_variant() -> String {
+    "cca".into()
+}
+fn is_default_cca_variant(v: &str) -> bool {
+    v == "cca"
 }
 fn default_init_std() -> f64 {
     0.02
@@ -106,6 +116,7 @@ impl RetroConfig {
             gpt_baseline: false,
             mask_missing_neighbors: false,
             retro_attention_gate: 1.0,
+            cca_variant: default_cca_variant(),
             retrieved_length: None,
             head_dim: None,
             ffn_hidden_size: None,
@@ -194,6 +205,14 @@ impl RetroConfig {
             c.retro_attention_gate
         );
         ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
+        crate::variants::cca_variant(&c.cca_variant).map_err(|e| e.context("model config: cca_variant"))?;
+        ensure!(
+            c.retro_attention_gate == 1.0 || c.cca_variant == "cca-gate",
+            "model config: retro_attention_gate {} is the cca-gate variant's constant, but cca_variant is {:?}; \
+             set cca_variant to \"cca-gate\"",
+            c.retro_attention_gate,
+            c.cca_variant
+        );
         if !c.gpt_baseline {
             let layers = c.retro_layers();
             ensure!(

@@ -3,9 +3,9 @@
 //!
 //! CCA (Megatron `decoder_attention.py`): with pad = (n - 1) % m = m - 1, the attending rows are
 //! LN_ca(h)[pad..] followed by m - 1 zero rows, split into l = n/m chunks of m rows; chunk c attends,
-//! with no positions, to the k·r encoded tokens of its neighbours. The output is shifted back (pad zero
-//! rows in front, cut to n): token t sees the neighbours of chunk (t + 1)/m - 1, tokens 0..m-2 none.
-//! With Megatron's legacy `retro_attention_gate` g != 1 the CCA output is multiplied by g.
+//! with no positions, to the k·r encoded tokens of its neighbours — how is the layer's CCA variant
+//! (src/variants: Megatron's `cca` by default). The output is shifted back (pad zero rows in front, cut
+//! to n): token t sees the neighbours of chunk (t + 1)/m - 1, tokens 0..m-2 none.
 //!
 //! The same layer code runs a whole sequence (`Pass::Full`: training, evaluation) or one new position of
 //! generation (`Pass::Step`, with the layer's `LayerCache`): then self-attention reads the cached keys and
@@ -19,7 +19,9 @@ use crate::model::params::ParamBuilder;
 use crate::model::RetroConfig;
 use crate::nn::{CrossAttention, InitStd, KvCache, LayerNorm, Mlp, SelfAttention};
 use crate::ops::{self, AttnMask};
+use crate::variants::CcaVariant;
 use crate::{bail, Result};
+use std::sync::Arc;
 
 /// What the CCA layers share during one forward pass.
 pub struct Retrieval {
@@ -65,7 +67,8 @@ pub struct Cca {
     /// Owned by the first CCA layer (parameters `decoder.layers.<i>.encoder.*`).
     pub(crate) encoder: Option<Encoder>,
     pub(crate) chunk_length: usize,
-    pub(crate) gate: f64,
+    /// What the attending rows produce (`RetroConfig::cca_variant`).
+    pub(crate) variant: Arc<dyn CcaVariant>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,17 +97,19 @@ impl DecoderLayer {
         let cca_parts = cca.then(|| {
             let ln = LayerNorm::new(pb, &format!("{pre}.pre_cross_attn_layernorm"), d, eps);
             let attn = CrossAttention::new(pb, &format!("{pre}.cross_attention"), d, c.num_heads, init);
-            (ln, attn)
+            let entry = crate::variants::cca_variant(&c.cca_variant).expect("RetroConfig::validate checked it");
+            let variant = (entry.build)(pb, &format!("{pre}.cross_attention"), c);
+            (ln, attn, variant)
         });
         let pre_mlp_ln = LayerNorm::new(pb, &format!("{pre}.pre_mlp_layernorm"), d, eps);
         let mlp = Mlp::new(pb, &format!("{pre}.mlp"), d, c.ffn_hidden_size(), init);
         // Registered last, as torch registers the submodule after the layer's own parameters.
-        let cca = cca_parts.map(|(ln, attn)| Cca {
+        let cca = cca_parts.map(|(ln, attn, variant)| Cca {
             ln,
             attn,
             encoder: with_encoder.then(|| Encoder::new(pb, &format!("{pre}.encoder"), c, init)),
             chunk_length: c.chunk_length,
-            gate: c.retro_attention_gate,
+            variant,
         });
         Self { input_ln, self_attn, cca, pre_mlp_ln, mlp }
     }
@@ -155,13 +160,9 @@ impl Cca {
     /// `y`: the residual stream after this CCA's LayerNorm (`ln`, applied by the layer, fused with the
     /// residual add before it).
     fn forward(&self, tape: &mut Tape, p: &[Var], y: &Var, pass: &mut CcaPass) -> Result<Option<Var>> {
-        let out = match pass {
-            CcaPass::Full(retrieval) => Some(self.full(tape, p, y, retrieval)?),
-            CcaPass::Step(step, kv) => self.step(tape, p, y, step, kv)?,
-        };
-        match out {
-            Some(out) if self.gate != 1.0 => Ok(Some(ops::scale(tape, &out, self.gate)?)),
-            out => Ok(out),
+        match pass {
+            CcaPass::Full(retrieval) => Ok(Some(self.full(tape, p, y, retrieval)?)),
+            CcaPass::Step(step, kv) => self.step(tape, p, y, step, kv),
         }
     }
 
@@ -193,7 +194,7 @@ impl Cca {
         let Some(chunk_kv) = kv.get(chunk) else {
             bail!("CCA: position {} attends to chunk {chunk}, whose neighbours were never encoded", step.t)
         };
-        self.attn.forward_kv(tape, p, y, chunk_kv, &AttnMask::None).map(Some)
+        self.variant.attend(tape, p, &self.attn, y, chunk_kv, &AttnMask::None).map(Some)
     }
 
     /// A whole sequence: the shifted, chunked cross-attention.
@@ -210,7 +211,8 @@ impl Cca {
         let pad = (n - 1) % m;
         let shifted = ops::shift_rows(tape, y, 1, pad as isize, l * m)?;
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
-        let out = self.attn.forward(tape, p, &queries, encoded, &retrieval.mask)?;
+        let kv = self.attn.project_kv(tape, p, encoded)?;
+        let out = self.variant.attend(tape, p, &self.attn, &queries, &kv, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
         ops::shift_rows(tape, &out, 1, -(pad as isize), n)
     }

@@ -10,6 +10,7 @@ mod cross_entropy;
 pub mod cuda;
 mod dropout;
 mod embedding;
+mod gate;
 mod gelu;
 mod layernorm;
 mod layout;
@@ -22,6 +23,7 @@ pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, A
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use embedding::{embedding, word_position_embedding};
+pub use gate::{mul_scalar, tanh};
 pub use gelu::{gelu, gelu_erf};
 pub use layernorm::{add_layer_norm, layer_norm};
 pub use layout::{concat, narrow, pad, reshape, shift_rows};

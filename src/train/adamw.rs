@@ -86,6 +86,13 @@ impl AdamW {
         }
     }
 
+    /// Drop the moments (the distributed optimizer holds this rank's shard of them; `Engine::to_host`
+    /// gathers them back for a checkpoint). Without this every rank would keep all of them anyway.
+    pub fn release_moments(&mut self) {
+        self.exp_avg = Vec::new();
+        self.exp_avg_sq = Vec::new();
+    }
+
     /// One update with learning rate `lr` (the schedule's value for this step). Scales `grads` in place
     /// when clipping.
     pub fn step(&mut self, params: &mut [Tensor], grads: &mut [Tensor], lr: f64) -> Result<StepStats> {

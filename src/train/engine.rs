@@ -113,6 +113,12 @@ impl Engine {
         Ok(self)
     }
 
+    /// True when the distributed optimizer holds this rank's shard of the AdamW moments (so the host
+    /// `AdamW` need not keep them between checkpoints).
+    pub fn shards_moments(&self) -> bool {
+        self.sharded.is_some()
+    }
+
     pub fn device(&self) -> Device {
         self.device
     }

@@ -159,6 +159,9 @@ pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result
     }
     dp.broadcast_from_root(&mut model.params.tensors)?;
     let mut engine = Engine::new(args.device, &model, &opt)?.with_data_parallel(dp.clone(), &model, &opt)?;
+    if engine.shards_moments() {
+        opt.release_moments(); // this rank's shard lives in the engine
+    }
     let mut outputs = dp.is_root().then(|| RunFiles::open(args)).transpose()?;
     let batches = prefetch(Arc::new(data.train), micro_batch_plan(args, iteration, dp.layout.dp_rank(), per_rank), 4);
     let bar = progress_bar(args, iteration, dp.is_root());
@@ -209,6 +212,9 @@ pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result
                 let state = State::at(iteration, consumed, opt.step, identity.clone());
                 checkpoint::save(&args.save, model, opt, &state, args.keep)?;
             }
+        }
+        if saving && engine.shards_moments() {
+            opt.release_moments(); // gathered for the checkpoint only
         }
         if let Some(reason) = &stopped_by {
             if dp.is_root() {

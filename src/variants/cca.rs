@@ -1,0 +1,32 @@
+//! `cca`: Megatron's chunked cross-attention (the default): multi-head attention of the attending rows
+//! over the neighbours' keys and values, then the output projection.
+
+use super::{CcaVariant, CcaVariantEntry};
+use crate::autograd::{Tape, Var};
+use crate::nn::CrossAttention;
+use crate::ops::AttnMask;
+use crate::Result;
+use std::sync::Arc;
+
+pub const ENTRY: CcaVariantEntry = CcaVariantEntry {
+    name: "cca",
+    about: "Megatron's chunked cross-attention (the default)",
+    build: |_, _, _| Arc::new(Cca),
+};
+
+#[derive(Debug)]
+pub struct Cca;
+
+impl CcaVariant for Cca {
+    fn attend(
+        &self,
+        tape: &mut Tape,
+        p: &[Var],
+        attn: &CrossAttention,
+        queries: &Var,
+        kv: &Var,
+        mask: &AttnMask,
+    ) -> Result<Var> {
+        attn.forward_kv(tape, p, queries, kv, mask)
+    }
+}

@@ -1,0 +1,168 @@
+//! The attention-variant lab's CCA variants (src/variants): the registry, each variant's parameters, its
+//! gradients against finite differences through the whole model (f64), and the properties that define
+//! it: `cca-gate` at 1 is `cca`, at 0 the GPT baseline; `cca-tanh-gate` at its initial gate 0 is exactly
+//! the GPT baseline, so a retro-fit from a GPT checkpoint starts at the GPT's loss.
+
+mod common;
+
+use common::max_rel_err;
+use retro::autograd::Tape;
+use retro::model::safetensors_io::{load_params, save_params, TensorFile};
+use retro::model::{Batch, Params, RetroConfig, RetroModel};
+use retro::rng::Rng;
+use retro::tensor::{DType, Tensor};
+
+const B: usize = 2;
+const S: usize = 128;
+const K: usize = 2;
+const V: usize = 61;
+
+fn config(variant: &str) -> RetroConfig {
+    let mut c = RetroConfig::preset("tiny").unwrap();
+    c.hidden_size = 16;
+    c.num_heads = 2;
+    c.vocab_size = V;
+    c.seq_length = S;
+    c.num_neighbors = K;
+    c.cca_variant = variant.into();
+    c
+}
+
+fn batch() -> Batch {
+    let mut rng = Rng::new(4);
+    let mut ids = |shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.below(V as u64) as i64).collect::<Vec<_>>(), shape).unwrap()
+    };
+    let (tokens, labels) = (ids(&[B, S]), ids(&[B, S]));
+    Batch { tokens, labels, neighbors: Some(ids(&[B, S / 64, K, 128])) }
+}
+
+fn logits(m: &RetroModel, b: &Batch) -> Vec<f64> {
+    let mut tape = Tape::inference();
+    let p = m.params.leaves(&mut tape);
+    m.logits(&mut tape, &p, &b.tokens, b.neighbors.as_ref()).unwrap().into_value().to_f64_vec()
+}
+
+/// The GPT baseline holding `retro`'s decoder parameters.
+fn gpt_from(retro: &RetroModel) -> RetroModel {
+    let mut c = retro.config.clone();
+    c.gpt_baseline = true;
+    c.cca_variant = "cca".into();
+    c.retro_attention_gate = 1.0;
+    let specs = RetroModel::specs(&c).unwrap();
+    let by_name = retro.params.by_name();
+    let tensors = specs.iter().map(|s| by_name[s.name.as_str()].clone()).collect();
+    RetroModel::from_params(&c, Params { specs, tensors }).unwrap()
+}
+
+fn set_gates(m: &mut RetroModel, value: f64) {
+    for (spec, t) in m.params.specs.iter().zip(m.params.tensors.iter_mut()) {
+        if spec.name.ends_with("tanh_gate") {
+            *t = Tensor::from_vec(vec![value], &[1]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_registry_names_every_variant_and_refuses_unknown_ones_listing_them() {
+    let names: Vec<&str> = retro::variants::CCA_VARIANTS.iter().map(|v| v.name).collect();
+    assert_eq!(names, ["cca", "cca-gate", "cca-tanh-gate"]);
+    let err = retro::variants::cca_variant("cca-magic").unwrap_err().to_string();
+    assert!(err.contains("cca-magic") && err.contains("cca, cca-gate, cca-tanh-gate"), "{err}");
+    let err = RetroModel::init(&config("nope"), 1, DType::F64).unwrap_err().to_string();
+    assert!(err.contains("cca_variant") && err.contains("\"nope\""), "{err}");
+    let mut gated = config("cca");
+    gated.retro_attention_gate = 0.5;
+    let err = gated.validate().unwrap_err().to_string();
+    assert!(err.contains("retro_attention_gate 0.5") && err.contains("cca-gate"), "{err}");
+    // The default is not written, so configs from before variants existed read (and compare) the same.
+    assert!(!config("cca").to_json().contains("cca_variant"));
+    assert!(config("cca-tanh-gate").to_json().contains("\"cca_variant\":\"cca-tanh-gate\""));
+}
+
+#[test]
+fn cca_adds_no_parameters_and_cca_gate_at_one_is_cca_bitwise() {
+    let cca = RetroModel::init(&config("cca"), 7, DType::F64).unwrap();
+    let mut c = config("cca-gate");
+    c.retro_attention_gate = 1.0;
+    let gate = RetroModel::from_params(&c, cca.params.clone()).unwrap();
+    assert_eq!(RetroModel::specs(&c).unwrap(), cca.params.specs, "cca-gate has no parameters of its own");
+    let b = batch();
+    assert_eq!(logits(&gate, &b), logits(&cca, &b));
+    c.retro_attention_gate = 0.0;
+    let closed = RetroModel::from_params(&c, cca.params.clone()).unwrap();
+    assert_eq!(logits(&closed, &b), logits(&gpt_from(&cca), &b), "gate 0 is the GPT baseline");
+}
+
+#[test]
+fn cca_tanh_gate_adds_one_zero_gate_per_cca_layer_and_starts_as_the_gpt_baseline() {
+    let model = RetroModel::init(&config("cca-tanh-gate"), 7, DType::F64).unwrap();
+    let gates: Vec<_> = model.params.specs.iter().filter(|s| s.name.ends_with("tanh_gate")).collect();
+    let names: Vec<&str> = gates.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["decoder.layers.1.cross_attention.tanh_gate", "decoder.layers.3.cross_attention.tanh_gate"]);
+    assert!(gates.iter().all(|s| s.shape == [1]) && !retro::train::adamw::decays(&[1]));
+    let b = batch();
+    assert_eq!(logits(&model, &b), logits(&gpt_from(&model), &b), "tanh(0) = 0: exactly the GPT's logits");
+    let mut open = model.clone();
+    set_gates(&mut open, 0.3);
+    assert_ne!(logits(&open, &b), logits(&model, &b));
+}
+
+// A retro-fit (what `retro train --init-from GPT --cca-variant cca-tanh-gate` loads): the GPT checkpoint's
+// parameters, the CCA, encoder and gates fresh; its loss is the GPT's, and the gates get a gradient.
+#[test]
+fn a_tanh_gated_retro_fit_starts_at_the_gpt_loss_and_learns_its_gates() {
+    let gpt = RetroModel::init(&gpt_config(), 5, DType::F64).unwrap();
+    let dir = std::env::temp_dir().join(format!("retro-variants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gpt.safetensors");
+    save_params(&path, &gpt.params, Default::default()).unwrap();
+    let c = config("cca-tanh-gate");
+    let specs = RetroModel::specs(&c).unwrap();
+    let (params, report) = load_params(&TensorFile::read(&path).unwrap(), &specs, DType::F64, false, 5, &[]).unwrap();
+    assert!(report.missing.iter().any(|n| n.ends_with("tanh_gate")) && report.unexpected.is_empty());
+    let fit = RetroModel::from_params(&c, params).unwrap();
+    let b = batch();
+    let (fit_loss, gpt_loss) = (fit.loss_and_grads(&b).unwrap(), gpt.eval_loss(&b).unwrap());
+    assert_eq!(fit_loss.loss, gpt_loss, "the retro-fit starts at the GPT's loss");
+    let gate = fit.params.index("decoder.layers.1.cross_attention.tanh_gate").unwrap();
+    assert!(fit_loss.grads[gate].to_f64_vec()[0].abs() > 0.0, "the gate learns");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn gpt_config() -> RetroConfig {
+    let mut c = config("cca");
+    c.gpt_baseline = true;
+    c
+}
+
+// Whole-model central differences (f64) of every gate and of a CCA weight, gates open.
+#[test]
+fn cca_tanh_gate_gradients_match_finite_differences() {
+    let mut model = RetroModel::init(&config("cca-tanh-gate"), 9, DType::F64).unwrap();
+    set_gates(&mut model, 0.4);
+    let b = batch();
+    let grads = model.loss_and_grads(&b).unwrap().grads;
+    let loss_at = |m: &RetroModel| m.eval_loss(&b).unwrap();
+    let mut checked = Vec::new();
+    for name in [
+        "decoder.layers.1.cross_attention.tanh_gate",
+        "decoder.layers.3.cross_attention.tanh_gate",
+        "decoder.layers.3.cross_attention.linear_proj.weight",
+    ] {
+        let i = model.params.index(name).unwrap();
+        // Fourth-order central differences: the gradients are small (~1e-5), the loss ~4.
+        let h = 1e-3;
+        let at = |offset: f64| {
+            let mut m = model.clone();
+            m.params.tensors[i].data_mut::<f64>().unwrap()[0] += offset;
+            loss_at(&m)
+        };
+        let numeric = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
+        checked.push((numeric, grads[i].to_f64_vec()[0]));
+    }
+    let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
+    let err = max_rel_err(&numeric, &analytic, 1e-6);
+    assert!(err < 1e-6, "numeric {numeric:?} vs analytic {analytic:?} ({err:e})");
+}
