@@ -28,8 +28,16 @@ fn main() {
     for (i, x) in all.iter().enumerate() {
         assert_eq!(*x as f64, ranks_sum * (i / block + 1) as f64, "all-gather element {i} on rank {rank}");
     }
+    // Gather to one rank: rank 0 receives every rank's block in rank order, the others nothing.
+    match world.gather_to(&mine, 0) {
+        Some(gathered) => assert!(rank == 0 && gathered == all, "gather on rank {rank}"),
+        None => assert_ne!(rank, 0, "rank 0 got nothing"),
+    }
     world.barrier();
-    println!("mpi_world: rank {rank} of {size}: all-reduce, reduce-scatter, all-gather ok ({})", world.describe());
+    println!(
+        "mpi_world: rank {rank} of {size}: all-reduce, reduce-scatter, all-gather, gather ok ({})",
+        world.describe()
+    );
     if std::env::var("RETRO_TEST_NCCL").is_ok_and(|v| v == "1") {
         nccl_all_reduce(&world);
     }

@@ -265,6 +265,28 @@ impl World {
         }
     }
 
+    /// Every rank's `send` (all of one length), in rank order, on rank `root` only (MPI_Gather): `Some` there,
+    /// `None` on the others.
+    pub fn gather_to<T: Element>(&self, send: &[T], root: usize) -> Option<Vec<T>> {
+        match &self.backend {
+            Backend::Single => Some(send.to_vec()),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { comm, .. } => {
+                use mpi::topology::Communicator;
+                use mpi::traits::Root;
+                let at = comm.process_at_rank(root as i32);
+                if self.rank() == root {
+                    let mut recv = send.repeat(self.size());
+                    at.gather_into_root(send, &mut recv[..]);
+                    Some(recv)
+                } else {
+                    at.gather_into(send);
+                    None
+                }
+            }
+        }
+    }
+
     /// Overwrite `buf` on every rank with rank `root`'s values.
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) {
         #[cfg(feature = "mpi")]

@@ -157,15 +157,17 @@ impl ShardedAdamW {
         (split[0] + sums[1]).sqrt()
     }
 
-    /// Every rank's moments gathered into `opt` (shaped like `params`), and the step count: what a
-    /// checkpoint holds. A collective: every rank calls it.
+    /// Every rank's moments gathered into the first data-parallel rank's `opt` (shaped like `params`;
+    /// the other ranks' `opt` holds none), and the step count: what a checkpoint holds, written by that
+    /// rank. A collective: every rank calls it.
     pub fn to_full(&self, opt: &mut AdamW, params: &[Tensor], dp: &DataParallel) -> Result<()> {
-        let mut flat = vec![0f32; self.padded];
+        opt.release_moments();
         for (moments, mine) in [(&mut opt.exp_avg, &self.exp_avg), (&mut opt.exp_avg_sq, &self.exp_avg_sq)] {
-            dp.group.all_gather(mine, &mut flat);
-            *moments = (params.iter().enumerate())
-                .map(|(i, p)| Tensor::from_vec(flat[self.arena.range(i)].to_vec(), p.shape()))
-                .collect::<Result<_>>()?;
+            if let Some(flat) = dp.group.gather_to(mine, 0) {
+                *moments = (params.iter().enumerate())
+                    .map(|(i, p)| Tensor::from_vec(flat[self.arena.range(i)].to_vec(), p.shape()))
+                    .collect::<Result<_>>()?;
+            }
         }
         opt.step = self.step;
         Ok(())
