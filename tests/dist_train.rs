@@ -99,9 +99,11 @@ fn two_data_parallel_ranks_equal_one_process() {
     assert_eq!(a.len(), 5, "one record per step");
     assert_same_curve(&a, &b);
     assert!(a[1]["valid_loss"].is_number(), "evaluated at step 2");
-    // The distributed optimizer (moments split across the ranks) takes the same steps.
+    // The distributed optimizer (moments split across the ranks) takes the same steps, working in chunks
+    // of 100k elements (about 20 for the tiny model).
     let zero = run_dir("two-zero");
-    let (code, out) = train(2, &zero, &[&args[..], &["--use-distributed-optimizer"]].concat());
+    let extra = ["--use-distributed-optimizer", "--ddp-bucket-size", "100000"];
+    let (code, out) = train(2, &zero, &[&args[..], &extra[..]].concat());
     assert_eq!(code, 0, "{out}");
     assert_same_curve(&metrics(&zero), &b);
     // Reducing buckets of 100k elements during the backward (the tiny model's 1.8M gradients in about 20
@@ -215,7 +217,8 @@ fn a_data_parallel_checkpoint_resumes_in_one_process() {
     let whole = run_dir("whole");
     let (code, out) = train(0, &whole, &["--train-iters", "5", "--micro-batch-size", "2"]);
     assert_eq!(code, 0, "{out}");
-    for (name, extra) in [("split", &[][..]), ("split-zero", &["--use-distributed-optimizer"][..])] {
+    let zero = ["--use-distributed-optimizer", "--ddp-bucket-size", "100000"];
+    for (name, extra) in [("split", &[][..]), ("split-zero", &zero[..])] {
         let split = run_dir(name);
         let first = [&["--train-iters", "3", "--micro-batch-size", "2", "--save-interval", "3"][..], extra].concat();
         let (code, out) = train(2, &split, &first);

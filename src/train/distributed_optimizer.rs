@@ -1,12 +1,15 @@
 //! Megatron's distributed optimizer (`--use-distributed-optimizer`, ZeRO-1) on the CPU: the AdamW moments
 //! are split across the data-parallel ranks instead of replicated, so each rank holds 1/N of them. The
-//! parameters are laid out in one flat arena (`ParamArena`, padded to a multiple of N) cut into N
-//! contiguous shards. A step: the ranks' gradient sums are reduce-scattered (each rank receives the sum
-//! of its shard only), the global norm is the all-reduced sum of the shards' squares, each rank applies
-//! AdamW (the same per-element update as `AdamW::step`) to its shard of the weights, and the updated
-//! shards are all-gathered into every rank's weights. Checkpoints stay unsharded: `to_full` gathers the
-//! moments (a collective), and `from_full` takes a rank's shard of a checkpoint's, so a run resumes with
-//! any number of ranks, with or without this optimizer.
+//! parameters are laid out in one flat arena (`ParamArena`) cut into chunks of `--ddp-bucket-size`
+//! elements (a multiple of N), and each chunk into N contiguous pieces: rank r owns piece r of every
+//! chunk. A step, chunk by chunk: the ranks' gradient sums are reduce-scattered (each rank receives the
+//! sum of its piece), then — once the global norm (the all-reduced sum of the pieces' squares) is known —
+//! each rank applies AdamW (the same per-element update as `AdamW::step`) to its pieces of the weights
+//! and the updated pieces are all-gathered into every rank's weights. Working chunk by chunk bounds the
+//! transient buffers by the bucket size, so a rank's memory is its weights and gradients, 1/N of the
+//! moments and one chunk. Checkpoints stay unsharded: `to_full` gathers the moments on the first rank
+//! (a collective), and `from_full` takes a rank's pieces of a checkpoint's, so a run resumes with any
+//! number of ranks, with or without this optimizer.
 
 use super::adamw::{AdamW, AdamWConfig, StepStats};
 use super::data_parallel::DataParallel;
@@ -23,10 +26,12 @@ pub struct ShardedAdamW {
     /// A tensor-parallel model's group and which parameters it splits (for the gradient norm).
     tensor_parallel: TensorParallel,
     split: Vec<bool>,
-    /// Elements of the (padded) arena: a multiple of the number of ranks.
-    padded: usize,
-    /// This rank's elements of the arena.
-    shard: Range<usize>,
+    /// Elements per chunk of the arena (a multiple of `ranks`), and the number of chunks.
+    chunk: usize,
+    chunks: usize,
+    rank: usize,
+    ranks: usize,
+    /// This rank's pieces of the moments, chunk after chunk (`chunks` x `chunk / ranks`).
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
     config: AdamWConfig,
@@ -37,9 +42,13 @@ fn f32_parts(ts: &[Tensor]) -> Result<Vec<&[f32]>> {
     ts.iter().map(|t| t.data::<f32>()).collect()
 }
 
+fn f32_parts_mut(ts: &mut [Tensor]) -> Result<Vec<&mut [f32]>> {
+    ts.iter_mut().map(|t| t.data_mut::<f32>()).collect()
+}
+
 impl ShardedAdamW {
-    /// This rank's shard of `opt`'s moments (a fresh or a resumed optimizer) for `model`'s parameters
-    /// (f32; with tensor parallelism, this rank's parts of them).
+    /// This rank's pieces of `opt`'s moments (a fresh or a resumed optimizer; none: zeros) for `model`'s
+    /// parameters (f32; with tensor parallelism, this rank's parts of them).
     pub fn from_full(opt: &AdamW, model: &RetroModel, dp: &DataParallel) -> Result<Self> {
         let params = &model.params.tensors;
         ensure!(
@@ -47,34 +56,48 @@ impl ShardedAdamW {
             "--use-distributed-optimizer trains f32 parameters on the CPU"
         );
         let arena = ParamArena::new(params.iter().map(Tensor::shape));
-        let n = dp.size();
-        let padded = arena.len().next_multiple_of(n);
-        let per_rank = padded / n;
-        let shard = dp.layout.dp_rank() * per_rank..(dp.layout.dp_rank() + 1) * per_rank;
-        let take = |moments: &[Tensor]| -> Result<Vec<f32>> {
-            let mut flat = if moments.is_empty() {
-                vec![0.0; arena.len()]
-            } else {
-                let f32s: Vec<Tensor> = moments.iter().map(|m| m.to_dtype(DType::F32)).collect::<Result<_>>()?;
-                arena.gather(&f32_parts(&f32s)?)
-            };
-            flat.resize(padded, 0.0);
-            Ok(flat[shard.clone()].to_vec())
-        };
-        let (exp_avg, exp_avg_sq) = (take(&opt.exp_avg)?, take(&opt.exp_avg_sq)?);
-        let tensor_parallel = model.tensor_parallel.clone();
-        let split = model.params.specs.iter().map(|s| s.split.is_some()).collect();
-        Ok(Self {
+        let ranks = dp.size();
+        let chunk = (dp.bucket_size / ranks).max(1) * ranks;
+        let chunk = chunk.min(arena.len().next_multiple_of(ranks).max(ranks));
+        let mut me = Self {
+            chunks: arena.len().div_ceil(chunk),
             arena,
-            tensor_parallel,
-            split,
-            padded,
-            shard,
-            exp_avg,
-            exp_avg_sq,
+            tensor_parallel: model.tensor_parallel.clone(),
+            split: model.params.specs.iter().map(|s| s.split.is_some()).collect(),
+            chunk,
+            rank: dp.layout.dp_rank(),
+            ranks,
+            exp_avg: Vec::new(),
+            exp_avg_sq: Vec::new(),
             config: opt.config,
             step: opt.step,
-        })
+        };
+        let take = |moments: &[Tensor]| -> Result<Vec<f32>> {
+            if moments.is_empty() {
+                return Ok(vec![0.0; me.chunks * me.piece()]);
+            }
+            let f32s: Vec<Tensor> = moments.iter().map(|m| m.to_dtype(DType::F32)).collect::<Result<_>>()?;
+            let parts = f32_parts(&f32s)?;
+            Ok((0..me.chunks).flat_map(|k| me.arena.gather_window(&parts, me.mine(k))).collect())
+        };
+        (me.exp_avg, me.exp_avg_sq) = (take(&opt.exp_avg)?, take(&opt.exp_avg_sq)?);
+        Ok(me)
+    }
+
+    /// Elements of each rank's piece of a chunk.
+    fn piece(&self) -> usize {
+        self.chunk / self.ranks
+    }
+
+    /// Chunk `k` of the arena.
+    fn window(&self, k: usize) -> Range<usize> {
+        k * self.chunk..(k + 1) * self.chunk
+    }
+
+    /// This rank's piece of chunk `k`, in arena coordinates.
+    fn mine(&self, k: usize) -> Range<usize> {
+        let start = k * self.chunk + self.rank * self.piece();
+        start..start + self.piece()
     }
 
     /// One AdamW step at `lr` on the ranks' summed gradients (`grads`: this rank's sum over its
@@ -87,10 +110,13 @@ impl ShardedAdamW {
         micro_batches: usize,
         dp: &DataParallel,
     ) -> Result<StepStats> {
-        let mut flat = self.arena.gather(&f32_parts(grads)?);
-        flat.resize(self.padded, 0.0);
-        let mut g = vec![0f32; self.shard.len()];
-        dp.group.reduce_scatter_sum(&flat, &mut g);
+        let piece = self.piece();
+        let mut g = vec![0f32; self.chunks * piece];
+        let grad_parts = f32_parts(grads)?;
+        for k in 0..self.chunks {
+            let send = self.arena.gather_window(&grad_parts, self.window(k));
+            dp.group.reduce_scatter_sum(&send, &mut g[k * piece..(k + 1) * piece]);
+        }
         let average = (1.0 / micro_batches as f64) as f32;
         if micro_batches > 1 {
             g.iter_mut().for_each(|x| *x *= average);
@@ -106,34 +132,30 @@ impl ShardedAdamW {
             g.iter_mut().for_each(|x| *x *= c);
         }
         self.step += 1;
-        let mut weights = self.arena.gather(&f32_parts(params)?);
-        weights.resize(self.padded, 0.0);
-        let mut mine = weights[self.shard.clone()].to_vec();
-        // Each parameter's part of the shard, with its own decay (padding is zero and stays zero).
-        for i in 0..self.arena.num_params() {
-            let r = self.arena.range(i);
-            let (start, end) = (r.start.max(self.shard.start), r.end.min(self.shard.end));
-            if start >= end {
-                continue;
+        for k in 0..self.chunks {
+            let mine = self.mine(k);
+            let mut weights = self.arena.gather_window(&f32_parts(params)?, mine.clone());
+            // Each parameter's part of the piece, with its own decay (padding is zero and stays zero).
+            for (i, overlap) in self.arena.overlaps(mine.clone()) {
+                let local = overlap.start - mine.start..overlap.end - mine.start;
+                let at = k * piece + local.start..k * piece + local.end;
+                let coef = self.config.coefficients(lr, self.step, self.arena.range(i).start < self.arena.decay_end());
+                update_slice(
+                    &mut weights[local],
+                    &g[at.clone()],
+                    &mut self.exp_avg[at.clone()],
+                    &mut self.exp_avg_sq[at],
+                    &coef,
+                );
             }
-            let local = start - self.shard.start..end - self.shard.start;
-            let coef = self.config.coefficients(lr, self.step, r.start < self.arena.decay_end());
-            update_slice(
-                &mut mine[local.clone()],
-                &g[local.clone()],
-                &mut self.exp_avg[local.clone()],
-                &mut self.exp_avg_sq[local],
-                &coef,
-            );
-        }
-        dp.group.all_gather(&mine, &mut weights);
-        for (i, p) in params.iter_mut().enumerate() {
-            p.data_mut::<f32>()?.copy_from_slice(&weights[self.arena.range(i)]);
+            let mut updated = vec![0f32; self.chunk];
+            dp.group.all_gather(&weights, &mut updated);
+            self.arena.scatter_window(&mut f32_parts_mut(params)?, self.window(k).start, &updated);
         }
         Ok(StepStats { grad_norm, clip_coef })
     }
 
-    /// The global norm from this rank's shard `g` of the summed gradients: the shards' squares summed
+    /// The global norm from this rank's pieces `g` of the summed gradients: the pieces' squares summed
     /// over the data-parallel ranks; tensor-parallel, the split parameters' sums also over the group
     /// (`adamw::model_grad_norm`'s rule).
     fn grad_norm(&self, g: &[f32], dp: &DataParallel) -> f64 {
@@ -144,11 +166,11 @@ impl ShardedAdamW {
             return sumsq[0].sqrt();
         }
         let mut sums = [0.0, 0.0]; // [split parameters, whole ones]
-        for i in 0..self.arena.num_params() {
-            let r = self.arena.range(i);
-            let (start, end) = (r.start.max(self.shard.start), r.end.min(self.shard.end));
-            if start < end {
-                sums[usize::from(!self.split[i])] += square(&g[start - self.shard.start..end - self.shard.start]);
+        for k in 0..self.chunks {
+            let mine = self.mine(k);
+            for (i, overlap) in self.arena.overlaps(mine.clone()) {
+                let at = k * self.piece() + overlap.start - mine.start..k * self.piece() + overlap.end - mine.start;
+                sums[usize::from(!self.split[i])] += square(&g[at]);
             }
         }
         dp.sum(&mut sums);
@@ -162,12 +184,18 @@ impl ShardedAdamW {
     /// rank. A collective: every rank calls it.
     pub fn to_full(&self, opt: &mut AdamW, params: &[Tensor], dp: &DataParallel) -> Result<()> {
         opt.release_moments();
+        let piece = self.piece();
+        let root = dp.group.rank() == 0;
         for (moments, mine) in [(&mut opt.exp_avg, &self.exp_avg), (&mut opt.exp_avg_sq, &self.exp_avg_sq)] {
-            if let Some(flat) = dp.group.gather_to(mine, 0) {
-                *moments = (params.iter().enumerate())
-                    .map(|(i, p)| Tensor::from_vec(flat[self.arena.range(i)].to_vec(), p.shape()))
-                    .collect::<Result<_>>()?;
+            // Only the first rank holds (and allocates) the whole moments.
+            let mut whole: Vec<Tensor> =
+                if root { params.iter().map(|p| Tensor::zeros(p.shape(), DType::F32)).collect() } else { Vec::new() };
+            for k in 0..self.chunks {
+                if let Some(chunk) = dp.group.gather_to(&mine[k * piece..(k + 1) * piece], 0) {
+                    self.arena.scatter_window(&mut f32_parts_mut(&mut whole)?, self.window(k).start, &chunk);
+                }
             }
+            *moments = whole;
         }
         opt.step = self.step;
         Ok(())

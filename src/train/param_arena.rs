@@ -73,6 +73,36 @@ impl ParamArena {
     }
 }
 
+impl ParamArena {
+    /// Each parameter overlapping the arena's elements `window`: (parameter index, the overlap in
+    /// arena coordinates).
+    pub fn overlaps(&self, window: Range<usize>) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+        self.ranges.iter().enumerate().filter_map(move |(i, r)| {
+            let (start, end) = (r.start.max(window.start), r.end.min(window.end));
+            (start < end).then_some((i, start..end))
+        })
+    }
+
+    /// The arena's elements `window` from the parameters' `parts` (zero for padding and past the end).
+    pub fn gather_window<T: Copy + Default>(&self, parts: &[&[T]], window: Range<usize>) -> Vec<T> {
+        let mut out = vec![T::default(); window.len()];
+        for (i, overlap) in self.overlaps(window.clone()) {
+            let from = overlap.start - self.ranges[i].start..overlap.end - self.ranges[i].start;
+            out[overlap.start - window.start..overlap.end - window.start].copy_from_slice(&parts[i][from]);
+        }
+        out
+    }
+
+    /// Write `values`, the arena's elements `start..start + values.len()`, into the parameters' `parts`
+    /// (padding dropped).
+    pub fn scatter_window<T: Copy>(&self, parts: &mut [&mut [T]], start: usize, values: &[T]) {
+        for (i, overlap) in self.overlaps(start..start + values.len()) {
+            let to = overlap.start - self.ranges[i].start..overlap.end - self.ranges[i].start;
+            parts[i][to].copy_from_slice(&values[overlap.start - start..overlap.end - start]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +126,29 @@ mod tests {
         }
         let filled: usize = (0..shapes.len()).map(|i| arena.range(i).len()).sum();
         assert_eq!(flat.iter().filter(|&&x| x == 0).count(), arena.len() - filled, "padding is zero");
+    }
+
+    #[test]
+    fn windows_gather_and_scatter_what_the_whole_arena_holds() {
+        let shapes: Vec<Vec<usize>> = vec![vec![10], vec![3, 5], vec![7]];
+        let arena = ParamArena::new(shapes.iter().map(Vec::as_slice));
+        let parts: Vec<Vec<u32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (0..s.iter().product::<usize>() as u32).map(|x| x + 100 * i as u32).collect())
+            .collect();
+        let refs: Vec<&[u32]> = parts.iter().map(Vec::as_slice).collect();
+        let whole = arena.gather(&refs);
+        for window in [0..7, 10..80, 60..200, 120..140] {
+            let end = window.end.min(whole.len());
+            let mut want = whole[window.start.min(end)..end].to_vec();
+            want.resize(window.len(), 0);
+            assert_eq!(arena.gather_window(&refs, window.clone()), want, "{window:?}");
+        }
+        let mut copy: Vec<Vec<u32>> = parts.iter().map(|p| vec![0; p.len()]).collect();
+        let mut muts: Vec<&mut [u32]> = copy.iter_mut().map(Vec::as_mut_slice).collect();
+        arena.scatter_window(&mut muts, 0, &whole[..70]);
+        arena.scatter_window(&mut muts, 70, &whole[70..]);
+        assert_eq!(copy, parts);
     }
 }
