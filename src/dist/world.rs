@@ -269,7 +269,10 @@ impl World {
     /// `None` on the others.
     pub fn gather_to<T: Element>(&self, send: &[T], root: usize) -> Option<Vec<T>> {
         match &self.backend {
-            Backend::Single => Some(send.to_vec()),
+            Backend::Single => {
+                let _ = root;
+                Some(send.to_vec())
+            }
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, .. } => {
                 use mpi::topology::Communicator;
