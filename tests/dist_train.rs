@@ -236,9 +236,13 @@ fn bad_batches_and_world_shapes_are_refused_before_any_work() {
     let one_head = project().parent().unwrap().join("one-head.json");
     let tiny = retro::model::RetroConfig::preset("tiny").unwrap().to_json();
     std::fs::write(&one_head, tiny.replace("\"num_heads\":4", "\"num_heads\":1")).unwrap();
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (&["--micro-batch-size", "4"], "is not divisible by --micro-batch-size 4 x 2 data-parallel ranks"),
         (&["--tensor-model-parallel-size", "3"], "--tensor-model-parallel-size 3 does not divide the 2 processes"),
+        (
+            &["--overlap-grad-reduce", "--use-distributed-optimizer"],
+            "--overlap-grad-reduce is built for data parallelism on the CPU without --use-distributed-optimizer",
+        ),
         (
             &["--tensor-model-parallel-size", "2", "--config", &s(&one_head)],
             "--tensor-model-parallel-size 2: num_heads (--num-attention-heads) is 1, not divisible by 2",

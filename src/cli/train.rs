@@ -91,9 +91,9 @@ pub struct Args {
     pub cca_variant: Option<String>,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
     /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
-    /// between the backward's ops), so the communication hides behind the rest of the backward. CPU
-    /// data parallelism without the distributed optimizer (elsewhere it changes nothing); the same bits
-    /// as without it.
+    /// between the backward's ops), so the communication hides behind the rest of the backward; the
+    /// same bits as without it. CPU data parallelism without the distributed optimizer (refused
+    /// elsewhere, where it is not built).
     #[arg(long)]
     pub overlap_grad_reduce: bool,
     /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
@@ -177,6 +177,13 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;
+    if overlap_grad_reduce && (use_distributed_optimizer || device != retro::tensor::Device::Cpu) {
+        return Err(retro::Error::msg(format!(
+            "--overlap-grad-reduce is built for data parallelism on the CPU without --use-distributed-optimizer; \
+             here ({device}{}) the gradients would be reduced after the backward as without it: drop the flag",
+            if use_distributed_optimizer { ", --use-distributed-optimizer" } else { "" }
+        )));
+    }
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =
