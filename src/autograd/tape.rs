@@ -139,8 +139,7 @@ impl Tape {
 
     /// Backward from a scalar (gradient 1).
     pub fn backward(self, loss: &Var) -> Result<Gradients> {
-        ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
-        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype()).to(loss.value().device())?;
+        let seed = unit_gradient(loss)?;
         self.backward_with(loss, seed)
     }
 
@@ -162,8 +161,7 @@ impl Tape {
     /// gradients while the rest of the backward runs (`--overlap-grad-reduce`). Leaves the loss does not
     /// reach are never handed over.
     pub fn backward_each(self, loss: &Var, mut ready: impl FnMut(Option<(usize, Tensor)>) -> Result<()>) -> Result<()> {
-        ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
-        let seed = Tensor::full(loss.shape(), 1.0, loss.dtype()).to(loss.value().device())?;
+        let seed = unit_gradient(loss)?;
         self.run_backward(loss, seed, &mut ready)
     }
 
@@ -248,6 +246,12 @@ impl Tape {
         }
         Ok(())
     }
+}
+
+/// The gradient 1 of a scalar loss, on its device.
+fn unit_gradient(loss: &Var) -> Result<Tensor> {
+    ensure!(loss.value.numel() == 1, "backward: the loss must be a scalar, got shape {:?}", loss.shape());
+    Tensor::full(loss.shape(), 1.0, loss.dtype()).to(loss.value().device())
 }
 
 /// Gradients of the leaves reached by a backward pass.

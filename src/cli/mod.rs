@@ -88,7 +88,8 @@ pub fn on_every_rank<T>(
     result
 }
 
-/// Ranks on one node split its cores between their thread pools (unless RAYON_NUM_THREADS says).
+/// The ranks on one node share its cores: each rank's thread pool gets cores / ranks-on-the-node threads
+/// (unless RAYON_NUM_THREADS says otherwise), so N ranks do not run N x cores threads.
 pub fn share_cores(world: &retro::dist::World) {
     if world.local_size() <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;

@@ -113,7 +113,7 @@ pub struct Args {
 /// ends the whole job with that rank's message (`super::on_every_rank`).
 pub fn run(args: Args) -> retro::Result<()> {
     let world = std::rc::Rc::new(retro::dist::World::init()?);
-    super::on_every_rank("retro train", world.clone(), |world| run_on(args, world))
+    super::on_every_rank("retro train", world, |world| run_on(args, world))
 }
 
 fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<()> {
@@ -259,8 +259,6 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     Ok(())
 }
 
-/// The ranks on one node share its cores: each rank's thread pool gets cores / ranks-on-the-node threads
-/// (unless RAYON_NUM_THREADS says otherwise), so N ranks do not run N x cores threads.
 /// The project's value, or an error if the flag was given with another one.
 fn agree<T: PartialEq + std::fmt::Display + Copy>(
     flag: &str,

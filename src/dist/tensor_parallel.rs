@@ -55,6 +55,15 @@ impl TensorParallel {
         self.group.all_reduce_max(buf)
     }
 
+    /// The global L2 norm of a split model's gradients from this rank's sums of squares (Megatron's rule):
+    /// those of its parts of the split parameters are summed over the group, those of the parameters
+    /// every rank holds whole count once. The same value on every rank of the group.
+    pub fn norm(&self, split_squares: f64, whole_squares: f64) -> f64 {
+        let mut split = [split_squares];
+        self.all_reduce_sum(&mut split);
+        (split[0] + whole_squares).sqrt()
+    }
+
     /// Every rank's `send` in rank order (`size` x `send.len()` elements).
     pub fn all_gather<T: Element>(&self, send: &[T]) -> Vec<T> {
         let mut recv = send.repeat(self.size());

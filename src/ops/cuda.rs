@@ -7,6 +7,13 @@ use crate::autograd::Var;
 use crate::tensor::Device;
 use crate::{ensure, Result};
 
+/// For an op with no GPU path yet: `x` must be on the CPU, else an error naming the op, the device and
+/// `why` it is CPU-only.
+pub(crate) fn cpu_only(op: &str, x: &Var, why: &str) -> Result<()> {
+    ensure!(x.value().device() == Device::Cpu, "{op}: {why} (a tensor on {})", x.value().device());
+    Ok(())
+}
+
 /// Run `$body` with `$E` the GPU element type of `$dtype` (bf16 or f32), or fail naming the op.
 #[macro_export]
 macro_rules! with_gpu_float {

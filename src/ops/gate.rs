@@ -4,16 +4,11 @@
 
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
-use crate::tensor::{Device, Float, Tensor};
+use crate::tensor::{Float, Tensor};
 use crate::{ensure, with_float, Result};
 
 fn on_cpu(op: &str, x: &Var) -> Result<()> {
-    ensure!(
-        x.value().device() == Device::Cpu,
-        "{op}: runs on the CPU only so far (a tensor on {}); the cca-tanh-gate variant has no GPU path yet",
-        x.value().device()
-    );
-    Ok(())
+    super::cuda::cpu_only(op, x, "runs on the CPU only so far; the cca-tanh-gate variant has no GPU path yet")
 }
 
 /// Element-wise tanh.

@@ -15,16 +15,11 @@
 use super::same_float_dtype;
 use crate::autograd::{Tape, Var};
 use crate::dist::{Element, TensorParallel};
-use crate::tensor::{Device, Float, Tensor};
+use crate::tensor::{Float, Tensor};
 use crate::{bail, ensure, with_float, Result};
 
 fn on_cpu(op: &str, x: &Var) -> Result<()> {
-    ensure!(
-        x.value().device() == Device::Cpu,
-        "{op}: tensor parallelism runs on the CPU in this build (a tensor on {}; the NCCL path is not built)",
-        x.value().device()
-    );
-    Ok(())
+    super::cuda::cpu_only(op, x, "tensor parallelism runs on the CPU in this build; its NCCL path is not built")
 }
 
 /// `t` summed over the group (a new tensor).

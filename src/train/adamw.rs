@@ -55,23 +55,20 @@ pub fn global_norm(grads: &[Tensor]) -> f64 {
     grads.iter().map(Tensor::sum_squares).sum::<f64>().sqrt()
 }
 
-/// The global L2 norm of `model`'s gradients. Tensor-parallel, each rank adds the squares of its parts
-/// of the split parameters, summed over the group, to those of the parameters every rank holds whole,
-/// counted once (Megatron's rule); the same value on every rank of the group.
+/// The global L2 norm of `model`'s gradients; tensor-parallel, by `TensorParallel::norm`'s rule.
 pub fn model_grad_norm(model: &RetroModel, grads: &[Tensor]) -> f64 {
     let tp = &model.tensor_parallel;
     if !tp.is_split() {
         return global_norm(grads);
     }
-    let (mut split, mut whole) = ([0.0], 0.0);
+    let (mut split, mut whole) = (0.0, 0.0);
     for (spec, g) in model.params.specs.iter().zip(grads) {
         match spec.split {
-            Some(_) => split[0] += g.sum_squares(),
+            Some(_) => split += g.sum_squares(),
             None => whole += g.sum_squares(),
         }
     }
-    tp.all_reduce_sum(&mut split);
-    (split[0] + whole).sqrt()
+    tp.norm(split, whole)
 }
 
 impl AdamW {

@@ -80,20 +80,14 @@ impl DataParallel {
         let numels: Vec<usize> = grads.iter().map(Tensor::numel).collect();
         with_float!(grads[0].dtype(), "data-parallel gradient all-reduce", T => {
             for range in self.buckets(&numels) {
-                let len: usize = numels[range.clone()].iter().sum();
                 // Packed, reduced into a second buffer (MPI needs distinct send and receive buffers),
                 // unpacked: the same two copies an in-place all-reduce of one flat buffer makes.
-                let mut bucket: Vec<T> = Vec::with_capacity(len);
-                for g in &grads[range.clone()] {
-                    bucket.extend_from_slice(g.data::<T>()?);
-                }
-                let mut summed = vec![T::from_f64(0.0); len];
+                let bucket: Vec<T> = pack(&grads[range.clone()])?;
+                let mut summed = vec![T::from_f64(0.0); bucket.len()];
                 self.group.all_reduce_sum_into(&bucket, &mut summed);
-                let mut offset = 0;
+                let mut rest = &summed[..];
                 for g in &mut grads[range] {
-                    let n = g.numel();
-                    g.data_mut::<T>()?.copy_from_slice(&summed[offset..offset + n]);
-                    offset += n;
+                    fill_from(g, &mut rest)?;
                 }
             }
         });
@@ -122,6 +116,24 @@ impl DataParallel {
         }
         Ok(())
     }
+}
+
+/// A bucket: the gradients' values one after another.
+fn pack<'a, T: Float>(grads: impl IntoIterator<Item = &'a Tensor>) -> Result<Vec<T>> {
+    let mut packed = Vec::new();
+    for g in grads {
+        packed.extend_from_slice(g.data::<T>()?);
+    }
+    Ok(packed)
+}
+
+/// Overwrite `g` with the first `g.numel()` values of `rest` and move `rest` past them (unpacking a
+/// bucket in the order it was packed).
+fn fill_from<T: Float>(g: &mut Tensor, rest: &mut &[T]) -> Result<()> {
+    let (mine, after) = rest.split_at(g.numel());
+    g.data_mut::<T>()?.copy_from_slice(mine);
+    *rest = after;
+    Ok(())
 }
 
 /// `--overlap-grad-reduce` on the CPU: gradients summed over the data-parallel ranks while the step's last
@@ -194,10 +206,7 @@ impl<T: Float + Element> OverlappedReduce<T> {
     }
 
     fn start(&mut self, b: usize) -> Result<()> {
-        let mut packed: Vec<T> = Vec::new();
-        for &i in &self.buckets[b] {
-            packed.extend_from_slice(self.grads[i].as_ref().expect("complete").data::<T>()?);
-        }
+        let packed = pack(self.buckets[b].iter().map(|&i| self.grads[i].as_ref().expect("complete")))?;
         self.pending[b] = Some(self.group.start_all_reduce_sum(packed));
         Ok(())
     }
@@ -218,12 +227,9 @@ impl<T: Float + Element> OverlappedReduce<T> {
         }
         for b in 0..self.buckets.len() {
             let summed = self.pending[b].take().expect("started").wait();
-            let mut offset = 0;
+            let mut rest = &summed[..];
             for &i in &self.buckets[b] {
-                let g = self.grads[i].as_mut().expect("complete");
-                let n = g.numel();
-                g.data_mut::<T>()?.copy_from_slice(&summed[offset..offset + n]);
-                offset += n;
+                fill_from(self.grads[i].as_mut().expect("complete"), &mut rest)?;
             }
         }
         Ok(self.grads.into_iter().map(|g| g.expect("every gradient")).collect())

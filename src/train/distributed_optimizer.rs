@@ -156,8 +156,7 @@ impl ShardedAdamW {
     }
 
     /// The global norm from this rank's pieces `g` of the summed gradients: the pieces' squares summed
-    /// over the data-parallel ranks; tensor-parallel, the split parameters' sums also over the group
-    /// (`adamw::model_grad_norm`'s rule).
+    /// over the data-parallel ranks; tensor-parallel, then `TensorParallel::norm`'s rule.
     fn grad_norm(&self, g: &[f32], dp: &DataParallel) -> f64 {
         let square = |xs: &[f32]| xs.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
         if !self.tensor_parallel.is_split() {
@@ -174,9 +173,7 @@ impl ShardedAdamW {
             }
         }
         dp.sum(&mut sums);
-        let mut split = [sums[0]];
-        self.tensor_parallel.all_reduce_sum(&mut split);
-        (split[0] + sums[1]).sqrt()
+        self.tensor_parallel.norm(sums[0], sums[1])
     }
 
     /// Every rank's moments gathered into the first data-parallel rank's `opt` (shaped like `params`;
