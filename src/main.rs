@@ -74,6 +74,10 @@ enum Bench {
     /// Under `mpirun -np N`: the data-parallel gradient all-reduce (bucketed, as training runs it) on a
     /// model's gradient shapes against one plain MPI_Allreduce of the same bytes; bus bandwidth.
     Allreduce(cli::bench_allreduce::Args),
+    /// The attention-variant lab: per CCA variant, its layer on the device in the training precision
+    /// checked against its f64 CPU reference (output and every gradient), then fwd and fwd+bwd timings
+    /// at a config's CCA and causal self-attention shapes (bench.py's cca_layer / causal_self_attn FLOPs).
+    Attention(cli::bench_attention::Args),
 }
 
 /// Exit code 0, or the error on stderr and `code` (2: bad input or settings, 1: failures of benchmarks
@@ -114,5 +118,6 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Loader(a)) => finish("bench loader", cli::bench_loader::run(a), 1),
         Command::Bench(Bench::Embed(a)) => finish("bench embed", cli::bench_embed::run(a), 1),
         Command::Bench(Bench::Allreduce(a)) => finish("bench allreduce", cli::bench_allreduce::run(a), 1),
+        Command::Bench(Bench::Attention(a)) => finish("bench attention", cli::bench_attention::run(a), 1),
     }
 }

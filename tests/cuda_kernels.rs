@@ -238,7 +238,7 @@ test_device!(attention_forward, |dev| {
         let (q, k, v, dout) = attention_inputs(&mut rng, &a);
         let (o, ..) = dev.attention(&q, &k, &v, &dout, a, None, None);
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-        let (r, _) = cpu::attention::forward(&f64v(&q), &f64v(&k), &f64v(&v), layout, None, None, a);
+        let (r, _) = cpu::attention::forward(&f64v(&q), &f64v(&k), &f64v(&v), layout, None, None, None, a);
         // P rounded to bf16 before P·V (random-sign errors over the keys, ~u of o's scale), then o rounded
         // (u), with the exp2 approximation and a 2x margin: 5u.
         assert_close(&format!("attention o {a:?}"), dev, &o, &f32v(&r), 1e-5, 5.0 * BF16_U);
@@ -252,12 +252,13 @@ test_device!(attention_backward, |dev| {
         let (_, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, None, None);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.heads * a.head_dim);
-        let (_, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, None, None, a);
+        let (_, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, None, None, None, a);
         let (mut rq, mut rk, mut rv) = (vec![0f64; q.len()], vec![0f64; k.len()], vec![0f64; v.len()]);
         let targets = cpu::attention::GradTargets {
             dq: cpu::SendPtr(rq.as_mut_ptr()),
             dk: cpu::SendPtr(rk.as_mut_ptr()),
             dv: cpu::SendPtr(rv.as_mut_ptr()),
+            dbias: None,
         };
         // SAFETY: three separate buffers of the operands' sizes.
         unsafe { cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, None, a, targets) };
@@ -289,12 +290,13 @@ test_device!(attention_with_masked_keys_and_dropout, |dev| {
         let (o, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, mask.clone(), dropout);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.width());
-        let (ro, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, mask.as_deref(), dropout, a);
+        let (ro, probs) = cpu::attention::forward(&q64, &k64, &v64, layout, mask.as_deref(), None, dropout, a);
         let (mut rq, mut rk, mut rv) = (vec![0f64; q.len()], vec![0f64; k.len()], vec![0f64; v.len()]);
         let targets = cpu::attention::GradTargets {
             dq: cpu::SendPtr(rq.as_mut_ptr()),
             dk: cpu::SendPtr(rk.as_mut_ptr()),
             dv: cpu::SendPtr(rv.as_mut_ptr()),
+            dbias: None,
         };
         // SAFETY: three separate buffers of the operands' sizes.
         unsafe { cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, dropout, a, targets) };
@@ -492,12 +494,12 @@ test_device!(attention_on_fused_qkv_and_kv_buffers, |dev| {
                 None => (cpu::attention::Layout::packed_qkv(w), &x64),
                 Some(kv) => (cpu::attention::Layout::packed_kv(w), kv),
             };
-            let (ro, probs) = cpu::attention::forward(&x64, k64, k64, layout, None, None, s);
+            let (ro, probs) = cpu::attention::forward(&x64, k64, k64, layout, None, None, None, s);
             let mut dx = vec![0f64; x.len()];
             let mut dkv = vec![0f64; kv.as_ref().map_or(0, Vec::len)];
             let dxp = cpu::SendPtr(dx.as_mut_ptr());
             let dkvp = if dkv.is_empty() { dxp } else { cpu::SendPtr(dkv.as_mut_ptr()) };
-            let targets = cpu::attention::GradTargets { dq: dxp, dk: dkvp, dv: dkvp };
+            let targets = cpu::attention::GradTargets { dq: dxp, dk: dkvp, dv: dkvp, dbias: None };
             // SAFETY: dx (and dkv) have the packed buffers' sizes; the layout keeps the column blocks apart.
             unsafe { cpu::attention::backward(&dout64, &x64, k64, k64, &probs, layout, None, s, targets) };
             let what = format!("{} hd {head_dim}", if cross { "q + fused kv" } else { "fused qkv" });

@@ -35,6 +35,12 @@ fn forward(inputs: &[Tensor], f: impl Fn(&mut Tape, &[Var]) -> retro::Result<Var
     f(&mut Tape::inference(), &vars).unwrap().value().to_f64_vec()
 }
 
+/// The error `f` fails with on `inputs`.
+fn forward_err(inputs: &[Tensor], f: impl Fn(&mut Tape, &[Var]) -> retro::Result<Var>) -> String {
+    let vars: Vec<Var> = inputs.iter().cloned().map(Var::constant).collect();
+    f(&mut Tape::inference(), &vars).unwrap_err().to_string()
+}
+
 // ---------------------------------------------------------------- linear
 
 fn linear_op(t: &mut Tape, v: &[Var]) -> retro::Result<Var> {
@@ -294,16 +300,77 @@ fn fused_qkv_and_kv_attention_equal_the_separate_form_and_pass_finite_difference
     keys[3] = false;
     let mask = AttnMask::Keys(Arc::from(keys));
     let m = mask.clone();
-    let fused = forward(&[q.clone(), kv.clone()], move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &m, None));
+    let fused = forward(&[q.clone(), kv.clone()], move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &m, None, None));
     let m = mask.clone();
     let separate = forward(&[q.clone(), split(&kv, 2, 0), split(&kv, 2, 1)], move |t, v| {
         ops::attention(t, &v[0], &v[1], &v[2], h, &m)
     });
     assert_eq!(fused, separate);
     assert!(
-        gradcheck(&[q, kv], &[true, true], 200, move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &mask, None))
+        gradcheck(&[q, kv], &[true, true], 200, move |t, v| ops::attention_kv(t, &v[0], &v[1], h, &mask, None, None))
             <= GRAD_TOL
     );
+}
+
+// A score bias [heads, sq, sk] (cca-relpos's): against a naive softmax(q·kᵀ/sqrt(dh) + bias)·v, finite
+// differences in all three inputs, and a zero bias gives exactly the unbiased op.
+#[test]
+fn biased_cross_attention_matches_a_naive_reference_and_finite_differences() {
+    let mut rng = Rng::new(31);
+    let (b, s, sk, h, dh) = (2, 5, 7, 3, 4);
+    let w = h * dh;
+    let (q, kv, bias) =
+        (randn(&mut rng, &[b, s, w], 1.0), randn(&mut rng, &[b, sk, 2 * w], 1.0), randn(&mut rng, &[h, s, sk], 1.0));
+    let mut keys = vec![true; b * sk];
+    keys[3] = false;
+    keys[7..].iter_mut().for_each(|k| *k = false); // batch row 1 sees no key: zero output and gradients
+    let mask = AttnMask::Keys(Arc::from(keys.clone()));
+    let op = move |t: &mut Tape, v: &[Var]| ops::attention_kv(t, &v[0], &v[1], h, &mask, v.get(2), None);
+    let got = forward(&[q.clone(), kv.clone(), bias.clone()], op.clone());
+    let (qv, kvv, bv) = (v64(&q), v64(&kv), v64(&bias));
+    let mut want = vec![0.0; b * s * w];
+    for (bi, hi, i) in (0..b).flat_map(|bi| (0..h).flat_map(move |hi| (0..s).map(move |i| (bi, hi, i)))) {
+        let visible: Vec<usize> = (0..sk).filter(|&j| keys[bi * sk + j]).collect();
+        let score = |j: usize| {
+            let dot: f64 =
+                (0..dh).map(|d| qv[(bi * s + i) * w + hi * dh + d] * kvv[(bi * sk + j) * 2 * w + hi * dh + d]).sum();
+            dot / (dh as f64).sqrt() + bv[(hi * s + i) * sk + j]
+        };
+        let max = visible.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = visible.iter().map(|&j| (score(j) - max).exp()).sum();
+        for &j in &visible {
+            let p = (score(j) - max).exp() / total;
+            for d in 0..dh {
+                want[(bi * s + i) * w + hi * dh + d] += p * kvv[(bi * sk + j) * 2 * w + w + hi * dh + d];
+            }
+        }
+    }
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
+    let unbiased = forward(&[q.clone(), kv.clone()], op.clone());
+    assert_eq!(
+        forward(&[q.clone(), kv.clone(), Tensor::zeros(&[h, s, sk], retro::tensor::DType::F64)], op.clone()),
+        unbiased
+    );
+    assert!(gradcheck(&[q.clone(), kv.clone(), bias], &[true, true, true], 200, op.clone()) <= GRAD_TOL);
+    let err = forward_err(&[q, kv, Tensor::zeros(&[h, sk, s], retro::tensor::DType::F64)], op);
+    assert!(err.contains("score bias must be [heads, sq, sk] = [3, 5, 7]") && err.contains("[3, 7, 5]"), "{err}");
+}
+
+#[test]
+fn take_gathers_columns_and_adds_repeated_ones_back() {
+    let mut rng = Rng::new(32);
+    let table = randn(&mut rng, &[3, 5], 1.0);
+    let index: Arc<[u32]> = Arc::from(vec![4u32, 0, 4, 2, 2, 2]);
+    let i = index.clone();
+    let op = move |t: &mut Tape, v: &[Var]| ops::take(t, &v[0], i.clone());
+    let got = forward(std::slice::from_ref(&table), op.clone());
+    let tv = v64(&table);
+    let want: Vec<f64> =
+        (0..3).flat_map(|r| index.iter().map(move |&c| (r, c))).map(|(r, c)| tv[r * 5 + c as usize]).collect();
+    assert_eq!(got, want);
+    assert!(gradcheck(std::slice::from_ref(&table), &[true], 200, op) <= GRAD_TOL);
+    let err = forward_err(&[table], |t, v| ops::take(t, &v[0], Arc::from(vec![5u32])));
+    assert!(err.contains("take: index 5 out of range") && err.contains("[3, 5]"), "{err}");
 }
 
 #[test]

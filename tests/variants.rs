@@ -1,7 +1,8 @@
 //! The attention-variant lab's CCA variants (src/variants): the registry, each variant's parameters, its
 //! gradients against finite differences through the whole model (f64), and the properties that define
 //! it: `cca-gate` at 1 is `cca`, at 0 the GPT baseline; `cca-tanh-gate` at its initial gate 0 is exactly
-//! the GPT baseline, so a retro-fit from a GPT checkpoint starts at the GPT's loss.
+//! the GPT baseline, so a retro-fit from a GPT checkpoint starts at the GPT's loss; `cca-relpos` at its
+//! initial zero bias is `cca`.
 
 mod common;
 
@@ -67,9 +68,9 @@ fn set_gates(m: &mut RetroModel, value: f64) {
 #[test]
 fn the_registry_names_every_variant_and_refuses_unknown_ones_listing_them() {
     let names: Vec<&str> = retro::variants::CCA_VARIANTS.iter().map(|v| v.name).collect();
-    assert_eq!(names, ["cca", "cca-gate", "cca-tanh-gate"]);
+    assert_eq!(names, ["cca", "cca-gate", "cca-tanh-gate", "cca-relpos"]);
     let err = retro::variants::cca_variant("cca-magic").unwrap_err().to_string();
-    assert!(err.contains("cca-magic") && err.contains("cca, cca-gate, cca-tanh-gate"), "{err}");
+    assert!(err.contains("cca-magic") && err.contains("cca, cca-gate, cca-tanh-gate, cca-relpos"), "{err}");
     let err = RetroModel::init(&config("nope"), 1, DType::F64).unwrap_err().to_string();
     assert!(err.contains("cca_variant") && err.contains("\"nope\""), "{err}");
     let mut gated = config("cca");
@@ -165,4 +166,143 @@ fn cca_tanh_gate_gradients_match_finite_differences() {
     let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
     let err = max_rel_err(&numeric, &analytic, 1e-6);
     assert!(err < 1e-6, "numeric {numeric:?} vs analytic {analytic:?} ({err:e})");
+}
+
+const RELPOS: &str = "relative_position_bias";
+
+/// Random relative-position biases (N(0, 0.5²)) in every CCA layer.
+fn randomize_relpos(m: &mut RetroModel, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (spec, t) in m.params.specs.iter().zip(m.params.tensors.iter_mut()) {
+        if spec.name.ends_with(RELPOS) {
+            *t = Tensor::from_vec((0..t.numel()).map(|_| 0.5 * rng.normal()).collect::<Vec<f64>>(), &spec.shape)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn cca_relpos_adds_one_zero_bias_table_per_cca_layer_and_starts_as_cca() {
+    let model = RetroModel::init(&config("cca-relpos"), 7, DType::F64).unwrap();
+    let tables: Vec<_> = model.params.specs.iter().filter(|s| s.name.ends_with(RELPOS)).collect();
+    let names: Vec<&str> = tables.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "decoder.layers.1.cross_attention.relative_position_bias",
+            "decoder.layers.3.cross_attention.relative_position_bias"
+        ]
+    );
+    // One column per distance t − i between a chunk row i (0..64) and a neighbour token t (0..128).
+    assert!(tables.iter().all(|s| s.shape == [2, 64 + 128 - 1]));
+    // Everything else is cca's, and with zero biases the logits are cca's, bit for bit.
+    let (cca_config, b) = (config("cca"), batch());
+    let by_name = model.params.by_name();
+    let specs = RetroModel::specs(&cca_config).unwrap();
+    let tensors = specs.iter().map(|s| by_name[s.name.as_str()].clone()).collect();
+    let cca = RetroModel::from_params(&cca_config, Params { specs, tensors }).unwrap();
+    assert_eq!(logits(&model, &b), logits(&cca, &b));
+    let mut biased = model.clone();
+    randomize_relpos(&mut biased, 3);
+    assert_ne!(logits(&biased, &b), logits(&model, &b));
+}
+
+// Whole-model central differences (f64) of bias entries (distance −63, 0, the continuation's 64, 127)
+// and of a CCA weight, with random biases.
+#[test]
+fn cca_relpos_gradients_match_finite_differences() {
+    let mut model = RetroModel::init(&config("cca-relpos"), 9, DType::F64).unwrap();
+    randomize_relpos(&mut model, 4);
+    let b = batch();
+    let grads = model.loss_and_grads(&b).unwrap().grads;
+    let mut checked = Vec::new();
+    for (name, at) in [
+        ("decoder.layers.1.cross_attention.relative_position_bias", 0),
+        ("decoder.layers.1.cross_attention.relative_position_bias", 63),
+        ("decoder.layers.3.cross_attention.relative_position_bias", 191 + 127),
+        ("decoder.layers.3.cross_attention.relative_position_bias", 190),
+        ("decoder.layers.3.cross_attention.linear_q.weight", 5),
+    ] {
+        let i = model.params.index(name).unwrap();
+        let h = 1e-3;
+        let loss = |offset: f64| {
+            let mut m = model.clone();
+            m.params.tensors[i].data_mut::<f64>().unwrap()[at] += offset;
+            m.eval_loss(&b).unwrap()
+        };
+        let numeric = (loss(-2.0 * h) - 8.0 * loss(-h) + 8.0 * loss(h) - loss(2.0 * h)) / (12.0 * h);
+        checked.push((numeric, grads[i].to_f64_vec()[at]));
+    }
+    let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
+    assert!(analytic.iter().all(|g| g.abs() > 0.0), "every checked entry has a gradient: {analytic:?}");
+    let err = max_rel_err(&numeric, &analytic, 1e-6);
+    assert!(err < 1e-6, "numeric {numeric:?} vs analytic {analytic:?} ({err:e})");
+}
+
+// ---------------------------------------------------------------- retro bench attention's check
+
+fn bench(variants: Vec<&'static retro::variants::CcaVariantEntry>) -> retro::bench::attention::AttentionBench {
+    retro::bench::attention::AttentionBench {
+        variants,
+        config: RetroConfig::preset("tiny").unwrap(),
+        device: retro::tensor::Device::Cpu,
+        micro_batch: 1,
+        reps: 1,
+    }
+}
+
+#[test]
+fn the_bench_check_passes_every_registered_variant_in_f32_against_f64() {
+    let b = bench(retro::variants::CCA_VARIANTS.iter().collect());
+    for entry in &b.variants {
+        let (line, ok) = b.check(entry).unwrap();
+        assert!(ok, "{line}");
+        assert_eq!(line["dtype"], "f32");
+        // Every gradient is compared: queries, context, the attention's six tensors, the variant's own.
+        let own =
+            RetroModel::specs(&config(entry.name)).unwrap().len() - RetroModel::specs(&config("cca")).unwrap().len();
+        assert_eq!(line["errors"].as_object().unwrap().len(), 1 + 2 + 6 + own / 2, "{line}");
+    }
+}
+
+/// A variant whose hand-written backward is wrong: the output doubled, its gradient tripled.
+#[derive(Debug)]
+struct WrongBackward;
+
+impl retro::variants::CcaVariant for WrongBackward {
+    fn attend(
+        &self,
+        tape: &mut Tape,
+        p: &[retro::autograd::Var],
+        attn: &retro::nn::CrossAttention,
+        queries: &retro::autograd::Var,
+        _first_row: usize,
+        kv: &retro::autograd::Var,
+        mask: &retro::ops::AttnMask,
+    ) -> retro::Result<retro::autograd::Var> {
+        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
+        let doubled = retro::ops::scale_tensor(out.value(), 2.0)?;
+        Ok(tape.record("wrong", &[&out], doubled, |g, _| Ok(vec![Some(retro::ops::scale_tensor(g, 3.0)?)])))
+    }
+}
+
+static WRONG: retro::variants::CcaVariantEntry = retro::variants::CcaVariantEntry {
+    name: "wrong-backward",
+    about: "a deliberately wrong backward",
+    build: |_, _, _| std::sync::Arc::new(WrongBackward),
+};
+
+#[test]
+fn the_bench_check_catches_a_variant_whose_backward_is_wrong() {
+    let b = bench(vec![&WRONG]);
+    let (line, ok) = b.check(&WRONG).unwrap();
+    assert!(!ok && line["check"] == "failed", "{line}");
+    assert!(line["reference_fd_rel_err"].as_f64().unwrap() > 0.1, "{line}");
+}
+
+#[test]
+fn bench_attention_refuses_an_unknown_variant_listing_the_registry() {
+    let (code, _, err) = common::retro(&["bench", "attention", "--variant", "cca-magic", "--device", "cpu"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--variant") && err.contains("cca-magic") && err.contains("cca-relpos"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! `torch_retro/bench.py` (the PyTorch reference's benchmark), so the two compare one to one.
 
 pub mod allreduce;
+pub mod attention;
 pub mod embed;
 pub mod flops;
 #[cfg(not(no_cuda_kernels))]

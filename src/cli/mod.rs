@@ -1,6 +1,7 @@
 //! One module per `retro` command: its clap arguments and what it runs.
 
 pub mod bench_allreduce;
+pub mod bench_attention;
 pub mod bench_embed;
 pub mod bench_kernels;
 pub mod bench_knn;

@@ -85,7 +85,7 @@ pub struct Args {
     pub use_distributed_optimizer: bool,
     /// The CCA layers' variant, from the lab's registry (src/variants, docs/variants.md): cca
     /// (Megatron's, the default), cca-gate (Megatron's legacy retro_attention_gate constant, from the
-    /// config), cca-tanh-gate (the output times tanh of a learned per-layer scalar that starts at 0).
+    /// config), cca-tanh-gate (the output times tanh of a learned per-layer scalar that starts at 0), cca-relpos (a learned per-head bias for each distance between a chunk row and a neighbour token, as in the RETRO paper).
     /// Stored with the model config, so a checkpoint resumes only with the same variant.
     #[arg(long)]
     pub cca_variant: Option<String>,

@@ -194,7 +194,7 @@ impl Cca {
         let Some(chunk_kv) = kv.get(chunk) else {
             bail!("CCA: position {} attends to chunk {chunk}, whose neighbours were never encoded", step.t)
         };
-        self.variant.attend(tape, p, &self.attn, y, chunk_kv, &AttnMask::None).map(Some)
+        self.variant.attend(tape, p, &self.attn, y, (step.t + 1) % m, chunk_kv, &AttnMask::None).map(Some)
     }
 
     /// A whole sequence: the shifted, chunked cross-attention.
@@ -212,7 +212,7 @@ impl Cca {
         let shifted = ops::shift_rows(tape, y, 1, pad as isize, l * m)?;
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let kv = self.attn.project_kv(tape, p, encoded)?;
-        let out = self.variant.attend(tape, p, &self.attn, &queries, &kv, &retrieval.mask)?;
+        let out = self.variant.attend(tape, p, &self.attn, &queries, 0, &kv, &retrieval.mask)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
         ops::shift_rows(tape, &out, 1, -(pad as isize), n)
     }

@@ -127,6 +127,11 @@ impl ParamBuilder {
         self.specs.len() - 1
     }
 
+    /// How many parameters are registered so far (the index the next one gets).
+    pub fn registered(&self) -> usize {
+        self.specs.len()
+    }
+
     pub fn finish(self) -> Vec<ParamSpec> {
         self.specs
     }

@@ -94,7 +94,7 @@ impl CrossAttention {
     /// x: [b, sq, d] queries, context: [b, sk, d] -> [b, sq, d].
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, context: &Var, mask: &AttnMask) -> Result<Var> {
         let kv = self.project_kv(tape, p, context)?;
-        self.forward_kv(tape, p, x, &kv, mask)
+        self.forward_kv(tape, p, x, &kv, mask, None)
     }
 
     /// The fused K|V projection [b, sk, 2d] of a context (what generation caches per chunk).
@@ -102,11 +102,20 @@ impl CrossAttention {
         self.kv.forward(tape, p, context)
     }
 
-    /// `forward` with the context's K|V already projected.
-    pub fn forward_kv(&self, tape: &mut Tape, p: &[Var], x: &Var, kv: &Var, mask: &AttnMask) -> Result<Var> {
+    /// `forward` with the context's K|V already projected, and an optional score bias [heads, sq, sk]
+    /// (this rank's heads) added before the softmax.
+    pub fn forward_kv(
+        &self,
+        tape: &mut Tape,
+        p: &[Var],
+        x: &Var,
+        kv: &Var,
+        mask: &AttnMask,
+        bias: Option<&Var>,
+    ) -> Result<Var> {
         let q = self.q.forward(tape, p, x)?;
         let drop = attention_dropout(tape, &self.tensor_parallel, self.heads);
-        let o = ops::attention_kv(tape, &q, kv, self.heads, mask, drop)?;
+        let o = ops::attention_kv(tape, &q, kv, self.heads, mask, bias, drop)?;
         self.proj.forward(tape, p, &o)
     }
 }

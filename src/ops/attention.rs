@@ -64,6 +64,7 @@ pub fn attention_dropout(
         Layout::separate(w),
         Shape { batch: qs[0], sq: qs[1], sk: ks[1], w, heads },
         mask,
+        None,
         dropout,
     )
 }
@@ -86,17 +87,21 @@ pub fn attention_qkv(
         Layout::packed_qkv(w),
         Shape { batch: s[0], sq: s[1], sk: s[1], w, heads },
         mask,
+        None,
         dropout,
     )
 }
 
 /// Cross-attention with a fused key / value projection: q [b, sq, w], kv [b, sk, 2w] (K | V) -> [b, sq, w].
+/// `bias` [heads, sq, sk], shared by the batch, is added to the scaled scores before the softmax (CPU only:
+/// the CUDA kernels have no bias).
 pub fn attention_kv(
     tape: &mut Tape,
     q: &Var,
     kv: &Var,
     heads: usize,
     mask: &AttnMask,
+    bias: Option<&Var>,
     dropout: Option<Dropout>,
 ) -> Result<Var> {
     let (qs, ks) = (q.shape(), kv.shape());
@@ -107,7 +112,7 @@ pub fn attention_kv(
         ks
     );
     let shape = Shape { batch: qs[0], sq: qs[1], sk: ks[1], w: qs[2], heads };
-    run(tape, &[q, kv], [0, 1, 1], Layout::packed_kv(qs[2]), shape, mask, dropout)
+    run(tape, &[q, kv], [0, 1, 1], Layout::packed_kv(qs[2]), shape, mask, bias, dropout)
 }
 
 struct Shape {
@@ -118,19 +123,22 @@ struct Shape {
     heads: usize,
 }
 
-/// `inputs` are the distinct buffers; `source[i]` says which one holds q, k, v (i = 0, 1, 2).
+/// `operands` are the distinct buffers; `source[i]` says which one holds q, k, v (i = 0, 1, 2).
+#[allow(clippy::too_many_arguments)]
 fn run(
     tape: &mut Tape,
-    inputs: &[&Var],
+    operands: &[&Var],
     source: [usize; 3],
     layout: Layout,
     shape: Shape,
     mask: &AttnMask,
+    bias: Option<&Var>,
     dropout: Option<Dropout>,
 ) -> Result<Var> {
     let Shape { batch, sq, sk, w, heads } = shape;
+    let inputs: Vec<&Var> = operands.iter().copied().chain(bias).collect();
     let shapes = || inputs.iter().map(|v| format!("{:?}", v.shape())).collect::<Vec<_>>().join(", ");
-    let dtype = same_float_dtype("attention", inputs)?;
+    let dtype = same_float_dtype("attention", &inputs)?;
     ensure!(heads > 0 && w % heads == 0, "attention on {}: width {w} is not divisible by {heads} heads", shapes());
     let dims = Dims { batch, sq, sk, heads, head_dim: w / heads, causal: matches!(mask, AttnMask::Causal) };
     ensure!(
@@ -150,37 +158,71 @@ fn run(
         }
         _ => None,
     };
-    if inputs[0].value().device() != Device::Cpu {
-        return on_cuda(tape, inputs, source, layout, key_mask, dropout, dims);
+    if let Some(bias) = bias {
+        ensure!(
+            bias.shape() == [dims.heads, sq, sk],
+            "attention on {}: the score bias must be [heads, sq, sk] = [{}, {sq}, {sk}]",
+            shapes(),
+            dims.heads
+        );
     }
+    if inputs[0].value().device() != Device::Cpu {
+        ensure!(bias.is_none(), "attention: a score bias runs on the CPU only (the CUDA kernels have none)");
+        return on_cuda(tape, operands, source, layout, key_mask, dropout, dims);
+    }
+    let biased = bias.is_some();
     crate::profile::timed(
         "attention",
         "forward",
-        || with_float!(dtype, "attention", T => run_typed::<T>(tape, inputs, source, layout, key_mask, dropout, dims)),
+        || with_float!(dtype, "attention", T => run_typed::<T>(tape, &inputs, biased, source, layout, key_mask, dropout, dims)),
     )
 }
 
+/// `inputs`: the operand buffers, then the bias if `biased`.
+#[allow(clippy::too_many_arguments)]
 fn run_typed<T: Float>(
     tape: &mut Tape,
     inputs: &[&Var],
+    biased: bool,
     source: [usize; 3],
     layout: Layout,
     key_mask: Option<Arc<[bool]>>,
     dropout: Option<Dropout>,
     dims: Dims,
 ) -> Result<Var> {
-    let values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
+    let mut values: Vec<Tensor> = inputs.iter().map(|v| v.value().clone()).collect();
+    let bias = if biased { values.pop() } else { None };
     let data = |i: usize| values[source[i]].data::<T>();
-    let (o, probs) = cpu::forward(data(0)?, data(1)?, data(2)?, layout, key_mask.as_deref(), dropout, dims);
+    let bias_data = bias.as_ref().map(|b| b.data::<T>()).transpose()?;
+    let (o, probs) = cpu::forward(data(0)?, data(1)?, data(2)?, layout, key_mask.as_deref(), bias_data, dropout, dims);
     let out = Tensor::from_vec(o, &[dims.batch, dims.sq, dims.width()])?;
     Ok(tape.record("attention", inputs, out, move |g, _| {
         let mut grads: Vec<Vec<T>> = values.iter().map(|v| vec![T::ZERO; v.numel()]).collect();
         let ptrs: Vec<SendPtr<T>> = grads.iter_mut().map(|g| SendPtr(g.as_mut_ptr())).collect();
-        let targets = GradTargets { dq: ptrs[source[0]], dk: ptrs[source[1]], dv: ptrs[source[2]] };
+        // The bias gradient per batch row, summed over the batch below.
+        let mut dbias = bias.as_ref().map(|_| vec![T::ZERO; dims.batch * dims.heads * dims.sq * dims.sk]);
+        let targets = GradTargets {
+            dq: ptrs[source[0]],
+            dk: ptrs[source[1]],
+            dv: ptrs[source[2]],
+            dbias: dbias.as_mut().map(|d| SendPtr(d.as_mut_ptr())),
+        };
         let data = |i: usize| values[source[i]].data::<T>();
         // SAFETY: each target buffer has its input's size and layout; the kernel writes each element once.
         unsafe { cpu::backward(g.data::<T>()?, data(0)?, data(1)?, data(2)?, &probs, layout, dropout, dims, targets) };
-        grads.into_iter().zip(&values).map(|(g, v)| Tensor::from_vec(g, v.shape()).map(Some)).collect()
+        let mut out: Vec<Option<Tensor>> = grads
+            .into_iter()
+            .zip(&values)
+            .map(|(g, v)| Tensor::from_vec(g, v.shape()).map(Some))
+            .collect::<Result<_>>()?;
+        if let (Some(per_row), Some(bias)) = (dbias, &bias) {
+            let mut sum = vec![T::ZERO; bias.numel()];
+            for row in per_row.chunks(sum.len()) {
+                sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
+            }
+            out.push(Some(Tensor::from_vec(sum, bias.shape())?));
+        }
+        Ok(out)
     }))
 }
 

@@ -18,6 +18,7 @@ mod linear;
 mod parallel;
 mod residual;
 mod scale;
+mod take;
 
 pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, AttnMask, Dropout};
 pub use cross_entropy::cross_entropy;
@@ -36,6 +37,7 @@ pub use parallel::{
 pub use residual::add_into;
 pub use residual::{add, add_tensors};
 pub use scale::{scale, scale_tensor};
+pub use take::take;
 
 use crate::autograd::Var;
 use crate::{ensure, Result};

@@ -24,9 +24,10 @@ impl CcaVariant for Cca {
         p: &[Var],
         attn: &CrossAttention,
         queries: &Var,
+        _first_row: usize,
         kv: &Var,
         mask: &AttnMask,
     ) -> Result<Var> {
-        attn.forward_kv(tape, p, queries, kv, mask)
+        attn.forward_kv(tape, p, queries, kv, mask, None)
     }
 }

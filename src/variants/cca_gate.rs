@@ -27,10 +27,11 @@ impl CcaVariant for CcaGate {
         p: &[Var],
         attn: &CrossAttention,
         queries: &Var,
+        _first_row: usize,
         kv: &Var,
         mask: &AttnMask,
     ) -> Result<Var> {
-        let out = attn.forward_kv(tape, p, queries, kv, mask)?;
+        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
         ops::scale(tape, &out, self.gate)
     }
 }

@@ -35,10 +35,11 @@ impl CcaVariant for CcaTanhGate {
         p: &[Var],
         attn: &CrossAttention,
         queries: &Var,
+        _first_row: usize,
         kv: &Var,
         mask: &AttnMask,
     ) -> Result<Var> {
-        let out = attn.forward_kv(tape, p, queries, kv, mask)?;
+        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
         let factor = ops::tanh(tape, &p[self.gate])?;
         ops::mul_scalar(tape, &out, &factor)
     }

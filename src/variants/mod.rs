@@ -11,6 +11,7 @@
 
 mod cca;
 mod cca_gate;
+mod cca_relpos;
 mod cca_tanh_gate;
 
 use crate::autograd::{Tape, Var};
@@ -25,13 +26,16 @@ use std::sync::Arc;
 pub trait CcaVariant: std::fmt::Debug {
     /// The CCA output [N, m, d] for attending rows `queries` [N, m, d] (in generation one row, [1, 1, d])
     /// against `kv` [N, k·r, 2d], the chunk's neighbours encoded and projected by `attn.project_kv`;
-    /// `mask` hides missing neighbours' keys.
+    /// `mask` hides missing neighbours' keys. The queries are rows `first_row..` of their attending
+    /// chunk (0 for a whole pass; in generation the generated row's place in its chunk).
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         tape: &mut Tape,
         p: &[Var],
         attn: &CrossAttention,
         queries: &Var,
+        first_row: usize,
         kv: &Var,
         mask: &AttnMask,
     ) -> Result<Var>;
@@ -49,7 +53,7 @@ pub struct CcaVariantEntry {
 }
 
 /// Every CCA variant, the default (Megatron's) first.
-pub const CCA_VARIANTS: &[CcaVariantEntry] = &[cca::ENTRY, cca_gate::ENTRY, cca_tanh_gate::ENTRY];
+pub const CCA_VARIANTS: &[CcaVariantEntry] = &[cca::ENTRY, cca_gate::ENTRY, cca_tanh_gate::ENTRY, cca_relpos::ENTRY];
 
 /// The registered variant called `name`, or an error listing them.
 pub fn cca_variant(name: &str) -> Result<&'static CcaVariantEntry> {

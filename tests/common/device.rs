@@ -579,7 +579,7 @@ impl Dev {
         let kv = kv.map(|kv| tape.leaf(self.tensor(kv, &[s.batch, s.sk, 2 * w])));
         let o = match &kv {
             None => ops::attention_qkv(&mut tape, &x, s.heads, &mask, None),
-            Some(kv) => ops::attention_kv(&mut tape, &x, kv, s.heads, &mask, None),
+            Some(kv) => ops::attention_kv(&mut tape, &x, kv, s.heads, &mask, None, None),
         }
         .unwrap();
         let out = read(o.value());

@@ -6,7 +6,9 @@
 //! is the column block `h·dh .. (h+1)·dh` of an operand. The output is `[b, sq, w]`, and the
 //! probabilities P = softmax(scale · q·kᵀ + mask) are kept for the backward (`[b, h, sq, sk]`).
 //! Masks: `causal` hides keys after the query (sq == sk); `key_mask[b·sk + j] == false` hides key j of
-//! batch b. A query that sees no key gets a zero output (and zero gradients).
+//! batch b. A query that sees no key gets a zero output (and zero gradients). An optional score bias
+//! `[heads, sq, sk]`, shared by the batch, is added to the scaled scores before the softmax (a learned
+//! relative-position bias); the backward then also gives its gradient per batch row (`[b, h, sq, sk]`).
 
 use super::gemm::strided;
 use super::SendPtr;
@@ -98,12 +100,14 @@ fn at(op: Operand, b: usize, rows: usize, h: usize, dh: usize) -> usize {
 }
 
 /// Returns (output [b, sq, w], probabilities [b, h, sq, sk]).
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     layout: Layout,
     key_mask: Option<&[bool]>,
+    bias: Option<&[T]>,
     dropout: Option<Dropout>,
     dims: Dims,
 ) -> (Vec<T>, Vec<T>) {
@@ -123,6 +127,7 @@ pub fn forward<T: Float>(
         // SAFETY: head blocks of batch b lie within the buffers; p is [sq, sk].
         unsafe { strided(sq, dh, sk, qb.as_ptr(), qs, 1, kb.as_ptr(), 1, ks, T::ZERO, p.as_mut_ptr(), sk as isize, 1) };
         let mask = key_mask.map(|m| &m[b * sk..(b + 1) * sk]);
+        let bias = bias.map(|bias| &bias[h * sq * sk..(h + 1) * sq * sk]);
         super::simd::with_avx2(
             #[inline(always)]
             || {
@@ -130,6 +135,14 @@ pub fn forward<T: Float>(
                     // Causal rows only see keys 0..=i; the rest of the row stays zero.
                     let (row, hidden) = row.split_at_mut(if causal { i + 1 } else { sk });
                     hidden.iter_mut().for_each(|s| *s = T::ZERO);
+                    // With a bias the row becomes the scaled, biased scores, which the softmax takes as is.
+                    let scale = match bias {
+                        None => scale,
+                        Some(bias) => {
+                            row.iter_mut().zip(&bias[i * sk..]).for_each(|(s, &b)| *s = *s * scale + b);
+                            T::ONE
+                        }
+                    };
                     let max = match mask {
                         None => row.iter().copied().fold(T::NEG_INFINITY, T::max),
                         Some(m) => row.iter().zip(m).filter(|(_, &v)| v).map(|(&s, _)| s).fold(T::NEG_INFINITY, T::max),
@@ -161,12 +174,14 @@ pub fn forward<T: Float>(
     (out, probs)
 }
 
-/// Where the backward writes dq, dk, dv: buffers with the layouts of q, k, v (they may be one buffer).
+/// Where the backward writes dq, dk, dv: buffers with the layouts of q, k, v (they may be one buffer);
+/// and, for a biased forward, the bias gradient of every batch row (`[b, h, sq, sk]`, summed by the caller).
 #[derive(Clone, Copy)]
 pub struct GradTargets<T> {
     pub dq: SendPtr<T>,
     pub dk: SendPtr<T>,
     pub dv: SendPtr<T>,
+    pub dbias: Option<SendPtr<T>>,
 }
 
 /// Writes dq, dk, dv (every element of their head blocks) into `targets`.
@@ -204,14 +219,21 @@ pub unsafe fn backward<T: Float>(
             if let Some(f) = &factors {
                 ds.iter_mut().zip(f).for_each(|(x, &f)| *x *= f);
             }
-            // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale
+            // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale; the bias gradient is dS before the scale.
+            let mut dbias = targets.dbias.map(|d| std::slice::from_raw_parts_mut(d.add(bh * sq * sk), sq * sk));
             super::simd::with_avx2(
                 #[inline(always)]
                 || {
-                    for (dsr, pr) in ds.chunks_mut(sk).zip(p.chunks(sk)) {
+                    for (i, (dsr, pr)) in ds.chunks_mut(sk).zip(p.chunks(sk)).enumerate() {
                         let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
-                        for (x, &pp) in dsr.iter_mut().zip(pr) {
-                            *x = pp * (*x - dot) * scale;
+                        match dbias.as_deref_mut() {
+                            None => dsr.iter_mut().zip(pr).for_each(|(x, &pp)| *x = pp * (*x - dot) * scale),
+                            Some(dbias) => {
+                                for ((x, &pp), db) in dsr.iter_mut().zip(pr).zip(&mut dbias[i * sk..(i + 1) * sk]) {
+                                    *db = pp * (*x - dot);
+                                    *x = *db * scale;
+                                }
+                            }
                         }
                     }
                 },
