@@ -242,3 +242,34 @@ fn the_cca_variant_is_trained_stored_and_must_match_on_resume() {
     assert!(err.contains("--cca-variant") && err.contains("cca, cca-gate, cca-tanh-gate"), "{err}");
     assert!(!fresh.exists(), "{} was created", fresh.display());
 }
+
+// Megatron's --retro-num-neighbors / --retro-num-retrieved-chunks choose k and r per run (here the
+// cca-relpos variant, whose bias table has m + r − 1 columns), are stored in the checkpoint, must match
+// on resume, and reach evaluation; more neighbours than the project saved is refused before any work.
+#[test]
+fn neighbours_and_retrieved_chunks_are_training_parameters() {
+    let run = run_dir("k1-r1");
+    let flags = ["--cca-variant", "cca-relpos", "--retro-num-neighbors", "1", "--retro-num-retrieved-chunks", "1"];
+    let (code, _, err) = train(&run, &[&["--train-iters", "2"][..], &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    let checkpoint = std::fs::read_to_string(run.join("iter_0000002/state.json")).unwrap();
+    assert!(
+        checkpoint.contains("\"num_neighbors\": 1") && checkpoint.contains("\"num_retrieved_chunks\": 1"),
+        "{checkpoint}"
+    );
+    let load = s(&run);
+    let (code, _, err) = train(&run, &["--train-iters", "3", "--load", &load, "--cca-variant", "cca-relpos"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other settings") && err.contains("num_neighbors"), "{err}");
+    let (code, _, err) = train(&run, &[&["--train-iters", "3", "--load", &load][..], &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    let project = s(project());
+    let (code, out, err) = retro(&["eval", "--checkpoint", &load, "--project", &project, "--eval-iters", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid_ppl_without_retrieval"), "{out}");
+    let fresh = run_dir("k-too-many");
+    let (code, _, err) = train(&fresh, &["--train-iters", "1", "--retro-num-neighbors", "99"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("neighbours per chunk saved") && err.contains("k = 99"), "{err}");
+    assert!(!fresh.exists(), "{} was created", fresh.display());
+}

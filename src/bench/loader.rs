@@ -13,7 +13,8 @@ use std::time::Instant;
 
 pub fn run(project: &Path, k: usize, micro_batch: usize, batches: usize) -> Result<Value> {
     let t = Instant::now();
-    let data = ProjectData::open(project, k, true)?;
+    let r = crate::preprocess::project::ProjectConfig::read(project)?.retro_num_retrieved_chunks;
+    let data = ProjectData::open(project, k, r, true)?;
     let open_s = t.elapsed().as_secs_f64();
     let pass = || -> Result<f64> {
         let t = Instant::now();

@@ -18,7 +18,7 @@ pub fn run(a: Args) -> retro::Result<()> {
     let leaves = model.leaves_on(device)?;
     let project = &a.checkpoint.project;
     let config = &model.config;
-    let data = ProjectData::open(project, config.num_neighbors, !config.gpt_baseline)?;
+    let data = ProjectData::open(project, config.num_neighbors, config.num_retrieved_chunks, !config.gpt_baseline)?;
     let Some(valid) = &data.valid else {
         retro::bail!("{}: the project has no validation samples", project.display());
     };

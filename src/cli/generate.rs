@@ -26,7 +26,11 @@ pub struct Args {
 pub fn run(a: Args) -> retro::Result<()> {
     let (_, model, device) = a.checkpoint.load()?;
     let retriever = if model.is_retro() {
-        Some(retro::retrieval::live::LiveRetriever::open(&a.checkpoint.project, model.config.num_neighbors)?)
+        Some(retro::retrieval::live::LiveRetriever::open(
+            &a.checkpoint.project,
+            model.config.num_neighbors,
+            model.config.num_retrieved_chunks,
+        )?)
     } else {
         None
     };

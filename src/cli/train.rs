@@ -89,6 +89,14 @@ pub struct Args {
     /// Stored with the model config, so a checkpoint resumes only with the same variant.
     #[arg(long)]
     pub cca_variant: Option<String>,
+    /// Megatron's --retro-num-neighbors: neighbours k each chunk attends to (at most the project's
+    /// retro_query_num_neighbors_save). Default: the model config's (2 in the presets).
+    #[arg(long)]
+    pub retro_num_neighbors: Option<usize>,
+    /// Megatron's --retro-num-retrieved-chunks: chunks per neighbour, the neighbour chunk and its
+    /// continuation (r = this x the chunk length). Default: the project's retro_num_retrieved_chunks.
+    #[arg(long)]
+    pub retro_num_retrieved_chunks: Option<usize>,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
     /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
     /// between the backward's ops), so the communication hides behind the rest of the backward; the
@@ -148,6 +156,8 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         use_distributed_optimizer,
         overlap_grad_reduce,
         cca_variant,
+        retro_num_neighbors,
+        retro_num_retrieved_chunks,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -206,6 +216,11 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         retro::variants::cca_variant(&variant).map_err(|e| e.context("--cca-variant"))?;
         model.cca_variant = variant;
     }
+    if let Some(k) = retro_num_neighbors {
+        model.num_neighbors = k;
+    }
+    model.num_retrieved_chunks = retro_num_retrieved_chunks.unwrap_or(pc.retro_num_retrieved_chunks);
+    model.validate().map_err(|e| e.context("--retro-num-neighbors / --retro-num-retrieved-chunks"))?;
     let samples = retro::data::samples::Samples::read(
         &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
     )?

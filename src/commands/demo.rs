@@ -120,7 +120,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             s.final_loss
         );
         let (_, m) = checkpoint::load(&run)?;
-        let data = ProjectData::open(&project, m.config.num_neighbors, !gpt)?;
+        let data = ProjectData::open(&project, m.config.num_neighbors, m.config.num_retrieved_chunks, !gpt)?;
         let valid =
             data.valid.as_ref().ok_or_else(|| crate::Error::msg("the demo project has no validation samples"))?;
         let with = trainer::evaluate(&m, &m.params.tensors, valid, o.micro_batch, valid.len() / o.micro_batch, true)?;
@@ -165,7 +165,11 @@ pub fn run(o: &DemoOptions) -> Result<()> {
         }
     }
     let retro_model = &results[0].4;
-    let retriever = crate::retrieval::live::LiveRetriever::open(&project, retro_model.config.num_neighbors)?;
+    let retriever = crate::retrieval::live::LiveRetriever::open(
+        &project,
+        retro_model.config.num_neighbors,
+        retro_model.config.num_retrieved_chunks,
+    )?;
     let sampling = crate::commands::generate::Sampling { temperature: 0.8, top_k: 40, top_p: 0.95 };
     let out = crate::commands::generate::generate(
         retro_model,

@@ -21,7 +21,8 @@ pub struct LiveRetriever {
 }
 
 impl LiveRetriever {
-    pub fn open(project: &Path, k: usize) -> Result<Self> {
+    /// `k` neighbours per chunk of `retrieved_chunks` chunks each (the neighbour and its continuation).
+    pub fn open(project: &Path, k: usize, retrieved_chunks: usize) -> Result<Self> {
         let config = ProjectConfig::read(project)?;
         let layout = Layout { dir: project.to_path_buf() };
         let embedder_dir = match config.retro_bert_embedder.as_str() {
@@ -40,7 +41,7 @@ impl LiveRetriever {
             embedder.dim()
         );
         let ds = crate::preprocess::project::open_tokens(project, &config)?;
-        Ok(Self { embedder, index, db, ds, k, retrieved_chunks: config.retro_num_retrieved_chunks })
+        Ok(Self { embedder, index, db, ds, k, retrieved_chunks })
     }
 
     /// The k nearest chunks of `chunk` and their tokens [k, r] (neighbour + continuation, EOD-padded).

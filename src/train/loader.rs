@@ -34,8 +34,14 @@ pub struct ProjectData {
 }
 
 impl ProjectData {
-    /// `k`: neighbours per chunk; `retrieval`: load the neighbour stores (not for the GPT baseline).
-    pub fn open(dir: &Path, k: usize, retrieval: bool) -> Result<Self> {
+    /// `k`: neighbours per chunk; `retrieved_chunks`: chunks per neighbour (the neighbour chunk and its
+    /// continuation: Megatron's retro_num_retrieved_chunks); `retrieval`: load the neighbour stores (not
+    /// for the GPT baseline).
+    pub fn open(dir: &Path, k: usize, retrieved_chunks: usize, retrieval: bool) -> Result<Self> {
+        ensure!(
+            k > 0 && retrieved_chunks > 0,
+            "neighbours per chunk ({k}) and chunks per neighbour ({retrieved_chunks}) must be at least 1"
+        );
         let config = ProjectConfig::read(dir)?;
         let layout = Layout { dir: dir.to_path_buf() };
         let ds = Arc::new(crate::preprocess::project::open_tokens(dir, &config)?);
@@ -65,14 +71,7 @@ impl ProjectData {
             } else {
                 None
             };
-            Ok(Some(SplitData {
-                samples,
-                neighbors,
-                ds: ds.clone(),
-                db: db.clone(),
-                k,
-                retrieved_chunks: config.retro_num_retrieved_chunks,
-            }))
+            Ok(Some(SplitData { samples, neighbors, ds: ds.clone(), db: db.clone(), k, retrieved_chunks }))
         };
         let Some(train) = split("train")? else {
             crate::bail!(

@@ -59,7 +59,6 @@ pub fn project_model(preset: &RetroConfig, project: &crate::preprocess::project:
     c.vocab_size = padded_vocab_size(project.retro_gpt_vocab_size);
     c.seq_length = project.retro_gpt_seq_length;
     c.chunk_length = project.retro_gpt_chunk_length;
-    c.num_retrieved_chunks = project.retro_num_retrieved_chunks;
     // Neighbours the query could not fill (-1) are masked, not attended.
     c.mask_missing_neighbors = true;
     c.validate()?;
@@ -140,7 +139,7 @@ pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result
         args.device
     );
     let retrieval = !args.model.gpt_baseline;
-    let data = ProjectData::open(&args.project, args.model.num_neighbors, retrieval)?;
+    let data = ProjectData::open(&args.project, args.model.num_neighbors, args.model.num_retrieved_chunks, retrieval)?;
     let config = project_model(&args.model, &data.config)?;
     config.check_tensor_parallel(tp.size())?;
     if dp.is_root() {
