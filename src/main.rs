@@ -36,7 +36,7 @@ enum Command {
     /// project fixes (sequence and chunk length, vocabulary, global batch, seed, eval interval / iters)
     /// are read from DIR/config.json; a flag that contradicts them is an error naming both values.
     /// Checkpoints go to --save (Megatron layout); --load resumes exactly where a run stopped.
-    Train(cli::train::Args),
+    Train(Box<cli::train::Args>),
     /// Validation perplexity of a checkpoint with retrieval and with every neighbour masked.
     Eval(cli::eval::Args),
     /// Generate a continuation of a prompt with a KV cache; for RETRO, every completed 64-token chunk is
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => finish("tokenize", cli::tokenize::run(a), 2),
         Command::Preprocess(a) => finish("preprocess", cli::preprocess::run(a), 2),
         Command::Inspect(a) => finish("inspect", cli::inspect::run(a), 2),
-        Command::Train(a) => finish("train", cli::train::run(a), 2),
+        Command::Train(a) => finish("train", cli::train::run(*a), 2),
         Command::Eval(a) => finish("eval", cli::eval::run(a), 2),
         Command::Generate(a) => finish("generate", cli::generate::run(a), 2),
         Command::Embed(a) => finish("embed", cli::embed::run(a), 2),

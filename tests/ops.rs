@@ -373,6 +373,49 @@ fn take_gathers_columns_and_adds_repeated_ones_back() {
     assert!(err.contains("take: index 5 out of range") && err.contains("[3, 5]"), "{err}");
 }
 
+// Rotary embeddings on a fused QKV: against a naive rotation of each (x[i], x[i + dim/2]) pair by
+// position · 10000^(−2i/dim), V and the unrotated dimensions untouched, finite differences.
+#[test]
+fn rotary_qkv_turns_queries_and_keys_by_position_and_passes_finite_differences() {
+    let mut rng = Rng::new(33);
+    let (b, s, h, dh, dim, first) = (2, 5, 2, 6, 4, 3);
+    let w = h * dh;
+    let qkv = randn(&mut rng, &[b, s, 3 * w], 1.0);
+    let op = move |t: &mut Tape, v: &[Var]| ops::rotary_qkv(t, &v[0], h, dim, first);
+    let got = forward(std::slice::from_ref(&qkv), op);
+    let x = v64(&qkv);
+    let mut want = x.clone();
+    for (bi, j, block, head, i) in (0..b).flat_map(|bi| {
+        (0..s).flat_map(move |j| {
+            (0..2).flat_map(move |bl| (0..h).flat_map(move |hd| (0..dim / 2).map(move |i| (bi, j, bl, hd, i))))
+        })
+    }) {
+        let base = (bi * s + j) * 3 * w + block * w + head * dh;
+        let angle = (first + j) as f64 * 10000f64.powf(-2.0 * i as f64 / dim as f64);
+        let (x1, x2) = (x[base + i], x[base + i + dim / 2]);
+        want[base + i] = x1 * angle.cos() - x2 * angle.sin();
+        want[base + i + dim / 2] = x2 * angle.cos() + x1 * angle.sin();
+    }
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
+    assert!(gradcheck(std::slice::from_ref(&qkv), &[true], 200, op) <= GRAD_TOL);
+    let err = forward_err(&[qkv], move |t, v| ops::rotary_qkv(t, &v[0], h, 7, 0));
+    assert!(err.contains("rotary_qkv: 7 rotated dimensions of heads of 6"), "{err}");
+}
+
+#[test]
+fn swiglu_is_silu_of_the_first_half_times_the_second_and_passes_finite_differences() {
+    let mut rng = Rng::new(34);
+    let x = randn(&mut rng, &[3, 4, 10], 1.5);
+    let got = forward(std::slice::from_ref(&x), |t, v| ops::swiglu(t, &v[0]));
+    let xv = v64(&x);
+    let want: Vec<f64> =
+        xv.chunks(10).flat_map(|r| (0..5).map(move |i| r[i] / (1.0 + (-r[i]).exp()) * r[5 + i])).collect();
+    assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
+    assert!(gradcheck(std::slice::from_ref(&x), &[true], 200, |t, v| ops::swiglu(t, &v[0])) <= GRAD_TOL);
+    let err = forward_err(&[randn(&mut rng, &[2, 3], 1.0)], |t, v| ops::swiglu(t, &v[0]));
+    assert!(err.contains("swiglu") && err.contains("[2, 3]"), "{err}");
+}
+
 #[test]
 fn attention_rejects_bad_shapes() {
     let z = |s: &[usize]| Var::constant(Tensor::zeros(s, retro::tensor::DType::F32));

@@ -273,3 +273,45 @@ fn neighbours_and_retrieved_chunks_are_training_parameters() {
     assert!(err.contains("neighbours per chunk saved") && err.contains("k = 99"), "{err}");
     assert!(!fresh.exists(), "{} was created", fresh.display());
 }
+
+// The architecture flags of InstructRetro's fine-tuning script train, are stored in the checkpoint (so a
+// resume without them is refused) and resume; --rotary-percent alone is refused before any work.
+#[test]
+fn instruct_retro_architecture_flags_train_and_resume() {
+    let run = run_dir("instruct-retro");
+    let flags = [
+        "--use-rotary-position-embeddings",
+        "--rotary-percent",
+        "0.5",
+        "--no-position-embedding",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--untie-embeddings-and-output-weights",
+        "--apply-layernorm-1p",
+    ];
+    let (code, _, err) = train(&run, &[&["--train-iters", "2"][..], &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    let state = std::fs::read_to_string(run.join("iter_0000002/state.json")).unwrap();
+    for key in [
+        "\"use_rotary_position_embeddings\": true",
+        "\"rotary_percent\": 0.5",
+        "\"add_position_embedding\": false",
+        "\"swiglu\": true",
+        "\"add_bias_linear\": false",
+        "\"untie_embeddings_and_output_weights\": true",
+        "\"apply_layernorm_1p\": true",
+    ] {
+        assert!(state.contains(key), "{key} missing from {state}");
+    }
+    let load = s(&run);
+    let (code, _, err) = train(&run, &["--train-iters", "3", "--load", &load]);
+    assert_ne!(code, 0);
+    assert!(err.contains("other settings"), "{err}");
+    let (code, _, err) = train(&run, &[&["--train-iters", "3", "--load", &load][..], &flags].concat());
+    assert_eq!(code, 0, "{err}");
+    let fresh = run_dir("rotary-percent-alone");
+    let (code, _, err) = train(&fresh, &["--train-iters", "1", "--rotary-percent", "0.5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--rotary-percent needs --use-rotary-position-embeddings"), "{err}");
+    assert!(!fresh.exists(), "{} was created", fresh.display());
+}

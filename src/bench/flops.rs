@@ -1,6 +1,8 @@
 //! Model FLOPs of one training step and parameter counts, exactly as `torch_retro/model.py`
 //! (`model_flops_per_step`, `count_params`): matmuls only, 2 FLOPs per multiply-add, training = 3×
-//! forward, causal attention counted in full.
+//! forward, causal attention counted in full. With `--swiglu` the MLP's three matrices of the config's
+//! width replace the two of 4d (torch_retro has no SwiGLU; the other architecture options change no
+//! matmul).
 
 use crate::model::RetroConfig;
 use serde::Serialize;
@@ -24,12 +26,15 @@ pub fn model_flops_per_step(c: &RetroConfig, batch: usize) -> Flops {
     let t = batch as f64 * s;
     let chunks = (batch * c.seq_length / c.chunk_length) as f64;
     let tn = if cca_layers > 0.0 { chunks * k * r } else { 0.0 };
-    let decoder_dense = 6.0 * 12.0 * d * d * l * t;
+    // Multiply-adds per token of one layer's attention projections and MLP (12 d² for Megatron's 4d MLP).
+    let ffn = c.ffn_hidden_size() as f64;
+    let dense = 4.0 * d * d + if c.swiglu { 3.0 } else { 2.0 } * d * ffn;
+    let decoder_dense = 6.0 * dense * l * t;
     let decoder_attn = 12.0 * l * d * s * t;
     let logits = 6.0 * d * v * t;
     let cca = cca_layers * 3.0 * (t * 4.0 * d * d + tn * 4.0 * d * d + t * 4.0 * k * r * d);
     let encoder = if cca_layers > 0.0 {
-        3.0 * (e * (24.0 * d * d * tn + 4.0 * r * d * tn) + 4.0 * d * d * tn + 4.0 * d * d * t + 4.0 * m * d * tn)
+        3.0 * (e * (2.0 * dense * tn + 4.0 * r * d * tn) + 4.0 * d * d * tn + 4.0 * d * d * t + 4.0 * m * d * tn)
     } else {
         0.0
     };

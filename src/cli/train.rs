@@ -97,6 +97,31 @@ pub struct Args {
     /// continuation (r = this x the chunk length). Default: the project's retro_num_retrieved_chunks.
     #[arg(long)]
     pub retro_num_retrieved_chunks: Option<usize>,
+    /// Megatron's architecture options (with --swiglu, --disable-bias-linear,
+    /// --untie-embeddings-and-output-weights, --apply-layernorm-1p and --no-position-embedding, the
+    /// architecture of InstructRetro's fine-tuning script). Rotary position embeddings on the decoder
+    /// self-attention's queries and keys (CPU only so far).
+    #[arg(long)]
+    pub use_rotary_position_embeddings: bool,
+    /// The fraction of each head's dimensions the rotary embedding turns (InstructRetro: 0.5).
+    #[arg(long)]
+    pub rotary_percent: Option<f64>,
+    /// No learned absolute position embedding (with rotary embeddings, or none at all).
+    #[arg(long)]
+    pub no_position_embedding: bool,
+    /// SwiGLU MLP: fc2(silu(a) * b), fc1 giving a and b, each 2/3 of the 4h width rounded down to a
+    /// multiple of 64 (Megatron's rule). CPU only so far.
+    #[arg(long)]
+    pub swiglu: bool,
+    /// No bias in any linear layer.
+    #[arg(long)]
+    pub disable_bias_linear: bool,
+    /// The output layer gets its own weight (output_layer.weight) instead of the word embedding's.
+    #[arg(long)]
+    pub untie_embeddings_and_output_weights: bool,
+    /// LayerNorm weights stored as w - 1 (initialised to 0, applied as 1 + w).
+    #[arg(long)]
+    pub apply_layernorm_1p: bool,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
     /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
     /// between the backward's ops), so the communication hides behind the rest of the backward; the
@@ -158,6 +183,13 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         cca_variant,
         retro_num_neighbors,
         retro_num_retrieved_chunks,
+        use_rotary_position_embeddings,
+        rotary_percent,
+        no_position_embedding,
+        swiglu,
+        disable_bias_linear,
+        untie_embeddings_and_output_weights,
+        apply_layernorm_1p,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -220,7 +252,20 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         model.num_neighbors = k;
     }
     model.num_retrieved_chunks = retro_num_retrieved_chunks.unwrap_or(pc.retro_num_retrieved_chunks);
-    model.validate().map_err(|e| e.context("--retro-num-neighbors / --retro-num-retrieved-chunks"))?;
+    // Each architecture flag turns its option on; without it the config's (preset or JSON) stands.
+    model.use_rotary_position_embeddings |= use_rotary_position_embeddings;
+    if let Some(percent) = rotary_percent {
+        if !model.use_rotary_position_embeddings {
+            return Err(retro::Error::msg("--rotary-percent needs --use-rotary-position-embeddings"));
+        }
+        model.rotary_percent = percent;
+    }
+    model.add_position_embedding &= !no_position_embedding;
+    model.swiglu |= swiglu;
+    model.add_bias_linear &= !disable_bias_linear;
+    model.untie_embeddings_and_output_weights |= untie_embeddings_and_output_weights;
+    model.apply_layernorm_1p |= apply_layernorm_1p;
+    model.validate()?;
     let samples = retro::data::samples::Samples::read(
         &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),
     )?

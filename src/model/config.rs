@@ -54,6 +54,31 @@ pub struct RetroConfig {
     /// written, so configs from before variants existed read the same).
     #[serde(default = "default_cca_variant", skip_serializing_if = "is_default_cca_variant")]
     pub cca_variant: String,
+    // Megatron's architecture options (InstructRetro's fine-tuning uses them all). Each is off by default
+    // and then not written, so configs from before they existed read (and compare) the same.
+    /// `--use-rotary-position-embeddings`: rotary embeddings on the decoder self-attention's queries and
+    /// keys (not the encoder's or the CCA's, as Megatron).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_rotary_position_embeddings: bool,
+    /// `--rotary-percent`: the fraction of each head's dimensions rotated.
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub rotary_percent: f64,
+    /// `--no-position-embedding` sets this false: no learned absolute position embedding.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub add_position_embedding: bool,
+    /// `--swiglu`: the MLP is `fc2(silu(a) ∘ b)` with fc1 giving [a | b]; its width (Megatron's rule) is
+    /// 2/3 of ffn_mult × hidden, rounded down to a multiple of 64.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub swiglu: bool,
+    /// `--disable-bias-linear` sets this false: no bias in any linear layer.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub add_bias_linear: bool,
+    /// `--untie-embeddings-and-output-weights`: the output layer has its own `output_layer.weight`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub untie_embeddings_and_output_weights: bool,
+    /// `--apply-layernorm-1p`: LayerNorm weights are stored as w − 1 (initialised to 0, applied as 1 + w).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub apply_layernorm_1p: bool,
     // Derived values some writers include (the golden file does); checked, never trusted.
     #[serde(default, skip_serializing)]
     retrieved_length: Option<usize>,
@@ -87,6 +112,21 @@ fn is_default_cca_variant(v: &str) -> bool {
 fn default_init_std() -> f64 {
     0.02
 }
+fn default_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
 
 /// Megatron's `--make-vocab-size-divisible-by 128`: 50257 GPT-2 tokens -> 50304 rows.
 pub fn padded_vocab_size(tokenizer_vocab: usize) -> usize {
@@ -117,6 +157,13 @@ impl RetroConfig {
             mask_missing_neighbors: false,
             retro_attention_gate: 1.0,
             cca_variant: default_cca_variant(),
+            use_rotary_position_embeddings: false,
+            rotary_percent: 1.0,
+            add_position_embedding: true,
+            swiglu: false,
+            add_bias_linear: true,
+            untie_embeddings_and_output_weights: false,
+            apply_layernorm_1p: false,
             retrieved_length: None,
             head_dim: None,
             ffn_hidden_size: None,
@@ -156,8 +203,20 @@ impl RetroConfig {
         self.hidden_size / self.num_heads
     }
 
+    /// The MLP's hidden features: ffn_mult × hidden, or with SwiGLU 2/3 of that rounded down to a
+    /// multiple of 64 (Megatron's default for --swiglu, keeping the parameter count about the same).
     pub fn ffn_hidden_size(&self) -> usize {
-        self.ffn_mult * self.hidden_size
+        let plain = self.ffn_mult * self.hidden_size;
+        if self.swiglu {
+            plain * 2 / 3 / 64 * 64
+        } else {
+            plain
+        }
+    }
+
+    /// Dimensions of each head the rotary embedding turns (even), when it is on.
+    pub fn rotary_dim(&self) -> Option<usize> {
+        self.use_rotary_position_embeddings.then(|| (self.head_dim() as f64 * self.rotary_percent) as usize / 2 * 2)
     }
 
     /// r: tokens per retrieved neighbour (neighbour chunk + continuation).
@@ -206,6 +265,25 @@ impl RetroConfig {
         );
         ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
         crate::variants::cca_variant(&c.cca_variant).map_err(|e| e.context("model config: cca_variant"))?;
+        ensure!(
+            c.rotary_percent > 0.0 && c.rotary_percent <= 1.0,
+            "model config: rotary_percent {} is not in (0, 1]",
+            c.rotary_percent
+        );
+        if let Some(dim) = c.rotary_dim() {
+            ensure!(
+                dim >= 2,
+                "model config: rotary_percent {} of a head of {} dimensions rotates none",
+                c.rotary_percent,
+                c.head_dim()
+            );
+        }
+        ensure!(
+            c.ffn_hidden_size() > 0,
+            "model config: swiglu's MLP width (2/3 of {} x {}, a multiple of 64) is 0; the hidden size is too small",
+            c.ffn_mult,
+            c.hidden_size
+        );
         ensure!(
             c.retro_attention_gate == 1.0 || c.cca_variant == "cca-gate",
             "model config: retro_attention_gate {} is the cca-gate variant's constant, but cca_variant is {:?}; \

@@ -93,7 +93,8 @@ impl DecoderLayer {
         let (d, eps) = (c.hidden_size, c.layernorm_eps);
         let pre = format!("decoder.layers.{index}");
         let input_ln = LayerNorm::new(pb, &format!("{pre}.input_layernorm"), d, eps);
-        let self_attn = SelfAttention::new(pb, &format!("{pre}.self_attention"), d, c.num_heads, true, init);
+        let self_attn = SelfAttention::new(pb, &format!("{pre}.self_attention"), d, c.num_heads, true, init)
+            .with_rotary(c.rotary_dim());
         let cca_parts = cca.then(|| {
             let ln = LayerNorm::new(pb, &format!("{pre}.pre_cross_attn_layernorm"), d, eps);
             let attn = CrossAttention::new(pb, &format!("{pre}.cross_attention"), d, c.num_heads, init);
@@ -102,7 +103,7 @@ impl DecoderLayer {
             (ln, attn, variant)
         });
         let pre_mlp_ln = LayerNorm::new(pb, &format!("{pre}.pre_mlp_layernorm"), d, eps);
-        let mlp = Mlp::new(pb, &format!("{pre}.mlp"), d, c.ffn_hidden_size(), init);
+        let mlp = Mlp::new(pb, &format!("{pre}.mlp"), d, c.ffn_hidden_size(), c.swiglu, init);
         // Registered last, as torch registers the submodule after the layer's own parameters.
         let cca = cca_parts.map(|(ln, attn, variant)| Cca {
             ln,

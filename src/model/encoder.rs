@@ -42,7 +42,7 @@ impl Encoder {
                     (ln, CrossAttention::new(pb, &format!("{pre}.cross_attention"), d, c.num_heads, init))
                 });
                 let pre_mlp_ln = LayerNorm::new(pb, &format!("{pre}.pre_mlp_layernorm"), d, eps);
-                let mlp = Mlp::new(pb, &format!("{pre}.mlp"), d, c.ffn_hidden_size(), init);
+                let mlp = Mlp::new(pb, &format!("{pre}.mlp"), d, c.ffn_hidden_size(), c.swiglu, init);
                 EncoderLayer { input_ln, self_attn, cross, pre_mlp_ln, mlp }
             })
             .collect();

@@ -68,7 +68,7 @@ impl<'m> KvDecoder<'m> {
         }
         self.chunk_states = step.chunk_states;
         let h = self.model.final_ln.forward(tape, p, &x)?;
-        let logits = ops::linear(tape, &h, &p[self.model.word_embeddings], None)?;
+        let logits = ops::linear(tape, &h, &p[self.model.output_weight], None)?;
         Ok(logits.value().to(crate::tensor::Device::Cpu)?.to_f64_vec())
     }
 }

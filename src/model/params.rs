@@ -90,15 +90,22 @@ impl Split {
 /// Collects parameter specs while the modules are built; each gets the index modules use to find it.
 /// For a tensor-parallel model (`tensor_parallel` of more than one rank) split parameters are registered
 /// with this rank's shape.
+///
+/// It also carries the model-wide layer options the layers read while they register their parameters
+/// (Megatron's `--disable-bias-linear`, `--apply-layernorm-1p`).
 #[derive(Debug, Default)]
 pub struct ParamBuilder {
     specs: Vec<ParamSpec>,
     tensor_parallel: TensorParallel,
+    /// Linear layers have no bias.
+    pub no_linear_bias: bool,
+    /// LayerNorm weights are stored as w − 1.
+    pub layernorm_1p: bool,
 }
 
 impl ParamBuilder {
     pub fn new(tensor_parallel: TensorParallel) -> Self {
-        Self { specs: Vec::new(), tensor_parallel }
+        Self { specs: Vec::new(), tensor_parallel, no_linear_bias: false, layernorm_1p: false }
     }
 
     /// The group the model's split parameters are divided among.

@@ -17,7 +17,10 @@ pub struct RetroModel {
     pub config: RetroConfig,
     pub params: Params,
     pub(crate) word_embeddings: usize,
-    pub(crate) position_embeddings: usize,
+    /// `None` with `--no-position-embedding`.
+    pub(crate) position_embeddings: Option<usize>,
+    /// The output layer's weight: the word embedding (tied, Megatron's default) or `output_layer.weight`.
+    pub(crate) output_weight: usize,
     pub(crate) layers: Vec<DecoderLayer>,
     pub(crate) final_ln: LayerNorm,
     /// The ranks this model's split parameters are divided among (`shard`); one rank: the whole model.
@@ -51,6 +54,8 @@ impl RetroModel {
         config.check_tensor_parallel(tp.size())?;
         let c = config;
         let mut pb = ParamBuilder::new(tp.clone());
+        pb.no_linear_bias = !c.add_bias_linear;
+        pb.layernorm_1p = c.apply_layernorm_1p;
         let init = InitStd::megatron(c.init_std, c.num_layers);
         // Vocab-parallel: each tensor-parallel rank holds a contiguous range of the vocabulary.
         let word = pb.add_split(
@@ -59,11 +64,13 @@ impl RetroModel {
             Init::Normal(c.init_std),
             Split { dim: 0, blocks: 1 },
         );
-        let pos = pb.add(
-            "embedding.position_embeddings.weight".into(),
-            &[c.seq_length, c.hidden_size],
-            Init::Normal(c.init_std),
-        );
+        let pos = c.add_position_embedding.then(|| {
+            pb.add(
+                "embedding.position_embeddings.weight".into(),
+                &[c.seq_length, c.hidden_size],
+                Init::Normal(c.init_std),
+            )
+        });
         let cca_layers = c.retro_layers();
         let layers = (0..c.num_layers)
             .map(|i| {
@@ -73,12 +80,19 @@ impl RetroModel {
             })
             .collect();
         let final_ln = LayerNorm::new(&mut pb, "decoder.final_layernorm", c.hidden_size, c.layernorm_eps);
+        let output_weight = if c.untie_embeddings_and_output_weights {
+            let shape = [c.vocab_size, c.hidden_size];
+            pb.add_split("output_layer.weight".into(), &shape, Init::Normal(c.init_std), Split { dim: 0, blocks: 1 })
+        } else {
+            word
+        };
         let specs = pb.finish();
         let model = Self {
             config: c.clone(),
             params: Params { specs: specs.clone(), tensors: Vec::new() },
             word_embeddings: word,
             position_embeddings: pos,
+            output_weight,
             layers,
             final_ln,
             tensor_parallel: tp.clone(),
@@ -217,7 +231,7 @@ impl RetroModel {
              checks run the whole model (--tensor-model-parallel-size 1)"
         );
         let h = self.hidden(tape, p, tokens, neighbors)?;
-        ops::linear(tape, &h, &p[self.word_embeddings], None)
+        ops::linear(tape, &h, &p[self.output_weight], None)
     }
 
     /// Mean next-token cross-entropy of the batch.
@@ -236,8 +250,8 @@ impl RetroModel {
         // Vocab-parallel output layer: each rank's logits of its part of the vocabulary.
         let h = self.hidden(tape, p, &batch.tokens, batch.neighbors.as_ref())?;
         let h = ops::copy_to_tensor_parallel(tape, &h, tp)?;
-        let logits = ops::linear(tape, &h, &p[self.word_embeddings], None)?;
-        let first = tp.rank() * self.params.specs[self.word_embeddings].shape[0];
+        let logits = ops::linear(tape, &h, &p[self.output_weight], None)?;
+        let first = tp.rank() * self.params.specs[self.output_weight].shape[0];
         ops::vocab_parallel_cross_entropy(tape, &logits, &batch.labels, first, tp)
     }
 
@@ -345,19 +359,29 @@ impl RetroModel {
     /// word + position embeddings of ids [.., s] at positions first..first+s (a decoding step: one token
     /// at its position).
     pub(crate) fn embed_at(&self, tape: &mut Tape, p: &[Var], ids: &Tensor, first: usize) -> Result<Var> {
-        let (word, position) = (&p[self.word_embeddings], &p[self.position_embeddings]);
+        let word = &p[self.word_embeddings];
         let tp = &self.tensor_parallel;
-        let x = if tp.is_split() {
-            // Vocab-parallel: each rank's rows of its words, summed over the group, then the positions.
-            let rows = word.shape()[0];
-            let words = ops::vocab_parallel_embedding(tape, ids, word, tp.rank() * rows, rows * tp.size())?;
-            let words = ops::reduce_from_tensor_parallel(tape, &words, tp)?;
-            let period = ids.last_dim().max(1);
-            let at: Vec<i64> = (0..ids.numel()).map(|i| (first + i % period) as i64).collect();
-            let positions = ops::embedding(tape, &Tensor::from_vec(at, ids.shape())?, position)?;
-            ops::add(tape, &words, &positions)?
-        } else {
-            ops::word_position_embedding(tape, ids, word, position, first)?
+        let x = match self.position_embeddings.map(|i| &p[i]) {
+            Some(position) if !tp.is_split() => ops::word_position_embedding(tape, ids, word, position, first)?,
+            position => {
+                // Vocab-parallel: each rank's rows of its words, summed over the group, then the positions.
+                let words = if tp.is_split() {
+                    let rows = word.shape()[0];
+                    let words = ops::vocab_parallel_embedding(tape, ids, word, tp.rank() * rows, rows * tp.size())?;
+                    ops::reduce_from_tensor_parallel(tape, &words, tp)?
+                } else {
+                    ops::embedding(tape, ids, word)?
+                };
+                match position {
+                    Some(position) => {
+                        let period = ids.last_dim().max(1);
+                        let at: Vec<i64> = (0..ids.numel()).map(|i| (first + i % period) as i64).collect();
+                        let positions = ops::embedding(tape, &Tensor::from_vec(at, ids.shape())?, position)?;
+                        ops::add(tape, &words, &positions)?
+                    }
+                    None => words,
+                }
+            }
         };
         ops::dropout(tape, &x)
     }

@@ -7,7 +7,8 @@ use crate::Result;
 
 /// Multi-head self-attention with a fused QKV projection: `linear_qkv.weight` is `[3d, d]` with row
 /// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`. Tensor-parallel: QKV
-/// column-parallel and the projection row-parallel, so each rank attends with its own heads.
+/// column-parallel and the projection row-parallel, so each rank attends with its own heads. With
+/// rotary embeddings the queries and keys are turned by their positions before attending.
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
@@ -15,6 +16,8 @@ pub struct SelfAttention {
     /// This rank's heads (all of them without tensor parallelism).
     pub heads: usize,
     pub causal: bool,
+    /// Dimensions of each head the rotary embedding turns; `None`: no rotary embedding.
+    pub rotary_dim: Option<usize>,
     tensor_parallel: TensorParallel,
 }
 
@@ -25,14 +28,25 @@ impl SelfAttention {
             proj: Linear::row(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
             heads: heads / pb.tensor_parallel().size(),
             causal,
+            rotary_dim: None,
             tensor_parallel: pb.tensor_parallel().clone(),
         }
+    }
+
+    /// This attention with rotary embeddings on `dim` dimensions of each head (or none).
+    pub fn with_rotary(self, dim: Option<usize>) -> Self {
+        Self { rotary_dim: dim, ..self }
     }
 
     /// x: [b, s, d] -> [b, s, d]. With `cache` (generation), x is the one new position [1, 1, d]: its key
     /// and value join the cache and its query attends to every cached position, all at or before it.
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var, cache: Option<&mut KvCache>) -> Result<Var> {
         let qkv = self.qkv.forward(tape, p, x)?;
+        let qkv = match self.rotary_dim {
+            // A generated position is the one after those cached.
+            Some(dim) => ops::rotary_qkv(tape, &qkv, self.heads, dim, cache.as_ref().map_or(0, |c| c.keys.len()))?,
+            None => qkv,
+        };
         let o = match cache {
             None => {
                 let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };

@@ -16,12 +16,13 @@ pub enum Parallel {
     Row,
 }
 
-/// `y = x·Wᵀ + b`, W `[out, in]` named `<prefix>.weight`, b `<prefix>.bias` (zero-initialised). In a
-/// tensor-parallel model W and b are this rank's parts (`Parallel`); alone, the whole layer.
+/// `y = x·Wᵀ + b`, W `[out, in]` named `<prefix>.weight`, b `<prefix>.bias` (zero-initialised; none
+/// with `--disable-bias-linear`). In a tensor-parallel model W and b are this rank's parts
+/// (`Parallel`); alone, the whole layer.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: usize,
-    pub bias: usize,
+    pub bias: Option<usize>,
     pub parallel: Parallel,
     tensor_parallel: TensorParallel,
 }
@@ -32,7 +33,7 @@ impl Linear {
         let split = Split { dim: 0, blocks };
         Self {
             weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
-            bias: pb.add_split(format!("{prefix}.bias"), &[d_out], Init::Zeros, split),
+            bias: (!pb.no_linear_bias).then(|| pb.add_split(format!("{prefix}.bias"), &[d_out], Init::Zeros, split)),
             parallel: Parallel::Column { blocks },
             tensor_parallel: pb.tensor_parallel().clone(),
         }
@@ -43,26 +44,29 @@ impl Linear {
         let split = Split { dim: 1, blocks: 1 };
         Self {
             weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
-            bias: pb.add(format!("{prefix}.bias"), &[d_out], Init::Zeros),
+            bias: (!pb.no_linear_bias).then(|| pb.add(format!("{prefix}.bias"), &[d_out], Init::Zeros)),
             parallel: Parallel::Row,
             tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
 
     pub fn forward(&self, tape: &mut Tape, p: &[Var], x: &Var) -> Result<Var> {
-        let (w, b, tp) = (&p[self.weight], &p[self.bias], &self.tensor_parallel);
+        let (w, b, tp) = (&p[self.weight], self.bias.map(|b| &p[b]), &self.tensor_parallel);
         if !tp.is_split() {
-            return ops::linear(tape, x, w, Some(b));
+            return ops::linear(tape, x, w, b);
         }
         match self.parallel {
             Parallel::Column { .. } => {
                 let x = ops::copy_to_tensor_parallel(tape, x, tp)?;
-                ops::linear(tape, &x, w, Some(b))
+                ops::linear(tape, &x, w, b)
             }
             Parallel::Row => {
                 let partial = ops::linear(tape, x, w, None)?;
                 let y = ops::reduce_from_tensor_parallel(tape, &partial, tp)?;
-                ops::add_bias(tape, &y, b)
+                match b {
+                    Some(b) => ops::add_bias(tape, &y, b),
+                    None => Ok(y),
+                }
             }
         }
     }

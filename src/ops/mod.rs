@@ -17,7 +17,9 @@ mod layout;
 mod linear;
 mod parallel;
 mod residual;
+mod rotary;
 mod scale;
+mod swiglu;
 mod take;
 
 pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, AttnMask, Dropout};
@@ -36,7 +38,9 @@ pub use parallel::{
 #[cfg(not(no_cuda_kernels))]
 pub use residual::add_into;
 pub use residual::{add, add_tensors};
+pub use rotary::rotary_qkv;
 pub use scale::{scale, scale_tensor};
+pub use swiglu::swiglu;
 pub use take::take;
 
 use crate::autograd::Var;
