@@ -36,6 +36,8 @@ fn instruct_retro() -> RetroConfig {
     c.add_bias_linear = false;
     c.untie_embeddings_and_output_weights = true;
     c.apply_layernorm_1p = true;
+    // Beyond InstructRetro: grouped-query attention, both heads sharing one key / value head.
+    c.num_query_groups = Some(1);
     c
 }
 
@@ -92,6 +94,15 @@ fn the_options_change_exactly_the_parameters_megatron_changes() {
     let w = m.params.get("decoder.layers.0.input_layernorm.weight").unwrap().to_f64_vec();
     assert!(w.iter().all(|&x| x == 0.0));
     assert_eq!(instruct_retro().rotary_dim(), Some(8), "half of each 16-dimension head");
+    // Grouped-query attention: Q (32 rows) | K (16) | V (16); the CCA keeps its K | V of 2 x 32.
+    let qkv = instruct.iter().find(|(n, _)| n == "decoder.layers.0.self_attention.linear_qkv.weight").unwrap();
+    assert_eq!(qkv.1, [64, 32]);
+    let kv = instruct.iter().find(|(n, _)| n == "decoder.layers.1.cross_attention.linear_kv.weight").unwrap();
+    assert_eq!(kv.1, [64, 32]);
+    let mut groups = plain();
+    groups.num_query_groups = Some(3);
+    let err = groups.validate().unwrap_err().to_string();
+    assert!(err.contains("num_query_groups 3 does not divide num_heads 2"), "{err}");
     // Off, the options are not written, so older configs and checkpoints read the same.
     assert_eq!(plain().to_json(), RetroConfig::from_json(&plain().to_json()).unwrap().to_json());
     for key in ["rotary", "position_embedding", "swiglu", "bias_linear", "untie", "layernorm_1p"] {
@@ -104,6 +115,17 @@ fn the_options_change_exactly_the_parameters_megatron_changes() {
     bad.num_heads = 2;
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("rotary_percent 0.5 of a head of 2 dimensions rotates none"), "{err}");
+}
+
+// Grouped-query attention with one group per head is multi-head attention, parameter for parameter.
+#[test]
+fn grouped_query_attention_with_a_group_per_head_is_multi_head_attention() {
+    let base = perturbed(RetroModel::init(&plain(), 3, DType::F64).unwrap(), 5);
+    let mut c = plain();
+    c.num_query_groups = Some(c.num_heads);
+    let grouped = RetroModel::from_params(&c, base.params.clone()).unwrap();
+    let b = batch();
+    assert_eq!(logits(&grouped, &b), logits(&base, &b));
 }
 
 // LayerNorm 1p with stored w − 1 is LayerNorm with w (bit for bit: 0 + 1 is exact); an untied output

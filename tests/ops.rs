@@ -381,7 +381,7 @@ fn rotary_qkv_turns_queries_and_keys_by_position_and_passes_finite_differences()
     let (b, s, h, dh, dim, first) = (2, 5, 2, 6, 4, 3);
     let w = h * dh;
     let qkv = randn(&mut rng, &[b, s, 3 * w], 1.0);
-    let op = move |t: &mut Tape, v: &[Var]| ops::rotary_qkv(t, &v[0], h, dim, first);
+    let op = move |t: &mut Tape, v: &[Var]| ops::rotary_qkv(t, &v[0], dh, 2 * h, dim, first);
     let got = forward(std::slice::from_ref(&qkv), op);
     let x = v64(&qkv);
     let mut want = x.clone();
@@ -398,8 +398,55 @@ fn rotary_qkv_turns_queries_and_keys_by_position_and_passes_finite_differences()
     }
     assert!(max_rel_err(&got, &want, 1e-12) < 1e-12);
     assert!(gradcheck(std::slice::from_ref(&qkv), &[true], 200, op) <= GRAD_TOL);
-    let err = forward_err(&[qkv], move |t, v| ops::rotary_qkv(t, &v[0], h, 7, 0));
+    let err = forward_err(&[qkv], move |t, v| ops::rotary_qkv(t, &v[0], dh, 2 * h, 7, 0));
     assert!(err.contains("rotary_qkv: 7 rotated dimensions of heads of 6"), "{err}");
+}
+
+// Grouped-query attention: two query heads sharing one key / value head equal multi-head attention with
+// that head's keys and values repeated; finite differences of the fused grouped form (dK and dV add
+// both query heads' contributions).
+#[test]
+fn grouped_query_attention_equals_repeated_key_value_heads_and_passes_finite_differences() {
+    let mut rng = Rng::new(35);
+    let (b, s, heads, kv_heads, dh) = (2, 5, 4, 2, 3);
+    let (w, kv) = (heads * dh, kv_heads * dh);
+    let qkv = randn(&mut rng, &[b, s, w + 2 * kv], 1.0);
+    let x = v64(&qkv);
+    // The same keys and values with each key / value head repeated for its two query heads.
+    let mut repeated = Vec::new();
+    for row in x.chunks(w + 2 * kv) {
+        repeated.extend_from_slice(&row[..w]);
+        for block in [&row[w..w + kv], &row[w + kv..]] {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                repeated.extend_from_slice(&block[g * dh..(g + 1) * dh]);
+            }
+        }
+    }
+    let repeated = Tensor::from_vec(repeated, &[b, s, 3 * w]).unwrap();
+    for mask in [AttnMask::Causal, AttnMask::None] {
+        let m = mask.clone();
+        let grouped = move |t: &mut Tape, v: &[Var]| ops::attention_grouped_qkv(t, &v[0], heads, kv_heads, &m, None);
+        let m = mask.clone();
+        let want = forward(std::slice::from_ref(&repeated), move |t, v| ops::attention_qkv(t, &v[0], heads, &m, None));
+        assert!(max_rel_err(&forward(std::slice::from_ref(&qkv), grouped.clone()), &want, 1e-12) < 1e-12);
+        assert!(gradcheck(std::slice::from_ref(&qkv), &[true], 200, grouped) <= GRAD_TOL);
+    }
+    // The cached (separate, narrower keys and values) form.
+    let (q, k, v) = (
+        Tensor::from_vec(x.chunks(w + 2 * kv).flat_map(|r| r[..w].to_vec()).collect::<Vec<_>>(), &[b, s, w]).unwrap(),
+        Tensor::from_vec(x.chunks(w + 2 * kv).flat_map(|r| r[w..w + kv].to_vec()).collect::<Vec<_>>(), &[b, s, kv])
+            .unwrap(),
+        Tensor::from_vec(x.chunks(w + 2 * kv).flat_map(|r| r[w + kv..].to_vec()).collect::<Vec<_>>(), &[b, s, kv])
+            .unwrap(),
+    );
+    let separate = forward(&[q, k, v], move |t, v| ops::attention(t, &v[0], &v[1], &v[2], heads, &AttnMask::Causal));
+    let fused = forward(std::slice::from_ref(&qkv), move |t, v| {
+        ops::attention_grouped_qkv(t, &v[0], heads, kv_heads, &AttnMask::Causal, None)
+    });
+    assert_eq!(separate, fused);
+    let err = forward_err(&[qkv], move |t, v| ops::attention_grouped_qkv(t, &v[0], heads, 3, &AttnMask::None, None));
+    assert!(err.contains("4 heads and 3 key / value heads"), "{err}");
 }
 
 #[test]

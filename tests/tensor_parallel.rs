@@ -49,6 +49,8 @@ fn instruct_retro_config() -> RetroConfig {
     c.untie_embeddings_and_output_weights = true;
     c.apply_layernorm_1p = true;
     c.cca_variant = "cca-relpos".into();
+    // And grouped-query attention: two key / value heads for the four heads, one per rank.
+    c.num_query_groups = Some(2);
     c
 }
 
@@ -108,7 +110,8 @@ fn check(c: &RetroConfig, tp: &TensorParallel, rank: usize) -> (f64, usize) {
         assert_eq!(t.shape(), spec.shape.as_slice(), "{}", spec.name);
     }
     let qkv = split.params.get("decoder.layers.0.self_attention.linear_qkv.weight").unwrap();
-    assert_eq!(qkv.shape(), [3 * 32 / size, 32], "each rank holds its heads' Q, K and V rows");
+    let qkv_rows = 32 + 2 * 32 / c.num_heads * c.kv_heads();
+    assert_eq!(qkv.shape(), [qkv_rows / size, 32], "each rank holds its heads' Q, K and V rows");
     assert_eq!(split.unsharded().unwrap().params, whole.params, "gathering the parts gives the whole model back");
 
     let name = &c.name;

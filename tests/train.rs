@@ -288,6 +288,9 @@ fn instruct_retro_architecture_flags_train_and_resume() {
         "--disable-bias-linear",
         "--untie-embeddings-and-output-weights",
         "--apply-layernorm-1p",
+        "--group-query-attention",
+        "--num-query-groups",
+        "2",
     ];
     let (code, _, err) = train(&run, &[&["--train-iters", "2"][..], &flags].concat());
     assert_eq!(code, 0, "{err}");
@@ -300,6 +303,7 @@ fn instruct_retro_architecture_flags_train_and_resume() {
         "\"add_bias_linear\": false",
         "\"untie_embeddings_and_output_weights\": true",
         "\"apply_layernorm_1p\": true",
+        "\"num_query_groups\": 2",
     ] {
         assert!(state.contains(key), "{key} missing from {state}");
     }
@@ -313,5 +317,12 @@ fn instruct_retro_architecture_flags_train_and_resume() {
     let (code, _, err) = train(&fresh, &["--train-iters", "1", "--rotary-percent", "0.5"]);
     assert_ne!(code, 0);
     assert!(err.contains("--rotary-percent needs --use-rotary-position-embeddings"), "{err}");
+    let (code, _, err) = train(&fresh, &["--train-iters", "1", "--num-query-groups", "2"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--num-query-groups needs --attention-variant gqa"), "{err}");
+    let (code, _, err) =
+        train(&fresh, &["--train-iters", "1", "--attention-variant", "gqa", "--num-query-groups", "3"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("num_query_groups 3 does not divide num_heads 4"), "{err}");
     assert!(!fresh.exists(), "{} was created", fresh.display());
 }

@@ -122,6 +122,17 @@ pub struct Args {
     /// LayerNorm weights stored as w - 1 (initialised to 0, applied as 1 + w).
     #[arg(long)]
     pub apply_layernorm_1p: bool,
+    /// The self-attention variant: mha (multi-head, Megatron's default) or gqa (grouped-query attention
+    /// with --num-query-groups key / value heads, in the decoder's and the encoder's self-attention; the
+    /// CCA stays multi-head). CPU only so far. Stored with the model config.
+    #[arg(long, value_parser = ["mha", "gqa"])]
+    pub attention_variant: Option<String>,
+    /// Megatron's spelling of --attention-variant gqa.
+    #[arg(long)]
+    pub group_query_attention: bool,
+    /// Key / value heads of grouped-query attention (Megatron's --num-query-groups); must divide the heads.
+    #[arg(long)]
+    pub num_query_groups: Option<usize>,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
     /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
     /// between the backward's ops), so the communication hides behind the rest of the backward; the
@@ -190,6 +201,9 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         disable_bias_linear,
         untie_embeddings_and_output_weights,
         apply_layernorm_1p,
+        attention_variant,
+        group_query_attention,
+        num_query_groups,
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
@@ -265,6 +279,27 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     model.add_bias_linear &= !disable_bias_linear;
     model.untie_embeddings_and_output_weights |= untie_embeddings_and_output_weights;
     model.apply_layernorm_1p |= apply_layernorm_1p;
+    let gqa = match (attention_variant.as_deref(), group_query_attention) {
+        (Some("mha"), true) => {
+            return Err(retro::Error::msg("--attention-variant mha contradicts --group-query-attention"));
+        }
+        (Some(variant), _) => Some(variant == "gqa"),
+        (None, true) => Some(true),
+        (None, false) => None,
+    };
+    match (gqa, num_query_groups) {
+        (Some(true), Some(groups)) => model.num_query_groups = Some(groups),
+        (Some(true), None) => {
+            return Err(retro::Error::msg("grouped-query attention needs --num-query-groups (key / value heads)"));
+        }
+        (Some(false), None) => model.num_query_groups = None,
+        (Some(false), Some(_)) | (None, Some(_)) => {
+            return Err(retro::Error::msg(
+                "--num-query-groups needs --attention-variant gqa (Megatron: --group-query-attention)",
+            ));
+        }
+        (None, None) => {}
+    }
     model.validate()?;
     let samples = retro::data::samples::Samples::read(
         &retro::preprocess::project::Layout { dir: project.clone() }.samples("train"),

@@ -79,6 +79,11 @@ pub struct RetroConfig {
     /// `--apply-layernorm-1p`: LayerNorm weights are stored as w − 1 (initialised to 0, applied as 1 + w).
     #[serde(default, skip_serializing_if = "is_false")]
     pub apply_layernorm_1p: bool,
+    /// `--group-query-attention --num-query-groups G`: the self-attentions (decoder and encoder) have G
+    /// key / value heads, each shared by num_heads / G query heads. The CCA keeps one per head (Megatron
+    /// refuses grouped-query cross-attention, so it cannot run RETRO with GQA at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_query_groups: Option<usize>,
     // Derived values some writers include (the golden file does); checked, never trusted.
     #[serde(default, skip_serializing)]
     retrieved_length: Option<usize>,
@@ -164,6 +169,7 @@ impl RetroConfig {
             add_bias_linear: true,
             untie_embeddings_and_output_weights: false,
             apply_layernorm_1p: false,
+            num_query_groups: None,
             retrieved_length: None,
             head_dim: None,
             ffn_hidden_size: None,
@@ -212,6 +218,11 @@ impl RetroConfig {
         } else {
             plain
         }
+    }
+
+    /// Key / value heads of the self-attentions: the query groups, or one per head.
+    pub fn kv_heads(&self) -> usize {
+        self.num_query_groups.unwrap_or(self.num_heads)
     }
 
     /// Dimensions of each head the rotary embedding turns (even), when it is on.
@@ -265,6 +276,13 @@ impl RetroConfig {
         );
         ensure!((0.0..1.0).contains(&c.dropout), "model config: dropout {} is not in [0, 1)", c.dropout);
         crate::variants::cca_variant(&c.cca_variant).map_err(|e| e.context("model config: cca_variant"))?;
+        if let Some(groups) = c.num_query_groups {
+            ensure!(
+                groups > 0 && c.num_heads % groups == 0,
+                "model config: num_query_groups {groups} does not divide num_heads {}",
+                c.num_heads
+            );
+        }
         ensure!(
             c.rotary_percent > 0.0 && c.rotary_percent <= 1.0,
             "model config: rotary_percent {} is not in (0, 1]",
@@ -332,6 +350,7 @@ impl RetroConfig {
     pub fn check_tensor_parallel(&self, n: usize) -> Result<()> {
         for (what, count) in [
             ("num_heads (--num-attention-heads)", self.num_heads),
+            ("num_query_groups (--num-query-groups)", self.kv_heads()),
             ("ffn_hidden_size", self.ffn_hidden_size()),
             ("the padded vocabulary", self.vocab_size),
         ] {

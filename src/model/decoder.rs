@@ -93,8 +93,9 @@ impl DecoderLayer {
         let (d, eps) = (c.hidden_size, c.layernorm_eps);
         let pre = format!("decoder.layers.{index}");
         let input_ln = LayerNorm::new(pb, &format!("{pre}.input_layernorm"), d, eps);
-        let self_attn = SelfAttention::new(pb, &format!("{pre}.self_attention"), d, c.num_heads, true, init)
-            .with_rotary(c.rotary_dim());
+        let self_attn =
+            SelfAttention::new(pb, &format!("{pre}.self_attention"), d, (c.num_heads, c.kv_heads()), true, init)
+                .with_rotary(c.rotary_dim());
         let cca_parts = cca.then(|| {
             let ln = LayerNorm::new(pb, &format!("{pre}.pre_cross_attn_layernorm"), d, eps);
             let attn = CrossAttention::new(pb, &format!("{pre}.cross_attention"), d, c.num_heads, init);

@@ -36,7 +36,14 @@ impl Encoder {
             .map(|i| {
                 let pre = format!("{prefix}.layers.{i}");
                 let input_ln = LayerNorm::new(pb, &format!("{pre}.input_layernorm"), d, eps);
-                let self_attn = SelfAttention::new(pb, &format!("{pre}.self_attention"), d, c.num_heads, false, init);
+                let self_attn = SelfAttention::new(
+                    pb,
+                    &format!("{pre}.self_attention"),
+                    d,
+                    (c.num_heads, c.kv_heads()),
+                    false,
+                    init,
+                );
                 let cross = (i == 0).then(|| {
                     let ln = LayerNorm::new(pb, &format!("{pre}.pre_cross_attn_layernorm"), d, eps);
                     (ln, CrossAttention::new(pb, &format!("{pre}.cross_attention"), d, c.num_heads, init))

@@ -29,21 +29,60 @@ pub struct ParamSpec {
     pub split: Option<Split>,
 }
 
-/// Megatron's division of a parameter among the N ranks of a tensor-parallel group: along `dim`, each of
-/// `blocks` equal blocks is cut into N equal parts and rank r holds part r of every block. A fused QKV
-/// weight (row blocks Q | K | V) is split with 3 blocks, so each rank holds the Q, K and V rows of its own
-/// heads; a plain column-parallel weight has 1 block along dim 0, a row-parallel weight 1 along dim 1.
+/// Megatron's division of a parameter among the N ranks of a tensor-parallel group: along `dim`, the
+/// parameter is a run of blocks of relative sizes `blocks`; each block is cut into N equal parts and rank
+/// r holds part r of every block. A fused QKV weight (row blocks Q | K | V, of relative sizes heads,
+/// groups, groups: [1, 1, 1] without grouped-query attention) is split so each rank holds the Q, K and V
+/// rows of its own heads; a plain column-parallel weight has one block along dim 0, a row-parallel
+/// weight one along dim 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     pub dim: usize,
-    pub blocks: usize,
+    pub blocks: Blocks,
+}
+
+/// Relative sizes of at most three blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    sizes: [usize; 3],
+    count: usize,
+}
+
+impl Blocks {
+    /// Blocks of these relative sizes (one to three, each positive).
+    pub fn new(sizes: &[usize]) -> Self {
+        assert!((1..=3).contains(&sizes.len()) && sizes.iter().all(|&s| s > 0), "blocks {sizes:?}");
+        let mut all = [0; 3];
+        all[..sizes.len()].copy_from_slice(sizes);
+        Self { sizes: all, count: sizes.len() }
+    }
+
+    /// `n` blocks of equal size.
+    pub fn equal(n: usize) -> Self {
+        Self::new(&vec![1; n])
+    }
+
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes[..self.count]
+    }
+
+    /// The lengths of the blocks of a dimension of `len`.
+    fn lengths(&self, len: usize) -> impl Iterator<Item = usize> + '_ {
+        let total: usize = self.sizes().iter().sum();
+        self.sizes().iter().map(move |s| len / total * s)
+    }
 }
 
 impl Split {
-    /// One rank's shape of a parameter of `full` shape split `n` ways (the caller has checked that
-    /// `blocks * n` divides the dimension).
+    /// Along `dim`, in one block.
+    pub fn along(dim: usize) -> Self {
+        Self { dim, blocks: Blocks::equal(1) }
+    }
+
+    /// One rank's shape of a parameter of `full` shape split `n` ways (the caller has checked that every
+    /// block divides by `n`).
     pub fn local_shape(&self, full: &[usize], n: usize) -> Vec<usize> {
-        debug_assert_eq!(full[self.dim] % (self.blocks * n), 0, "{self:?} of {full:?} over {n} ranks");
+        debug_assert!(self.blocks.lengths(full[self.dim]).all(|b| b % n == 0), "{self:?} of {full:?} over {n} ranks");
         let mut shape = full.to_vec();
         shape[self.dim] /= n;
         shape
@@ -57,12 +96,14 @@ impl Split {
     /// Rank `r`'s part (of `n`) of `full` (row-major, shape `full_shape`).
     pub fn shard<T: Copy>(&self, full: &[T], full_shape: &[usize], n: usize, r: usize) -> Vec<T> {
         let (outer, len, inner) = self.strides(full_shape);
-        let (block, part) = (len / self.blocks, len / self.blocks / n);
         let mut out = Vec::with_capacity(full.len() / n);
         for o in 0..outer {
-            for b in 0..self.blocks {
-                let first = (o * len + b * block + r * part) * inner;
+            let mut start = 0;
+            for block in self.blocks.lengths(len) {
+                let part = block / n;
+                let first = (o * len + start + r * part) * inner;
                 out.extend_from_slice(&full[first..first + part * inner]);
+                start += block;
             }
         }
         out
@@ -73,14 +114,15 @@ impl Split {
     pub fn assemble<T: Copy>(&self, parts: &[T], local_shape: &[usize], n: usize) -> Vec<T> {
         let (outer, local_len, inner) = self.strides(local_shape);
         let local_numel = outer * local_len * inner;
-        let part = local_len / self.blocks;
         let mut out = Vec::with_capacity(parts.len());
         for o in 0..outer {
-            for b in 0..self.blocks {
+            let mut start = 0;
+            for part in self.blocks.lengths(local_len) {
                 for r in 0..n {
-                    let first = r * local_numel + (o * local_len + b * part) * inner;
+                    let first = r * local_numel + (o * local_len + start) * inner;
                     out.extend_from_slice(&parts[first..first + part * inner]);
                 }
+                start += part;
             }
         }
         out
@@ -230,24 +272,31 @@ pub fn init_tensor(spec: &ParamSpec, rng: &mut Rng, dtype: DType) -> Result<Tens
 
 #[cfg(test)]
 mod tests {
-    use super::Split;
+    use super::{Blocks, Split};
 
     #[test]
     fn a_split_gives_each_rank_its_part_of_every_block_and_assembles_back() {
         // [6, 2] with 3 row blocks (Q | K | V of 2 rows each) over 2 ranks: rank 1 holds row 1 of each.
         let full: Vec<u32> = (0..12).collect();
-        let qkv = Split { dim: 0, blocks: 3 };
+        let qkv = Split { dim: 0, blocks: Blocks::equal(3) };
         assert_eq!(qkv.local_shape(&[6, 2], 2), vec![3, 2]);
         assert_eq!(qkv.shard(&full, &[6, 2], 2, 1), vec![2, 3, 6, 7, 10, 11]);
         let parts = [qkv.shard(&full, &[6, 2], 2, 0), qkv.shard(&full, &[6, 2], 2, 1)].concat();
         assert_eq!(qkv.assemble(&parts, &[3, 2], 2), full);
         // A row-parallel [2, 6] weight: columns 3..6 on rank 1.
-        let row = Split { dim: 1, blocks: 1 };
+        let row = Split::along(1);
         assert_eq!(row.shard(&full, &[2, 6], 2, 1), vec![3, 4, 5, 9, 10, 11]);
         let parts = [row.shard(&full, &[2, 6], 2, 0), row.shard(&full, &[2, 6], 2, 1)].concat();
         assert_eq!(row.assemble(&parts, &[2, 3], 2), full);
         // A bias of 4 in 2 blocks (K | V) over 2 ranks.
-        let kv = Split { dim: 0, blocks: 2 };
+        let kv = Split { dim: 0, blocks: Blocks::equal(2) };
         assert_eq!(kv.shard(&[0, 1, 2, 3], &[4], 2, 0), vec![0, 2]);
+        // Grouped-query QKV rows of relative sizes 2 | 1 | 1 ([8, 1]: Q rows 0..4, K 4..6, V 6..8) over
+        // 2 ranks: rank 1 holds Q rows 2, 3, K row 5 and V row 7.
+        let grouped = Split { dim: 0, blocks: Blocks::new(&[2, 1, 1]) };
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(grouped.shard(&rows, &[8, 1], 2, 1), vec![2, 3, 5, 7]);
+        let parts = [grouped.shard(&rows, &[8, 1], 2, 0), grouped.shard(&rows, &[8, 1], 2, 1)].concat();
+        assert_eq!(grouped.assemble(&parts, &[4, 1], 2), rows);
     }
 }

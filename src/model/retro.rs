@@ -62,7 +62,7 @@ impl RetroModel {
             "embedding.word_embeddings.weight".into(),
             &[c.vocab_size, c.hidden_size],
             Init::Normal(c.init_std),
-            Split { dim: 0, blocks: 1 },
+            Split::along(0),
         );
         let pos = c.add_position_embedding.then(|| {
             pb.add(
@@ -82,7 +82,7 @@ impl RetroModel {
         let final_ln = LayerNorm::new(&mut pb, "decoder.final_layernorm", c.hidden_size, c.layernorm_eps);
         let output_weight = if c.untie_embeddings_and_output_weights {
             let shape = [c.vocab_size, c.hidden_size];
-            pb.add_split("output_layer.weight".into(), &shape, Init::Normal(c.init_std), Split { dim: 0, blocks: 1 })
+            pb.add_split("output_layer.weight".into(), &shape, Init::Normal(c.init_std), Split::along(0))
         } else {
             word
         };

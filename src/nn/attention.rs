@@ -8,13 +8,17 @@ use crate::Result;
 /// Multi-head self-attention with a fused QKV projection: `linear_qkv.weight` is `[3d, d]` with row
 /// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`. Tensor-parallel: QKV
 /// column-parallel and the projection row-parallel, so each rank attends with its own heads. With
-/// rotary embeddings the queries and keys are turned by their positions before attending.
+/// rotary embeddings the queries and keys are turned by their positions before attending. With
+/// grouped-query attention (`kv_heads` < heads) the K and V blocks hold `kv_heads` heads, each shared
+/// by heads / kv_heads query heads (a rank holds its query heads' groups).
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
     pub qkv: Linear,
     pub proj: Linear,
     /// This rank's heads (all of them without tensor parallelism).
     pub heads: usize,
+    /// This rank's key / value heads (`heads` without grouped-query attention).
+    pub kv_heads: usize,
     pub causal: bool,
     /// Dimensions of each head the rotary embedding turns; `None`: no rotary embedding.
     pub rotary_dim: Option<usize>,
@@ -22,11 +26,22 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, causal: bool, init: InitStd) -> Self {
+    pub fn new(
+        pb: &mut ParamBuilder,
+        prefix: &str,
+        d: usize,
+        (heads, kv_heads): (usize, usize),
+        causal: bool,
+        init: InitStd,
+    ) -> Self {
+        let kv_width = d / heads * kv_heads;
+        let blocks = [heads / kv_heads, 1, 1];
+        let tp = pb.tensor_parallel().size();
         Self {
-            qkv: Linear::column(pb, &format!("{prefix}.linear_qkv"), d, 3 * d, 3, init.std),
+            qkv: Linear::column(pb, &format!("{prefix}.linear_qkv"), d, d + 2 * kv_width, &blocks, init.std),
             proj: Linear::row(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
-            heads: heads / pb.tensor_parallel().size(),
+            heads: heads / tp,
+            kv_heads: kv_heads / tp,
             causal,
             rotary_dim: None,
             tensor_parallel: pb.tensor_parallel().clone(),
@@ -44,20 +59,25 @@ impl SelfAttention {
         let qkv = self.qkv.forward(tape, p, x)?;
         let qkv = match self.rotary_dim {
             // A generated position is the one after those cached.
-            Some(dim) => ops::rotary_qkv(tape, &qkv, self.heads, dim, cache.as_ref().map_or(0, |c| c.keys.len()))?,
+            Some(dim) => {
+                let position = cache.as_ref().map_or(0, |c| c.keys.len());
+                let dh = qkv.shape()[2] / (self.heads + 2 * self.kv_heads);
+                ops::rotary_qkv(tape, &qkv, dh, self.heads + self.kv_heads, dim, position)?
+            }
             None => qkv,
         };
         let o = match cache {
             None => {
                 let mask = if self.causal { AttnMask::Causal } else { AttnMask::None };
                 let drop = attention_dropout(tape, &self.tensor_parallel, self.heads);
-                ops::attention_qkv(tape, &qkv, self.heads, &mask, drop)?
+                ops::attention_grouped_qkv(tape, &qkv, self.heads, self.kv_heads, &mask, drop)?
             }
             Some(cache) => {
-                let d = qkv.shape()[2] / 3;
+                let dh = qkv.shape()[2] / (self.heads + 2 * self.kv_heads);
+                let (d, kv) = (self.heads * dh, self.kv_heads * dh);
                 let q = ops::narrow(tape, &qkv, 2, 0, d)?;
-                cache.keys.push(ops::narrow(tape, &qkv, 2, d, d)?);
-                cache.values.push(ops::narrow(tape, &qkv, 2, 2 * d, d)?);
+                cache.keys.push(ops::narrow(tape, &qkv, 2, d, kv)?);
+                cache.values.push(ops::narrow(tape, &qkv, 2, d + kv, kv)?);
                 let keys = ops::concat(tape, &cache.keys.iter().collect::<Vec<_>>(), 1)?;
                 let values = ops::concat(tape, &cache.values.iter().collect::<Vec<_>>(), 1)?;
                 ops::attention(tape, &q, &keys, &values, self.heads, &AttnMask::None)?
@@ -97,8 +117,8 @@ pub struct CrossAttention {
 impl CrossAttention {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, heads: usize, init: InitStd) -> Self {
         Self {
-            q: Linear::column(pb, &format!("{prefix}.linear_q"), d, d, 1, init.std),
-            kv: Linear::column(pb, &format!("{prefix}.linear_kv"), d, 2 * d, 2, init.std),
+            q: Linear::column(pb, &format!("{prefix}.linear_q"), d, d, &[1], init.std),
+            kv: Linear::column(pb, &format!("{prefix}.linear_kv"), d, 2 * d, &[1, 1], init.std),
             proj: Linear::row(pb, &format!("{prefix}.linear_proj"), d, d, init.output_std),
             heads: heads / pb.tensor_parallel().size(),
             tensor_parallel: pb.tensor_parallel().clone(),

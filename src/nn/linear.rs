@@ -1,6 +1,6 @@
 use crate::autograd::{Tape, Var};
 use crate::dist::TensorParallel;
-use crate::model::params::{Init, ParamBuilder, Split};
+use crate::model::params::{Blocks, Init, ParamBuilder, Split};
 use crate::ops;
 use crate::Result;
 
@@ -8,9 +8,9 @@ use crate::Result;
 /// `RowParallelLinear`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parallel {
-    /// Output features divided, in `blocks` blocks (fused QKV: 3, fused KV: 2): each rank computes its
-    /// features from the whole input, whose gradient is summed over the ranks.
-    Column { blocks: usize },
+    /// Output features divided, in blocks (fused QKV: 3, fused KV: 2): each rank computes its features
+    /// from the whole input, whose gradient is summed over the ranks.
+    Column { blocks: Blocks },
     /// Input features divided: each rank's partial product is summed over the ranks, then the (whole)
     /// bias added.
     Row,
@@ -28,20 +28,21 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A column-parallel linear (its output features divided among tensor-parallel ranks).
-    pub fn column(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, blocks: usize, std: f64) -> Self {
-        let split = Split { dim: 0, blocks };
+    /// A column-parallel linear (its output features divided among tensor-parallel ranks), its output
+    /// a run of blocks of relative sizes `blocks` (each divided among the ranks).
+    pub fn column(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, blocks: &[usize], std: f64) -> Self {
+        let split = Split { dim: 0, blocks: Blocks::new(blocks) };
         Self {
             weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
             bias: (!pb.no_linear_bias).then(|| pb.add_split(format!("{prefix}.bias"), &[d_out], Init::Zeros, split)),
-            parallel: Parallel::Column { blocks },
+            parallel: Parallel::Column { blocks: Blocks::new(blocks) },
             tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
 
     /// A row-parallel linear (its input features divided; the bias whole on every rank).
     pub fn row(pb: &mut ParamBuilder, prefix: &str, d_in: usize, d_out: usize, std: f64) -> Self {
-        let split = Split { dim: 1, blocks: 1 };
+        let split = Split::along(1);
         Self {
             weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
             bias: (!pb.no_linear_bias).then(|| pb.add(format!("{prefix}.bias"), &[d_out], Init::Zeros)),

@@ -17,7 +17,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(pb: &mut ParamBuilder, prefix: &str, d: usize, ffn: usize, swiglu: bool, init: InitStd) -> Self {
-        let (width, blocks) = if swiglu { (2 * ffn, 2) } else { (ffn, 1) };
+        let (width, blocks): (usize, &[usize]) = if swiglu { (2 * ffn, &[1, 1]) } else { (ffn, &[1]) };
         Self {
             fc1: Linear::column(pb, &format!("{prefix}.linear_fc1"), d, width, blocks, init.std),
             fc2: Linear::row(pb, &format!("{prefix}.linear_fc2"), ffn, d, init.output_std),

@@ -33,7 +33,9 @@ pub enum AttnMask {
 }
 
 /// Multi-head scaled dot-product attention with softmax scale 1/sqrt(head_dim).
-/// q: [b, sq, w], k and v: [b, sk, w] (heads are contiguous column blocks of w) -> [b, sq, w].
+/// q: [b, sq, w], k and v: [b, sk, w] (heads are contiguous column blocks of w) -> [b, sq, w]. Keys and
+/// values narrower than the queries ([b, sk, w / g]) have one head per g query heads (grouped-query
+/// attention).
 pub fn attention(tape: &mut Tape, q: &Var, k: &Var, v: &Var, heads: usize, mask: &AttnMask) -> Result<Var> {
     attention_dropout(tape, q, k, v, heads, mask, None)
 }
@@ -50,8 +52,14 @@ pub fn attention_dropout(
 ) -> Result<Var> {
     let (qs, ks) = (q.shape(), k.shape());
     ensure!(
-        qs.len() == 3 && ks.len() == 3 && k.shape() == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
-        "attention: q {:?}, k {:?}, v {:?} must be [b, sq, w], [b, sk, w], [b, sk, w]",
+        qs.len() == 3
+            && ks.len() == 3
+            && k.shape() == v.shape()
+            && qs[0] == ks[0]
+            && ks[2] > 0
+            && qs[2] % ks[2] == 0
+            && heads % (qs[2] / ks[2]) == 0,
+        "attention: q {:?}, k {:?}, v {:?} must be [b, sq, w], [b, sk, w / g], [b, sk, w / g] with g dividing {heads} heads",
         qs,
         ks,
         v.shape()
@@ -61,7 +69,7 @@ pub fn attention_dropout(
         tape,
         &[q, k, v],
         [0, 1, 2],
-        Layout::separate(w),
+        Layout::separate_grouped(w, ks[2]),
         Shape { batch: qs[0], sq: qs[1], sk: ks[1], w, heads },
         mask,
         None,
@@ -77,14 +85,33 @@ pub fn attention_qkv(
     mask: &AttnMask,
     dropout: Option<Dropout>,
 ) -> Result<Var> {
+    attention_grouped_qkv(tape, qkv, heads, heads, mask, dropout)
+}
+
+/// Grouped-query self-attention on a fused projection qkv: [b, s, (heads + 2·kv_heads)·dh] with column
+/// blocks Q (heads) | K (kv_heads) | V (kv_heads), query head h reading key / value head
+/// h / (heads / kv_heads) -> [b, s, heads·dh].
+pub fn attention_grouped_qkv(
+    tape: &mut Tape,
+    qkv: &Var,
+    heads: usize,
+    kv_heads: usize,
+    mask: &AttnMask,
+    dropout: Option<Dropout>,
+) -> Result<Var> {
     let s = qkv.shape();
-    ensure!(s.len() == 3 && s[2] % 3 == 0, "attention_qkv: qkv {:?} must be [b, s, 3w]", s);
-    let w = s[2] / 3;
+    ensure!(
+        s.len() == 3 && kv_heads > 0 && heads % kv_heads == 0 && s[2] % (heads + 2 * kv_heads) == 0,
+        "attention_qkv: qkv {s:?} must be [b, s, (heads + 2 kv_heads) x head_dim] for {heads} heads and {kv_heads} \
+         key / value heads (which divide them)"
+    );
+    let dh = s[2] / (heads + 2 * kv_heads);
+    let w = heads * dh;
     run(
         tape,
         &[qkv],
         [0, 0, 0],
-        Layout::packed_qkv(w),
+        Layout::packed_grouped_qkv(w, kv_heads * dh),
         Shape { batch: s[0], sq: s[1], sk: s[1], w, heads },
         mask,
         None,
@@ -168,6 +195,11 @@ fn run(
     }
     if inputs[0].value().device() != Device::Cpu {
         ensure!(bias.is_none(), "attention: a score bias runs on the CPU only (the CUDA kernels have none)");
+        ensure!(
+            layout.kv_group == 1,
+            "attention: grouped-query attention runs on the CPU only (the CUDA kernels have one key / value head per \
+             query head)"
+        );
         return on_cuda(tape, operands, source, layout, key_mask, dropout, dims);
     }
     let biased = bias.is_some();

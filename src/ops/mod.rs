@@ -22,7 +22,9 @@ mod scale;
 mod swiglu;
 mod take;
 
-pub use attention::{attention, attention_dropout, attention_kv, attention_qkv, AttnMask, Dropout};
+pub use attention::{
+    attention, attention_dropout, attention_grouped_qkv, attention_kv, attention_qkv, AttnMask, Dropout,
+};
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use embedding::{embedding, word_position_embedding};

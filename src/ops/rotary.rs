@@ -1,6 +1,7 @@
 //! Rotary position embeddings (Megatron's `--use-rotary-position-embeddings`, non-interleaved), applied
-//! to the queries and keys of a fused QKV projection `[b, s, 3w]` (column blocks Q | K | V, heads
-//! contiguous in each). In each head the first `dim` features turn: with half = dim / 2, the pair
+//! to the queries and keys of a fused QKV projection `[b, s, ·]` (column blocks Q | K | V, heads of
+//! `head_dim` contiguous in each): the first `heads` heads of a row, Q's and K's. In each head the first
+//! `dim` features turn: with half = dim / 2, the pair
 //! (x[i], x[i + half]) at position t turns by the angle t · base^(−2i/dim), i.e.
 //! `y = x·cos + rotate_half(x)·sin` with `rotate_half(x) = [−x₂, x₁]`; the rest of the head and V pass
 //! through. The backward turns the gradient back (the transpose: the angle's negative). CPU only so far.
@@ -14,18 +15,24 @@ use std::sync::Arc;
 /// Megatron's `rotary_base`.
 const BASE: f64 = 10000.0;
 
-/// qkv: [b, s, 3w] whose row j of each sequence is position `first_position + j` -> the same with Q and K
-/// turned.
-pub fn rotary_qkv(tape: &mut Tape, qkv: &Var, heads: usize, dim: usize, first_position: usize) -> Result<Var> {
+/// qkv: [b, s, width] whose row j of each sequence is position `first_position + j` -> the same with the
+/// first `heads` heads of `dh` columns (the queries' and the keys') turned.
+pub fn rotary_qkv(
+    tape: &mut Tape,
+    qkv: &Var,
+    dh: usize,
+    heads: usize,
+    dim: usize,
+    first_position: usize,
+) -> Result<Var> {
     let dtype = same_float_dtype("rotary_qkv", &[qkv])?;
     super::cuda::cpu_only("rotary_qkv", qkv, "runs on the CPU only so far; rotary embeddings have no GPU path yet")?;
     let shape = qkv.shape().to_vec();
     ensure!(
-        shape.len() == 3 && shape[2] % 3 == 0 && heads > 0 && (shape[2] / 3) % heads == 0,
-        "rotary_qkv: qkv {shape:?} must be [b, s, 3w] with w divisible by {heads} heads"
+        shape.len() == 3 && heads * dh <= shape[2],
+        "rotary_qkv: qkv {shape:?} must be [b, s, width] holding {heads} heads of {dh} to turn"
     );
-    let (s, w) = (shape[1], shape[2] / 3);
-    let dh = w / heads;
+    let (s, width) = (shape[1], shape[2]);
     ensure!(
         dim >= 2 && dim % 2 == 0 && dim <= dh,
         "rotary_qkv: {dim} rotated dimensions of heads of {dh}: need an even number in 2..={dh}"
@@ -40,9 +47,9 @@ pub fn rotary_qkv(tape: &mut Tape, qkv: &Var, heads: usize, dim: usize, first_po
         .map(|(sin, cos)| (cos, sin))
         .collect();
     let turn = move |data: &mut [f64], direction: f64| {
-        for (row, chunk) in data.chunks_mut(3 * w).enumerate() {
+        for (row, chunk) in data.chunks_mut(width).enumerate() {
             let at = &angles[(row % s) * half..(row % s + 1) * half];
-            for head in chunk[..2 * w].chunks_mut(dh) {
+            for head in chunk[..heads * dh].chunks_mut(dh) {
                 for (i, &(cos, sin)) in at.iter().enumerate() {
                     let (x1, x2) = (head[i], head[i + half]);
                     let sin = direction * sin;

@@ -23,7 +23,7 @@ pub const ENTRY: CcaVariantEntry = CcaVariantEntry {
 
 fn build(pb: &mut ParamBuilder, prefix: &str, config: &RetroConfig) -> Arc<dyn CcaVariant> {
     let (m, r) = (config.chunk_length, config.retrieved_length());
-    let split = Split { dim: 0, blocks: 1 };
+    let split = Split::along(0);
     let table =
         pb.add_split(format!("{prefix}.relative_position_bias"), &[config.num_heads, m + r - 1], Init::Zeros, split);
     Arc::new(CcaRelpos { table, chunk_length: m, retrieved_length: r })

@@ -3,7 +3,8 @@
 //! Queries are `b·sq` rows and keys / values `b·sk` rows of their buffers; each operand is read in
 //! place through a row stride and a column offset ([`Layout`]), so a fused QKV projection
 //! `[b, s, 3w]` or a fused KV projection `[b, sk, 2w]` is attended without splitting copies. Head `h`
-//! is the column block `h·dh .. (h+1)·dh` of an operand. The output is `[b, sq, w]`, and the
+//! is the column block `h·dh .. (h+1)·dh` of an operand; with grouped-query attention (`kv_group` query
+//! heads per key / value head) query head h reads key / value head h / kv_group. The output is `[b, sq, w]`, and the
 //! probabilities P = softmax(scale · q·kᵀ + mask) are kept for the backward (`[b, h, sq, sk]`).
 //! Masks: `causal` hides keys after the query (sq == sk); `key_mask[b·sk + j] == false` hides key j of
 //! batch b. A query that sees no key gets a zero output (and zero gradients). An optional score bias
@@ -46,18 +47,28 @@ pub struct Layout {
     pub q: Operand,
     pub k: Operand,
     pub v: Operand,
+    /// Query heads per key / value head (1: multi-head attention; more: grouped-query attention).
+    pub kv_group: usize,
 }
 
 impl Layout {
     /// Three separate `[rows, w]` buffers.
     pub fn separate(w: usize) -> Self {
-        let op = Operand { stride: w, offset: 0 };
-        Self { q: op, k: op, v: op }
+        Self::separate_grouped(w, w)
+    }
+    /// Q `[rows, w]`, K and V `[rows, kv_w]` (kv_w = w / kv_group), separate.
+    pub fn separate_grouped(w: usize, kv_w: usize) -> Self {
+        let (q, kv) = (Operand { stride: w, offset: 0 }, Operand { stride: kv_w, offset: 0 });
+        Self { q, k: kv, v: kv, kv_group: w / kv_w }
     }
     /// One `[rows, 3w]` buffer with column blocks Q | K | V.
     pub fn packed_qkv(w: usize) -> Self {
-        let op = |i| Operand { stride: 3 * w, offset: i * w };
-        Self { q: op(0), k: op(1), v: op(2) }
+        Self::packed_grouped_qkv(w, w)
+    }
+    /// One `[rows, w + 2·kv_w]` buffer with column blocks Q (w) | K (kv_w) | V (kv_w).
+    pub fn packed_grouped_qkv(w: usize, kv_w: usize) -> Self {
+        let op = |offset| Operand { stride: w + 2 * kv_w, offset };
+        Self { q: op(0), k: op(w), v: op(w + kv_w), kv_group: w / kv_w }
     }
     /// Q in a `[rows, w]` buffer, K | V in one `[rows, 2w]` buffer.
     pub fn packed_kv(w: usize) -> Self {
@@ -65,6 +76,7 @@ impl Layout {
             q: Operand { stride: w, offset: 0 },
             k: Operand { stride: 2 * w, offset: 0 },
             v: Operand { stride: 2 * w, offset: w },
+            kv_group: 1,
         }
     }
 }
@@ -122,8 +134,8 @@ pub fn forward<T: Float>(
     probs.par_chunks_mut(sq * sk).enumerate().for_each(move |(bh, p)| {
         let (b, h) = (bh / heads, bh % heads);
         let qb = &q[at(layout.q, b, sq, h, dh)..];
-        let kb = &k[at(layout.k, b, sk, h, dh)..];
-        let vb = &v[at(layout.v, b, sk, h, dh)..];
+        let kb = &k[at(layout.k, b, sk, h / layout.kv_group, dh)..];
+        let vb = &v[at(layout.v, b, sk, h / layout.kv_group, dh)..];
         // SAFETY: head blocks of batch b lie within the buffers; p is [sq, sk].
         unsafe { strided(sq, dh, sk, qb.as_ptr(), qs, 1, kb.as_ptr(), 1, ks, T::ZERO, p.as_mut_ptr(), sk as isize, 1) };
         let mask = key_mask.map(|m| &m[b * sk..(b + 1) * sk]);
@@ -204,73 +216,68 @@ pub unsafe fn backward<T: Float>(
     let w = dims.width() as isize;
     let scale = dims.scale::<T>();
     let (qs, ks, vs) = (layout.q.stride as isize, layout.k.stride as isize, layout.v.stride as isize);
-    (0..batch * heads).into_par_iter().for_each(move |bh| {
-        let (b, h) = (bh / heads, bh % heads);
-        let (qo, ko, vo) = (at(layout.q, b, sq, h, dh), at(layout.k, b, sk, h, dh), at(layout.v, b, sk, h, dh));
-        let od = &dout[b * sq * dh * heads + h * dh..];
-        let p = &probs[bh * sq * sk..(bh + 1) * sq * sk];
-        let factors: Option<Vec<T>> = dropout.map(|d| d.factors(bh, heads, sq * sk));
-        let kept: Option<Vec<T>> = factors.as_ref().map(|f| p.iter().zip(f).map(|(&x, &f)| x * f).collect());
-        let mut ds = vec![T::ZERO; sq * sk];
-        // SAFETY: as in forward; each task writes only its own head blocks of dq, dk, dv.
-        unsafe {
-            // dP = dO·Vᵀ (through the dropout mask when there is one)
-            strided(sq, dh, sk, od.as_ptr(), w, 1, v[vo..].as_ptr(), 1, vs, T::ZERO, ds.as_mut_ptr(), sk as isize, 1);
-            if let Some(f) = &factors {
-                ds.iter_mut().zip(f).for_each(|(x, &f)| *x *= f);
-            }
-            // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale; the bias gradient is dS before the scale.
-            let mut dbias = targets.dbias.map(|d| std::slice::from_raw_parts_mut(d.add(bh * sq * sk), sq * sk));
-            super::simd::with_avx2(
-                #[inline(always)]
-                || {
-                    for (i, (dsr, pr)) in ds.chunks_mut(sk).zip(p.chunks(sk)).enumerate() {
-                        let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
-                        match dbias.as_deref_mut() {
-                            None => dsr.iter_mut().zip(pr).for_each(|(x, &pp)| *x = pp * (*x - dot) * scale),
-                            Some(dbias) => {
-                                for ((x, &pp), db) in dsr.iter_mut().zip(pr).zip(&mut dbias[i * sk..(i + 1) * sk]) {
-                                    *db = pp * (*x - dot);
-                                    *x = *db * scale;
+    // One task per key / value head: its query heads in turn, the first writing dK and dV, the others
+    // adding to them (with one query head per key / value head, each head writes its own).
+    let group = layout.kv_group;
+    (0..batch * heads / group).into_par_iter().for_each(move |bg| {
+        let (b, g) = (bg / (heads / group), bg % (heads / group));
+        let (ko, vo) = (at(layout.k, b, sk, g, dh), at(layout.v, b, sk, g, dh));
+        for h in g * group..(g + 1) * group {
+            let bh = b * heads + h;
+            let qo = at(layout.q, b, sq, h, dh);
+            let beta = if h == g * group { T::ZERO } else { T::ONE };
+            let od = &dout[b * sq * dh * heads + h * dh..];
+            let p = &probs[bh * sq * sk..(bh + 1) * sq * sk];
+            let factors: Option<Vec<T>> = dropout.map(|d| d.factors(bh, heads, sq * sk));
+            let kept: Option<Vec<T>> = factors.as_ref().map(|f| p.iter().zip(f).map(|(&x, &f)| x * f).collect());
+            let mut ds = vec![T::ZERO; sq * sk];
+            // SAFETY: as in forward; each task writes only its own head blocks of dq, dk, dv.
+            unsafe {
+                // dP = dO·Vᵀ (through the dropout mask when there is one)
+                strided(
+                    sq,
+                    dh,
+                    sk,
+                    od.as_ptr(),
+                    w,
+                    1,
+                    v[vo..].as_ptr(),
+                    1,
+                    vs,
+                    T::ZERO,
+                    ds.as_mut_ptr(),
+                    sk as isize,
+                    1,
+                );
+                if let Some(f) = &factors {
+                    ds.iter_mut().zip(f).for_each(|(x, &f)| *x *= f);
+                }
+                // dS = P ∘ (dP − rowsum(dP ∘ P)) · scale; the bias gradient is dS before the scale.
+                let mut dbias = targets.dbias.map(|d| std::slice::from_raw_parts_mut(d.add(bh * sq * sk), sq * sk));
+                super::simd::with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (i, (dsr, pr)) in ds.chunks_mut(sk).zip(p.chunks(sk)).enumerate() {
+                            let dot: T = dsr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
+                            match dbias.as_deref_mut() {
+                                None => dsr.iter_mut().zip(pr).for_each(|(x, &pp)| *x = pp * (*x - dot) * scale),
+                                Some(dbias) => {
+                                    for ((x, &pp), db) in dsr.iter_mut().zip(pr).zip(&mut dbias[i * sk..(i + 1) * sk]) {
+                                        *db = pp * (*x - dot);
+                                        *x = *db * scale;
+                                    }
                                 }
                             }
                         }
-                    }
-                },
-            );
-            // dV = P'ᵀ·dO (P' = the kept probabilities), dQ = dS·K, dK = dSᵀ·Q
-            let pv = kept.as_deref().unwrap_or(p);
-            strided(sk, sq, dh, pv.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, T::ZERO, targets.dv.add(vo), vs, 1);
-            strided(
-                sq,
-                sk,
-                dh,
-                ds.as_ptr(),
-                sk as isize,
-                1,
-                k[ko..].as_ptr(),
-                ks,
-                1,
-                T::ZERO,
-                targets.dq.add(qo),
-                qs,
-                1,
-            );
-            strided(
-                sk,
-                sq,
-                dh,
-                ds.as_ptr(),
-                1,
-                sk as isize,
-                q[qo..].as_ptr(),
-                qs,
-                1,
-                T::ZERO,
-                targets.dk.add(ko),
-                ks,
-                1,
-            );
+                    },
+                );
+                // dV = P'ᵀ·dO (P' = the kept probabilities), dQ = dS·K, dK = dSᵀ·Q
+                let pv = kept.as_deref().unwrap_or(p);
+                strided(sk, sq, dh, pv.as_ptr(), 1, sk as isize, od.as_ptr(), w, 1, beta, targets.dv.add(vo), vs, 1);
+                let (dsp, sks) = (ds.as_ptr(), sk as isize);
+                strided(sq, sk, dh, dsp, sks, 1, k[ko..].as_ptr(), ks, 1, T::ZERO, targets.dq.add(qo), qs, 1);
+                strided(sk, sq, dh, dsp, 1, sks, q[qo..].as_ptr(), qs, 1, beta, targets.dk.add(ko), ks, 1);
+            }
         }
     });
 }
