@@ -255,3 +255,44 @@ fn bad_inputs_are_refused_clearly_with_nothing_half_written() {
     assert!(!ids.exists(), "ids were written for a failed search");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// What `retro preprocess`'s index stage does, block by block (train on the sample rows, assign each
+// block, store the assignment as bytes, insert them in order) gives exactly the one-shot build's index.
+#[test]
+fn a_block_by_block_build_is_the_one_shot_build_byte_for_byte() {
+    use retro::retrieval::assignment::Assignment;
+    use retro::retrieval::index_spec::IndexSpec;
+    use retro::retrieval::knn::Metric;
+    let (n, d) = (3000, 32);
+    let mut rng = Rng::new(11);
+    let centres = unit_centres(&mut rng, 20, d);
+    let vectors = clustered(&mut rng, &centres, n, d);
+    let out = dir("blocks");
+    for spec in ["IVF16,Flat", "IVF8,PQ4"] {
+        let spec = IndexSpec::parse(spec).unwrap();
+        let whole = AnyIndex::build(spec, d, Metric::InnerProduct, vectors.clone(), None, 5).unwrap();
+        let rows = AnyIndex::training_rows(spec, n, None, 5).unwrap().unwrap();
+        let sample: Vec<f32> = rows.iter().flat_map(|&r| vectors[r * d..(r + 1) * d].to_vec()).collect();
+        let mut staged = AnyIndex::train(spec, d, Metric::InnerProduct, n, &sample, 5).unwrap();
+        let blocks: Vec<(usize, Vec<u8>)> = (0..n)
+            .step_by(700)
+            .map(|first| {
+                let rows = &vectors[first * d..(first + 700).min(n) * d];
+                (first, staged.assign(rows).unwrap().to_bytes())
+            })
+            .collect();
+        for (first, bytes) in blocks {
+            let count = 700.min(n - first);
+            let assignment = Assignment::from_bytes(&bytes, count).unwrap();
+            staged.insert(&assignment, &vectors[first * d..(first + count) * d], first as i64).unwrap();
+        }
+        let (a, b) = (out.join("whole.bin"), out.join("staged.bin"));
+        whole.save(&a).unwrap();
+        staged.save(&b).unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{spec:?}: the staged index differs");
+        // An assignment read back for another block size is refused.
+        let bytes = staged.assign(&vectors[..10 * d]).unwrap().to_bytes();
+        let err = Assignment::from_bytes(&bytes, 11).unwrap_err().to_string();
+        assert!(err.contains("expected 11 vectors"), "{err}");
+    }
+}

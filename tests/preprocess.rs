@@ -231,3 +231,45 @@ fn an_ivf_index_probing_every_list_finds_the_flat_index_neighbours() {
     assert!(err.contains("--retro-index-str") && err.contains("IVF4,PQx"), "{err}");
     assert!(!dir.join("pq").exists());
 }
+
+// The IVF index stage keeps its trained quantizer and each block's assignment: a rerun after a kill
+// reuses them, a lost or damaged one is recomputed (a damaged one named), and the index is the one-shot
+// build's, byte for byte.
+#[test]
+fn the_ivf_index_stage_resumes_from_its_stored_training_and_assignments() {
+    use retro::retrieval::index_file::AnyIndex;
+    use retro::retrieval::index_spec::IndexSpec;
+    use retro::retrieval::knn::Metric;
+    let dir = tmpdir("ivf-resume");
+    let input = corpus(&dir);
+    let project = dir.join("project");
+    let ivf = ["--retro-index-str", "IVF4,Flat", "--retro-query-nprobe", "4"];
+    let (code, out, err) = preprocess(&input, &project, &ivf);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"add_blocks_computed\":1"), "{out}");
+    let index = std::fs::read(project.join("index/index.bin")).unwrap();
+    // The one-shot build over the same embeddings and seed.
+    let (_, db, _, _) = read_all(&project);
+    let layout = retro::preprocess::project::Layout { dir: project.clone() };
+    let vectors = retro::preprocess::read_embeddings(&layout, db.len(), 384).unwrap();
+    let spec = IndexSpec::parse("IVF4,Flat").unwrap();
+    let whole = AnyIndex::build(spec, 384, Metric::InnerProduct, vectors, None, 1234).unwrap();
+    whole.save(&dir.join("whole.bin")).unwrap();
+    assert!(std::fs::read(dir.join("whole.bin")).unwrap() == index, "the staged index differs from the one-shot build");
+    // Killed before the index was written: the training and the assignment are reused.
+    std::fs::remove_file(project.join("index/index.bin")).unwrap();
+    let (code, out, err) = preprocess(&input, &project, &[&ivf[..], &["--stage", "index"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"add_blocks_computed\":0"), "{out}");
+    assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
+    // A damaged training and a lost assignment are computed again, to the same index.
+    let mut trained = std::fs::read(project.join("index/trained.bin")).unwrap();
+    trained[20] ^= 1;
+    std::fs::write(project.join("index/trained.bin"), &trained).unwrap();
+    std::fs::remove_file(project.join("index/adds/000000.bin")).unwrap();
+    let (code, out, err) = preprocess(&input, &project, &[&ivf[..], &["--stage", "index"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("trained.bin") && err.contains("training the index again"), "{err}");
+    assert!(out.contains("\"add_blocks_computed\":1"), "{out}");
+    assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
+}

@@ -23,8 +23,9 @@ use crate::data::indexed::IndexedDataset;
 use crate::data::samples::Samples;
 use crate::data::{corpus, integrity, tokenize, tokenizer};
 use crate::dist::World;
+use crate::retrieval::assignment::Assignment;
 use crate::retrieval::bert::BertEmbedder;
-use crate::retrieval::index_file::AnyIndex;
+use crate::retrieval::index_file::{check_finite, AnyIndex};
 use crate::retrieval::knn::Metric;
 use crate::retrieval::neighbors::{self, NeighborStore};
 use crate::rng::Rng;
@@ -268,37 +269,118 @@ fn stored(path: &Path, stage: &str) -> Option<Vec<u8>> {
 pub fn read_embeddings(layout: &Layout, n: usize, dim: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(n * dim);
     for block in 0..n.div_ceil(EMBED_BLOCK) {
-        let path = layout.embedding_block(block);
-        let bytes = integrity::read_sealed(&path, &integrity::rerun("embed"))
-            .map_err(|e| e.context("the embeddings are incomplete or damaged"))?;
-        let want = (EMBED_BLOCK.min(n - block * EMBED_BLOCK)) * dim * 4;
-        ensure!(
-            bytes.len() == want,
-            "{}: {} bytes, expected {want} (truncated or from another model)",
-            path.display(),
-            bytes.len()
-        );
-        out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+        out.extend(read_embedding_block(layout, block, n, dim)?);
     }
     Ok(out)
 }
 
-fn stage_index(cx: &mut Stages) -> Result<Value> {
-    let db = ChunkDb::read(&cx.layout.chunks())?;
-    let dim = cx.embedder()?.dim();
-    let c = &cx.opts.config;
-    ensure!(c.retro_index_metric == "InnerProduct", "retro_index_metric {:?}: InnerProduct", c.retro_index_metric);
-    let spec = c.index_spec(db.len())?;
-    let ntrain = (c.retro_index_ntrain > 0).then_some(c.retro_index_ntrain);
-    let vectors = read_embeddings(&cx.layout, db.len(), dim)?;
-    let index = AnyIndex::build(spec, dim, Metric::InnerProduct, vectors, ntrain, c.retro_gpt_seed)?;
-    std::fs::create_dir_all(cx.layout.dir.join("index"))?;
-    index.save(&cx.layout.index())?;
-    Ok(json!({"type": index.describe(), "requested": c.retro_index_str, "metric": "InnerProduct", "dim": dim,
-              "vectors": index.index().len(), "nprobe": c.retro_query_nprobe, "file": "index/index.bin"}))
+/// Embedding block `block` of a project of `n` chunks: chunks block·EMBED_BLOCK.., verified.
+fn read_embedding_block(layout: &Layout, block: usize, n: usize, dim: usize) -> Result<Vec<f32>> {
+    let path = layout.embedding_block(block);
+    let bytes = integrity::read_sealed(&path, &integrity::rerun("embed"))
+        .map_err(|e| e.context("the embeddings are incomplete or damaged"))?;
+    let want = (EMBED_BLOCK.min(n - block * EMBED_BLOCK)) * dim * 4;
+    ensure!(
+        bytes.len() == want,
+        "{}: {} bytes, expected {want} (truncated or from another model)",
+        path.display(),
+        bytes.len()
+    );
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
-/// Sample index of a split, built once and stored.
+/// Embedding blocks per block of IVF adds (16 384 chunks).
+const ADD_BLOCK: usize = 64;
+
+/// The index stage. Flat: the embeddings are the index. IVF: (1) k-means (and PQ codebooks) on the
+/// training sample, read from the embedding blocks alone, stored as `index/trained.bin`; (2) each block of
+/// ADD_BLOCK embedding blocks assigned to its cells (and PQ codes), stored as `index/adds/NNNNNN.bin`;
+/// (3) the stored assignments inserted in order and the index written. Each of (1) and (2) is kept
+/// once written and verified, so a killed stage resumes where it stopped, and the index is the one a
+/// one-shot build makes, byte for byte. Memory: the training sample and one block, then the index.
+fn stage_index(cx: &mut Stages) -> Result<Value> {
+    let db = ChunkDb::read(&cx.layout.chunks())?;
+    let (n, dim) = (db.len(), cx.embedder()?.dim());
+    let c = &cx.opts.config;
+    ensure!(c.retro_index_metric == "InnerProduct", "retro_index_metric {:?}: InnerProduct", c.retro_index_metric);
+    let spec = c.index_spec(n)?;
+    let ntrain = (c.retro_index_ntrain > 0).then_some(c.retro_index_ntrain);
+    let (seed, layout) = (c.retro_gpt_seed, &cx.layout);
+    std::fs::create_dir_all(layout.dir.join("index/adds"))?;
+    let mut summary = json!({});
+    let index = match AnyIndex::training_rows(spec, n, ntrain, seed)? {
+        None => AnyIndex::build(spec, dim, Metric::InnerProduct, read_embeddings(layout, n, dim)?, None, seed)?,
+        Some(rows) => {
+            let trained_path = layout.dir.join("index/trained.bin");
+            let trained = trained_path
+                .exists()
+                .then(|| AnyIndex::load(&trained_path))
+                .and_then(|r| r.map_err(|e| eprintln!("retro preprocess: {e}; training the index again")).ok());
+            let mut index = match trained {
+                Some(index) => index,
+                None => {
+                    let mut sample = Vec::with_capacity(rows.len() * dim);
+                    let mut loaded: Option<(usize, Vec<f32>)> = None;
+                    for &row in &rows {
+                        let block = row / EMBED_BLOCK;
+                        if loaded.as_ref().is_none_or(|(b, _)| *b != block) {
+                            loaded = Some((block, read_embedding_block(layout, block, n, dim)?));
+                        }
+                        let at = (row % EMBED_BLOCK) * dim;
+                        sample.extend_from_slice(&loaded.as_ref().unwrap().1[at..at + dim]);
+                    }
+                    let index = AnyIndex::train(spec, dim, Metric::InnerProduct, n, &sample, seed)?;
+                    index.save(&trained_path)?;
+                    index
+                }
+            };
+            let embed_blocks = n.div_ceil(EMBED_BLOCK);
+            let blocks = embed_blocks.div_ceil(ADD_BLOCK);
+            let chunks_of =
+                |block: usize| block * ADD_BLOCK * EMBED_BLOCK..((block + 1) * ADD_BLOCK * EMBED_BLOCK).min(n);
+            let read_block = |block: usize| -> Result<Vec<f32>> {
+                let mut v = Vec::with_capacity(chunks_of(block).len() * dim);
+                for e in block * ADD_BLOCK..((block + 1) * ADD_BLOCK).min(embed_blocks) {
+                    v.extend(read_embedding_block(layout, e, n, dim)?);
+                }
+                Ok(v)
+            };
+            let add_path = |block: usize| layout.dir.join(format!("index/adds/{block:06}.bin"));
+            let b = bar(n, "assign", cx.opts.progress);
+            let mut computed = 0;
+            for block in 0..blocks {
+                if stored(&add_path(block), "index").is_none() {
+                    let vectors = read_block(block)?;
+                    check_finite(&vectors, dim, chunks_of(block).start)?;
+                    let mut bytes = index.assign(&vectors)?.to_bytes();
+                    integrity::seal(&mut bytes);
+                    crate::atomic_file::write(&add_path(block), &bytes)?;
+                    computed += 1;
+                }
+                b.inc(chunks_of(block).len() as u64);
+            }
+            b.finish_and_clear();
+            for block in 0..blocks {
+                let bytes = integrity::read_sealed(&add_path(block), &integrity::rerun("index"))?;
+                let assignment = Assignment::from_bytes(&bytes, chunks_of(block).len())
+                    .map_err(|e| e.context(format!("{}", add_path(block).display())))?;
+                index.insert(&assignment, &read_block(block)?, chunks_of(block).start as i64)?;
+            }
+            summary = json!({"add_blocks": blocks, "add_blocks_computed": computed});
+            index
+        }
+    };
+    index.save(&layout.index())?;
+    summary["type"] = json!(index.describe());
+    summary["requested"] = json!(c.retro_index_str);
+    summary["metric"] = json!("InnerProduct");
+    summary["dim"] = json!(dim);
+    summary["vectors"] = json!(index.index().len());
+    summary["nprobe"] = json!(c.retro_query_nprobe);
+    summary["file"] = json!("index/index.bin");
+    Ok(summary)
+}
+
 fn samples(cx: &Stages, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {
     let path = cx.layout.samples(split);
     if path.exists() {

@@ -5,6 +5,7 @@
 //! m, f32 codebooks [m, 256, dim / m], u8 codes [n, m]. Then the checksum trailer
 //! (`data::integrity::seal`). Another version, a truncated or damaged file is refused with its reason.
 
+use super::assignment::Assignment;
 use super::index_spec::IndexSpec;
 use super::ivf::{IvfFlat, List};
 use super::ivf_pq::{IvfPq, PqList};
@@ -15,6 +16,15 @@ use crate::{bail, ensure, Result};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"RETROIDX";
+
+/// Every value of rows `vectors` (of `dim`; the first is row `first_row`) is finite, else an error naming
+/// the row.
+pub fn check_finite(vectors: &[f32], dim: usize, first_row: usize) -> Result<()> {
+    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+        bail!("vector {} holds {} (vectors must be finite)", first_row + i / dim.max(1), vectors[i]);
+    }
+    Ok(())
+}
 pub const VERSION: u32 = 1;
 const FIX: &str = "rebuild it with `retro knn build`";
 
@@ -41,27 +51,71 @@ impl AnyIndex {
     ) -> Result<Self> {
         ensure!(dim > 0 && vectors.len() % dim == 0, "{} values are not vectors of dimension {dim}", vectors.len());
         let n = vectors.len() / dim;
+        check_finite(&vectors, dim, 0)?;
+        let Some(rows) = Self::training_rows(spec, n, ntrain, seed)? else {
+            return Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?));
+        };
+        let sample: Vec<f32> = rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let mut index = Self::train(spec, dim, metric, n, &sample, seed)?;
+        let assignment = index.assign(&vectors)?;
+        index.insert(&assignment, &vectors, 0)?;
+        Ok(index)
+    }
+
+    /// The rows of a database of `n` vectors that an IVF `spec` trains on (sorted; seeded): `ntrain` of
+    /// them (default 256 per list, at least the lists and, for PQ, 256 codewords' worth, at most `n`).
+    /// `None` for the flat index, which trains nothing.
+    pub fn training_rows(spec: IndexSpec, n: usize, ntrain: Option<usize>, seed: u64) -> Result<Option<Vec<usize>>> {
         ensure!(n > 0, "the database is empty: nothing to index");
-        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
-            bail!("vector {} holds {} (vectors must be finite)", i / dim, vectors[i]);
-        }
-        let Some(nlist) = spec.nlist(n) else { return Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, vectors)?)) };
+        let Some(nlist) = spec.nlist(n) else { return Ok(None) };
         ensure!(nlist <= n, "IVF{nlist} needs at least {nlist} vectors to train on, the database has {n}");
         // PQ codebooks need 256 training residuals per subspace.
         let least = if matches!(spec, IndexSpec::IvfPq { .. }) { nlist.max(CODEWORDS) } else { nlist };
         let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).max(least).min(n);
-        let mut sample_rows = crate::rng::Rng::new(seed).sample_indices(n, ntrain);
-        sample_rows.sort_unstable();
-        let sample: Vec<f32> =
-            sample_rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
-        if let IndexSpec::IvfPq { m, .. } = spec {
-            let mut ivf = IvfPq::train(dim, metric, nlist, m, &sample, seed)?;
-            ivf.add(&vectors, 0)?;
-            return Ok(AnyIndex::IvfPq(ivf));
+        let mut rows = crate::rng::Rng::new(seed).sample_indices(n, ntrain);
+        rows.sort_unstable();
+        Ok(Some(rows))
+    }
+
+    /// An IVF `spec` for a database of `n` vectors trained on `sample` (the `training_rows`), no vectors yet.
+    pub fn train(spec: IndexSpec, dim: usize, metric: Metric, n: usize, sample: &[f32], seed: u64) -> Result<Self> {
+        check_finite(sample, dim, 0)?;
+        let nlist = spec.nlist(n).ok_or_else(|| crate::Error::msg("the flat index is not trained"))?;
+        Ok(match spec {
+            IndexSpec::IvfPq { m, .. } => AnyIndex::IvfPq(IvfPq::train(dim, metric, nlist, m, sample, seed)?),
+            _ => AnyIndex::Ivf(IvfFlat::train(dim, metric, nlist, sample, seed)?),
+        })
+    }
+
+    /// The cells (and PQ codes) of rows `vectors` of an IVF index: the costly half of adding them.
+    pub fn assign(&self, vectors: &[f32]) -> Result<Assignment> {
+        check_finite(vectors, self.index().dim(), 0)?;
+        match self {
+            AnyIndex::Flat(_) => bail!("the flat index assigns no cells"),
+            AnyIndex::Ivf(i) => Ok(Assignment { cells: i.assign(vectors)?, codes: Vec::new(), code_bytes: 0 }),
+            AnyIndex::IvfPq(i) => {
+                let (cells, codes) = i.assign(vectors)?;
+                Ok(Assignment { cells, codes, code_bytes: i.m() })
+            }
         }
-        let mut ivf = IvfFlat::train(dim, metric, nlist, &sample, seed)?;
-        ivf.add(&vectors, 0)?;
-        Ok(AnyIndex::Ivf(ivf))
+    }
+
+    /// Rows `vectors` (ids `first_id`, ...) into an IVF index's lists as `assignment` (from `assign` on
+    /// the same rows) says.
+    pub fn insert(&mut self, assignment: &Assignment, vectors: &[f32], first_id: i64) -> Result<()> {
+        match self {
+            AnyIndex::Flat(_) => bail!("the flat index has no lists"),
+            AnyIndex::Ivf(i) => i.insert(&assignment.cells, vectors, first_id),
+            AnyIndex::IvfPq(i) => {
+                ensure!(
+                    assignment.code_bytes == i.m(),
+                    "an assignment of {}-byte codes for PQ{}",
+                    assignment.code_bytes,
+                    i.m()
+                );
+                i.insert(&assignment.cells, &assignment.codes, first_id)
+            }
+        }
     }
 
     pub fn index(&self) -> &dyn Index {

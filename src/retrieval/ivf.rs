@@ -55,9 +55,27 @@ impl IvfFlat {
 
     /// Add rows `vectors` with ids `first_id`, `first_id + 1`, ... to their nearest centroids' lists.
     pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
+        let cells = self.assign(vectors)?;
+        self.insert(&cells, vectors, first_id)
+    }
+
+    /// Each row's cell (the costly half of `add`, kept apart so it can be done and stored block by block).
+    pub fn assign(&self, vectors: &[f32]) -> Result<Vec<usize>> {
         let d = self.dim;
         ensure!(vectors.len() % d == 0, "IVF add: {} values are not rows of dimension {d}", vectors.len());
-        let cells = kmeans::nearest(&self.quantizer, vectors)?;
+        kmeans::nearest(&self.quantizer, vectors)
+    }
+
+    /// Rows `vectors` (ids `first_id`, ...) into the lists `cells` (from `assign`) names.
+    pub fn insert(&mut self, cells: &[usize], vectors: &[f32], first_id: i64) -> Result<()> {
+        let d = self.dim;
+        ensure!(
+            cells.len() * d == vectors.len() && cells.iter().all(|&c| c < self.lists.len()),
+            "IVF insert: {} cells (of {} lists) for {} values of rows of {d}",
+            cells.len(),
+            self.lists.len(),
+            vectors.len()
+        );
         for (i, (&cell, v)) in cells.iter().zip(vectors.chunks(d)).enumerate() {
             let list = &mut self.lists[cell];
             list.ids.push(first_id + i as i64);

@@ -52,11 +52,29 @@ impl IvfPq {
 
     /// Encode rows `vectors` (ids `first_id`, ...) into their nearest centroids' lists.
     pub fn add(&mut self, vectors: &[f32], first_id: i64) -> Result<()> {
+        let (cells, codes) = self.assign(vectors)?;
+        self.insert(&cells, &codes, first_id)
+    }
+
+    /// Each row's cell and m-byte code (the costly half of `add`, kept apart so it can be done and
+    /// stored block by block).
+    pub fn assign(&self, vectors: &[f32]) -> Result<(Vec<usize>, Vec<u8>)> {
         let d = self.dim;
         ensure!(vectors.len() % d == 0, "IVF-PQ add: {} values are not rows of dimension {d}", vectors.len());
         let (cells, residual) = residuals(&self.quantizer, vectors)?;
-        let codes = self.pq.encode(&residual)?;
+        Ok((cells, self.pq.encode(&residual)?))
+    }
+
+    /// Codes (ids `first_id`, ...) into the lists `cells` (from `assign`) names.
+    pub fn insert(&mut self, cells: &[usize], codes: &[u8], first_id: i64) -> Result<()> {
         let m = self.pq.m;
+        ensure!(
+            cells.len() * m == codes.len() && cells.iter().all(|&c| c < self.lists.len()),
+            "IVF-PQ insert: {} cells (of {} lists) for {} bytes of {m}-byte codes",
+            cells.len(),
+            self.lists.len(),
+            codes.len()
+        );
         for (i, &cell) in cells.iter().enumerate() {
             let list = &mut self.lists[cell];
             list.ids.push(first_id + i as i64);

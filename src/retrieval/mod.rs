@@ -1,5 +1,6 @@
 //! Retrieval: the BERT chunk embedder, KNN indexes and the neighbour query.
 
+pub mod assignment;
 pub mod bert;
 pub mod embedder_dir;
 pub mod index_file;
