@@ -215,3 +215,26 @@ fn kv_cached_decoding_with_rotary_embeddings_equals_the_full_forward() {
         assert!(err < 1e-10, "position {t}: cached logits differ from the full forward by {err:e}");
     }
 }
+
+// Options without a GPU path are refused on a GPU before any work, all named at once.
+#[test]
+fn options_without_a_gpu_path_refuse_a_gpu_naming_them() {
+    let gpu = retro::tensor::Device::Cuda(0);
+    assert!(plain().check_device(gpu).is_ok());
+    let mut c = instruct_retro();
+    c.cca_variant = "cca-relpos".into();
+    let err = c.check_device(gpu).unwrap_err().to_string();
+    for flag in [
+        "--cca-variant cca-relpos",
+        "--attention-variant gqa",
+        "--use-rotary-position-embeddings",
+        "--swiglu",
+        "--no-position-embedding",
+        "use --device cpu",
+    ] {
+        assert!(err.contains(flag), "{flag} missing: {err}");
+    }
+    assert!(c.check_device(retro::tensor::Device::Cpu).is_ok());
+    let model = RetroModel::init(&c, 1, DType::F64).unwrap();
+    assert!(model.leaves_on(gpu).unwrap_err().to_string().contains("--swiglu"));
+}

@@ -272,4 +272,10 @@ fn the_ivf_index_stage_resumes_from_its_stored_training_and_assignments() {
     assert!(err.contains("trained.bin") && err.contains("training the index again"), "{err}");
     assert!(out.contains("\"add_blocks_computed\":1"), "{out}");
     assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
+    // Pieces left for another database (here: its record says so) are discarded, not reused.
+    std::fs::write(project.join("index/adds/source.json"), b"{\"chunks\": 1}").unwrap();
+    let (code, out, err) = preprocess(&input, &project, &[&ivf[..], &["--stage", "index"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"add_blocks_computed\":1"), "{out}");
+    assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
 }

@@ -15,8 +15,8 @@
 //!
 //! Then the **timings** at the config's shapes for a micro-batch: the variant's CCA layer (bench.py's
 //! `cca_layer`, FLOPs counted as there: the q, kv and output projections and the attention products;
-//! fwd+bwd = 3 × fwd), and once per run the decoder's causal self-attention (`mha`, the only
-//! self-attention variant: bench.py's `causal_self_attn`, fwd+bwd = 3.5 × fwd).
+//! fwd+bwd = 3 × fwd), and once per run the decoder's causal multi-head self-attention core (`mha`:
+//! bench.py's `causal_self_attn`, fwd+bwd = 3.5 × fwd; grouped-query attention is not timed here yet).
 
 use crate::autograd::{Tape, Var};
 use crate::dist::TensorParallel;

@@ -1,8 +1,8 @@
 //! Model FLOPs of one training step and parameter counts, exactly as `torch_retro/model.py`
 //! (`model_flops_per_step`, `count_params`): matmuls only, 2 FLOPs per multiply-add, training = 3×
 //! forward, causal attention counted in full. With `--swiglu` the MLP's three matrices of the config's
-//! width replace the two of 4d (torch_retro has no SwiGLU; the other architecture options change no
-//! matmul).
+//! width replace the two of 4d, and with grouped-query attention the K and V projections are
+//! kv_heads / heads of Q's (torch_retro has neither; the other architecture options change no matmul).
 
 use crate::model::RetroConfig;
 use serde::Serialize;
@@ -28,7 +28,8 @@ pub fn model_flops_per_step(c: &RetroConfig, batch: usize) -> Flops {
     let tn = if cca_layers > 0.0 { chunks * k * r } else { 0.0 };
     // Multiply-adds per token of one layer's attention projections and MLP (12 d² for Megatron's 4d MLP).
     let ffn = c.ffn_hidden_size() as f64;
-    let dense = 4.0 * d * d + if c.swiglu { 3.0 } else { 2.0 } * d * ffn;
+    let kv = (c.hidden_size / c.num_heads * c.kv_heads()) as f64;
+    let dense = 2.0 * d * d + 2.0 * d * kv + if c.swiglu { 3.0 } else { 2.0 } * d * ffn;
     let decoder_dense = 6.0 * dense * l * t;
     let decoder_attn = 12.0 * l * d * s * t;
     let logits = 6.0 * d * v * t;

@@ -109,8 +109,8 @@ pub struct Args {
     /// No learned absolute position embedding (with rotary embeddings, or none at all).
     #[arg(long)]
     pub no_position_embedding: bool,
-    /// SwiGLU MLP: fc2(silu(a) * b), fc1 giving a and b, each 2/3 of the 4h width rounded down to a
-    /// multiple of 64 (Megatron's rule). CPU only so far.
+    /// SwiGLU MLP: fc2(silu(a) * b), fc1 giving a and b, each 2/3 of the MLP width (4h in every preset)
+    /// rounded down to a multiple of 64 (Megatron's rule). CPU only so far.
     #[arg(long)]
     pub swiglu: bool,
     /// No bias in any linear layer.

@@ -220,6 +220,37 @@ impl RetroConfig {
         }
     }
 
+    /// The options of this config that have no GPU path yet (empty: the model runs on both devices).
+    pub fn cpu_only_options(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cca_variant != "cca" && self.cca_variant != "cca-gate" && !self.gpt_baseline {
+            out.push(format!("--cca-variant {}", self.cca_variant));
+        }
+        for (on, flag) in [
+            (self.num_query_groups.is_some_and(|g| g != self.num_heads), "--attention-variant gqa"),
+            (self.use_rotary_position_embeddings, "--use-rotary-position-embeddings"),
+            (self.swiglu, "--swiglu"),
+            (!self.add_position_embedding, "--no-position-embedding"),
+        ] {
+            if on {
+                out.push(flag.into());
+            }
+        }
+        out
+    }
+
+    /// Whether the model can run on `device`: on a GPU, none of `cpu_only_options`; else an error
+    /// naming them, before any work.
+    pub fn check_device(&self, device: crate::tensor::Device) -> Result<()> {
+        let cpu_only = self.cpu_only_options();
+        ensure!(
+            device == crate::tensor::Device::Cpu || cpu_only.is_empty(),
+            "{} run on the CPU only so far (their ops have no GPU path yet); use --device cpu",
+            cpu_only.join(", ")
+        );
+        Ok(())
+    }
+
     /// Key / value heads of the self-attentions: the query groups, or one per head.
     pub fn kv_heads(&self) -> usize {
         self.num_query_groups.unwrap_or(self.num_heads)

@@ -343,6 +343,7 @@ impl RetroModel {
         if device == crate::tensor::Device::Cpu {
             return Ok(self.params.tensors.clone());
         }
+        self.config.check_device(device)?;
         self.params
             .specs
             .iter()

@@ -3,7 +3,7 @@ use crate::autograd::{Tape, Var};
 use crate::dist::TensorParallel;
 use crate::model::params::ParamBuilder;
 use crate::ops::{self, AttnMask};
-use crate::Result;
+use crate::{ensure, Result};
 
 /// Multi-head self-attention with a fused QKV projection: `linear_qkv.weight` is `[3d, d]` with row
 /// blocks Q | K | V (heads contiguous inside each block), then `linear_proj`. Tensor-parallel: QKV
@@ -60,6 +60,12 @@ impl SelfAttention {
         let qkv = match self.rotary_dim {
             // A generated position is the one after those cached.
             Some(dim) => {
+                // A cache holds one key per generated position, so a cached step is one position.
+                ensure!(
+                    cache.is_none() || x.shape()[1] == 1,
+                    "self-attention: a cached step takes one position, got {:?}",
+                    x.shape()
+                );
                 let position = cache.as_ref().map_or(0, |c| c.keys.len());
                 let dh = qkv.shape()[2] / (self.heads + 2 * self.kv_heads);
                 ops::rotary_qkv(tape, &qkv, dh, self.heads + self.kv_heads, dim, position)?

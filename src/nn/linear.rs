@@ -8,9 +8,9 @@ use crate::Result;
 /// `RowParallelLinear`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parallel {
-    /// Output features divided, in blocks (fused QKV: 3, fused KV: 2): each rank computes its features
-    /// from the whole input, whose gradient is summed over the ranks.
-    Column { blocks: Blocks },
+    /// Output features divided (block by block: `Split::blocks`): each rank computes its features from
+    /// the whole input, whose gradient is summed over the ranks.
+    Column,
     /// Input features divided: each rank's partial product is summed over the ranks, then the (whole)
     /// bias added.
     Row,
@@ -35,7 +35,7 @@ impl Linear {
         Self {
             weight: pb.add_split(format!("{prefix}.weight"), &[d_out, d_in], Init::Normal(std), split),
             bias: (!pb.no_linear_bias).then(|| pb.add_split(format!("{prefix}.bias"), &[d_out], Init::Zeros, split)),
-            parallel: Parallel::Column { blocks: Blocks::new(blocks) },
+            parallel: Parallel::Column,
             tensor_parallel: pb.tensor_parallel().clone(),
         }
     }
@@ -57,7 +57,7 @@ impl Linear {
             return ops::linear(tape, x, w, b);
         }
         match self.parallel {
-            Parallel::Column { .. } => {
+            Parallel::Column => {
                 let x = ops::copy_to_tensor_parallel(tape, x, tp)?;
                 ops::linear(tape, &x, w, b)
             }

@@ -57,6 +57,7 @@ pub fn attention_dropout(
             && k.shape() == v.shape()
             && qs[0] == ks[0]
             && ks[2] > 0
+            && qs[2] >= ks[2]
             && qs[2] % ks[2] == 0
             && heads % (qs[2] / ks[2]) == 0,
         "attention: q {:?}, k {:?}, v {:?} must be [b, sq, w], [b, sk, w / g], [b, sk, w / g] with g dividing {heads} heads",

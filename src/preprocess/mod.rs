@@ -251,6 +251,10 @@ fn stage_embed(cx: &mut Stages) -> Result<Value> {
     b.finish_and_clear();
     cx.world.all_reduce_sum(&mut computed);
     let (computed, dim) = (computed[0] as usize, cx.embedder()?.dim());
+    if computed > 0 && cx.is_root() {
+        // New embeddings: an IVF index stage's stored training and assignments describe the old ones.
+        remove_index_pieces(&cx.layout)?;
+    }
     Ok(json!({"chunks": db.len(), "blocks": blocks, "blocks_computed": computed, "dim": dim}))
 }
 
@@ -289,6 +293,20 @@ fn read_embedding_block(layout: &Layout, block: usize, n: usize, dim: usize) -> 
     Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
+/// Remove an IVF index stage's resumable pieces (`index/trained.bin`, `index/adds/`).
+fn remove_index_pieces(layout: &Layout) -> Result<()> {
+    for (path, dir) in [(layout.dir.join("index/trained.bin"), false), (layout.dir.join("index/adds"), true)] {
+        let removed = if dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(crate::Error::msg(format!("removing {}: {e}", path.display())));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Embedding blocks per block of IVF adds (16 384 chunks).
 const ADD_BLOCK: usize = 64;
 
@@ -306,16 +324,28 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
     let spec = c.index_spec(n)?;
     let ntrain = (c.retro_index_ntrain > 0).then_some(c.retro_index_ntrain);
     let (seed, layout) = (c.retro_gpt_seed, &cx.layout);
-    std::fs::create_dir_all(layout.dir.join("index/adds"))?;
+    // The pieces a killed stage left are reused only for the same database, embedding size and index;
+    // anything else (and a rerun of the embed stage, which removes them) starts the index over.
+    let source = json!({"chunks": n, "dim": dim, "index": format!("{spec:?}"), "ntrain": ntrain, "seed": seed});
+    let source_path = layout.dir.join("index/adds/source.json");
+    let same_source = std::fs::read(&source_path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    if same_source.as_ref() != Some(&source) {
+        remove_index_pieces(layout)?;
+        std::fs::create_dir_all(layout.dir.join("index/adds"))?;
+        crate::atomic_file::write(&source_path, source.to_string().as_bytes())?;
+    }
     let mut summary = json!({});
     let index = match AnyIndex::training_rows(spec, n, ntrain, seed)? {
         None => AnyIndex::build(spec, dim, Metric::InnerProduct, read_embeddings(layout, n, dim)?, None, seed)?,
         Some(rows) => {
             let trained_path = layout.dir.join("index/trained.bin");
-            let trained = trained_path
-                .exists()
-                .then(|| AnyIndex::load(&trained_path))
-                .and_then(|r| r.map_err(|e| eprintln!("retro preprocess: {e}; training the index again")).ok());
+            let trained = trained_path.exists().then(|| AnyIndex::load(&trained_path)).and_then(|r| {
+                r.map_err(|e| {
+                    let why = e.message().split("; rebuild it").next().unwrap_or_default().to_string();
+                    eprintln!("retro preprocess: {why}; training the index again")
+                })
+                .ok()
+            });
             let mut index = match trained {
                 Some(index) => index,
                 None => {
@@ -364,7 +394,9 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
                 let bytes = integrity::read_sealed(&add_path(block), &integrity::rerun("index"))?;
                 let assignment = Assignment::from_bytes(&bytes, chunks_of(block).len())
                     .map_err(|e| e.context(format!("{}", add_path(block).display())))?;
-                index.insert(&assignment, &read_block(block)?, chunks_of(block).start as i64)?;
+                // IVF-PQ's lists hold codes only: the vectors are read for IVF-Flat alone.
+                let vectors = if matches!(index, AnyIndex::Ivf(_)) { read_block(block)? } else { Vec::new() };
+                index.insert(&assignment, &vectors, chunks_of(block).start as i64)?;
             }
             summary = json!({"add_blocks": blocks, "add_blocks_computed": computed});
             index

@@ -1,6 +1,7 @@
 //! An IVF index's assignment of a block of vectors: each vector's cell (and, for IVF-PQ, its m-byte
 //! code). It is the costly half of adding vectors (`AnyIndex::assign`), so `retro preprocess` stores one
-//! per embedding block and a killed index stage resumes from the blocks it finished; inserting the
+//! per block of 64 embedding blocks (16 384 chunks) and a killed index stage resumes from the blocks it
+//! finished; inserting the
 //! stored assignments in block order (`AnyIndex::insert`) gives the index a one-shot build gives, byte
 //! for byte. Bytes: u64 count, u64 code bytes per vector, u32 cells [count], u8 codes [count, m]
 //! (little-endian; the caller seals them with a checksum).

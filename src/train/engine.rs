@@ -46,6 +46,7 @@ pub struct Engine {
 impl Engine {
     /// An engine on `device` for `model`, taking `opt`'s moments and step count (a resumed run's).
     pub fn new(device: Device, model: &RetroModel, opt: &AdamW) -> Result<Self> {
+        model.config.check_device(device)?;
         match device {
             Device::Cpu => Ok(Self::around(device, None)),
             #[cfg(not(no_cuda_kernels))]
@@ -63,6 +64,7 @@ impl Engine {
     /// A GPU engine whose weights are drawn on the device (`DeviceOptimizer::random`): a large model
     /// (857m and up) starts in milliseconds. `model` needs its structure only (`RetroModel::structure`).
     pub fn with_random_weights(device: Device, model: &RetroModel, config: AdamWConfig, seed: u64) -> Result<Self> {
+        model.config.check_device(device)?;
         #[cfg(not(no_cuda_kernels))]
         return Ok(Self::around(
             device,
