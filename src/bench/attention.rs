@@ -15,8 +15,8 @@
 //!
 //! Then the **timings** at the config's shapes for a micro-batch: the variant's CCA layer (bench.py's
 //! `cca_layer`, FLOPs counted as there: the q, kv and output projections and the attention products;
-//! fwd+bwd = 3 × fwd), and once per run the decoder's causal multi-head self-attention core (`mha`:
-//! bench.py's `causal_self_attn`, fwd+bwd = 3.5 × fwd; grouped-query attention is not timed here yet).
+//! fwd+bwd = 3 × fwd), and once per run the decoder's causal self-attention core (`mha`, or `gqa` for a
+//! config with `num_query_groups`: bench.py's `causal_self_attn`, fwd+bwd = 3.5 × fwd).
 
 use crate::autograd::{Tape, Var};
 use crate::dist::TensorParallel;
@@ -282,15 +282,16 @@ impl AttentionBench {
     /// fwd and fwd+bwd timings of the decoder's causal self-attention core (`mha`) on a fused QKV.
     pub fn time_self_attention(&self) -> Result<Vec<Value>> {
         let c = &self.config;
-        let (b, s, d, h) = (self.micro_batch, c.seq_length, c.hidden_size, c.num_heads);
+        let (b, s, d, h, kv_heads) = (self.micro_batch, c.seq_length, c.hidden_size, c.num_heads, c.kv_heads());
+        let variant = if kv_heads == h { "mha" } else { "gqa" };
         let (dtype, _) = precision(self.device);
         let mut rng = Rng::new(9);
-        let qkv = random(&mut rng, &[b, s, 3 * d])?.to_dtype(dtype)?.to(self.device)?;
+        let qkv = random(&mut rng, &[b, s, d + 2 * d / h * kv_heads])?.to_dtype(dtype)?.to(self.device)?;
         let cotangent = random(&mut rng, &[b, s, d])?.to_dtype(dtype)?.to(self.device)?;
         let pass = |backward: bool| -> Result<()> {
             let mut tape = if backward { Tape::new() } else { Tape::inference() };
             let x = tape.leaf(qkv.clone());
-            let out = ops::attention_qkv(&mut tape, &x, h, &AttnMask::Causal, None)?;
+            let out = ops::attention_grouped_qkv(&mut tape, &x, h, kv_heads, &AttnMask::Causal, None)?;
             if backward {
                 tape.backward_with(&out, cotangent.clone())?.get(&x).map(|g| g.to(Device::Cpu)).transpose()?;
             } else {
@@ -302,7 +303,7 @@ impl AttentionBench {
         Ok(vec![
             self.record(
                 "causal_self_attn",
-                "mha",
+                variant,
                 "fwd",
                 self.time(|| pass(false))?,
                 flops,
@@ -310,7 +311,7 @@ impl AttentionBench {
             ),
             self.record(
                 "causal_self_attn",
-                "mha",
+                variant,
                 "fwd+bwd",
                 self.time(|| pass(true))?,
                 3.5 * flops,
