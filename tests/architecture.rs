@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::max_rel_err;
+use common::{max_rel_err, model_gradients_fd};
 use retro::autograd::Tape;
 use retro::model::kv_decode::KvDecoder;
 use retro::model::{Batch, Params, RetroConfig, RetroModel};
@@ -162,28 +162,20 @@ fn layernorm_1p_and_untied_output_are_reparametrisations_of_the_plain_model() {
 fn instruct_retro_options_gradients_match_finite_differences() {
     let model = perturbed(RetroModel::init(&instruct_retro(), 9, DType::F64).unwrap(), 6);
     let b = batch();
-    let grads = model.loss_and_grads(&b).unwrap().grads;
-    let mut checked = Vec::new();
-    for (name, at) in [
-        ("decoder.layers.2.self_attention.linear_qkv.weight", 3),
-        ("decoder.layers.2.self_attention.linear_qkv.weight", 32 * 32 + 5), // a key row
-        ("decoder.layers.1.mlp.linear_fc1.weight", 7),
-        ("decoder.layers.1.mlp.linear_fc1.weight", 64 * 32 + 7), // the SwiGLU's second half
-        ("decoder.layers.3.pre_mlp_layernorm.weight", 2),
-        ("output_layer.weight", 40),
-        ("embedding.word_embeddings.weight", b.tokens.data::<i64>().unwrap()[0] as usize * 32 + 1),
-    ] {
-        let i = model.params.index(name).unwrap();
-        let h = 1e-3;
-        let loss = |offset: f64| {
-            let mut m = model.clone();
-            m.params.tensors[i].data_mut::<f64>().unwrap()[at] += offset;
-            m.eval_loss(&b).unwrap()
-        };
-        let numeric = (loss(-2.0 * h) - 8.0 * loss(-h) + 8.0 * loss(h) - loss(2.0 * h)) / (12.0 * h);
-        checked.push((numeric, grads[i].to_f64_vec()[at]));
-    }
-    let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
+    let word = b.tokens.data::<i64>().unwrap()[0] as usize * 32 + 1;
+    let (numeric, analytic) = model_gradients_fd(
+        &model,
+        &b,
+        &[
+            ("decoder.layers.2.self_attention.linear_qkv.weight", 3),
+            ("decoder.layers.2.self_attention.linear_qkv.weight", 32 * 32 + 5), // a key row
+            ("decoder.layers.1.mlp.linear_fc1.weight", 7),
+            ("decoder.layers.1.mlp.linear_fc1.weight", 64 * 32 + 7), // the SwiGLU's second half
+            ("decoder.layers.3.pre_mlp_layernorm.weight", 2),
+            ("output_layer.weight", 40),
+            ("embedding.word_embeddings.weight", word),
+        ],
+    );
     assert!(analytic.iter().all(|g| g.abs() > 0.0), "{analytic:?}");
     // Relative to at least 1e-5: the differences' own rounding is ~3e-12 (the loss is ~4 in f64).
     let err = max_rel_err(&numeric, &analytic, 1e-5);

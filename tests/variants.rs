@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::max_rel_err;
+use common::{max_rel_err, model_gradients_fd};
 use retro::autograd::Tape;
 use retro::model::safetensors_io::{load_params, save_params, TensorFile};
 use retro::model::{Batch, Params, RetroConfig, RetroModel};
@@ -143,27 +143,16 @@ fn gpt_config() -> RetroConfig {
 fn cca_tanh_gate_gradients_match_finite_differences() {
     let mut model = RetroModel::init(&config("cca-tanh-gate"), 9, DType::F64).unwrap();
     set_gates(&mut model, 0.4);
-    let b = batch();
-    let grads = model.loss_and_grads(&b).unwrap().grads;
-    let loss_at = |m: &RetroModel| m.eval_loss(&b).unwrap();
-    let mut checked = Vec::new();
-    for name in [
-        "decoder.layers.1.cross_attention.tanh_gate",
-        "decoder.layers.3.cross_attention.tanh_gate",
-        "decoder.layers.3.cross_attention.linear_proj.weight",
-    ] {
-        let i = model.params.index(name).unwrap();
-        // Fourth-order central differences: the gradients are small (~1e-5), the loss ~4.
-        let h = 1e-3;
-        let at = |offset: f64| {
-            let mut m = model.clone();
-            m.params.tensors[i].data_mut::<f64>().unwrap()[0] += offset;
-            loss_at(&m)
-        };
-        let numeric = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
-        checked.push((numeric, grads[i].to_f64_vec()[0]));
-    }
-    let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
+    // Fourth-order central differences: the gradients are small (~1e-5), the loss ~4.
+    let (numeric, analytic) = model_gradients_fd(
+        &model,
+        &batch(),
+        &[
+            ("decoder.layers.1.cross_attention.tanh_gate", 0),
+            ("decoder.layers.3.cross_attention.tanh_gate", 0),
+            ("decoder.layers.3.cross_attention.linear_proj.weight", 0),
+        ],
+    );
     let err = max_rel_err(&numeric, &analytic, 1e-6);
     assert!(err < 1e-6, "numeric {numeric:?} vs analytic {analytic:?} ({err:e})");
 }
@@ -213,27 +202,17 @@ fn cca_relpos_adds_one_zero_bias_table_per_cca_layer_and_starts_as_cca() {
 fn cca_relpos_gradients_match_finite_differences() {
     let mut model = RetroModel::init(&config("cca-relpos"), 9, DType::F64).unwrap();
     randomize_relpos(&mut model, 4);
-    let b = batch();
-    let grads = model.loss_and_grads(&b).unwrap().grads;
-    let mut checked = Vec::new();
-    for (name, at) in [
-        ("decoder.layers.1.cross_attention.relative_position_bias", 0),
-        ("decoder.layers.1.cross_attention.relative_position_bias", 63),
-        ("decoder.layers.3.cross_attention.relative_position_bias", 191 + 127),
-        ("decoder.layers.3.cross_attention.relative_position_bias", 190),
-        ("decoder.layers.3.cross_attention.linear_q.weight", 5),
-    ] {
-        let i = model.params.index(name).unwrap();
-        let h = 1e-3;
-        let loss = |offset: f64| {
-            let mut m = model.clone();
-            m.params.tensors[i].data_mut::<f64>().unwrap()[at] += offset;
-            m.eval_loss(&b).unwrap()
-        };
-        let numeric = (loss(-2.0 * h) - 8.0 * loss(-h) + 8.0 * loss(h) - loss(2.0 * h)) / (12.0 * h);
-        checked.push((numeric, grads[i].to_f64_vec()[at]));
-    }
-    let (numeric, analytic): (Vec<f64>, Vec<f64>) = checked.into_iter().unzip();
+    let (numeric, analytic) = model_gradients_fd(
+        &model,
+        &batch(),
+        &[
+            ("decoder.layers.1.cross_attention.relative_position_bias", 0),
+            ("decoder.layers.1.cross_attention.relative_position_bias", 63),
+            ("decoder.layers.3.cross_attention.relative_position_bias", 191 + 127),
+            ("decoder.layers.3.cross_attention.relative_position_bias", 190),
+            ("decoder.layers.3.cross_attention.linear_q.weight", 5),
+        ],
+    );
     assert!(analytic.iter().all(|g| g.abs() > 0.0), "every checked entry has a gradient: {analytic:?}");
     let err = max_rel_err(&numeric, &analytic, 1e-6);
     assert!(err < 1e-6, "numeric {numeric:?} vs analytic {analytic:?} ({err:e})");
@@ -275,12 +254,9 @@ impl retro::variants::CcaVariant for WrongBackward {
         tape: &mut Tape,
         p: &[retro::autograd::Var],
         attn: &retro::nn::CrossAttention,
-        queries: &retro::autograd::Var,
-        _first_row: usize,
-        kv: &retro::autograd::Var,
-        mask: &retro::ops::AttnMask,
+        rows: &retro::variants::Attending,
     ) -> retro::Result<retro::autograd::Var> {
-        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
+        let out = rows.cca(tape, p, attn, None)?;
         let doubled = retro::ops::scale_tensor(out.value(), 2.0)?;
         Ok(tape.record("wrong", &[&out], doubled, |g, _| Ok(vec![Some(retro::ops::scale_tensor(g, 3.0)?)])))
     }

@@ -26,7 +26,7 @@ use crate::nn::{CrossAttention, InitStd};
 use crate::ops::{self, AttnMask};
 use crate::rng::Rng;
 use crate::tensor::{DType, Device, Tensor};
-use crate::variants::{CcaVariant, CcaVariantEntry};
+use crate::variants::{Attending, CcaVariant, CcaVariantEntry};
 use crate::Result;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -69,7 +69,7 @@ impl Layer {
     /// The layer's output for `queries` [N, m, d] against `context` [N, k·r, d] (the encoded neighbours).
     fn forward(&self, tape: &mut Tape, p: &[Var], queries: &Var, context: &Var, mask: &AttnMask) -> Result<Var> {
         let kv = self.attn.project_kv(tape, p, context)?;
-        self.variant.attend(tape, p, &self.attn, queries, 0, &kv, mask)
+        self.variant.attend(tape, p, &self.attn, &Attending { queries, first_row: 0, kv: &kv, mask })
     }
 
     /// The parameters as the device's training precision reads them (`RetroModel::leaves_on`'s rule).

@@ -19,7 +19,7 @@ use crate::model::params::ParamBuilder;
 use crate::model::RetroConfig;
 use crate::nn::{CrossAttention, InitStd, KvCache, LayerNorm, Mlp, SelfAttention};
 use crate::ops::{self, AttnMask};
-use crate::variants::CcaVariant;
+use crate::variants::{Attending, CcaVariant};
 use crate::{bail, Result};
 use std::sync::Arc;
 
@@ -196,7 +196,8 @@ impl Cca {
         let Some(chunk_kv) = kv.get(chunk) else {
             bail!("CCA: position {} attends to chunk {chunk}, whose neighbours were never encoded", step.t)
         };
-        self.variant.attend(tape, p, &self.attn, y, (step.t + 1) % m, chunk_kv, &AttnMask::None).map(Some)
+        let rows = Attending { queries: y, first_row: (step.t + 1) % m, kv: chunk_kv, mask: &AttnMask::None };
+        self.variant.attend(tape, p, &self.attn, &rows).map(Some)
     }
 
     /// A whole sequence: the shifted, chunked cross-attention.
@@ -214,7 +215,8 @@ impl Cca {
         let shifted = ops::shift_rows(tape, y, 1, pad as isize, l * m)?;
         let queries = ops::reshape(tape, &shifted, &[b * l, m, d])?;
         let kv = self.attn.project_kv(tape, p, encoded)?;
-        let out = self.variant.attend(tape, p, &self.attn, &queries, 0, &kv, &retrieval.mask)?;
+        let rows = Attending { queries: &queries, first_row: 0, kv: &kv, mask: &retrieval.mask };
+        let out = self.variant.attend(tape, p, &self.attn, &rows)?;
         let out = ops::reshape(tape, &out, &[b, l * m, d])?;
         ops::shift_rows(tape, &out, 1, -(pad as isize), n)
     }

@@ -1,10 +1,9 @@
 //! `cca`: Megatron's chunked cross-attention (the default): multi-head attention of the attending rows
 //! over the neighbours' keys and values, then the output projection.
 
-use super::{CcaVariant, CcaVariantEntry};
+use super::{Attending, CcaVariant, CcaVariantEntry};
 use crate::autograd::{Tape, Var};
 use crate::nn::CrossAttention;
-use crate::ops::AttnMask;
 use crate::Result;
 use std::sync::Arc;
 
@@ -18,16 +17,7 @@ pub const ENTRY: CcaVariantEntry = CcaVariantEntry {
 pub struct Cca;
 
 impl CcaVariant for Cca {
-    fn attend(
-        &self,
-        tape: &mut Tape,
-        p: &[Var],
-        attn: &CrossAttention,
-        queries: &Var,
-        _first_row: usize,
-        kv: &Var,
-        mask: &AttnMask,
-    ) -> Result<Var> {
-        attn.forward_kv(tape, p, queries, kv, mask, None)
+    fn attend(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, rows: &Attending) -> Result<Var> {
+        rows.cca(tape, p, attn, None)
     }
 }

@@ -2,10 +2,10 @@
 //! (`retro_attention_gate` in the model config, `--retro-attention-gate`) before the residual add.
 //! g = 0 gives the GPT baseline's outputs.
 
-use super::{CcaVariant, CcaVariantEntry};
+use super::{Attending, CcaVariant, CcaVariantEntry};
 use crate::autograd::{Tape, Var};
 use crate::nn::CrossAttention;
-use crate::ops::{self, AttnMask};
+use crate::ops;
 use crate::Result;
 use std::sync::Arc;
 
@@ -21,17 +21,8 @@ pub struct CcaGate {
 }
 
 impl CcaVariant for CcaGate {
-    fn attend(
-        &self,
-        tape: &mut Tape,
-        p: &[Var],
-        attn: &CrossAttention,
-        queries: &Var,
-        _first_row: usize,
-        kv: &Var,
-        mask: &AttnMask,
-    ) -> Result<Var> {
-        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
+    fn attend(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, rows: &Attending) -> Result<Var> {
+        let out = rows.cca(tape, p, attn, None)?;
         ops::scale(tape, &out, self.gate)
     }
 }

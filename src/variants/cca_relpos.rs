@@ -6,12 +6,12 @@
 //! neighbour's continuation holds at t = m + i: one bias entry (distance m) lets every row read it, the
 //! copy a near-duplicate neighbour offers. Split by heads under tensor parallelism. CPU only so far.
 
-use super::{CcaVariant, CcaVariantEntry};
+use super::{Attending, CcaVariant, CcaVariantEntry};
 use crate::autograd::{Tape, Var};
 use crate::model::params::{Init, ParamBuilder, Split};
 use crate::model::RetroConfig;
 use crate::nn::CrossAttention;
-use crate::ops::{self, AttnMask};
+use crate::ops;
 use crate::{ensure, Result};
 use std::sync::Arc;
 
@@ -52,19 +52,10 @@ impl CcaRelpos {
 }
 
 impl CcaVariant for CcaRelpos {
-    fn attend(
-        &self,
-        tape: &mut Tape,
-        p: &[Var],
-        attn: &CrossAttention,
-        queries: &Var,
-        first_row: usize,
-        kv: &Var,
-        mask: &AttnMask,
-    ) -> Result<Var> {
-        let (rows, keys) = (queries.shape()[1], kv.shape()[1]);
-        let bias = ops::take(tape, &p[self.table], self.columns(first_row, rows, keys)?)?;
-        let bias = ops::reshape(tape, &bias, &[attn.heads, rows, keys])?;
-        attn.forward_kv(tape, p, queries, kv, mask, Some(&bias))
+    fn attend(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, rows: &Attending) -> Result<Var> {
+        let (queries, keys) = (rows.queries.shape()[1], rows.kv.shape()[1]);
+        let bias = ops::take(tape, &p[self.table], self.columns(rows.first_row, queries, keys)?)?;
+        let bias = ops::reshape(tape, &bias, &[attn.heads, queries, keys])?;
+        rows.cca(tape, p, attn, Some(&bias))
     }
 }

@@ -3,12 +3,12 @@
 //! adds nothing, so a RETRO retro-fitted from a GPT checkpoint starts with exactly the GPT's outputs and
 //! learns how much to read its neighbours (as Flamingo gates its cross-attention).
 
-use super::{CcaVariant, CcaVariantEntry};
+use super::{Attending, CcaVariant, CcaVariantEntry};
 use crate::autograd::{Tape, Var};
 use crate::model::params::{Init, ParamBuilder};
 use crate::model::RetroConfig;
 use crate::nn::CrossAttention;
-use crate::ops::{self, AttnMask};
+use crate::ops;
 use crate::Result;
 use std::sync::Arc;
 
@@ -29,17 +29,8 @@ pub struct CcaTanhGate {
 }
 
 impl CcaVariant for CcaTanhGate {
-    fn attend(
-        &self,
-        tape: &mut Tape,
-        p: &[Var],
-        attn: &CrossAttention,
-        queries: &Var,
-        _first_row: usize,
-        kv: &Var,
-        mask: &AttnMask,
-    ) -> Result<Var> {
-        let out = attn.forward_kv(tape, p, queries, kv, mask, None)?;
+    fn attend(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, rows: &Attending) -> Result<Var> {
+        let out = rows.cca(tape, p, attn, None)?;
         let factor = ops::tanh(tape, &p[self.gate])?;
         ops::mul_scalar(tape, &out, &factor)
     }

@@ -22,23 +22,30 @@ use crate::ops::AttnMask;
 use crate::{bail, Result};
 use std::sync::Arc;
 
+/// What a CCA layer gives its variant to attend with.
+pub struct Attending<'a> {
+    /// The attending rows [N, m, d] (in generation one row, [1, 1, d]).
+    pub queries: &'a Var,
+    /// Which row of its attending chunk the first query is (0 for a whole pass; in generation the
+    /// generated row's place in its chunk).
+    pub first_row: usize,
+    /// The chunk's neighbours, encoded and projected by `CrossAttention::project_kv`: [N, k·r, 2d].
+    pub kv: &'a Var,
+    /// Hides missing neighbours' keys.
+    pub mask: &'a AttnMask,
+}
+
+impl Attending<'_> {
+    /// Megatron's CCA of these rows through `attn`, with an optional score bias [heads, rows, k·r].
+    pub fn cca(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, bias: Option<&Var>) -> Result<Var> {
+        attn.forward_kv(tape, p, self.queries, self.kv, self.mask, bias)
+    }
+}
+
 /// One CCA layer's variant.
 pub trait CcaVariant: std::fmt::Debug {
-    /// The CCA output [N, m, d] for attending rows `queries` [N, m, d] (in generation one row, [1, 1, d])
-    /// against `kv` [N, k·r, 2d], the chunk's neighbours encoded and projected by `attn.project_kv`;
-    /// `mask` hides missing neighbours' keys. The queries are rows `first_row..` of their attending
-    /// chunk (0 for a whole pass; in generation the generated row's place in its chunk).
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        tape: &mut Tape,
-        p: &[Var],
-        attn: &CrossAttention,
-        queries: &Var,
-        first_row: usize,
-        kv: &Var,
-        mask: &AttnMask,
-    ) -> Result<Var>;
+    /// The CCA output [N, m, d] of `rows`.
+    fn attend(&self, tape: &mut Tape, p: &[Var], attn: &CrossAttention, rows: &Attending) -> Result<Var>;
 }
 
 /// A registry entry.

@@ -15,6 +15,30 @@ pub fn to_f32(t: &Tensor) -> Tensor {
     t.to_dtype(DType::F32).unwrap()
 }
 
+/// (numeric, analytic) gradients of `model`'s f64 loss on `batch` for each (parameter name, element):
+/// fourth-order central differences (h = 1e-3) of `eval_loss`, and the tape's gradient.
+pub fn model_gradients_fd(
+    model: &retro::model::RetroModel,
+    batch: &retro::model::Batch,
+    entries: &[(&str, usize)],
+) -> (Vec<f64>, Vec<f64>) {
+    let grads = model.loss_and_grads(batch).unwrap().grads;
+    entries
+        .iter()
+        .map(|&(name, at)| {
+            let i = model.params.index(name).unwrap_or_else(|| panic!("no parameter {name}"));
+            let h = 1e-3;
+            let loss = |offset: f64| {
+                let mut m = model.clone();
+                m.params.tensors[i].data_mut::<f64>().unwrap()[at] += offset;
+                m.eval_loss(batch).unwrap()
+            };
+            let numeric = (loss(-2.0 * h) - 8.0 * loss(-h) + 8.0 * loss(h) - loss(2.0 * h)) / (12.0 * h);
+            (numeric, grads[i].to_f64_vec()[at])
+        })
+        .unzip()
+}
+
 /// Largest |a - b| / max(|a|, |b|, floor) over all elements.
 pub fn max_rel_err(a: &[f64], b: &[f64], floor: f64) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
