@@ -6,6 +6,26 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |f, tmp| f.write_all(bytes).with_context(|| format!("writing {}", tmp.display())))
+}
+
+/// A file of `len` bytes filled in place through a writable memory map (`fill` gets the map), then
+/// made durable and renamed over `path` as `write` does: for files larger than the memory to hold them.
+pub fn write_mapped(path: &Path, len: usize, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<()> {
+    write_with(path, |f, tmp| {
+        f.set_len(len as u64).with_context(|| format!("sizing {} to {len} bytes", tmp.display()))?;
+        if len == 0 {
+            return fill(&mut []);
+        }
+        // SAFETY: the temporary file is this process's own until it is renamed.
+        let mut map =
+            unsafe { memmap2::MmapMut::map_mut(&*f) }.with_context(|| format!("mapping {}", tmp.display()))?;
+        fill(&mut map)?;
+        map.flush().with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
+fn write_with(path: &Path, body: impl FnOnce(&mut std::fs::File, &Path) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -13,8 +33,14 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        body(&mut f, &tmp)?;
         f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         if let Ok(d) = std::fs::File::open(dir) {

@@ -3,7 +3,8 @@
 use retro::retrieval::index_file::AnyIndex;
 use retro::retrieval::index_spec::IndexSpec;
 use retro::retrieval::knn::{FlatIndex, Index, Metric};
-use retro::retrieval::npy;
+use retro::retrieval::stored::Stored;
+use retro::retrieval::{memory_budget, npy};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +39,10 @@ pub struct BuildArgs {
     pub ntrain: Option<usize>,
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+    /// Memory the build may hold besides the memory-mapped vectors and index file (e.g. 8G, 512M): the
+    /// k-means training sample is cut to fit, and a limit too small for the rest is refused up front.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -56,7 +61,7 @@ pub struct Queries {
 
 impl Queries {
     /// The index and the queries: (index, query count, dimension, values).
-    fn open(&self) -> retro::Result<(AnyIndex, usize, usize, Vec<f32>)> {
+    fn open(&self) -> retro::Result<(AnyIndex, usize, usize, Stored<f32>)> {
         let index = AnyIndex::load(&self.index)?;
         let (nq, d, queries) = npy::read_f32(&self.queries)?;
         Ok((index, nq, d, queries))
@@ -101,15 +106,18 @@ pub fn run(cmd: Knn) -> retro::Result<()> {
         Knn::Build(a) => {
             let spec = IndexSpec::parse(&a.index)?;
             let metric = metric(&a.metric)?;
+            let limit = a.memory_limit.as_deref().map(memory_budget::parse_bytes).transpose()?;
             let (n, d, vectors) = npy::read_f32(&a.vectors)?;
+            retro::ensure!(n > 0, "{}: no vectors: nothing to index", a.vectors.display());
+            let ntrain = AnyIndex::ntrain_within(spec, n, d, a.ntrain, limit)?;
             let t = Instant::now();
-            let index = AnyIndex::build(spec, d, metric, vectors, a.ntrain, a.seed)?;
+            // Written in place as it is built: the vectors and the lists are never all in memory.
+            let built = AnyIndex::build_file(spec, d, metric, &vectors, ntrain, a.seed, &a.out)?;
             let secs = t.elapsed().as_secs_f64();
-            index.save(&a.out)?;
             println!(
                 "{}",
-                json!({"index": index.describe(), "requested": a.index, "metric": a.metric, "vectors": n, "dim": d,
-                       "build_s": secs, "out": a.out})
+                json!({"index": built, "requested": a.index, "metric": a.metric, "vectors": n, "dim": d,
+                       "ntrain": ntrain, "memory_limit": limit, "build_s": secs, "out": a.out})
             );
             Ok(())
         }

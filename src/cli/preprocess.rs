@@ -62,6 +62,10 @@ pub struct Args {
     /// and check them bitwise.
     #[arg(long, default_value_t = 0.0)]
     pub validate: f64,
+    /// Memory the index stage may hold besides its memory-mapped files (e.g. 8G, 512M): an IVF index's
+    /// k-means sample is cut to fit (and says so); a limit too small for the rest is refused up front.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
 }
 
 /// Under `mpirun -np N` the ranks divide the embedding and neighbour-query blocks (the project directory
@@ -96,7 +100,9 @@ fn run_on(args: Args, world: &retro::dist::World) -> retro::Result<()> {
         retro_query_nprobe,
         stage,
         validate,
+        memory_limit,
     } = args;
+    let memory_limit = memory_limit.as_deref().map(retro::retrieval::memory_budget::parse_bytes).transpose()?;
     use retro::data::corpus;
     use retro::preprocess::{self, project::ProjectConfig};
     if retro_index_str != "auto" {
@@ -133,6 +139,7 @@ fn run_on(args: Args, world: &retro::dist::World) -> retro::Result<()> {
         stage,
         validate,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        memory_limit,
     };
     let summary = preprocess::run(&opts, world)?;
     if world.rank() == 0 {

@@ -72,6 +72,7 @@ pub fn run(o: &DemoOptions) -> Result<()> {
             stage: None,
             validate: 0.0,
             progress: true,
+            memory_limit: None,
         },
         &crate::dist::World::single(),
     )?;

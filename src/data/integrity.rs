@@ -104,16 +104,31 @@ impl Sums {
 
 /// Append the checksum trailer to a file's bytes (header and payload).
 pub fn seal(bytes: &mut Vec<u8>) {
-    let sums = Sums::of(bytes);
-    let start = bytes.len();
-    for c in &sums.crc32c {
-        bytes.extend_from_slice(&c.to_le_bytes());
+    let payload = bytes.len();
+    bytes.resize(sealed_len(payload), 0);
+    seal_in_place(bytes, payload);
+}
+
+/// The length of a sealed file whose payload is `payload` bytes.
+pub fn sealed_len(payload: usize) -> usize {
+    payload + 4 * payload.div_ceil(BLOCK_BYTES) + TRAILER_FIXED
+}
+
+/// Write the checksum trailer of `file[..payload]` into the rest of `file` (`sealed_len(payload)` bytes
+/// long): how a file written in place (a memory map) is sealed without a second copy of it.
+pub fn seal_in_place(file: &mut [u8], payload: usize) {
+    assert_eq!(file.len(), sealed_len(payload), "a sealed file's length");
+    let (body, trailer) = file.split_at_mut(payload);
+    let blocks = payload.div_ceil(BLOCK_BYTES);
+    for (slot, block) in trailer.chunks_exact_mut(4).zip(body.chunks(BLOCK_BYTES)) {
+        slot.copy_from_slice(&crc(block).to_le_bytes());
     }
-    bytes.extend_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
-    bytes.extend_from_slice(&(sums.blocks() as u64).to_le_bytes());
-    let trailer_crc = crc(&bytes[start..]);
-    bytes.extend_from_slice(&trailer_crc.to_le_bytes());
-    bytes.extend_from_slice(TRAILER_MAGIC);
+    let fixed = 4 * blocks;
+    trailer[fixed..fixed + 4].copy_from_slice(&(BLOCK_BYTES as u32).to_le_bytes());
+    trailer[fixed + 4..fixed + 12].copy_from_slice(&(blocks as u64).to_le_bytes());
+    let trailer_crc = crc(&trailer[..fixed + 12]);
+    trailer[fixed + 12..fixed + 16].copy_from_slice(&trailer_crc.to_le_bytes());
+    trailer[fixed + 16..].copy_from_slice(TRAILER_MAGIC);
 }
 
 /// Verify a sealed file's bytes and return them without the trailer.

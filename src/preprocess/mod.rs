@@ -53,6 +53,8 @@ pub struct Options {
     pub stage: Option<String>,
     pub validate: f64,
     pub progress: bool,
+    /// `--memory-limit` in bytes: what the index stage may hold besides its memory-mapped files.
+    pub memory_limit: Option<u64>,
 }
 
 /// Chunk text for the embedder: the GPT-2 detokenised tokens without the `<|endoftext|>` string.
@@ -313,9 +315,11 @@ const ADD_BLOCK: usize = 64;
 /// The index stage. Flat: the embeddings are the index. IVF: (1) k-means (and PQ codebooks) on the
 /// training sample, read from the embedding blocks alone, stored as `index/trained.bin`; (2) each block of
 /// ADD_BLOCK embedding blocks assigned to its cells (and PQ codes), stored as `index/adds/NNNNNN.bin`;
-/// (3) the stored assignments inserted in order and the index written. Each of (1) and (2) is kept
-/// once written and verified, so a killed stage resumes where it stopped, and the index is the one a
-/// one-shot build makes, byte for byte. Memory: the training sample and one block, then the index.
+/// (3) every chunk's cell read back from them, which sizes the lists, and the index file written in place
+/// (a memory map) block by block. Each of (1) and (2) is kept once written and verified, so a killed
+/// stage resumes where it stopped, and the index is the one a one-shot build makes, byte for byte.
+/// Memory: the training sample (cut to `--memory-limit`), one block, 4 bytes per chunk; never the
+/// embeddings or the lists whole. Flat: the embedding blocks copied into the index file in place.
 fn stage_index(cx: &mut Stages) -> Result<Value> {
     let db = ChunkDb::read(&cx.layout.chunks())?;
     let (n, dim) = (db.len(), cx.embedder()?.dim());
@@ -323,6 +327,7 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
     ensure!(c.retro_index_metric == "InnerProduct", "retro_index_metric {:?}: InnerProduct", c.retro_index_metric);
     let spec = c.index_spec(n)?;
     let ntrain = (c.retro_index_ntrain > 0).then_some(c.retro_index_ntrain);
+    let ntrain = AnyIndex::ntrain_within(spec, n, dim, ntrain, cx.opts.memory_limit)?;
     let (seed, layout) = (c.retro_gpt_seed, &cx.layout);
     // The pieces a killed stage left are reused only for the same database, embedding size and index;
     // anything else (and a rerun of the embed stage, which removes them) starts the index over.
@@ -334,83 +339,94 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
         std::fs::create_dir_all(layout.dir.join("index/adds"))?;
         crate::atomic_file::write(&source_path, source.to_string().as_bytes())?;
     }
-    let mut summary = json!({});
-    let index = match AnyIndex::training_rows(spec, n, ntrain, seed)? {
-        None => AnyIndex::build(spec, dim, Metric::InnerProduct, read_embeddings(layout, n, dim)?, None, seed)?,
-        Some(rows) => {
-            let trained_path = layout.dir.join("index/trained.bin");
-            let trained = trained_path.exists().then(|| AnyIndex::load(&trained_path)).and_then(|r| {
-                r.map_err(|e| {
-                    let why = e.message().split("; rebuild it").next().unwrap_or_default().to_string();
-                    eprintln!("retro preprocess: {why}; training the index again")
-                })
-                .ok()
-            });
-            let mut index = match trained {
-                Some(index) => index,
-                None => {
-                    let mut sample = Vec::with_capacity(rows.len() * dim);
-                    let mut loaded: Option<(usize, Vec<f32>)> = None;
-                    for &row in &rows {
-                        let block = row / EMBED_BLOCK;
-                        if loaded.as_ref().is_none_or(|(b, _)| *b != block) {
-                            loaded = Some((block, read_embedding_block(layout, block, n, dim)?));
-                        }
-                        let at = (row % EMBED_BLOCK) * dim;
-                        sample.extend_from_slice(&loaded.as_ref().unwrap().1[at..at + dim]);
-                    }
-                    let index = AnyIndex::train(spec, dim, Metric::InnerProduct, n, &sample, seed)?;
-                    index.save(&trained_path)?;
-                    index
+    let embed_blocks = n.div_ceil(EMBED_BLOCK);
+    let Some(rows) = AnyIndex::training_rows(spec, n, ntrain, seed)? else {
+        // Flat: the embeddings are the index, written in place block by block.
+        let blocks = (0..embed_blocks).map(|e| Ok((e * EMBED_BLOCK, read_embedding_block(layout, e, n, dim)?)));
+        AnyIndex::write_flat(&layout.index(), dim, Metric::InnerProduct, n, blocks)?;
+        return Ok(index_summary(c, "Flat", dim, n, json!({})));
+    };
+    let trained_path = layout.dir.join("index/trained.bin");
+    let trained = trained_path.exists().then(|| AnyIndex::load(&trained_path)).and_then(|r| {
+        r.map_err(|e| {
+            let why = e.message().split("; rebuild it").next().unwrap_or_default().to_string();
+            eprintln!("retro preprocess: {why}; training the index again")
+        })
+        .ok()
+    });
+    let index = match trained {
+        Some(index) => index,
+        None => {
+            let mut sample = Vec::with_capacity(rows.len() * dim);
+            let mut loaded: Option<(usize, Vec<f32>)> = None;
+            for &row in &rows {
+                let block = row / EMBED_BLOCK;
+                if loaded.as_ref().is_none_or(|(b, _)| *b != block) {
+                    loaded = Some((block, read_embedding_block(layout, block, n, dim)?));
                 }
-            };
-            let embed_blocks = n.div_ceil(EMBED_BLOCK);
-            let blocks = embed_blocks.div_ceil(ADD_BLOCK);
-            let chunks_of =
-                |block: usize| block * ADD_BLOCK * EMBED_BLOCK..((block + 1) * ADD_BLOCK * EMBED_BLOCK).min(n);
-            let read_block = |block: usize| -> Result<Vec<f32>> {
-                let mut v = Vec::with_capacity(chunks_of(block).len() * dim);
-                for e in block * ADD_BLOCK..((block + 1) * ADD_BLOCK).min(embed_blocks) {
-                    v.extend(read_embedding_block(layout, e, n, dim)?);
-                }
-                Ok(v)
-            };
-            let add_path = |block: usize| layout.dir.join(format!("index/adds/{block:06}.bin"));
-            let b = bar(n, "assign", cx.opts.progress);
-            let mut computed = 0;
-            for block in 0..blocks {
-                if stored(&add_path(block), "index").is_none() {
-                    let vectors = read_block(block)?;
-                    check_finite(&vectors, dim, chunks_of(block).start)?;
-                    let mut bytes = index.assign(&vectors)?.to_bytes();
-                    integrity::seal(&mut bytes);
-                    crate::atomic_file::write(&add_path(block), &bytes)?;
-                    computed += 1;
-                }
-                b.inc(chunks_of(block).len() as u64);
+                let at = (row % EMBED_BLOCK) * dim;
+                sample.extend_from_slice(&loaded.as_ref().unwrap().1[at..at + dim]);
             }
-            b.finish_and_clear();
-            for block in 0..blocks {
-                let bytes = integrity::read_sealed(&add_path(block), &integrity::rerun("index"))?;
-                let assignment = Assignment::from_bytes(&bytes, chunks_of(block).len())
-                    .map_err(|e| e.context(format!("{}", add_path(block).display())))?;
-                // IVF-PQ's lists hold codes only: the vectors are read for IVF-Flat alone.
-                let vectors = if matches!(index, AnyIndex::Ivf(_)) { read_block(block)? } else { Vec::new() };
-                index.insert(&assignment, &vectors, chunks_of(block).start as i64)?;
-            }
-            summary = json!({"add_blocks": blocks, "add_blocks_computed": computed});
+            let index = AnyIndex::train(spec, dim, Metric::InnerProduct, n, &sample, seed)?;
+            index.save(&trained_path)?;
             index
         }
     };
-    index.save(&layout.index())?;
-    summary["type"] = json!(index.describe());
-    summary["requested"] = json!(c.retro_index_str);
-    summary["metric"] = json!("InnerProduct");
-    summary["dim"] = json!(dim);
-    summary["vectors"] = json!(index.index().len());
-    summary["nprobe"] = json!(c.retro_query_nprobe);
-    summary["file"] = json!("index/index.bin");
-    Ok(summary)
+    let blocks = embed_blocks.div_ceil(ADD_BLOCK);
+    let chunks_of = |block: usize| block * ADD_BLOCK * EMBED_BLOCK..((block + 1) * ADD_BLOCK * EMBED_BLOCK).min(n);
+    let read_block = |block: usize| -> Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(chunks_of(block).len() * dim);
+        for e in block * ADD_BLOCK..((block + 1) * ADD_BLOCK).min(embed_blocks) {
+            v.extend(read_embedding_block(layout, e, n, dim)?);
+        }
+        Ok(v)
+    };
+    let add_path = |block: usize| layout.dir.join(format!("index/adds/{block:06}.bin"));
+    let b = bar(n, "assign", cx.opts.progress);
+    let mut computed = 0;
+    for block in 0..blocks {
+        if stored(&add_path(block), "index").is_none() {
+            let vectors = read_block(block)?;
+            check_finite(&vectors, dim, chunks_of(block).start)?;
+            let mut bytes = index.assign(&vectors)?.to_bytes();
+            integrity::seal(&mut bytes);
+            crate::atomic_file::write(&add_path(block), &bytes)?;
+            computed += 1;
+        }
+        b.inc(chunks_of(block).len() as u64);
+    }
+    b.finish_and_clear();
+    let read_assignment = |block: usize| -> Result<Assignment> {
+        let bytes = integrity::read_sealed(&add_path(block), &integrity::rerun("index"))?;
+        Assignment::from_bytes(&bytes, chunks_of(block).len())
+            .map_err(|e| e.context(format!("{}", add_path(block).display())))
+    };
+    // Every chunk's cell sizes the lists; then the lists are written in place, block by block.
+    let mut cells = Vec::with_capacity(n);
+    for block in 0..blocks {
+        cells.extend(read_assignment(block)?.cells.iter().map(|&c| c as u32));
+    }
+    let ivf_flat = matches!(index, AnyIndex::Ivf(_));
+    let rows_of = (0..blocks).map(|block| {
+        // IVF-PQ's lists hold codes only: the vectors are read for IVF-Flat alone.
+        let vectors = if ivf_flat { read_block(block)? } else { Vec::new() };
+        Ok((read_assignment(block)?, chunks_of(block).start, vectors))
+    });
+    index.write_with_rows(&layout.index(), &cells, rows_of)?;
+    let pieces = json!({"add_blocks": blocks, "add_blocks_computed": computed, "ntrain": rows.len()});
+    Ok(index_summary(c, &index.describe(), dim, n, pieces))
+}
+
+/// The index stage's record: what it built (`built`: the index string) and the stage's own `fields`.
+fn index_summary(c: &ProjectConfig, built: &str, dim: usize, n: usize, mut fields: Value) -> Value {
+    fields["type"] = json!(built);
+    fields["requested"] = json!(c.retro_index_str);
+    fields["metric"] = json!("InnerProduct");
+    fields["dim"] = json!(dim);
+    fields["vectors"] = json!(n);
+    fields["nprobe"] = json!(c.retro_query_nprobe);
+    fields["file"] = json!("index/index.bin");
+    fields
 }
 
 fn samples(cx: &Stages, ds: &IndexedDataset, split: &str) -> Result<Option<Samples>> {

@@ -11,9 +11,12 @@ use super::ivf::{IvfFlat, List};
 use super::ivf_pq::{IvfPq, PqList};
 use super::knn::{FlatIndex, Index, Metric, Neighbors};
 use super::pq::{ProductQuantizer, CODEWORDS};
+use super::stored::Stored;
 use crate::data::integrity;
-use crate::{bail, ensure, Result};
+use crate::{bail, ensure, Context, Result};
+use memmap2::{Mmap, UncheckedAdvice};
 use std::path::Path;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"RETROIDX";
 
@@ -34,6 +37,9 @@ pub enum AnyIndex {
     Ivf(IvfFlat),
     IvfPq(IvfPq),
 }
+
+/// Rows assigned at a time by `build_file` (as `retro preprocess` assigns 64 embedding blocks).
+pub const ASSIGN_ROWS: usize = 16384;
 
 /// Training points per list at most (faiss's 256): a larger sample costs time and changes little.
 const MAX_TRAIN_PER_LIST: usize = 256;
@@ -69,12 +75,34 @@ impl AnyIndex {
         ensure!(n > 0, "the database is empty: nothing to index");
         let Some(nlist) = spec.nlist(n) else { return Ok(None) };
         ensure!(nlist <= n, "IVF{nlist} needs at least {nlist} vectors to train on, the database has {n}");
-        // PQ codebooks need 256 training residuals per subspace.
-        let least = if matches!(spec, IndexSpec::IvfPq { .. }) { nlist.max(CODEWORDS) } else { nlist };
-        let ntrain = ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).max(least).min(n);
+        let (ntrain, _) = Self::sample_size(spec, nlist, n, ntrain);
         let mut rows = crate::rng::Rng::new(seed).sample_indices(n, ntrain);
         rows.sort_unstable();
         Ok(Some(rows))
+    }
+
+    /// The training sample's size for `ntrain` (None: the default) and the least it may be.
+    fn sample_size(spec: IndexSpec, nlist: usize, n: usize, ntrain: Option<usize>) -> (usize, usize) {
+        // PQ codebooks need 256 training residuals per subspace.
+        let least = if matches!(spec, IndexSpec::IvfPq { .. }) { nlist.max(CODEWORDS) } else { nlist };
+        (ntrain.unwrap_or(MAX_TRAIN_PER_LIST * nlist).max(least).min(n), least.min(n))
+    }
+
+    /// The `ntrain` to build `spec` over `n` vectors of `dim` with under `--memory-limit` (`limit`):
+    /// `ntrain` itself when it fits or there is no limit, else the largest sample that fits (said on
+    /// stderr); an error, before any work, when the build does not fit at all (`memory_budget`).
+    pub fn ntrain_within(
+        spec: IndexSpec,
+        n: usize,
+        dim: usize,
+        ntrain: Option<usize>,
+        limit: Option<u64>,
+    ) -> Result<Option<usize>> {
+        let (size, least) = match spec.nlist(n) {
+            Some(nlist) => Self::sample_size(spec, nlist, n, ntrain),
+            None => (0, 0),
+        };
+        Ok(super::memory_budget::training_rows_within(limit, spec, n, dim, size, least)?.or(ntrain))
     }
 
     /// An IVF `spec` for a database of `n` vectors trained on `sample` (the `training_rows`), no vectors yet.
@@ -156,54 +184,149 @@ impl AnyIndex {
         index.search(queries, k)
     }
 
+    /// Write the index to `path` (atomically: a reader sees the old file or the new one).
     pub fn save(&self, path: &Path) -> Result<()> {
         let index = self.index();
-        let mut b = Vec::new();
-        b.extend_from_slice(MAGIC);
-        let metric = match index.metric() {
-            Metric::InnerProduct => 0u32,
-            Metric::L2 => 1,
-        };
-        let (kind, centroids, lens, ids): (u32, &[f32], Vec<usize>, Vec<i64>) = match self {
-            AnyIndex::Flat(f) => (0, &[], Vec::new(), (0..f.len() as i64).collect()),
-            AnyIndex::Ivf(i) => (
-                1,
-                i.centroids(),
-                i.lists().iter().map(|l| l.ids.len()).collect(),
-                i.lists().iter().flat_map(|l| l.ids.iter().copied()).collect(),
-            ),
-            AnyIndex::IvfPq(i) => (
-                2,
-                i.centroids(),
-                i.lists().iter().map(|l| l.ids.len()).collect(),
-                i.lists().iter().flat_map(|l| l.ids.iter().copied()).collect(),
-            ),
-        };
-        for v in [VERSION, kind, metric, index.dim() as u32] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(&(index.len() as u64).to_le_bytes());
-        b.extend_from_slice(&(lens.len() as u64).to_le_bytes());
-        centroids.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
-        lens.iter().for_each(|&l| b.extend_from_slice(&(l as u64).to_le_bytes()));
-        ids.iter().for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
         match self {
-            AnyIndex::Flat(f) => f.vectors().iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes())),
+            AnyIndex::Flat(f) => {
+                Self::write_flat(path, index.dim(), index.metric(), f.len(), std::iter::once(Ok((0, f.vectors()))))
+            }
             AnyIndex::Ivf(i) => {
-                i.lists().iter().flat_map(|l| &l.vectors).for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
+                let lens = i.lists().iter().map(|l| l.ids.len()).collect();
+                FileHeader::ivf(index.metric(), i.centroids(), lens, None).write(path, |slots| {
+                    for (cell, l) in i.lists().iter().enumerate() {
+                        for (&id, v) in l.ids.iter().zip(l.vectors.chunks(index.dim())) {
+                            slots.put(cell, id, bytemuck::cast_slice(v))?;
+                        }
+                    }
+                    Ok(())
+                })
             }
             AnyIndex::IvfPq(i) => {
-                b.extend_from_slice(&(i.m() as u64).to_le_bytes());
-                i.quantizer().codebooks.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
-                i.lists().iter().for_each(|l| b.extend_from_slice(&l.codes));
+                let lens = i.lists().iter().map(|l| l.ids.len()).collect();
+                FileHeader::ivf(index.metric(), i.centroids(), lens, Some(i.quantizer())).write(path, |slots| {
+                    for (cell, l) in i.lists().iter().enumerate() {
+                        for (&id, code) in l.ids.iter().zip(l.codes.chunks(i.m())) {
+                            slots.put(cell, id, code)?;
+                        }
+                    }
+                    Ok(())
+                })
             }
         }
-        integrity::seal(&mut b);
-        crate::atomic_file::write(path, &b)
     }
 
+    /// The index file of this trained IVF index (it holds no vectors) with `n` rows added from `blocks`:
+    /// each gives its assignment (from `assign`), its first row and (IVF-Flat) its vectors, in row order.
+    /// Written in place through a memory map as the blocks arrive, so neither the vectors nor the lists
+    /// are held in memory: the bytes `insert` then `save` would write. `cells` are every row's cells in
+    /// row order (they size the lists before any row is written).
+    pub fn write_with_rows<V: AsRef<[f32]>>(
+        &self,
+        path: &Path,
+        cells: &[u32],
+        blocks: impl Iterator<Item = Result<(Assignment, usize, V)>>,
+    ) -> Result<()> {
+        let (metric, dim) = (self.index().metric(), self.index().dim());
+        let (centroids, pq) = match self {
+            AnyIndex::Flat(_) => bail!("the flat index has no lists"),
+            AnyIndex::Ivf(i) => (i.centroids(), None),
+            AnyIndex::IvfPq(i) => (i.centroids(), Some(i.quantizer())),
+        };
+        let nlist = centroids.len() / dim;
+        let mut lens = vec![0usize; nlist];
+        for &c in cells {
+            ensure!((c as usize) < nlist, "cell {c} of an index of {nlist} lists");
+            lens[c as usize] += 1;
+        }
+        FileHeader::ivf(metric, centroids, lens, pq).write(path, |slots| {
+            for block in blocks {
+                let (assignment, first_row, vectors) = block?;
+                let vectors = vectors.as_ref();
+                for (i, &cell) in assignment.cells.iter().enumerate() {
+                    let row = match pq {
+                        Some(pq) => &assignment.codes[i * pq.m..(i + 1) * pq.m],
+                        None => bytemuck::cast_slice(&vectors[i * dim..(i + 1) * dim]),
+                    };
+                    slots.put(cell, (first_row + i) as i64, row)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A flat index file over the `n` rows of `blocks` (each its first row and its vectors, in row order),
+    /// written in place as they arrive: the vectors are never all in memory.
+    pub fn write_flat<V: AsRef<[f32]>>(
+        path: &Path,
+        dim: usize,
+        metric: Metric,
+        n: usize,
+        blocks: impl Iterator<Item = Result<(usize, V)>>,
+    ) -> Result<()> {
+        FileHeader::flat(dim, metric, n).write(path, |slots| {
+            for block in blocks {
+                let (first_row, vectors) = block?;
+                check_finite(vectors.as_ref(), dim, first_row)?;
+                slots.put_run(0, first_row as i64, bytemuck::cast_slice(vectors.as_ref()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `build` written straight to `path`, for vectors larger than memory (`retro knn build`): IVF
+    /// trains on the sample rows, assigns ASSIGN_ROWS rows at a time, then writes the lists in place from
+    /// the (memory-mapped) vectors, holding only the cells (and PQ codes) of every row. Returns what it
+    /// built (`describe`).
+    pub fn build_file(
+        spec: IndexSpec,
+        dim: usize,
+        metric: Metric,
+        vectors: &[f32],
+        ntrain: Option<usize>,
+        seed: u64,
+        path: &Path,
+    ) -> Result<String> {
+        ensure!(dim > 0 && vectors.len() % dim == 0, "{} values are not vectors of dimension {dim}", vectors.len());
+        let n = vectors.len() / dim;
+        let Some(rows) = Self::training_rows(spec, n, ntrain, seed)? else {
+            Self::write_flat(path, dim, metric, n, std::iter::once(Ok((0, vectors))))?;
+            return Ok("Flat".into());
+        };
+        let sample: Vec<f32> = rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let index = Self::train(spec, dim, metric, n, &sample, seed)?;
+        drop(sample);
+        let block_rows = |b: usize| b * ASSIGN_ROWS..((b + 1) * ASSIGN_ROWS).min(n);
+        let assignments: Vec<Assignment> = (0..n.div_ceil(ASSIGN_ROWS))
+            .map(|b| {
+                let r = block_rows(b);
+                check_finite(&vectors[r.start * dim..r.end * dim], dim, r.start)?;
+                index.assign(&vectors[r.start * dim..r.end * dim])
+            })
+            .collect::<Result<_>>()?;
+        let cells: Vec<u32> = assignments.iter().flat_map(|a| a.cells.iter().map(|&c| c as u32)).collect();
+        let blocks = assignments.into_iter().enumerate().map(|(b, a)| {
+            let r = block_rows(b);
+            Ok((a, r.start, &vectors[r.start * dim..r.end * dim]))
+        });
+        index.write_with_rows(path, &cells, blocks)?;
+        Ok(index.describe())
+    }
+
+    /// Open an index file: verified whole (its checksums), then its lists and vectors read in place from
+    /// the memory-mapped file (the pages verification read are released; searches fault in what they scan).
     pub fn load(path: &Path) -> Result<Self> {
-        let b = integrity::read_sealed(path, FIX)?;
+        let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len() as usize;
+        if len == 0 {
+            integrity::unseal(&[], path, FIX)?; // the error an empty file gets
+        }
+        // SAFETY: index files are written once (a temporary renamed into place) and not changed after.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?);
+        let payload = integrity::unseal(&map, path, FIX)?.len();
+        // SAFETY: a read-only file mapping: released pages are read back from the file when next touched.
+        let _ = unsafe { map.unchecked_advise(UncheckedAdvice::DontNeed) };
+        let b = &map[..payload];
         let bad = |why: String| crate::Error::msg(format!("{}: {why}; {FIX}", path.display()));
         if b.len() < 40 || &b[..8] != MAGIC {
             return Err(bad("not a retro index file".into()));
@@ -220,8 +343,8 @@ impl AnyIndex {
             m => return Err(bad(format!("unknown metric code {m}"))),
         };
         // Bytes after the ids: the vectors, or for IVF-PQ its m, codebooks and codes.
-        let ids_at = 40 + 4 * nlist * dim + 8 * nlist;
-        let tail_at = ids_at as u128 + 8 * n as u128;
+        let ids_at = 40u128 + 4 * (nlist * dim) as u128 + 8 * nlist as u128;
+        let tail_at = ids_at + 8 * n as u128;
         let tail = (b.len() as u128).checked_sub(tail_at);
         let m = if kind == 2 && tail.is_some_and(|t| t >= 8) { u64_at(tail_at as usize) } else { 0 };
         let tail_need = match kind {
@@ -232,15 +355,11 @@ impl AnyIndex {
         if dim == 0 || tail != Some(tail_need) {
             return Err(bad(format!("{} bytes do not hold {n} vectors of dimension {dim} in {nlist} lists", b.len())));
         }
-        let f32s = |from: usize, count: usize| -> Vec<f32> {
-            b[from..from + 4 * count].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-        };
+        let (ids_at, tail_at) = (ids_at as usize, tail_at as usize);
+        let f32s = |from: usize, count: usize| -> Vec<f32> { bytemuck::pod_collect_to_vec(&b[from..from + 4 * count]) };
         let centroids = f32s(40, nlist * dim);
         let lens_at = 40 + 4 * nlist * dim;
         let lens: Vec<usize> = (0..nlist).map(|i| u64_at(lens_at + 8 * i)).collect();
-        let ids: Vec<i64> =
-            b[ids_at..ids_at + 8 * n].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-        let tail_at = tail_at as usize;
         if kind != 0 && lens.iter().sum::<usize>() != n {
             return Err(bad("list lengths do not add up to the vector count".into()));
         }
@@ -252,15 +371,15 @@ impl AnyIndex {
                 Some((*at - len, len))
             })
             .collect();
+        let ids = |at: usize, len: usize| Stored::<i64>::mapped(&map, ids_at + 8 * at, len);
         match kind {
-            0 => Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, f32s(tail_at, n * dim))?)),
+            0 => Ok(AnyIndex::Flat(FlatIndex::new(dim, metric, Stored::<f32>::mapped(&map, tail_at, n * dim))?)),
             1 => {
-                let vectors = f32s(tail_at, n * dim);
                 let lists = spans
                     .iter()
                     .map(|&(at, len)| List {
-                        ids: ids[at..at + len].to_vec(),
-                        vectors: vectors[at * dim..(at + len) * dim].to_vec(),
+                        ids: ids(at, len),
+                        vectors: Stored::mapped(&map, tail_at + 4 * at * dim, len * dim),
                         ..Default::default()
                     })
                     .collect();
@@ -268,12 +387,12 @@ impl AnyIndex {
             }
             2 => {
                 let codebooks = f32s(tail_at + 8, CODEWORDS * dim);
-                let codes = &b[tail_at + 8 + 4 * CODEWORDS * dim..];
+                let codes_at = tail_at + 8 + 4 * CODEWORDS * dim;
                 let lists = spans
                     .iter()
                     .map(|&(at, len)| PqList {
-                        ids: ids[at..at + len].to_vec(),
-                        codes: codes[at * m..(at + len) * m].to_vec(),
+                        ids: ids(at, len),
+                        codes: Stored::mapped(&map, codes_at + at * m, len * m),
                     })
                     .collect();
                 let pq = ProductQuantizer { dim, m, codebooks };
@@ -281,5 +400,111 @@ impl AnyIndex {
             }
             k => bail!("{}: unknown index kind {k}; {FIX}", path.display()),
         }
+    }
+}
+
+/// What precedes an index file's rows, and where its lists' slots lie: kind, metric, dimension, the
+/// centroids, the list lengths (Flat: one list of every vector, no lengths written), the row size (a
+/// vector, or an m-byte code) and the PQ codebooks.
+struct FileHeader<'a> {
+    kind: u32,
+    metric: Metric,
+    dim: usize,
+    centroids: &'a [f32],
+    lens: Vec<usize>,
+    pq: Option<&'a ProductQuantizer>,
+}
+
+impl<'a> FileHeader<'a> {
+    fn flat(dim: usize, metric: Metric, n: usize) -> Self {
+        Self { kind: 0, metric, dim, centroids: &[], lens: vec![n], pq: None }
+    }
+
+    fn ivf(metric: Metric, centroids: &'a [f32], lens: Vec<usize>, pq: Option<&'a ProductQuantizer>) -> Self {
+        let dim = centroids.len() / lens.len().max(1);
+        Self { kind: if pq.is_some() { 2 } else { 1 }, metric, dim, centroids, lens, pq }
+    }
+
+    /// Write the file: this header, then `fill` puts every row into its list's slots (ids and rows
+    /// land at their final offsets in a memory map), then the checksum trailer; refused, with nothing
+    /// left behind, if a list is not exactly filled.
+    fn write(&self, path: &Path, fill: impl FnOnce(&mut Slots) -> Result<()>) -> Result<()> {
+        let n: usize = self.lens.iter().sum();
+        let written_lens: &[usize] = if self.kind == 0 { &[] } else { &self.lens };
+        let row_bytes = self.pq.map_or(4 * self.dim, |pq| pq.m);
+        let mut head = Vec::new();
+        head.extend_from_slice(MAGIC);
+        let metric = match self.metric {
+            Metric::InnerProduct => 0u32,
+            Metric::L2 => 1,
+        };
+        for v in [VERSION, self.kind, metric, self.dim as u32] {
+            head.extend_from_slice(&v.to_le_bytes());
+        }
+        head.extend_from_slice(&(n as u64).to_le_bytes());
+        head.extend_from_slice(&(written_lens.len() as u64).to_le_bytes());
+        head.extend_from_slice(bytemuck::cast_slice(self.centroids));
+        written_lens.iter().for_each(|&l| head.extend_from_slice(&(l as u64).to_le_bytes()));
+        let ids_at = head.len();
+        let mut rows_at = ids_at + 8 * n;
+        let mut pq_head = Vec::new();
+        if let Some(pq) = self.pq {
+            pq_head.extend_from_slice(&(pq.m as u64).to_le_bytes());
+            pq_head.extend_from_slice(bytemuck::cast_slice(&pq.codebooks));
+            rows_at += pq_head.len();
+        }
+        let payload = rows_at + row_bytes * n;
+        crate::atomic_file::write_mapped(path, integrity::sealed_len(payload), |file| {
+            file[..ids_at].copy_from_slice(&head);
+            file[rows_at - pq_head.len()..rows_at].copy_from_slice(&pq_head);
+            let (head_and_ids, rest) = file.split_at_mut(rows_at);
+            let mut slots = Slots {
+                ids: &mut head_and_ids[ids_at..ids_at + 8 * n],
+                rows: &mut rest[..row_bytes * n],
+                row_bytes,
+                next: self.lens.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l))).collect(),
+                ends: self.lens.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l) + l)).collect(),
+            };
+            fill(&mut slots)?;
+            if let Some(cell) = (0..slots.next.len()).find(|&c| slots.next[c] != slots.ends[c]) {
+                bail!(
+                    "{}: list {cell} got {} of its rows",
+                    path.display(),
+                    self.lens[cell] - (slots.ends[cell] - slots.next[cell])
+                );
+            }
+            integrity::seal_in_place(file, payload);
+            Ok(())
+        })
+    }
+}
+
+/// The id and row slots of an index file being written: list `cell`'s rows go to its next free slots.
+struct Slots<'f> {
+    ids: &'f mut [u8],
+    rows: &'f mut [u8],
+    row_bytes: usize,
+    next: Vec<usize>,
+    ends: Vec<usize>,
+}
+
+impl Slots<'_> {
+    fn put(&mut self, cell: usize, id: i64, row: &[u8]) -> Result<()> {
+        self.put_run(cell, id, row)
+    }
+
+    /// Rows `rows` (whole rows) with ids `first_id`, ... into list `cell`.
+    fn put_run(&mut self, cell: usize, first_id: i64, rows: &[u8]) -> Result<()> {
+        let count = rows.len() / self.row_bytes;
+        let (Some(&at), Some(&end)) = (self.next.get(cell), self.ends.get(cell)) else {
+            bail!("an index file has no list {cell}")
+        };
+        ensure!(rows.len() % self.row_bytes == 0 && at + count <= end, "list {cell} is given more rows than it holds");
+        for (i, slot) in self.ids[8 * at..8 * (at + count)].chunks_exact_mut(8).enumerate() {
+            slot.copy_from_slice(&(first_id + i as i64).to_le_bytes());
+        }
+        self.rows[at * self.row_bytes..(at + count) * self.row_bytes].copy_from_slice(rows);
+        self.next[cell] = at + count;
+        Ok(())
     }
 }

@@ -4,15 +4,18 @@
 //! 2·q·x − |x|²; ties to the lower id), so with nprobe = nlist it returns exactly the flat index's result.
 
 use super::kmeans;
-use super::knn::{dot, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
+use super::knn::{dot, squared_norms, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
+use super::stored::Stored;
 use crate::{ensure, Result};
 use rayon::prelude::*;
 
-/// One cell: its vectors' ids and rows, in the order they were added.
+/// One cell: its vectors' ids and rows, in the order they were added (in memory, or read in place from
+/// a mapped index file).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct List {
-    pub ids: Vec<i64>,
-    pub vectors: Vec<f32>,
+    pub ids: Stored<i64>,
+    pub vectors: Stored<f32>,
+    /// |x|² of each row, for L2 only.
     pub(crate) sq_norms: Vec<f32>,
 }
 
@@ -46,7 +49,7 @@ impl IvfFlat {
         let lists = lists
             .into_iter()
             .map(|l| {
-                let sq_norms = l.vectors.chunks(dim).map(|v| dot(v, v)).collect();
+                let sq_norms = squared_norms(&l.vectors, dim, metric);
                 List { sq_norms, ..l }
             })
             .collect();
@@ -78,9 +81,11 @@ impl IvfFlat {
         );
         for (i, (&cell, v)) in cells.iter().zip(vectors.chunks(d)).enumerate() {
             let list = &mut self.lists[cell];
-            list.ids.push(first_id + i as i64);
-            list.vectors.extend_from_slice(v);
-            list.sq_norms.push(dot(v, v));
+            list.ids.to_mut().push(first_id + i as i64);
+            list.vectors.to_mut().extend_from_slice(v);
+            if self.metric == Metric::L2 {
+                list.sq_norms.push(dot(v, v));
+            }
         }
         Ok(())
     }
@@ -123,9 +128,14 @@ impl Index for IvfFlat {
         search_cells(&self.quantizer, self.nprobe, queries, k, |q, cells, top| {
             for &cell in cells {
                 let list = &self.lists[cell];
-                for ((v, &id), &norm) in list.vectors.chunks(d).zip(&list.ids).zip(&list.sq_norms) {
-                    let s = dot(q, v);
-                    top.push(if l2 { 2.0 * s - norm } else { s }, id);
+                if l2 {
+                    for ((v, &id), &norm) in list.vectors.chunks(d).zip(list.ids.iter()).zip(&list.sq_norms) {
+                        top.push(2.0 * dot(q, v) - norm, id);
+                    }
+                } else {
+                    for (v, &id) in list.vectors.chunks(d).zip(list.ids.iter()) {
+                        top.push(dot(q, v), id);
+                    }
                 }
             }
             // Selection scores rank L2 by 2·q·x − |x|²: the distance is |q|² minus that.

@@ -8,13 +8,15 @@ use super::ivf::search_cells;
 use super::kmeans;
 use super::knn::{dot, FlatIndex, Index, Metric, Neighbors};
 use super::pq::ProductQuantizer;
+use super::stored::Stored;
 use crate::{ensure, Result};
 
-/// One cell: its vectors' ids and their m-byte codes, in the order they were added.
+/// One cell: its vectors' ids and their m-byte codes, in the order they were added (in memory, or read
+/// in place from a mapped index file).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PqList {
-    pub ids: Vec<i64>,
-    pub codes: Vec<u8>,
+    pub ids: Stored<i64>,
+    pub codes: Stored<u8>,
 }
 
 pub struct IvfPq {
@@ -77,8 +79,8 @@ impl IvfPq {
         );
         for (i, &cell) in cells.iter().enumerate() {
             let list = &mut self.lists[cell];
-            list.ids.push(first_id + i as i64);
-            list.codes.extend_from_slice(&codes[i * m..(i + 1) * m]);
+            list.ids.to_mut().push(first_id + i as i64);
+            list.codes.to_mut().extend_from_slice(&codes[i * m..(i + 1) * m]);
         }
         Ok(())
     }
@@ -151,7 +153,7 @@ impl Index for IvfPq {
                     }
                 };
                 let list = &self.lists[cell];
-                for (codes, &id) in list.codes.chunks(m).zip(&list.ids) {
+                for (codes, &id) in list.codes.chunks(m).zip(list.ids.iter()) {
                     top.push(base + sign * self.pq.score(table, codes), id);
                 }
             }

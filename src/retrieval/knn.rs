@@ -2,6 +2,7 @@
 //! vectors) feeding a per-query top-k selection (`top_k.rs`), query blocks in parallel. Inner product or L2. The
 //! [`Index`] trait is what the IVF indexes of [retrieval-scale] implement too.
 
+use super::stored::Stored;
 pub(crate) use super::top_k::{Entry, TopK};
 use crate::backend::cpu::gemm;
 use crate::{ensure, Result};
@@ -49,7 +50,9 @@ pub trait Index: Send + Sync {
 pub struct FlatIndex {
     dim: usize,
     metric: Metric,
-    vectors: Vec<f32>,
+    /// [n, dim], in memory or read in place from a mapped file.
+    vectors: Stored<f32>,
+    /// |x|² of each vector, for L2 only (inner product ranks without them).
     sq_norms: Vec<f32>,
 }
 
@@ -59,19 +62,32 @@ const DB_BLOCK: usize = 2048;
 const MAX_QUERY_BLOCK: usize = 512;
 
 impl FlatIndex {
-    pub fn new(dim: usize, metric: Metric, vectors: Vec<f32>) -> Result<Self> {
+    pub fn new(dim: usize, metric: Metric, vectors: impl Into<Stored<f32>>) -> Result<Self> {
+        let vectors = vectors.into();
         ensure!(
             dim > 0 && vectors.len() % dim == 0,
             "flat index: {} values are not rows of dimension {dim}",
             vectors.len()
         );
-        let sq_norms = vectors.chunks(dim).map(|v| v.iter().map(|x| x * x).sum()).collect();
+        // |x|² summed in element order (the IVF lists' `squared_norms` use `dot`'s partial sums).
+        let sq_norms = match metric {
+            Metric::L2 => vectors.chunks(dim).map(|v| v.iter().map(|x| x * x).sum()).collect(),
+            Metric::InnerProduct => Vec::new(),
+        };
         Ok(Self { dim, metric, vectors, sq_norms })
     }
 
     /// The database vectors, row by row in id order.
     pub fn vectors(&self) -> &[f32] {
         &self.vectors
+    }
+}
+
+/// |x|² of each row of `vectors`: what L2 ranking needs; nothing for inner product.
+pub(crate) fn squared_norms(vectors: &[f32], dim: usize, metric: Metric) -> Vec<f32> {
+    match metric {
+        Metric::L2 => vectors.chunks(dim).map(|v| dot(v, v)).collect(),
+        Metric::InnerProduct => Vec::new(),
     }
 }
 
@@ -94,7 +110,7 @@ impl Index for FlatIndex {
         self.dim
     }
     fn len(&self) -> usize {
-        self.sq_norms.len()
+        self.vectors.len() / self.dim
     }
     fn metric(&self) -> Metric {
         self.metric

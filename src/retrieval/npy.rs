@@ -2,14 +2,24 @@
 //! float32 matrices out, readable by `numpy.load`. Anything else (float64, Fortran order, other ranks) is
 //! refused naming what it is and what is expected.
 
+use super::stored::Stored;
 use crate::{bail, ensure, Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
-/// A float32 matrix: (rows, columns, values row by row).
-pub fn read_f32(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
-    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// A float32 matrix: (rows, columns, values row by row), read in place from the memory-mapped file (a
+/// database larger than memory is paged in as it is read).
+pub fn read_f32(path: &Path) -> Result<(usize, usize, Stored<f32>)> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let empty = file.metadata().with_context(|| format!("reading {}", path.display()))?.len() == 0;
+    // SAFETY: the file is only read; a .npy changed while it is read is the caller's to avoid.
+    let map = (!empty)
+        .then(|| unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display())))
+        .transpose()?
+        .map(Arc::new);
+    let b: &[u8] = map.as_deref().map(|m| &m[..]).unwrap_or_default();
     let bad = |why: &str| crate::Error::msg(format!("{}: {why}", path.display()));
     if b.len() < 10 || &b[..6] != MAGIC {
         return Err(bad("not a .npy file"));
@@ -52,7 +62,10 @@ pub fn read_f32(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         path.display(),
         data.len()
     );
-    let values: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let values: Stored<f32> = match &map {
+        Some(map) => Stored::mapped(map, start + header_len, rows * cols),
+        None => Stored::default(),
+    };
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         bail!(
             "{}: row {}, column {} is {} (vectors must be finite)",
