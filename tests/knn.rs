@@ -296,3 +296,93 @@ fn a_block_by_block_build_is_the_one_shot_build_byte_for_byte() {
         assert!(err.contains("expected 11 vectors"), "{err}");
     }
 }
+
+// Index files are written in place (a memory map filled list by list) and read in place: every way of
+// writing one gives the bytes of `build` + `save`, a loaded index searches its mapped lists exactly as
+// the built one searches memory, and adding to a loaded index copies the list it changes.
+#[test]
+fn indexes_are_written_and_read_in_place_with_the_in_memory_bytes() {
+    use retro::retrieval::index_spec::IndexSpec;
+    use retro::retrieval::knn::Metric;
+    let (n, d) = (2500, 16);
+    let mut rng = Rng::new(21);
+    let centres = unit_centres(&mut rng, 12, d);
+    let vectors = clustered(&mut rng, &centres, n, d);
+    let queries = clustered(&mut rng, &centres, 40, d);
+    let out = dir("in-place");
+    for metric in [Metric::InnerProduct, Metric::L2] {
+        for spec in ["Flat", "IVF10,Flat", "IVF6,PQ4"] {
+            let spec = IndexSpec::parse(spec).unwrap();
+            let mut whole = AnyIndex::build(spec, d, metric, vectors.clone(), None, 3).unwrap();
+            let (a, b, c) = (out.join("a.idx"), out.join("b.idx"), out.join("c.idx"));
+            whole.save(&a).unwrap();
+            let want = std::fs::read(&a).unwrap();
+            AnyIndex::build_file(spec, d, metric, &vectors, None, 3, &b).unwrap();
+            assert!(std::fs::read(&b).unwrap() == want, "{spec:?} {metric:?}: build_file differs from build + save");
+            let mut loaded = AnyIndex::load(&a).unwrap();
+            match &loaded {
+                AnyIndex::Flat(_) => {}
+                AnyIndex::Ivf(i) => assert!(i.lists().iter().all(|l| l.ids.is_empty() || l.vectors.is_mapped())),
+                AnyIndex::IvfPq(i) => assert!(i.lists().iter().all(|l| l.ids.is_empty() || l.codes.is_mapped())),
+            }
+            for nprobe in [1, 3] {
+                whole.set_nprobe(nprobe);
+                loaded.set_nprobe(nprobe);
+                assert_eq!(
+                    whole.search(&queries, d, 10).unwrap(),
+                    loaded.search(&queries, d, 10).unwrap(),
+                    "{spec:?} {metric:?} nprobe {nprobe}: the mapped index searches differently"
+                );
+            }
+            if !matches!(whole, AnyIndex::Flat(_)) {
+                // The preprocess route: the trained index and each block's stored assignment.
+                let rows = AnyIndex::training_rows(spec, n, None, 3).unwrap().unwrap();
+                let sample: Vec<f32> = rows.iter().flat_map(|&r| vectors[r * d..(r + 1) * d].to_vec()).collect();
+                let trained = AnyIndex::train(spec, d, metric, n, &sample, 3).unwrap();
+                let blocks: Vec<_> = (0..n).step_by(900).map(|f| (f, (f + 900).min(n))).collect();
+                let assigned: Vec<_> =
+                    blocks.iter().map(|&(f, e)| trained.assign(&vectors[f * d..e * d]).unwrap()).collect();
+                let cells: Vec<u32> = assigned.iter().flat_map(|a| a.cells.iter().map(|&c| c as u32)).collect();
+                let rows_of =
+                    assigned.into_iter().zip(&blocks).map(|(a, &(f, e))| Ok((a, f, &vectors[f * d..e * d])));
+                trained.write_with_rows(&c, &cells, rows_of).unwrap();
+                assert!(std::fs::read(&c).unwrap() == want, "{spec:?} {metric:?}: write_with_rows differs");
+                // Adding to the loaded index copies its lists into memory and equals adding to the built one.
+                let more = clustered(&mut rng, &centres, 50, d);
+                let asg = whole.assign(&more).unwrap();
+                whole.insert(&asg, &more, n as i64).unwrap();
+                loaded.insert(&asg, &more, n as i64).unwrap();
+                assert_eq!(whole.search(&queries, d, 10).unwrap(), loaded.search(&queries, d, 10).unwrap());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn memory_limit_cuts_the_training_sample_or_refuses_before_any_work() {
+    let dir = dir("memory-limit");
+    let (db, q) = data(&dir);
+    let out = dir.join("limited.idx");
+    let build = |limit: &str| {
+        let args = ["knn", "build", "--vectors", &s(&db), "--index", "IVF64,Flat", "--memory-limit", limit];
+        retro(&[&args[..], &["--out", &s(&out)]].concat(), None)
+    };
+    // 10 000 x 384 vectors: a block (every row, twice) is 30.7 MB, the rest ~3.6 MB; IVF64's default
+    // sample is every row (15 MB more).
+    let (code, _, err) = build("30M");
+    assert!(code == 2 && err.contains("needs at least") && err.contains("--memory-limit 30.0 MiB"), "{err}");
+    assert!(!out.exists(), "a refused build wrote an index");
+    let (code, _, err) = build("lots");
+    assert!(code == 2 && err.contains("a size such as"), "{err}");
+    let (code, stdout, err) = build("40M");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("training the index on"), "the cut is said: {err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let ntrain = v["ntrain"].as_u64().unwrap();
+    assert!((64..10_000).contains(&ntrain), "{stdout}");
+    let (code, lines, err) = retro(&["knn", "eval", "--index", &s(&out), "--queries", &s(&q), "--nprobe", "64"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(recall(&lines, 64), 1.0, "{lines}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
