@@ -278,4 +278,9 @@ fn the_ivf_index_stage_resumes_from_its_stored_training_and_assignments() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"add_blocks_computed\":1"), "{out}");
     assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
+    // A --memory-limit too small for the index stage is refused before any work; the index stays.
+    let small = [&ivf[..], &["--stage", "index", "--memory-limit", "100K"]].concat();
+    let (code, _, err) = preprocess(&input, &project, &small);
+    assert!(code != 0 && err.contains("--memory-limit 0.1 MiB") && err.contains("needs at least"), "{err}");
+    assert!(std::fs::read(project.join("index/index.bin")).unwrap() == index);
 }
