@@ -343,8 +343,7 @@ fn indexes_are_written_and_read_in_place_with_the_in_memory_bytes() {
                 let assigned: Vec<_> =
                     blocks.iter().map(|&(f, e)| trained.assign(&vectors[f * d..e * d]).unwrap()).collect();
                 let cells: Vec<u32> = assigned.iter().flat_map(|a| a.cells.iter().map(|&c| c as u32)).collect();
-                let rows_of =
-                    assigned.into_iter().zip(&blocks).map(|(a, &(f, e))| Ok((a, f, &vectors[f * d..e * d])));
+                let rows_of = assigned.into_iter().zip(&blocks).map(|(a, &(f, e))| Ok((a, f, &vectors[f * d..e * d])));
                 trained.write_with_rows(&c, &cells, rows_of).unwrap();
                 assert!(std::fs::read(&c).unwrap() == want, "{spec:?} {metric:?}: write_with_rows differs");
                 // Adding to the loaded index copies its lists into memory and equals adding to the built one.

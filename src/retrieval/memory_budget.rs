@@ -116,7 +116,7 @@ mod tests {
         let limit = 300 << 20;
         let rows = training_rows_within(Some(limit), spec, n, dim, 256_000, 1000).unwrap().unwrap();
         let (fixed, per_row) = footprint(spec, n, dim);
-        assert!(rows >= 1000 && rows < 256_000 && fixed + per_row * rows as u64 <= limit, "{rows}");
+        assert!((1000..256_000).contains(&rows) && fixed + per_row * rows as u64 <= limit, "{rows}");
         let err = training_rows_within(Some(50 << 20), spec, n, dim, 256_000, 1000).unwrap_err().to_string();
         assert!(err.contains("needs at least"), "{err}");
     }

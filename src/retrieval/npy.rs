@@ -112,7 +112,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.npy");
         write_f32(&p, 2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        assert_eq!(read_f32(&p).unwrap(), (2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let (rows, cols, values) = read_f32(&p).unwrap();
+        assert!(values.is_mapped(), "read in place");
+        assert_eq!((rows, cols, &values[..]), (2, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0][..]));
         let header_end = std::fs::read(&p).unwrap().len() - 24;
         assert_eq!(header_end % 64, 0, "numpy's header alignment");
         write_i64(&p, 1, 2, &[7, -1]).unwrap();
