@@ -196,7 +196,7 @@ impl AnyIndex {
                 FileHeader::ivf(index.metric(), i.centroids(), lens, None).write(path, |slots| {
                     for (cell, l) in i.lists().iter().enumerate() {
                         for (&id, v) in l.ids.iter().zip(l.vectors.chunks(index.dim())) {
-                            slots.put(cell, id, bytemuck::cast_slice(v))?;
+                            slots.put_run(cell, id, bytemuck::cast_slice(v))?;
                         }
                     }
                     Ok(())
@@ -207,7 +207,7 @@ impl AnyIndex {
                 FileHeader::ivf(index.metric(), i.centroids(), lens, Some(i.quantizer())).write(path, |slots| {
                     for (cell, l) in i.lists().iter().enumerate() {
                         for (&id, code) in l.ids.iter().zip(l.codes.chunks(i.m())) {
-                            slots.put(cell, id, code)?;
+                            slots.put_run(cell, id, code)?;
                         }
                     }
                     Ok(())
@@ -248,7 +248,7 @@ impl AnyIndex {
                         Some(pq) => &assignment.codes[i * pq.m..(i + 1) * pq.m],
                         None => bytemuck::cast_slice(&vectors[i * dim..(i + 1) * dim]),
                     };
-                    slots.put(cell, (first_row + i) as i64, row)?;
+                    slots.put_run(cell, (first_row + i) as i64, row)?;
                 }
             }
             Ok(())
@@ -489,10 +489,6 @@ struct Slots<'f> {
 }
 
 impl Slots<'_> {
-    fn put(&mut self, cell: usize, id: i64, row: &[u8]) -> Result<()> {
-        self.put_run(cell, id, row)
-    }
-
     /// Rows `rows` (whole rows) with ids `first_id`, ... into list `cell`.
     fn put_run(&mut self, cell: usize, first_id: i64, rows: &[u8]) -> Result<()> {
         let count = rows.len() / self.row_bytes;
