@@ -206,10 +206,20 @@ fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
         let total: u32 = chunks.iter().filter(|c| c.doc as usize == d).map(|c| c.len).sum();
         assert_eq!(total, ds.lengths[d] as u32);
     }
-    let db = ChunkDb { chunk_length: 64, chunks };
+    let db = ChunkDb { chunk_length: 64, chunks: chunks.into() };
     let tokens = db.tokens(&ds, db.len() - 1).unwrap();
     assert_eq!(tokens.len(), 64);
     assert!(tokens[last.len as usize..].iter().all(|&t| t == retro::data::tokenizer::EOD));
+    // Written and read back in place: the same records, with the layout the format documents.
+    let path = dir.join("chunks.bin");
+    db.write(&path).unwrap();
+    let read = ChunkDb::read(&path).unwrap();
+    assert!(read.chunks.is_mapped());
+    assert_eq!(read, db);
+    let bytes = std::fs::read(&path).unwrap();
+    let at = 24 + 12 * (db.len() - 1);
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    assert_eq!((u32_at(at), u32_at(at + 4), u32_at(at + 8)), (last.doc, last.start, last.len));
 }
 
 #[test]

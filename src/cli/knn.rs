@@ -1,9 +1,9 @@
 //! `retro knn build|search|eval`: nearest-neighbour indexes on NumPy files, usable on their own.
 
+use retro::data::stored::Stored;
 use retro::retrieval::index_file::AnyIndex;
 use retro::retrieval::index_spec::IndexSpec;
 use retro::retrieval::knn::{FlatIndex, Index, Metric};
-use retro::retrieval::stored::Stored;
 use retro::retrieval::{memory_budget, npy};
 use serde_json::json;
 use std::path::PathBuf;

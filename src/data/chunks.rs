@@ -4,10 +4,12 @@
 //!
 //! File `db/chunks.bin` (little-endian): magic `RETROCDB`, u32 version 2, u32 chunk length m,
 //! u64 chunk count N, then N records of {u32 document (sequence index in the .bin/.idx), u32 start
-//! token within the document, u32 length}, then the checksum trailer (`data::integrity::seal`).
+//! token within the document, u32 length}, then the checksum trailer (`data::integrity::seal`). Written
+//! in place and read in place (`data::stored`): 12 bytes a chunk of page cache, not heap.
 
 use super::indexed::IndexedDataset;
 use super::integrity;
+use super::stored::Stored;
 use super::tokenizer::EOD;
 use crate::{ensure, Result};
 use std::path::Path;
@@ -16,7 +18,9 @@ pub const MAGIC: &[u8; 8] = b"RETROCDB";
 pub const VERSION: u32 = 2;
 const HEADER: usize = 24;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One record of the file, as it is laid out there (read in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Chunk {
     pub doc: u32,
     pub start: u32,
@@ -26,7 +30,7 @@ pub struct Chunk {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkDb {
     pub chunk_length: usize,
-    pub chunks: Vec<Chunk>,
+    pub chunks: Stored<Chunk>,
 }
 
 impl ChunkDb {
@@ -71,24 +75,23 @@ impl ChunkDb {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut b = Vec::with_capacity(HEADER + 12 * self.chunks.len());
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&(self.chunk_length as u32).to_le_bytes());
-        b.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
-        for c in &self.chunks {
-            for v in [c.doc, c.start, c.len] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        integrity::seal(&mut b);
-        crate::atomic_file::write(path, &b)
+        let payload = HEADER + 12 * self.chunks.len();
+        crate::atomic_file::write_mapped(path, integrity::sealed_len(payload), |file| {
+            file[..8].copy_from_slice(MAGIC);
+            file[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            file[12..16].copy_from_slice(&(self.chunk_length as u32).to_le_bytes());
+            file[16..24].copy_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+            file[HEADER..payload].copy_from_slice(bytemuck::cast_slice(&self.chunks));
+            integrity::seal_in_place(file, payload);
+            Ok(())
+        })
     }
 
-    /// Read and verify (checksums first, then the header and the length).
+    /// Open and verify (checksums first, then the header and the length); the records are read in place.
     pub fn read(path: &Path) -> Result<Self> {
         let fix = integrity::rerun("db");
-        let b = integrity::read_sealed(path, &fix)?;
+        let (map, payload) = integrity::map_sealed(path, &fix)?;
+        let b = &map[..payload];
         ensure!(b.len() >= HEADER && &b[..8] == MAGIC, "{}: not a retro chunk database", path.display());
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         ensure!(
@@ -99,20 +102,12 @@ impl ChunkDb {
         );
         let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
         ensure!(
-            b.len() == HEADER + 12 * n,
+            n.checked_mul(12).is_some_and(|bytes| b.len() - HEADER == bytes),
             "{}: {n} chunks need {} bytes, the file has {}",
             path.display(),
-            HEADER + 12 * n,
+            HEADER as u128 + 12 * n as u128,
             b.len()
         );
-        let chunks = b[HEADER..]
-            .chunks_exact(12)
-            .map(|r| Chunk { doc: u32_at_slice(r, 0), start: u32_at_slice(r, 4), len: u32_at_slice(r, 8) })
-            .collect();
-        Ok(Self { chunk_length: u32_at(12) as usize, chunks })
+        Ok(Self { chunk_length: u32_at(12) as usize, chunks: Stored::mapped(&map, HEADER, n) })
     }
-}
-
-fn u32_at_slice(r: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(r[o..o + 4].try_into().unwrap())
 }

@@ -169,6 +169,24 @@ pub fn read_sealed(path: &Path, fix: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Map a sealed file and verify it whole; returns the map and its payload's length (the bytes before the
+/// trailer). The pages verification read are then released, so the file costs page cache that is read
+/// back as it is used, not memory: how files that grow with the corpus (the chunk database, neighbour
+/// stores, indexes) are read, whatever their size.
+pub fn map_sealed(path: &Path, fix: &str) -> Result<(std::sync::Arc<memmap2::Mmap>, usize)> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    if len == 0 {
+        unseal(&[], path, fix)?; // the error an empty file gets (an empty file cannot be mapped)
+    }
+    // SAFETY: retro's files are written once (a temporary renamed into place) and never changed after.
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+    let payload = unseal(&map, path, fix)?.len();
+    // SAFETY: a read-only file mapping: released pages are read back from the file when next touched.
+    let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    Ok((std::sync::Arc::new(map), payload))
+}
+
 /// How a sealed JSON record begins: its checksum first, over the file's exact bytes with these eight
 /// digits read as zeros.
 const JSON_HEAD: &str = "{\n  \"crc32c\": \"";

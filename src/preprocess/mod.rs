@@ -209,7 +209,7 @@ fn stage_db(cx: &mut Stages) -> Result<Value> {
         b.inc(1);
     }
     b.finish_and_clear();
-    let db = ChunkDb { chunk_length: m, chunks: kept };
+    let db = ChunkDb { chunk_length: m, chunks: kept.into() };
     std::fs::create_dir_all(cx.layout.dir.join("db"))?;
     db.write(&cx.layout.chunks())?;
     Ok(json!({"train_documents": train.len(), "chunks": db.len(), "dropped_empty": all.len() - db.len()}))
@@ -513,23 +513,20 @@ fn query_my_blocks(
     Ok(())
 }
 
-/// The neighbour store of a split from its blocks (all written), written to the project.
+/// The neighbour store of a split, written to the project in place from its blocks (all written, each
+/// verified as it is read), then opened from the file.
 fn assemble_neighbors(cx: &Stages, samples: &Samples, split: &str) -> Result<NeighborStore> {
     let c = &cx.opts.config;
-    let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
-    let mut ids = Vec::with_capacity(samples.len() * l * c.retro_query_num_neighbors_save);
-    for block in 0..samples.len().div_ceil(QUERY_BLOCK) {
+    let (l, save) = (c.retro_gpt_seq_length / c.retro_gpt_chunk_length, c.retro_query_num_neighbors_save);
+    let blocks = (0..samples.len().div_ceil(QUERY_BLOCK)).map(|block| {
         let path = cx.layout.neighbor_block(split, block);
         let bytes = integrity::read_sealed(&path, &integrity::rerun("query"))?;
-        ids.extend(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())));
-    }
-    ensure!(
-        ids.len() == samples.len() * l * c.retro_query_num_neighbors_save,
-        "neighbour blocks of {split} are incomplete"
-    );
-    let store = NeighborStore { chunks_per_sample: l, k: c.retro_query_num_neighbors_save, ids };
-    crate::atomic_file::write(&cx.layout.neighbors(split), &store.bytes())?;
-    Ok(store)
+        Ok(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())
+    });
+    let out = cx.layout.neighbors(split);
+    NeighborStore::write(&out, l, save, samples.len(), blocks)
+        .map_err(|e| e.context(format!("neighbour blocks of {split} are incomplete")))?;
+    NeighborStore::read(&out)
 }
 
 fn stage_query(cx: &mut Stages) -> Result<Value> {

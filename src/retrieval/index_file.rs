@@ -11,12 +11,10 @@ use super::ivf::{IvfFlat, List};
 use super::ivf_pq::{IvfPq, PqList};
 use super::knn::{FlatIndex, Index, Metric, Neighbors};
 use super::pq::{ProductQuantizer, CODEWORDS};
-use super::stored::Stored;
 use crate::data::integrity;
-use crate::{bail, ensure, Context, Result};
-use memmap2::{Mmap, UncheckedAdvice};
+use crate::data::stored::Stored;
+use crate::{bail, ensure, Result};
 use std::path::Path;
-use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"RETROIDX";
 
@@ -316,16 +314,7 @@ impl AnyIndex {
     /// Open an index file: verified whole (its checksums), then its lists and vectors read in place from
     /// the memory-mapped file (the pages verification read are released; searches fault in what they scan).
     pub fn load(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len() as usize;
-        if len == 0 {
-            integrity::unseal(&[], path, FIX)?; // the error an empty file gets
-        }
-        // SAFETY: index files are written once (a temporary renamed into place) and not changed after.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?);
-        let payload = integrity::unseal(&map, path, FIX)?.len();
-        // SAFETY: a read-only file mapping: released pages are read back from the file when next touched.
-        let _ = unsafe { map.unchecked_advise(UncheckedAdvice::DontNeed) };
+        let (map, payload) = integrity::map_sealed(path, FIX)?;
         let b = &map[..payload];
         let bad = |why: String| crate::Error::msg(format!("{}: {why}; {FIX}", path.display()));
         if b.len() < 40 || &b[..8] != MAGIC {

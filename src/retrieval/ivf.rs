@@ -5,7 +5,7 @@
 
 use super::kmeans;
 use super::knn::{dot, squared_norms, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
-use super::stored::Stored;
+use crate::data::stored::Stored;
 use crate::{ensure, Result};
 use rayon::prelude::*;
 

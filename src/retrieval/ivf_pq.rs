@@ -8,7 +8,7 @@ use super::ivf::search_cells;
 use super::kmeans;
 use super::knn::{dot, FlatIndex, Index, Metric, Neighbors};
 use super::pq::ProductQuantizer;
-use super::stored::Stored;
+use crate::data::stored::Stored;
 use crate::{ensure, Result};
 
 /// One cell: its vectors' ids and their m-byte codes, in the order they were added (in memory, or read

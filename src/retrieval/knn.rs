@@ -2,9 +2,9 @@
 //! vectors) feeding a per-query top-k selection (`top_k.rs`), query blocks in parallel. Inner product or L2. The
 //! [`Index`] trait is what the IVF indexes of [retrieval-scale] implement too.
 
-use super::stored::Stored;
 pub(crate) use super::top_k::{Entry, TopK};
 use crate::backend::cpu::gemm;
+use crate::data::stored::Stored;
 use crate::{ensure, Result};
 use rayon::prelude::*;
 

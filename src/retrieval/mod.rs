@@ -14,5 +14,4 @@ pub mod memory_budget;
 pub mod neighbors;
 pub mod npy;
 pub mod pq;
-pub mod stored;
 pub mod top_k;

@@ -2,7 +2,7 @@
 //! float32 matrices out, readable by `numpy.load`. Anything else (float64, Fortran order, other ranks) is
 //! refused naming what it is and what is expected.
 
-use super::stored::Stored;
+use crate::data::stored::Stored;
 use crate::{bail, ensure, Context, Result};
 use std::path::Path;
 use std::sync::Arc;

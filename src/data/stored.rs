@@ -1,7 +1,8 @@
-//! The rows an index holds (vectors, ids, PQ codes): in memory when built here, or read in place from
-//! its memory-mapped file when loaded (an index file or a `.npy`), so a loaded index costs page cache
-//! that the kernel can evict, not heap, and its size is bounded by the disk, not by memory. Mutation
-//! (adding vectors to a loaded index) copies a mapped run into memory first.
+//! Rows of a file that grows with the corpus (an index's vectors, ids and PQ codes, the chunk database,
+//! a neighbour store, a `.npy`): in memory when built here, or read in place from the memory-mapped file
+//! when loaded, so a loaded file costs page cache that the kernel can evict, not heap, and its size is
+//! bounded by the disk, not by memory. Mutation (adding vectors to a loaded index) copies a mapped run
+//! into memory first.
 
 use memmap2::Mmap;
 use std::ops::Deref;
