@@ -48,11 +48,23 @@ impl TopK {
         }
     }
 
-    /// Offer `scores` of database ids x0, x0 + 1, ...: one compare each for the (most) below the floor.
+    /// Offer `scores` of database ids x0, x0 + 1, ...: runs of 16 wholly below the floor (most of them,
+    /// once the floor has risen) are skipped after one vectorised compare.
     pub fn push_scores(&mut self, scores: &[f32], x0: usize) {
-        for (j, &s) in scores.iter().enumerate() {
-            if s >= self.floor {
-                self.push(s, (x0 + j) as i64);
+        crate::backend::cpu::simd::with_avx2(|| self.scan(scores, x0))
+    }
+
+    #[inline]
+    fn scan(&mut self, scores: &[f32], x0: usize) {
+        for (r, run) in scores.chunks(16).enumerate() {
+            let floor = self.floor;
+            if !run.iter().fold(false, |any, &s| any | (s >= floor)) {
+                continue;
+            }
+            for (j, &s) in run.iter().enumerate() {
+                if s >= self.floor {
+                    self.push(s, (x0 + 16 * r + j) as i64);
+                }
             }
         }
     }
