@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """faiss IndexFlatIP on the shapes of `retro bench knn`: random unit vectors, exact inner-product top-k.
 
-Run in a throw-away venv with `pip install faiss-cpu==1.15.1 numpy`, and OPENBLAS_CORETYPE=SkylakeX
-(faiss' OpenBLAS otherwise picks a slow kernel on this machine). Prints one JSON line like retro's.
+Run in a throw-away venv with `pip install faiss-cpu==1.15.1 numpy`, and OPENBLAS_CORETYPE=SkylakeX where
+the CPU has AVX-512 (faiss' OpenBLAS otherwise picks a slow kernel there; on a CPU without AVX-512 it dies
+with SIGILL under it, so leave it unset). Prints one JSON line like retro's.
 """
 import argparse, json, time
 import faiss

@@ -9,8 +9,11 @@ that index's; recall against faiss' exact IndexFlatIP), retro through `retro knn
 (recall against its own exact search; each under /usr/bin/time for its peak memory). One JSON line per
 measurement on stdout.
 
-Run in a throw-away venv with `pip install faiss-cpu==1.15.1 numpy`, and OPENBLAS_CORETYPE=SkylakeX:
+Run in a throw-away venv with `pip install faiss-cpu==1.15.1 numpy`, and OPENBLAS_CORETYPE=SkylakeX where
+the CPU has AVX-512 (`grep -c avx512f /proc/cpuinfo`; elsewhere OpenBLAS dies with SIGILL under it, so leave
+it unset and OpenBLAS picks its AVX2 kernels):
   OPENBLAS_CORETYPE=SkylakeX python3 scripts/bench-knn-scale.py --retro target/release/retro --dir /tmp/knn
+The machine may be shared: run each comparison more than once and quote every run.
 """
 import argparse, json, os, resource, subprocess, sys, time
 
