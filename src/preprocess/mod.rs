@@ -521,7 +521,7 @@ fn assemble_neighbors(cx: &Stages, samples: &Samples, split: &str) -> Result<Nei
     let blocks = (0..samples.len().div_ceil(QUERY_BLOCK)).map(|block| {
         let path = cx.layout.neighbor_block(split, block);
         let bytes = integrity::read_sealed(&path, &integrity::rerun("query"))?;
-        Ok(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     });
     let out = cx.layout.neighbors(split);
     NeighborStore::write(&out, l, save, samples.len(), blocks)

@@ -60,9 +60,7 @@ impl NeighborStore {
                     "{}: more neighbour ids than {samples} samples hold",
                     path.display()
                 );
-                for (slot, id) in file[at..at + 8 * ids.len()].chunks_exact_mut(8).zip(&ids) {
-                    slot.copy_from_slice(&id.to_le_bytes());
-                }
+                file[at..at + 8 * ids.len()].copy_from_slice(bytemuck::cast_slice(&ids));
                 at += 8 * ids.len();
             }
             ensure!(
