@@ -20,6 +20,11 @@ pub fn write_mapped(path: &Path, len: usize, fill: impl FnOnce(&mut [u8]) -> Res
         // SAFETY: the temporary file is this process's own until it is renamed.
         let mut map =
             unsafe { memmap2::MmapMut::map_mut(&*f) }.with_context(|| format!("mapping {}", tmp.display()))?;
+        // No read-ahead on its faults: a fill that writes many places at once (an IVF index's lists, each
+        // filled in order) would have the kernel read ahead around every one of them, and under a memory
+        // limit evict those pages before they are written (1M x 384 IVF1024 lists in a 1 GiB cgroup:
+        // 3066 s thrashing, against 180 s unconfined). The file is new: there is nothing to read ahead.
+        map.advise(memmap2::Advice::Random).with_context(|| format!("advising {}", tmp.display()))?;
         fill(&mut map)?;
         map.flush().with_context(|| format!("writing {}", tmp.display()))
     })
