@@ -76,13 +76,12 @@ impl ChunkDb {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let payload = HEADER + 12 * self.chunks.len();
-        crate::atomic_file::write_mapped(path, integrity::sealed_len(payload), |file| {
+        integrity::write_sealed_mapped(path, payload, |file| {
             file[..8].copy_from_slice(MAGIC);
             file[8..12].copy_from_slice(&VERSION.to_le_bytes());
             file[12..16].copy_from_slice(&(self.chunk_length as u32).to_le_bytes());
             file[16..24].copy_from_slice(&(self.chunks.len() as u64).to_le_bytes());
             file[HEADER..payload].copy_from_slice(bytemuck::cast_slice(&self.chunks));
-            integrity::seal_in_place(file, payload);
             Ok(())
         })
     }

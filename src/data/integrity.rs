@@ -114,9 +114,23 @@ pub fn sealed_len(payload: usize) -> usize {
     payload + 4 * payload.div_ceil(BLOCK_BYTES) + TRAILER_FIXED
 }
 
+/// A sealed file of a `payload`-byte body written in place (`atomic_file::write_mapped`): `fill` writes
+/// the body into the map, then the trailer is computed from the map (read through in order) without a
+/// second copy of the file in memory.
+pub fn write_sealed_mapped(path: &Path, payload: usize, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<()> {
+    crate::atomic_file::write_mapped(path, sealed_len(payload), |map| {
+        fill(&mut map[..payload])?;
+        if !map.is_empty() {
+            map.advise(memmap2::Advice::Sequential).with_context(|| format!("advising {}", path.display()))?;
+        }
+        seal_in_place(map, payload);
+        Ok(())
+    })
+}
+
 /// Write the checksum trailer of `file[..payload]` into the rest of `file` (`sealed_len(payload)` bytes
-/// long): how a file written in place (a memory map) is sealed without a second copy of it.
-pub fn seal_in_place(file: &mut [u8], payload: usize) {
+/// long).
+fn seal_in_place(file: &mut [u8], payload: usize) {
     assert_eq!(file.len(), sealed_len(payload), "a sealed file's length");
     let (body, trailer) = file.split_at_mut(payload);
     let blocks = payload.div_ceil(BLOCK_BYTES);

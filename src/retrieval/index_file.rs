@@ -443,7 +443,7 @@ impl<'a> FileHeader<'a> {
             rows_at += pq_head.len();
         }
         let payload = rows_at + row_bytes * n;
-        crate::atomic_file::write_mapped(path, integrity::sealed_len(payload), |file| {
+        integrity::write_sealed_mapped(path, payload, |file| {
             file[..ids_at].copy_from_slice(&head);
             file[rows_at - pq_head.len()..rows_at].copy_from_slice(&pq_head);
             let (head_and_ids, rest) = file.split_at_mut(rows_at);
@@ -462,7 +462,6 @@ impl<'a> FileHeader<'a> {
                     self.lens[cell] - (slots.ends[cell] - slots.next[cell])
                 );
             }
-            integrity::seal_in_place(file, payload);
             Ok(())
         })
     }

@@ -45,7 +45,7 @@ impl NeighborStore {
         blocks: impl Iterator<Item = Result<Vec<i64>>>,
     ) -> Result<()> {
         let payload = HEADER + 8 * samples * l * k;
-        crate::atomic_file::write_mapped(path, integrity::sealed_len(payload), |file| {
+        integrity::write_sealed_mapped(path, payload, |file| {
             file[..8].copy_from_slice(MAGIC);
             file[8..12].copy_from_slice(&VERSION.to_le_bytes());
             file[12..16].copy_from_slice(&(l as u32).to_le_bytes());
@@ -69,7 +69,6 @@ impl NeighborStore {
                 path.display(),
                 (at - HEADER) / (8 * l * k).max(1)
             );
-            integrity::seal_in_place(file, payload);
             Ok(())
         })
     }
