@@ -195,7 +195,7 @@ fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
         .unwrap();
     assert!(out.status.success());
     let ds = IndexedDataset::open(&dir.join("tok_text_document")).unwrap();
-    let chunks = ChunkDb::cut(&ds, 0..ds.len(), 64);
+    let chunks: Vec<_> = ChunkDb::cut(&ds, 0..ds.len(), 64).collect();
     let last = *chunks.last().unwrap();
     assert_eq!(last.doc as usize, ds.len() - 1);
     assert_eq!(last.start, 0);
@@ -206,7 +206,7 @@ fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
         let total: u32 = chunks.iter().filter(|c| c.doc as usize == d).map(|c| c.len).sum();
         assert_eq!(total, ds.lengths[d] as u32);
     }
-    let db = ChunkDb { chunk_length: 64, chunks: chunks.into() };
+    let db = ChunkDb { chunk_length: 64, chunks: chunks.clone().into() };
     let tokens = db.tokens(&ds, db.len() - 1).unwrap();
     assert_eq!(tokens.len(), 64);
     assert!(tokens[last.len as usize..].iter().all(|&t| t == retro::data::tokenizer::EOD));
@@ -220,6 +220,20 @@ fn a_document_shorter_than_a_chunk_is_one_short_chunk_padded_with_eod() {
     let at = 24 + 12 * (db.len() - 1);
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     assert_eq!((u32_at(at), u32_at(at + 4), u32_at(at + 8)), (last.doc, last.start, last.len));
+    // Chunks streamed into the file must be exactly as many as it was sized for: else refused, and the
+    // database already there is kept.
+    for count in [chunks.len() + 1, chunks.len() - 1] {
+        let err = ChunkDb::write_chunks(&path, 64, count, chunks.iter().copied()).unwrap_err().to_string();
+        assert!(err.contains("chunks"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the old database is kept");
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
+            .count(),
+        0
+    );
 }
 
 #[test]

@@ -34,16 +34,16 @@ pub struct ChunkDb {
 }
 
 impl ChunkDb {
-    /// The chunks of documents `docs` (all of them; callers filter).
-    pub fn cut(ds: &IndexedDataset, docs: std::ops::Range<usize>, m: usize) -> Vec<Chunk> {
-        let mut out = Vec::new();
-        for doc in docs {
+    /// The chunks of documents `docs` (all of them; callers filter), in order, made as they are read.
+    pub fn cut(ds: &IndexedDataset, docs: std::ops::Range<usize>, m: usize) -> impl Iterator<Item = Chunk> + '_ {
+        docs.flat_map(move |doc| {
             let len = ds.lengths[doc] as usize;
-            for start in (0..len).step_by(m) {
-                out.push(Chunk { doc: doc as u32, start: start as u32, len: m.min(len - start) as u32 });
-            }
-        }
-        out
+            (0..len).step_by(m).map(move |start| Chunk {
+                doc: doc as u32,
+                start: start as u32,
+                len: m.min(len - start) as u32,
+            })
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -75,13 +75,29 @@ impl ChunkDb {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let payload = HEADER + 12 * self.chunks.len();
+        Self::write_chunks(path, self.chunk_length, self.len(), self.chunks.iter().copied())
+    }
+
+    /// Write the database of the `count` chunks of `chunks` (m = `chunk_length`) in place as they come,
+    /// never all in memory; refused, with nothing written, if they are not exactly `count`.
+    pub fn write_chunks(
+        path: &Path,
+        chunk_length: usize,
+        count: usize,
+        mut chunks: impl Iterator<Item = Chunk>,
+    ) -> Result<()> {
+        let payload = HEADER + 12 * count;
         integrity::write_sealed_mapped(path, payload, |file| {
             file[..8].copy_from_slice(MAGIC);
             file[8..12].copy_from_slice(&VERSION.to_le_bytes());
-            file[12..16].copy_from_slice(&(self.chunk_length as u32).to_le_bytes());
-            file[16..24].copy_from_slice(&(self.chunks.len() as u64).to_le_bytes());
-            file[HEADER..payload].copy_from_slice(bytemuck::cast_slice(&self.chunks));
+            file[12..16].copy_from_slice(&(chunk_length as u32).to_le_bytes());
+            file[16..24].copy_from_slice(&(count as u64).to_le_bytes());
+            let records: &mut [Chunk] = bytemuck::cast_slice_mut(&mut file[HEADER..payload]);
+            for (i, slot) in records.iter_mut().enumerate() {
+                let Some(c) = chunks.next() else { crate::bail!("{}: {i} of {count} chunks", path.display()) };
+                *slot = c;
+            }
+            ensure!(chunks.next().is_none(), "{}: more than {count} chunks", path.display());
             Ok(())
         })
     }

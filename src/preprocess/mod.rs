@@ -32,6 +32,7 @@ use crate::rng::Rng;
 use crate::{bail, ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use project::{Layout, ProjectConfig};
+use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -196,24 +197,40 @@ fn stage_db(cx: &mut Stages) -> Result<Value> {
         cx.opts.config.retro_gpt_split
     );
     let m = cx.opts.config.retro_gpt_chunk_length;
-    let all = ChunkDb::cut(&ds, train.clone(), m);
-    let b = bar(all.len(), "db", cx.opts.progress);
+    let total: usize = train.clone().map(|d| (ds.lengths[d] as usize).div_ceil(m)).sum();
+    let b = bar(total, "db", cx.opts.progress);
     let embedder = cx.embedder()?;
-    let mut kept: Vec<Chunk> = Vec::with_capacity(all.len());
-    for c in &all {
-        let tokens = ds.tokens(c.doc as usize, c.start as usize, c.len as usize)?;
-        // Megatron drops chunks whose BERT tokenization is empty ([CLS] [SEP] only).
-        if embedder.tokenize(&chunk_text(&tokens))?.len() > 2 {
-            kept.push(*c);
+    // Megatron drops chunks whose BERT tokenization is empty ([CLS] [SEP] only). Decided DB_BLOCK chunks
+    // at a time in parallel, kept as one bit a chunk; the database is then written as the chunks are cut
+    // again, so no list of chunks is ever in memory.
+    let mut kept = Vec::with_capacity(total.div_ceil(64));
+    let mut chunks = ChunkDb::cut(&ds, train.clone(), m).peekable();
+    let mut kept_count = 0;
+    while chunks.peek().is_some() {
+        let block: Vec<Chunk> = chunks.by_ref().take(DB_BLOCK).collect();
+        let keep = block
+            .par_iter()
+            .map(|c| {
+                let tokens = ds.tokens(c.doc as usize, c.start as usize, c.len as usize)?;
+                Ok(embedder.tokenize(&chunk_text(&tokens))?.len() > 2)
+            })
+            .collect::<Result<Vec<bool>>>()?;
+        for word in keep.chunks(64) {
+            kept.push(word.iter().enumerate().fold(0u64, |w, (i, &k)| w | (k as u64) << i));
+            kept_count += word.iter().filter(|&&k| k).count();
         }
-        b.inc(1);
+        b.inc(block.len() as u64);
     }
     b.finish_and_clear();
-    let db = ChunkDb { chunk_length: m, chunks: kept.into() };
     std::fs::create_dir_all(cx.layout.dir.join("db"))?;
-    db.write(&cx.layout.chunks())?;
-    Ok(json!({"train_documents": train.len(), "chunks": db.len(), "dropped_empty": all.len() - db.len()}))
+    let is_kept = |i: usize| kept[i / 64] >> (i % 64) & 1 == 1;
+    let chunks = ChunkDb::cut(&ds, train.clone(), m).enumerate().filter(|&(i, _)| is_kept(i)).map(|(_, c)| c);
+    ChunkDb::write_chunks(&cx.layout.chunks(), m, kept_count, chunks)?;
+    Ok(json!({"train_documents": train.len(), "chunks": kept_count, "dropped_empty": total - kept_count}))
 }
+
+/// Chunks tokenized for the database at a time (in parallel).
+const DB_BLOCK: usize = 16_384;
 
 /// Embeddings of chunks `ids` of the database, in order.
 fn embed_chunks(cx: &mut Stages, ds: &IndexedDataset, db: &ChunkDb, ids: std::ops::Range<usize>) -> Result<Vec<f32>> {
