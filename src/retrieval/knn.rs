@@ -69,11 +69,7 @@ impl FlatIndex {
             "flat index: {} values are not rows of dimension {dim}",
             vectors.len()
         );
-        // |x|² summed in element order (the IVF lists' `squared_norms` use `dot`'s partial sums).
-        let sq_norms = match metric {
-            Metric::L2 => vectors.chunks(dim).map(|v| v.iter().map(|x| x * x).sum()).collect(),
-            Metric::InnerProduct => Vec::new(),
-        };
+        let sq_norms = squared_norms(&vectors, dim, metric);
         Ok(Self { dim, metric, vectors, sq_norms })
     }
 
@@ -86,9 +82,14 @@ impl FlatIndex {
 /// |x|² of each row of `vectors`: what L2 ranking needs; nothing for inner product.
 pub(crate) fn squared_norms(vectors: &[f32], dim: usize, metric: Metric) -> Vec<f32> {
     match metric {
-        Metric::L2 => vectors.chunks(dim).map(|v| dot(v, v)).collect(),
+        Metric::L2 => vectors.chunks(dim).map(squared_norm).collect(),
         Metric::InnerProduct => Vec::new(),
     }
+}
+
+/// |x|², summed in element order: every index's L2 norms, of vectors and queries alike.
+pub(crate) fn squared_norm(x: &[f32]) -> f32 {
+    x.iter().map(|v| v * v).sum()
 }
 
 /// Dot product with eight independent partial sums (vectorisable; a fixed order, so deterministic).
@@ -128,7 +129,7 @@ impl Index for FlatIndex {
         blocks.enumerate().for_each(|(blk, (ids, scores))| {
             let q = &queries[blk * query_block * d..][..ids.len() / k * d];
             for (qi, top) in self.search_block(q, k).into_iter().enumerate() {
-                let qnorm: f32 = q[qi * d..(qi + 1) * d].iter().map(|x| x * x).sum();
+                let qnorm = squared_norm(&q[qi * d..(qi + 1) * d]);
                 for (r, Entry(s, id)) in top.into_sorted().into_iter().enumerate() {
                     ids[qi * k + r] = id;
                     scores[qi * k + r] = match self.metric {

@@ -51,11 +51,17 @@ impl TopK {
     /// Offer `scores` of database ids x0, x0 + 1, ...: runs of 16 wholly below the floor (most of them,
     /// once the floor has risen) are skipped after one vectorised compare.
     pub fn push_scores(&mut self, scores: &[f32], x0: usize) {
-        crate::backend::cpu::simd::with_avx2(|| self.scan(scores, x0))
+        crate::backend::cpu::simd::with_avx2(|| self.scan(scores, |j| (x0 + j) as i64))
+    }
+
+    /// Offer `scores` of database ids `ids` (as many), skipping as `push_scores` does.
+    pub fn push_scores_of(&mut self, scores: &[f32], ids: &[i64]) {
+        debug_assert_eq!(scores.len(), ids.len());
+        crate::backend::cpu::simd::with_avx2(|| self.scan(scores, |j| ids[j]))
     }
 
     #[inline]
-    fn scan(&mut self, scores: &[f32], x0: usize) {
+    fn scan(&mut self, scores: &[f32], id: impl Fn(usize) -> i64) {
         for (r, run) in scores.chunks(16).enumerate() {
             let floor = self.floor;
             if !run.iter().fold(false, |any, &s| any | (s >= floor)) {
@@ -63,7 +69,7 @@ impl TopK {
             }
             for (j, &s) in run.iter().enumerate() {
                 if s >= self.floor {
-                    self.push(s, (x0 + 16 * r + j) as i64);
+                    self.push(s, id(16 * r + j));
                 }
             }
         }
