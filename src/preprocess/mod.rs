@@ -470,38 +470,69 @@ fn samples(cx: &Stages, ds: &IndexedDataset, split: &str) -> Result<Option<Sampl
     Ok(Some(s))
 }
 
-/// Neighbours of every chunk of samples `range` of a split.
-fn query_block(
+/// The query embeddings of every chunk of samples `range` of a split, and each sample's documents.
+fn block_queries(
     cx: &mut Stages,
     ds: &IndexedDataset,
-    db: &ChunkDb,
-    index: &AnyIndex,
     samples: &Samples,
     range: std::ops::Range<usize>,
-) -> Result<Vec<i64>> {
+) -> Result<(Vec<f32>, Vec<Vec<u32>>)> {
     let c = &cx.opts.config;
     let (m, l) = (c.retro_gpt_chunk_length, c.retro_gpt_seq_length / c.retro_gpt_chunk_length);
-    let (nq, save) = (c.retro_query_num_neighbors_query, c.retro_query_num_neighbors_save);
     let mut texts = Vec::new();
     let mut docs = Vec::new();
-    for s in range.clone() {
+    for s in range {
         let (tokens, sample_docs) = samples.tokens(ds, s)?;
         for j in 0..l {
             texts.push(chunk_text(&tokens[j * m..(j + 1) * m]));
         }
         docs.push(sample_docs);
     }
-    let q = embed_texts(cx.embedder()?, &texts)?;
-    let found = index.search(&q, cx.embedder()?.dim(), nq)?;
-    let mut out = Vec::with_capacity(range.len() * l * save);
-    for (i, sample_docs) in docs.iter().enumerate() {
-        for j in 0..l {
-            let row = &found.ids[(i * l + j) * nq..(i * l + j + 1) * nq];
-            out.extend(neighbors::filter(row, |id| db.chunks[id as usize].doc, sample_docs, save));
-        }
-    }
-    Ok(out)
+    Ok((embed_texts(cx.embedder()?, &texts)?, docs))
 }
+
+/// The saved neighbours of every chunk of each of `blocks` (QUERY_BLOCK samples each) of a split, their
+/// queries searched together.
+fn neighbor_blocks(
+    cx: &mut Stages,
+    ds: &IndexedDataset,
+    db: &ChunkDb,
+    index: &AnyIndex,
+    samples: &Samples,
+    blocks: &[usize],
+) -> Result<Vec<Vec<i64>>> {
+    let c = cx.opts.config.clone();
+    let (l, nq, save) = (
+        c.retro_gpt_seq_length / c.retro_gpt_chunk_length,
+        c.retro_query_num_neighbors_query,
+        c.retro_query_num_neighbors_save,
+    );
+    let block_range = |block: usize| block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
+    let (mut queries, mut docs) = (Vec::new(), Vec::new());
+    for &block in blocks {
+        let (q, d) = block_queries(cx, ds, samples, block_range(block))?;
+        queries.extend(q);
+        docs.extend(d);
+    }
+    let found = index.search(&queries, cx.embedder()?.dim(), nq)?;
+    let (mut rows, mut sample_docs) = (found.ids.chunks(nq), docs.iter());
+    let mut per_block = |block: usize| {
+        let mut ids = Vec::with_capacity(block_range(block).len() * l * save);
+        for _ in block_range(block) {
+            let docs = sample_docs.next().expect("one entry a sample");
+            for row in rows.by_ref().take(l) {
+                ids.extend(neighbors::filter(row, |id| db.chunks[id as usize].doc, docs, save));
+            }
+        }
+        ids
+    };
+    Ok(blocks.iter().map(|&b| per_block(b)).collect())
+}
+
+/// Query chunks searched at once: an IVF index scores each list against all the queries of a search
+/// that probe it, so the query stage searches several blocks together (each block's result is the same
+/// whatever it is searched with).
+const SEARCH_QUERIES: usize = 8192;
 
 /// This rank's neighbour blocks of a split that are not stored yet, each computed and written.
 fn query_my_blocks(
@@ -513,18 +544,24 @@ fn query_my_blocks(
     split: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(cx.layout.dir.join(format!("neighbors/{split}")))?;
+    let l = cx.opts.config.retro_gpt_seq_length / cx.opts.config.retro_gpt_chunk_length;
     let block_range = |block: usize| block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
     let mine: Vec<usize> = cx.my_blocks(samples.len().div_ceil(QUERY_BLOCK)).collect();
     let b = bar(mine.iter().map(|&i| block_range(i).len()).sum(), split, cx.opts.progress && cx.is_root());
+    let mut todo = Vec::new();
     for block in mine {
-        let path = cx.layout.neighbor_block(split, block);
-        if stored(&path, "query").is_none() {
-            let ids = query_block(cx, ds, db, index, samples, block_range(block))?;
-            let mut bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-            integrity::seal(&mut bytes);
-            crate::atomic_file::write(&path, &bytes)?;
+        match stored(&cx.layout.neighbor_block(split, block), "query") {
+            Some(_) => b.inc(block_range(block).len() as u64),
+            None => todo.push(block),
         }
-        b.inc(block_range(block).len() as u64);
+    }
+    for group in todo.chunks((SEARCH_QUERIES / (QUERY_BLOCK * l).max(1)).max(1)) {
+        for (&block, ids) in group.iter().zip(neighbor_blocks(cx, ds, db, index, samples, group)?) {
+            let mut bytes: Vec<u8> = bytemuck::cast_slice(&ids).to_vec();
+            integrity::seal(&mut bytes);
+            crate::atomic_file::write(&cx.layout.neighbor_block(split, block), &bytes)?;
+            b.inc(block_range(block).len() as u64);
+        }
     }
     b.finish_and_clear();
     Ok(())
@@ -665,7 +702,7 @@ fn validate(cx: &mut Stages) -> Result<Value> {
                 continue;
             }
             let range = block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(samples.len());
-            let fresh = query_block(cx, &ds, &db, &index, &samples, range.clone())?;
+            let fresh = neighbor_blocks(cx, &ds, &db, &index, &samples, &[block])?.remove(0);
             if fresh[..] != store.ids[range.start * per_sample..range.end * per_sample] {
                 bail!(
                     "validate: neighbours of {split} samples {}..{} differ from a recomputation",
