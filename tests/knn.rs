@@ -136,26 +136,22 @@ fn ivf_recall_flat_exactness_determinism_and_round_trip() {
     let again = dir.join("again.idx");
     AnyIndex::load(&ivf).unwrap().save(&again).unwrap();
     assert_eq!(std::fs::read(&ivf).unwrap(), std::fs::read(&again).unwrap());
-    // search writes int64 ids and float32 scores numpy can read: check the header and the sizes.
+    // search writes int64 ids and float32 scores numpy can read: check the header and the sizes. The
+    // lists' tasks share each query's selection in whatever order they run: the same files from one and
+    // two threads.
+    let search = |ids: &Path, dists: &Path, threads: usize| {
+        let (i, d) = (s(ids), s(dists));
+        let args = ["knn", "search", "--index", &s(&ivf), "--queries", &s(&q), "--k", "10", "--nprobe", "16"];
+        let (code, _, err) = retro(&[&args[..], &["--out-ids", &i, "--out-dists", &d]].concat(), Some(threads));
+        assert_eq!(code, 0, "{err}");
+    };
     let (ids, dists) = (dir.join("ids.npy"), dir.join("dists.npy"));
-    let (code, _, err) = retro(
-        &[
-            "knn",
-            "search",
-            "--index",
-            &s(&ivf),
-            "--queries",
-            &s(&q),
-            "--k",
-            "10",
-            "--out-ids",
-            &s(&ids),
-            "--out-dists",
-            &s(&dists),
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
+    search(&ids, &dists, 2);
+    let (ids1, dists1) = (dir.join("ids-1.npy"), dir.join("dists-1.npy"));
+    search(&ids1, &dists1, 1);
+    for (a, b) in [(&ids, &ids1), (&dists, &dists1)] {
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "search results depend on the thread count");
+    }
     let ids = std::fs::read(&ids).unwrap();
     assert!(String::from_utf8_lossy(&ids[..128]).contains("'descr': '<i8', 'fortran_order': False, 'shape': (200, 10)"));
     let header = u16::from_le_bytes([ids[8], ids[9]]) as usize;
