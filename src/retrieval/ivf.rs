@@ -126,7 +126,10 @@ impl Index for IvfFlat {
     }
 
     fn search(&self, queries: &[f32], k: usize) -> Result<Neighbors> {
-        self.search_in_batches(queries, k, (BATCH_SELECTION_BYTES / (32 * k.max(1))).max(1))
+        // A query's selection holds at most 2k (score, id) candidates of 16 bytes; its probes are nprobe
+        // cells (an i64 id and an f32 score from the quantizer, a u32 in the lists' member table).
+        let per_query = 32 * k + 16 * self.nprobe.min(self.lists.len());
+        self.search_in_batches(queries, k, (BATCH_BYTES / per_query.max(1)).max(1))
     }
 }
 
@@ -156,9 +159,9 @@ impl IvfFlat {
     }
 }
 
-/// Queries searched at once: their top-k selections (at most 2k candidates of 16 bytes each) take at most
-/// this many bytes. The more queries at once, the more of them share each list's GEMM.
-const BATCH_SELECTION_BYTES: usize = 256 << 20;
+/// Queries searched at once: their top-k selections and probes take at most this many bytes. The more
+/// queries at once, the more of them share each list's GEMM.
+const BATCH_BYTES: usize = 256 << 20;
 /// Rows of a list per score GEMM, and queries per GEMM (one task): bounds a task's score block.
 const LIST_BLOCK: usize = 2048;
 const QUERY_GROUP: usize = 512;
