@@ -167,6 +167,14 @@ fn fewer_chunks_than_neighbours_asked_for_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("fewer than the 100000 neighbours asked for"), "{err}");
     assert!(!project.join("neighbors/train.bin").exists());
+    // No neighbours at all, or more saved than searched: refused before any stage runs.
+    for bad in [["--num-neighbors-query", "0"], ["--num-neighbors-save", "0"], ["--num-neighbors-save", "21"]] {
+        let project = dir.join(format!("p{}", bad[1]));
+        let (code, _, err) = preprocess(&input, &project, &bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains("--num-neighbors-save") && err.contains("at most --num-neighbors-query"), "{err}");
+        assert!(!project.exists(), "{bad:?}: nothing written");
+    }
 }
 
 #[test]

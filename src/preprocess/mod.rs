@@ -229,8 +229,10 @@ fn stage_db(cx: &mut Stages) -> Result<Value> {
     Ok(json!({"train_documents": train.len(), "chunks": kept_count, "dropped_empty": total - kept_count}))
 }
 
-/// Chunks tokenized for the database at a time (in parallel).
+/// Chunks tokenized for the database at a time (in parallel); a whole number of 64-bit words of the
+/// kept-chunk bits, which each block starts afresh.
 const DB_BLOCK: usize = 16_384;
+const _: () = assert!(DB_BLOCK % 64 == 0);
 
 /// Embeddings of chunks `ids` of the database, in order.
 fn embed_chunks(cx: &mut Stages, ds: &IndexedDataset, db: &ChunkDb, ids: std::ops::Range<usize>) -> Result<Vec<f32>> {
@@ -595,8 +597,10 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
         c.retro_query_num_neighbors_query
     );
     ensure!(
-        c.retro_query_num_neighbors_save <= c.retro_query_num_neighbors_query,
-        "--num-neighbors-save must not exceed --num-neighbors-query"
+        (1..=c.retro_query_num_neighbors_query).contains(&c.retro_query_num_neighbors_save),
+        "--num-neighbors-save {} must be at least 1 and at most --num-neighbors-query {}",
+        c.retro_query_num_neighbors_save,
+        c.retro_query_num_neighbors_query
     );
     let index = c.open_index(&cx.layout.dir)?;
     let l = c.retro_gpt_seq_length / c.retro_gpt_chunk_length;
