@@ -16,6 +16,7 @@ pub mod ops;
 pub mod philox;
 pub mod preprocess;
 pub mod profile;
+pub mod progress;
 pub mod retrieval;
 pub mod rng;
 pub mod tensor;

@@ -313,7 +313,7 @@ fn indexes_are_written_and_read_in_place_with_the_in_memory_bytes() {
             let (a, b, c) = (out.join("a.idx"), out.join("b.idx"), out.join("c.idx"));
             whole.save(&a).unwrap();
             let want = std::fs::read(&a).unwrap();
-            AnyIndex::build_file(spec, d, metric, &vectors, None, 3, &b).unwrap();
+            AnyIndex::build_file(spec, d, metric, &vectors, None, 3, &b, false).unwrap();
             assert!(std::fs::read(&b).unwrap() == want, "{spec:?} {metric:?}: build_file differs from build + save");
             let mut loaded = AnyIndex::load(&a).unwrap();
             match &loaded {

@@ -112,7 +112,8 @@ pub fn run(cmd: Knn) -> retro::Result<()> {
             let ntrain = AnyIndex::ntrain_within(spec, n, d, a.ntrain, limit)?;
             let t = Instant::now();
             // Written in place as it is built: the vectors and the lists are never all in memory.
-            let built = AnyIndex::build_file(spec, d, metric, &vectors, ntrain, a.seed, &a.out)?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let built = AnyIndex::build_file(spec, d, metric, &vectors, ntrain, a.seed, &a.out, progress)?;
             let secs = t.elapsed().as_secs_f64();
             println!(
                 "{}",

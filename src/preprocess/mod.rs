@@ -23,6 +23,7 @@ use crate::data::indexed::IndexedDataset;
 use crate::data::samples::Samples;
 use crate::data::{corpus, integrity, tokenize, tokenizer};
 use crate::dist::World;
+use crate::progress::{bar, spinner};
 use crate::retrieval::assignment::Assignment;
 use crate::retrieval::bert::BertEmbedder;
 use crate::retrieval::index_file::{check_finite, AnyIndex};
@@ -30,7 +31,6 @@ use crate::retrieval::knn::Metric;
 use crate::retrieval::neighbors::{self, NeighborStore};
 use crate::rng::Rng;
 use crate::{bail, ensure, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use project::{Layout, ProjectConfig};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -61,16 +61,6 @@ pub struct Options {
 /// Chunk text for the embedder: the GPT-2 detokenised tokens without the `<|endoftext|>` string.
 pub fn chunk_text(tokens: &[u32]) -> String {
     tokenizer::decode(tokens).replace("<|endoftext|>", "")
-}
-
-fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
-    let b = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
-    b.set_style(
-        ProgressStyle::with_template(&format!("{what:>8} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    b
 }
 
 struct Stages<'a> {
@@ -386,7 +376,10 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
                 let at = (row % EMBED_BLOCK) * dim;
                 sample.extend_from_slice(&loaded.as_ref().unwrap().1[at..at + dim]);
             }
+            let what = format!("k-means: {} lists on {} rows", spec.nlist(n).unwrap_or(0), rows.len());
+            let s = spinner(&what, cx.opts.progress);
             let index = AnyIndex::train(spec, dim, Metric::InnerProduct, n, &sample, seed)?;
+            s.finish_and_clear();
             index.save(&trained_path)?;
             index
         }
@@ -426,12 +419,15 @@ fn stage_index(cx: &mut Stages) -> Result<Value> {
         cells.extend(read_assignment(block)?.cells.iter().map(|&c| c as u32));
     }
     let ivf_flat = matches!(index, AnyIndex::Ivf(_));
+    let b = bar(n, "lists", cx.opts.progress);
     let rows_of = (0..blocks).map(|block| {
         // IVF-PQ's lists hold codes only: the vectors are read for IVF-Flat alone.
         let vectors = if ivf_flat { read_block(block)? } else { Vec::new() };
+        b.inc(chunks_of(block).len() as u64);
         Ok((read_assignment(block)?, chunks_of(block).start, vectors))
     });
     index.write_with_rows(&layout.index(), &cells, rows_of)?;
+    b.finish_and_clear();
     let pieces = json!({"add_blocks": blocks, "add_blocks_computed": computed, "ntrain": rows.len()});
     Ok(index_summary(c, &index.describe(), dim, n, pieces))
 }

@@ -13,6 +13,7 @@ use super::knn::{FlatIndex, Index, Metric, Neighbors};
 use super::pq::{ProductQuantizer, CODEWORDS};
 use crate::data::integrity;
 use crate::data::stored::Stored;
+use crate::progress;
 use crate::{bail, ensure, Result};
 use std::path::Path;
 
@@ -275,7 +276,8 @@ impl AnyIndex {
     /// `build` written straight to `path`, for vectors larger than memory (`retro knn build`): IVF
     /// trains on the sample rows, assigns ASSIGN_ROWS rows at a time, then writes the lists in place from
     /// the (memory-mapped) vectors, holding only the cells (and PQ codes) of every row. Returns what it
-    /// built (`describe`).
+    /// built (`describe`). `progress`: a spinner and bars on stderr for the three steps.
+    #[allow(clippy::too_many_arguments)]
     pub fn build_file(
         spec: IndexSpec,
         dim: usize,
@@ -284,6 +286,7 @@ impl AnyIndex {
         ntrain: Option<usize>,
         seed: u64,
         path: &Path,
+        progress: bool,
     ) -> Result<String> {
         ensure!(dim > 0 && vectors.len() % dim == 0, "{} values are not vectors of dimension {dim}", vectors.len());
         let n = vectors.len() / dim;
@@ -292,22 +295,31 @@ impl AnyIndex {
             return Ok("Flat".into());
         };
         let sample: Vec<f32> = rows.iter().flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let what = format!("k-means: {} lists on {} rows", spec.nlist(n).unwrap_or(0), rows.len());
+        let training = progress::spinner(&what, progress);
         let index = Self::train(spec, dim, metric, n, &sample, seed)?;
+        training.finish_and_clear();
         drop(sample);
         let block_rows = |b: usize| b * ASSIGN_ROWS..((b + 1) * ASSIGN_ROWS).min(n);
+        let bar = progress::bar(n, "assign", progress);
         let assignments: Vec<Assignment> = (0..n.div_ceil(ASSIGN_ROWS))
             .map(|b| {
                 let r = block_rows(b);
                 check_finite(&vectors[r.start * dim..r.end * dim], dim, r.start)?;
+                bar.inc(r.len() as u64);
                 index.assign(&vectors[r.start * dim..r.end * dim])
             })
             .collect::<Result<_>>()?;
+        bar.finish_and_clear();
         let cells: Vec<u32> = assignments.iter().flat_map(|a| a.cells.iter().map(|&c| c as u32)).collect();
+        let bar = progress::bar(n, "lists", progress);
         let blocks = assignments.into_iter().enumerate().map(|(b, a)| {
             let r = block_rows(b);
+            bar.inc(r.len() as u64);
             Ok((a, r.start, &vectors[r.start * dim..r.end * dim]))
         });
         index.write_with_rows(path, &cells, blocks)?;
+        bar.finish_and_clear();
         Ok(index.describe())
     }
 
