@@ -108,12 +108,6 @@ fn run_on(args: Args, world: &retro::dist::World) -> retro::Result<()> {
     if retro_index_str != "auto" {
         retro::retrieval::index_spec::IndexSpec::parse(&retro_index_str).map_err(|e| e.context("--retro-index-str"))?;
     }
-    if num_neighbors_save == 0 || num_neighbors_save > num_neighbors_query {
-        retro::bail!(
-            "--num-neighbors-save {num_neighbors_save} must be at least 1 and at most --num-neighbors-query \
-             {num_neighbors_query}"
-        );
-    }
     if seq_length == 0 || chunk_length == 0 || seq_length % chunk_length != 0 {
         retro::bail!("--seq-length {seq_length} must be a positive multiple of --chunk-length {chunk_length}");
     }

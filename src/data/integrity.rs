@@ -120,9 +120,8 @@ pub fn sealed_len(payload: usize) -> usize {
 pub fn write_sealed_mapped(path: &Path, payload: usize, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<()> {
     crate::atomic_file::write_mapped(path, sealed_len(payload), |map| {
         fill(&mut map[..payload])?;
-        if !map.is_empty() {
-            map.advise(memmap2::Advice::Sequential).with_context(|| format!("advising {}", path.display()))?;
-        }
+        // Never empty: a sealed file holds at least its trailer.
+        map.advise(memmap2::Advice::Sequential).with_context(|| format!("advising {}", path.display()))?;
         seal_in_place(map, payload);
         Ok(())
     })

@@ -101,6 +101,13 @@ pub fn run(opts: &Options, world: &World) -> Result<Value> {
         ensure!(STAGES.contains(&s.as_str()), "--stage {s:?}: stages are {}", STAGES.join(", "));
     }
     ensure!((0.0..=1.0).contains(&opts.validate), "--validate {}: a fraction in [0, 1]", opts.validate);
+    let c = &opts.config;
+    ensure!(
+        (1..=c.retro_query_num_neighbors_query).contains(&c.retro_query_num_neighbors_save),
+        "--num-neighbors-save {} must be at least 1 and at most --num-neighbors-query {}",
+        c.retro_query_num_neighbors_save,
+        c.retro_query_num_neighbors_query
+    );
     let mut cx = Stages { opts, layout: Layout { dir: opts.project.clone() }, embedder: None, world };
     // Rank 0 creates config.json; the others then check theirs against it.
     if cx.is_root() {
@@ -590,12 +597,6 @@ fn stage_query(cx: &mut Stages) -> Result<Value> {
         "the chunk database has {} chunks, fewer than the {} neighbours asked for (--num-neighbors-query); \
          use a larger corpus or a smaller --num-neighbors-query",
         db.len(),
-        c.retro_query_num_neighbors_query
-    );
-    ensure!(
-        (1..=c.retro_query_num_neighbors_query).contains(&c.retro_query_num_neighbors_save),
-        "--num-neighbors-save {} must be at least 1 and at most --num-neighbors-query {}",
-        c.retro_query_num_neighbors_save,
         c.retro_query_num_neighbors_query
     );
     let index = c.open_index(&cx.layout.dir)?;

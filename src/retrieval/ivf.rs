@@ -5,8 +5,7 @@
 //! nprobe = nlist it returns exactly the flat index's result.
 
 use super::kmeans;
-use super::knn::{squared_norm, squared_norms, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
-use crate::backend::cpu::gemm;
+use super::knn::{selection_scores, squared_norm, squared_norms, Entry, FlatIndex, Index, Metric, Neighbors, TopK};
 use crate::data::stored::Stored;
 use crate::{ensure, Result};
 use rayon::prelude::*;
@@ -204,32 +203,9 @@ impl IvfFlat {
             for x0 in (0..n).step_by(LIST_BLOCK) {
                 let xn = LIST_BLOCK.min(n - x0);
                 let x = &list.vectors[x0 * d..(x0 + xn) * d];
-                // SAFETY: qs is [group, d], x is [xn, d] read transposed, block holds group·xn.
-                unsafe {
-                    gemm::strided(
-                        group.len(),
-                        d,
-                        xn,
-                        qs.as_ptr(),
-                        d as isize,
-                        1,
-                        x.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        block.as_mut_ptr(),
-                        xn as isize,
-                        1,
-                    )
-                };
+                let norms = (self.metric == Metric::L2).then(|| &list.sq_norms[x0..x0 + xn]);
                 let block = &mut block[..group.len() * xn];
-                if self.metric == Metric::L2 {
-                    for row in block.chunks_mut(xn) {
-                        for (s, &norm) in row.iter_mut().zip(&list.sq_norms[x0..x0 + xn]) {
-                            *s = 2.0 * *s - norm;
-                        }
-                    }
-                }
+                selection_scores(&qs, x, d, norms, block);
                 for (&qi, row) in group.iter().zip(block.chunks(xn)) {
                     let mut top = tops[qi as usize].lock().expect("no search task panicked");
                     top.push_scores_of(row, &list.ids[x0..x0 + xn]);

@@ -154,36 +154,47 @@ impl FlatIndex {
         for x0 in (0..n).step_by(DB_BLOCK) {
             let xn = DB_BLOCK.min(n - x0);
             let x = &self.vectors[x0 * d..(x0 + xn) * d];
-            // SAFETY: q is [qn, d], x is [xn, d] read transposed, block holds qn·xn.
-            unsafe {
-                gemm::strided(
-                    qn,
-                    d,
-                    xn,
-                    q.as_ptr(),
-                    d as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
-                    block.as_mut_ptr(),
-                    xn as isize,
-                    1,
-                )
-            };
-            if self.metric == Metric::L2 {
-                for row in block[..qn * xn].chunks_mut(xn) {
-                    for (s, &norm) in row.iter_mut().zip(&self.sq_norms[x0..x0 + xn]) {
-                        *s = 2.0 * *s - norm;
-                    }
-                }
-            }
+            let norms = (self.metric == Metric::L2).then(|| &self.sq_norms[x0..x0 + xn]);
+            selection_scores(q, x, d, norms, &mut block[..qn * xn]);
             for (top, row) in tops.iter_mut().zip(block.chunks(xn)) {
                 top.push_scores(row, x0);
             }
         }
         tops
+    }
+}
+
+/// The selection scores of the rows of `q` against the `xn` rows of `x` (both of dimension `d`) into
+/// `out` [rows of q, xn], by one GEMM: inner products, or for L2 (`sq_norms`: |x|² of x's rows)
+/// 2·q·x − |x|², which ranks as −|q − x|² does (|q|² is the same for every candidate). Every index
+/// scores its candidates here, so the same query and vector get the same score in each.
+pub(crate) fn selection_scores(q: &[f32], x: &[f32], d: usize, sq_norms: Option<&[f32]>, out: &mut [f32]) {
+    let (qn, xn) = (q.len() / d, x.len() / d);
+    assert!(q.len() == qn * d && x.len() == xn * d && out.len() == qn * xn, "score block shapes");
+    // SAFETY: q is [qn, d], x is [xn, d] read transposed, out holds qn·xn (checked above).
+    unsafe {
+        gemm::strided(
+            qn,
+            d,
+            xn,
+            q.as_ptr(),
+            d as isize,
+            1,
+            x.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            out.as_mut_ptr(),
+            xn as isize,
+            1,
+        )
+    };
+    if let Some(norms) = sq_norms {
+        for row in out.chunks_mut(xn.max(1)) {
+            for (s, &norm) in row.iter_mut().zip(norms) {
+                *s = 2.0 * *s - norm;
+            }
+        }
     }
 }
 
