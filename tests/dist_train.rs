@@ -339,3 +339,35 @@ fn a_killed_rank_ends_the_job_within_a_minute() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("rank"), "mpirun's report should name the rank: {text}");
 }
+
+// A rank stopped mid-run (SIGSTOP: alive, so mpirun sees nothing): the other rank's watchdog ends the job
+// once it has waited --distributed-timeout-minutes in one collective, naming itself and the wait.
+#[test]
+fn a_stopped_rank_ends_the_job_after_the_distributed_timeout() {
+    let run = run_dir("stopped");
+    let extra = ["--train-iters", "100000", "--micro-batch-size", "1", "--distributed-timeout-minutes", "0.2"];
+    let mut job = train_command(2, &run, &extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let ranks = ranks_after_first_step(&mut job, &run);
+    let stopped = Instant::now();
+    assert!(Command::new("kill").args(["-STOP", &ranks[1]]).status().unwrap().success());
+    let ended = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > Duration::from_secs(90) {
+            let _ = Command::new("kill").args(["-CONT", &ranks[1]]).status();
+            let _ = job.kill();
+            panic!("the job still runs 90 s after a rank was stopped (timeout 12 s)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let waited = stopped.elapsed();
+    let out = job.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!ended.success(), "mpirun succeeded after a rank was stopped: {text}");
+    assert!(waited >= Duration::from_secs(11), "ended {waited:?} after the stop, before the 12 s timeout: {text}");
+    assert!(
+        text.contains("rank 0 of 2: waited") && text.contains("(--distributed-timeout-minutes is 12.0 s)"),
+        "{text}"
+    );
+}

@@ -80,7 +80,8 @@ pub struct Args {
     #[arg(long, default_value_t = retro::train::data_parallel::DEFAULT_BUCKET_SIZE)]
     pub ddp_bucket_size: usize,
     /// Megatron's distributed optimizer (ZeRO-1): the AdamW moments split across the data-parallel ranks,
-    /// gradients reduce-scattered, updated weight shards all-gathered. CPU only so far.
+    /// gradients reduce-scattered, updated weight shards all-gathered (over MPI on the CPU, NCCL on GPUs),
+    /// in chunks of --ddp-bucket-size elements.
     #[arg(long)]
     pub use_distributed_optimizer: bool,
     /// The CCA layers' variant, from the lab's registry (src/variants, docs/variants.md): cca
@@ -151,6 +152,12 @@ pub struct Args {
     /// Every rank stops at the same iteration, whichever rank got the signal.
     #[arg(long)]
     pub exit_signal_handler: bool,
+    /// Under mpirun: a rank that has waited this long for the others in one collective (an MPI
+    /// collective, or a GPU step's NCCL reductions) ends the job with exit status 1, naming itself and
+    /// the wait, instead of hanging while another rank is stopped or hung. On GPUs an NCCL error ends it
+    /// at once. (A rank that dies is reported by mpirun itself.)
+    #[arg(long, default_value_t = 10.0)]
+    pub distributed_timeout_minutes: f64,
 }
 
 /// Under `mpirun -np N` every process is a data-parallel (or tensor-parallel) rank; an error on any rank
@@ -207,6 +214,7 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         exit_interval,
         exit_duration_in_mins,
         exit_signal_handler,
+        distributed_timeout_minutes,
     } = args;
     let layout = retro::dist::ParallelLayout::new(world.size(), world.rank(), tensor_model_parallel_size)?;
     if exit_interval == Some(0) || exit_duration_in_mins.is_some_and(|m| m.is_nan() || m <= 0.0) {
@@ -214,6 +222,13 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     }
     if ddp_bucket_size == 0 {
         return Err(retro::Error::msg("--ddp-bucket-size must be at least 1 element"));
+    }
+    if !(distributed_timeout_minutes > 0.0 && distributed_timeout_minutes.is_finite()) {
+        return Err(retro::Error::msg("--distributed-timeout-minutes must be a positive number of minutes"));
+    }
+    if world.size() > 1 {
+        let timeout = std::time::Duration::from_secs_f64(distributed_timeout_minutes * 60.0);
+        retro::dist::watchdog::install_exiting(timeout, format!("rank {} of {}", world.rank(), world.size()))?;
     }
     super::share_cores(&world);
     // Megatron's groups: the ranks of one model's parts are consecutive, data-parallel ranks strided.

@@ -72,6 +72,7 @@ impl<T: Element> PendingSum<T> {
     fn finish(&mut self) {
         #[cfg(feature = "mpi")]
         if let Some(Request(mut request)) = self.request.take() {
+            let _wait = super::watchdog::waiting("the wait for a non-blocking MPI all-reduce");
             // SAFETY: as in `test`.
             unsafe { mpi::ffi::MPI_Wait(&mut request, mpi::ffi::RSMPI_STATUS_IGNORE) };
         }
@@ -166,6 +167,7 @@ impl World {
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, .. } => {
                 use mpi::collective::{CommunicatorCollectives, SystemOperation};
+                let _wait = super::watchdog::waiting("MPI all-reduce");
                 comm.all_reduce_into(send, recv, SystemOperation::sum());
             }
         }
@@ -206,6 +208,7 @@ impl World {
         if let Backend::Mpi { comm, .. } = &self.backend {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let send = buf.to_vec();
+            let _wait = super::watchdog::waiting("MPI all-reduce (max)");
             comm.all_reduce_into(&send[..], buf, SystemOperation::max());
         }
         #[cfg(not(feature = "mpi"))]
@@ -223,6 +226,7 @@ impl World {
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, _universe } => {
                 use mpi::topology::{Color, Communicator};
+                let _wait = super::watchdog::waiting("MPI communicator split");
                 let Some(group) = comm.split_by_color_with_key(Color::with_value(color as i32), key as i32) else {
                     crate::bail!("MPI_Comm_split of rank {} with color {color} gave no communicator", self.rank());
                 };
@@ -247,6 +251,7 @@ impl World {
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, .. } => {
                 use mpi::collective::{CommunicatorCollectives, SystemOperation};
+                let _wait = super::watchdog::waiting("MPI reduce-scatter");
                 comm.reduce_scatter_block_into(send, recv, SystemOperation::sum());
             }
         }
@@ -260,6 +265,7 @@ impl World {
             #[cfg(feature = "mpi")]
             Backend::Mpi { comm, .. } => {
                 use mpi::collective::CommunicatorCollectives;
+                let _wait = super::watchdog::waiting("MPI all-gather");
                 comm.all_gather_into(send, recv);
             }
         }
@@ -277,6 +283,7 @@ impl World {
             Backend::Mpi { comm, .. } => {
                 use mpi::topology::Communicator;
                 use mpi::traits::Root;
+                let _wait = super::watchdog::waiting("MPI gather");
                 let at = comm.process_at_rank(root as i32);
                 if self.rank() == root {
                     let mut recv = send.repeat(self.size());
@@ -296,6 +303,7 @@ impl World {
         if let Backend::Mpi { comm, .. } = &self.backend {
             use mpi::topology::Communicator;
             use mpi::traits::Root;
+            let _wait = super::watchdog::waiting("MPI broadcast");
             comm.process_at_rank(root as i32).broadcast_into(buf);
         }
         #[cfg(not(feature = "mpi"))]
@@ -311,6 +319,7 @@ impl World {
         #[cfg(feature = "mpi")]
         if let Backend::Mpi { comm, .. } = &self.backend {
             use mpi::collective::CommunicatorCollectives;
+            let _wait = super::watchdog::waiting("MPI barrier");
             comm.barrier();
         }
     }
