@@ -335,3 +335,55 @@ test_device!(gpu_857m_twenty_steps_lower_the_loss, |dev| {
     let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
     assert!(mean(&losses[16..]) < mean(&losses[..4]) && losses[19] < losses[0], "the loss did not fall: {losses:?}");
 });
+
+// `--use-distributed-optimizer` on a GPU (`DeviceOptimizer::shard`): with one rank, NCCL's reduce-scatter
+// and all-gather move each chunk's piece in place, so three steps in chunks of 40,000 elements (many
+// chunks, the last one padded) give the device optimizer's weights and moments bit for bit, and its
+// norms. (Several ranks need several GPUs; the CPU's distributed optimizer is tests/dist_train.rs.)
+test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |dev| {
+    if dev.placement().1 != DType::BF16 {
+        eprintln!("{}: skipped (the GPU engine's precision is the cuda copy's)", dev.name());
+        return;
+    }
+    let c = gpu_sized_config();
+    let model = RetroModel::init(&c, 3, DType::F32).unwrap();
+    let config = AdamWConfig { lr: 1e-3, clip: None, ..AdamWConfig::default() };
+    let run = |distributed: bool| {
+        let opt = AdamW::new(config, &model.params.tensors);
+        let dp = retro::train::data_parallel::DataParallel {
+            bucket_size: 40_000,
+            distributed_optimizer: distributed,
+            ..retro::train::data_parallel::DataParallel::single()
+        };
+        let mut engine =
+            Engine::new(dev.placement().0, &model, &opt).unwrap().with_data_parallel(dp, &model, &opt).unwrap();
+        let (mut host, mut opt) = (model.clone(), opt);
+        let mut out = Vec::new();
+        for step in 0..3u64 {
+            for micro in 0..2u64 {
+                engine.accumulate(&model, &random_batch(&c, 1, 10 * step + micro), step).unwrap();
+            }
+            let stats = engine.apply(&mut host, &mut opt, 1e-3).unwrap();
+            out.push((engine.micro_losses().unwrap(), stats.grad_norm));
+        }
+        engine.to_host(&mut host, &mut opt).unwrap();
+        (out, host, opt)
+    };
+    let (want, want_model, want_opt) = run(false);
+    let (got, got_model, got_opt) = run(true);
+    for (step, ((gl, gn), (wl, wn))) in got.iter().zip(&want).enumerate() {
+        assert_eq!(gl, wl, "step {step}: micro-batch losses");
+        assert!((gn / wn - 1.0).abs() < 1e-12, "step {step}: grad norm {gn} vs {wn}");
+    }
+    assert_eq!(got_opt.step, 3);
+    for (i, spec) in model.params.specs.iter().enumerate() {
+        for (what, g, w) in [
+            ("weight", &got_model.params.tensors[i], &want_model.params.tensors[i]),
+            ("exp_avg", &got_opt.exp_avg[i], &want_opt.exp_avg[i]),
+            ("exp_avg_sq", &got_opt.exp_avg_sq[i], &want_opt.exp_avg_sq[i]),
+        ] {
+            assert_eq!(g.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap(), "{} {what}", spec.name);
+        }
+    }
+    common::device::report_check("distributed optimizer (1 rank) vs device optimizer", dev, 0.0, 0.0);
+});

@@ -52,13 +52,41 @@ fn nccl_all_reduce(world: &World) {
     let comm = retro::dist::nccl::NcclComm::new(world, gpu.clone()).expect("NCCL communicator");
     let host: Vec<f32> = (0..4099).map(|i| ((rank + 1) * (i % 5 + 1)) as f32).collect();
     let buf = gpu.upload(&host).unwrap();
-    comm.all_reduce_sum_f32(&buf).expect("NCCL all-reduce");
+    comm.all_reduce_sum(&buf).expect("NCCL all-reduce");
     let got = gpu.download(&buf).unwrap();
     let ranks_sum = (size * (size + 1) / 2) as f32;
     for (i, x) in got.iter().enumerate() {
         assert_eq!(*x, ranks_sum * (i % 5 + 1) as f32, "NCCL element {i} on rank {rank}");
     }
-    println!("mpi_world: rank {rank} of {size}: NCCL all-reduce ok on {}", gpu.name());
+    // The same sum on the communicator's own stream, ordered by events as the overlapped reduction does.
+    let twice = gpu.upload(&host).unwrap();
+    let ready = gpu.compute.record_event(None).unwrap();
+    comm.comm_stream().wait(&ready).unwrap();
+    comm.all_reduce_sum_on(&twice, comm.comm_stream()).expect("NCCL all-reduce on the communication stream");
+    gpu.compute.wait(&comm.comm_stream().record_event(None).unwrap()).unwrap();
+    assert_eq!(gpu.download(&twice).unwrap(), got, "the communication stream's sum");
+    // f64 (the gradient norm's sum of squares)
+    let norm = gpu.upload(&[0.5f64 * (rank + 1) as f64]).unwrap();
+    comm.all_reduce_sum(&norm).expect("NCCL f64 all-reduce");
+    assert_eq!(gpu.download(&norm).unwrap(), vec![0.5 * ranks_sum as f64]);
+    // Reduce-scatter and all-gather in place, as the distributed optimizer calls them: block `rank` of
+    // `whole` receives the sum of every rank's block `rank`, then every block is gathered back.
+    let block = 1024;
+    let whole: Vec<f32> = (0..block * size).map(|i| (i % 7) as f32 + rank as f32).collect();
+    let buf = gpu.upload(&whole).unwrap();
+    let mine = buf.view(rank * block, block).unwrap();
+    comm.reduce_scatter_sum(&buf, &mine).expect("NCCL reduce-scatter");
+    let offset: f32 = (0..size).map(|r| r as f32).sum();
+    let summed: Vec<f32> = (0..block).map(|i| size as f32 * ((rank * block + i) % 7) as f32 + offset).collect();
+    assert_eq!(gpu.download(&mine).unwrap(), summed, "reduce-scatter on rank {rank}");
+    comm.all_gather(&mine, &buf).expect("NCCL all-gather");
+    let all: Vec<f32> = (0..block * size).map(|i| size as f32 * (i % 7) as f32 + offset).collect();
+    assert_eq!(gpu.download(&buf).unwrap(), all, "all-gather on rank {rank}");
+    let bf: Vec<half::bf16> = (0..block * size).map(|i| half::bf16::from_f32(i as f32)).collect();
+    let bbuf = gpu.upload(&bf).unwrap();
+    comm.all_gather(&bbuf.view(rank * block, block).unwrap(), &bbuf).expect("NCCL bf16 all-gather");
+    assert_eq!(gpu.download(&bbuf).unwrap(), bf, "bf16 all-gather on rank {rank}");
+    println!("mpi_world: rank {rank} of {size}: NCCL all-reduce, reduce-scatter and all-gather ok on {}", gpu.name());
 }
 
 #[cfg(no_cuda_kernels)]

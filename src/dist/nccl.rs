@@ -1,23 +1,71 @@
 //! NCCL for GPU tensors: one communicator per process on its GPU, over the ranks of a [`World`]. Rank 0
-//! makes the unique id and MPI broadcasts it (NCCL's own bootstrap then connects the ranks); collectives
-//! are queued on the GPU's compute stream, in stream order with the kernels around them.
+//! makes the unique id and MPI broadcasts it (NCCL's own bootstrap then connects the ranks). Collectives
+//! are queued on a stream the caller names: the GPU's compute stream (in stream order with the kernels
+//! around them) or the communicator's own (`comm_stream`, for reductions that overlap the backward; the
+//! caller orders it against the compute stream with events). With the process's watchdog installed
+//! (`watchdog.rs`), the communicator's asynchronous errors end the job, and so does a wait that times out,
+//! after `ncclCommAbort` has freed the streams stuck in its collectives.
 
-use super::World;
+use super::{watchdog, World};
 use crate::backend::cuda::device::cuda_error;
 use crate::backend::cuda::{DeviceBuffer, Gpu};
 use crate::Result;
+use cudarc::driver::CudaStream;
 use cudarc::nccl::{result, sys};
+use half::bf16;
 use std::sync::Arc;
 
 pub struct NcclComm {
+    // Dropped (no longer polled) before the communicator is destroyed.
+    watched: Option<watchdog::Registered>,
     comm: sys::ncclComm_t,
     gpu: Arc<Gpu>,
+    comm_stream: Arc<CudaStream>,
     rank: usize,
     size: usize,
 }
 
+/// What NCCL moves: its datatype for each element type.
+pub trait NcclElement {
+    const DATATYPE: sys::ncclDataType_t;
+}
+impl NcclElement for f32 {
+    const DATATYPE: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat32;
+}
+impl NcclElement for f64 {
+    const DATATYPE: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat64;
+}
+impl NcclElement for bf16 {
+    const DATATYPE: sys::ncclDataType_t = sys::ncclDataType_t::ncclBfloat16;
+}
+
+/// The communicator as the watchdog thread holds it (NCCL's error query and abort are thread-safe).
+struct Handle(sys::ncclComm_t);
+// SAFETY: only ncclCommGetAsyncError and ncclCommAbort are called through it, which NCCL allows from
+// any thread; the registration is dropped before the communicator is destroyed.
+unsafe impl Send for Handle {}
+
+impl Handle {
+    // A method, so a closure captures the whole `Handle` (Send), not its raw pointer field.
+    fn comm(&self) -> sys::ncclComm_t {
+        self.0
+    }
+}
+
 fn nccl_error(what: &str, e: impl std::fmt::Debug) -> crate::Error {
     crate::Error::msg(format!("NCCL {what}: {e:?}"))
+}
+
+/// The NCCL error an asynchronous check found, if any.
+fn async_error(comm: sys::ncclComm_t) -> Option<String> {
+    let mut state = sys::ncclResult_t::ncclSuccess;
+    // SAFETY: `comm` is live (see `Handle`) and `state` receives one value.
+    let queried = unsafe { sys::ncclCommGetAsyncError(comm, &mut state) };
+    match (queried, state) {
+        (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess | sys::ncclResult_t::ncclInProgress) => None,
+        (sys::ncclResult_t::ncclSuccess, error) => Some(format!("NCCL reported {error:?} on the communicator")),
+        (failed, _) => Some(format!("NCCL could not be asked for its errors: {failed:?}")),
+    }
 }
 
 impl NcclComm {
@@ -39,10 +87,22 @@ impl NcclComm {
         let unique = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
         gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
         let mut comm = std::ptr::null_mut();
-        // SAFETY: `comm` receives the new communicator; every rank passes the same id and world size.
-        unsafe { result::comm_init_rank(&mut comm, size as i32, unique, rank as i32) }
-            .map_err(|e| nccl_error(&format!("initialising rank {rank} of {size}"), e))?;
-        Ok(Self { comm, gpu, rank, size })
+        {
+            let _wait = watchdog::waiting("NCCL communicator set-up");
+            // SAFETY: `comm` receives the new communicator; every rank passes the same id and world size.
+            unsafe { result::comm_init_rank(&mut comm, size as i32, unique, rank as i32) }
+                .map_err(|e| nccl_error(&format!("initialising rank {rank} of {size}"), e))?;
+        }
+        let comm_stream = gpu.ctx.new_stream().map_err(|e| cuda_error("creating the communication stream", e))?;
+        let watched = watchdog::installed().map(|w| {
+            let (polled, aborted) = (Handle(comm), Handle(comm));
+            w.register(watchdog::Check {
+                poll: Box::new(move || async_error(polled.comm())),
+                // SAFETY: as in `Handle`; the process ends right after (the communicator is not used again).
+                abort: Box::new(move || drop(unsafe { result::comm_abort(aborted.comm()) })),
+            })
+        });
+        Ok(Self { watched, comm, gpu, comm_stream, rank, size })
     }
 
     pub fn rank(&self) -> usize {
@@ -53,30 +113,103 @@ impl NcclComm {
         self.size
     }
 
+    /// The communicator's own stream (overlapped reductions).
+    pub fn comm_stream(&self) -> &Arc<CudaStream> {
+        &self.comm_stream
+    }
+
+    fn bound(&self) -> Result<()> {
+        self.gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))
+    }
+
+    fn stream_of(stream: &CudaStream) -> sys::cudaStream_t {
+        stream.cu_stream() as sys::cudaStream_t
+    }
+
     /// In-place element-wise sum of `buf` over all ranks, queued on the compute stream.
-    pub fn all_reduce_sum_f32(&self, buf: &DeviceBuffer<f32>) -> Result<()> {
-        self.gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
+    pub fn all_reduce_sum<E: NcclElement>(&self, buf: &DeviceBuffer<E>) -> Result<()> {
+        self.all_reduce_sum_on(buf, &self.gpu.compute)
+    }
+
+    /// In-place element-wise sum of `buf` over all ranks, queued on `stream`.
+    pub fn all_reduce_sum_on<E: NcclElement>(&self, buf: &DeviceBuffer<E>, stream: &CudaStream) -> Result<()> {
+        self.bound()?;
         let ptr = buf.ptr() as *mut std::ffi::c_void;
-        let stream = self.gpu.compute.cu_stream() as sys::cudaStream_t;
-        // SAFETY: in place over the buffer's `len` f32 elements, on the stream that orders its users.
+        // SAFETY: in place over the buffer's `len` elements, on the stream that orders its users.
         unsafe {
             result::all_reduce(
                 ptr,
                 ptr,
                 buf.len(),
-                sys::ncclDataType_t::ncclFloat32,
+                E::DATATYPE,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                Self::stream_of(stream),
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| nccl_error("all-reduce", e))
+    }
+
+    /// `send` (`size` blocks of `recv.len()` elements) summed over all ranks; this rank's block of the
+    /// sum into `recv` (which may be that block of `send`: in place), on the compute stream.
+    pub fn reduce_scatter_sum<E: NcclElement>(&self, send: &DeviceBuffer<E>, recv: &DeviceBuffer<E>) -> Result<()> {
+        crate::ensure!(
+            send.len() == recv.len() * self.size,
+            "NCCL reduce-scatter of {} elements into blocks of {} over {} ranks",
+            send.len(),
+            recv.len(),
+            self.size
+        );
+        self.bound()?;
+        let stream = Self::stream_of(&self.gpu.compute);
+        // SAFETY: `send` holds size x recv.len() elements and `recv` recv.len(), ordered on the compute stream.
+        unsafe {
+            result::reduce_scatter(
+                send.ptr() as *const std::ffi::c_void,
+                recv.ptr() as *mut std::ffi::c_void,
+                recv.len(),
+                E::DATATYPE,
                 sys::ncclRedOp_t::ncclSum,
                 self.comm,
                 stream,
             )
         }
         .map(|_| ())
-        .map_err(|e| nccl_error("all-reduce", e))
+        .map_err(|e| nccl_error("reduce-scatter", e))
+    }
+
+    /// Every rank's `send`, in rank order, into `recv` (`size` x `send.len()` elements; `send` may be
+    /// this rank's block of `recv`: in place), on the compute stream.
+    pub fn all_gather<E: NcclElement>(&self, send: &DeviceBuffer<E>, recv: &DeviceBuffer<E>) -> Result<()> {
+        crate::ensure!(
+            recv.len() == send.len() * self.size,
+            "NCCL all-gather of {} elements into {} over {} ranks",
+            send.len(),
+            recv.len(),
+            self.size
+        );
+        self.bound()?;
+        let stream = Self::stream_of(&self.gpu.compute);
+        // SAFETY: as in `reduce_scatter_sum`, with the sizes the other way round.
+        unsafe {
+            result::all_gather(
+                send.ptr() as *const std::ffi::c_void,
+                recv.ptr() as *mut std::ffi::c_void,
+                send.len(),
+                E::DATATYPE,
+                self.comm,
+                stream,
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| nccl_error("all-gather", e))
     }
 }
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
+        self.watched.take();
         // SAFETY: the communicator was created by `new` and is not used after this.
         let _ = unsafe { result::comm_destroy(self.comm) };
     }

@@ -6,8 +6,13 @@
 //! coefficient applied on the device (the kernel also rewrites the bf16 copies), and the zeroing of the
 //! gradient arena for the next step (under data parallelism an NCCL all-reduce of the gradient arena
 //! comes first). The host reads the norm once, after the update is queued.
+//! With `--use-distributed-optimizer` (`shard`) the moments hold this rank's pieces only (the CPU's
+//! `Shards` layout): per chunk of the gradient arena an NCCL reduce-scatter into the rank's summed
+//! pieces, their sum of squares all-reduced for the norm, AdamW on the rank's pieces of the masters
+//! (and bf16 copies), which are then all-gathered in place.
 //! The one place device tensors are written in place: arena views, between tapes.
 
+use super::distributed_optimizer::Shards;
 use super::param_arena::ParamArena;
 use super::{AdamW, AdamWConfig, StepStats};
 use crate::backend::cuda::{adamw, residual, DeviceBuffer, Gpu};
@@ -33,6 +38,9 @@ pub struct DeviceOptimizer {
     /// Data parallelism: the gradient arena is summed over the ranks of this communicator (NCCL, in
     /// stream order) before the norm.
     data_parallel: Option<crate::dist::nccl::NcclComm>,
+    /// The distributed optimizer's layout and this rank's summed pieces of the gradients (`chunks` x
+    /// `piece`, the moments' layout).
+    sharded: Option<(Shards, DeviceBuffer<f32>)>,
     config: AdamWConfig,
     step: u64,
 }
@@ -94,17 +102,8 @@ impl DeviceOptimizer {
         config: AdamWConfig,
         step: u64,
     ) -> Result<Self> {
-        let leaves = (model.params.specs.iter().enumerate())
-            .map(|(i, spec)| {
-                let r = arena.range(i);
-                match spec.reads_master {
-                    true => Tensor::from_cuda(&gpu, masters.view(r.start, r.len())?, &spec.shape),
-                    false => Tensor::from_cuda(&gpu, weights_bf16.view(r.start, r.len())?, &spec.shape),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
         let (grads, grad_sum_squares) = (gpu.zeros::<f32>(arena.len())?, gpu.zeros::<f64>(1)?);
-        Ok(Self {
+        let mut me = Self {
             gpu,
             arena,
             masters,
@@ -113,16 +112,67 @@ impl DeviceOptimizer {
             exp_avg,
             exp_avg_sq,
             grad_sum_squares,
-            leaves,
+            leaves: Vec::new(),
             data_parallel: None,
+            sharded: None,
             config,
             step,
-        })
+        };
+        me.leaves = me.leaves_of(model)?;
+        Ok(me)
+    }
+
+    /// Views of the masters or their bf16 copies, one per parameter of `model`.
+    fn leaves_of(&self, model: &RetroModel) -> Result<Vec<Tensor>> {
+        (model.params.specs.iter().enumerate())
+            .map(|(i, spec)| {
+                let r = self.arena.range(i);
+                match spec.reads_master {
+                    true => Tensor::from_cuda(&self.gpu, self.masters.view(r.start, r.len())?, &spec.shape),
+                    false => Tensor::from_cuda(&self.gpu, self.weights_bf16.view(r.start, r.len())?, &spec.shape),
+                }
+            })
+            .collect()
     }
 
     /// Sum the gradients over `comm`'s ranks at every step (each rank on its own GPU).
     pub fn set_data_parallel(&mut self, comm: crate::dist::nccl::NcclComm) {
         self.data_parallel = Some(comm);
+    }
+
+    /// The distributed optimizer over `comm`'s ranks, in chunks of about `bucket_size` elements: the
+    /// moments keep this rank's pieces only (the rest is freed), the weight and gradient arenas grow to
+    /// whole chunks (zero padding). Before any step; `model` gives the parameters the tape reads.
+    pub fn shard(&mut self, comm: crate::dist::nccl::NcclComm, bucket_size: usize, model: &RetroModel) -> Result<()> {
+        let shards = Shards::new(self.arena.len(), bucket_size, comm.rank(), comm.size());
+        let padded = shards.padded_len();
+        if padded > self.masters.len() {
+            self.masters = self.grown(&self.masters, padded)?;
+            self.weights_bf16 = self.grown(&self.weights_bf16, padded)?;
+            self.grads = self.gpu.zeros(padded)?;
+            self.leaves = self.leaves_of(model)?;
+        }
+        let piece = shards.piece();
+        let pieces = |full: &DeviceBuffer<f32>| -> Result<DeviceBuffer<f32>> {
+            let mine = self.gpu.zeros::<f32>(shards.chunks * piece)?;
+            for k in 0..shards.chunks {
+                let r = shards.mine(k);
+                let live = r.end.min(full.len()).saturating_sub(r.start); // past the arena: zero
+                self.gpu.copy_rows(&mine, k * piece, live, full, r.start, live, live, 1)?;
+            }
+            Ok(mine)
+        };
+        (self.exp_avg, self.exp_avg_sq) = (pieces(&self.exp_avg)?, pieces(&self.exp_avg_sq)?);
+        self.sharded = Some((shards, self.gpu.zeros(shards.chunks * piece)?));
+        self.data_parallel = Some(comm);
+        Ok(())
+    }
+
+    /// `buf` copied into a buffer of `len` elements, zero past its end.
+    fn grown<E: cudarc::driver::DeviceRepr>(&self, buf: &DeviceBuffer<E>, len: usize) -> Result<DeviceBuffer<E>> {
+        let out = self.gpu.zeros::<E>(len)?;
+        self.gpu.copy_rows(&out, 0, buf.len(), buf, 0, buf.len(), buf.len(), 1)?;
+        Ok(out)
     }
 
     /// The GPU the optimizer state lives on.
@@ -156,25 +206,35 @@ impl DeviceOptimizer {
     /// (and as many on every other data-parallel rank), clipped as `AdamW::step` clips.
     pub fn step(&mut self, lr: f64, micro_batches: usize) -> Result<StepStats> {
         crate::ensure!(micro_batches > 0, "an optimizer step without a micro-batch");
-        let mut grad_scale = 1.0 / micro_batches as f64;
-        if let Some(comm) = &self.data_parallel {
-            comm.all_reduce_sum_f32(&self.grads)?;
-            grad_scale /= comm.size() as f64;
-        }
+        let ranks = self.data_parallel.as_ref().map_or(1, |comm| comm.size());
+        let grad_scale = 1.0 / (micro_batches * ranks) as f64;
         let c = self.config.coefficients(lr, self.step + 1, true);
-        let params = AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());
-        adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares)?;
-        let arenas = adamw::Arenas {
-            param: &self.masters,
-            grad: &self.grads,
-            exp_avg: &self.exp_avg,
-            exp_avg_sq: &self.exp_avg_sq,
-            weights_bf16: Some(&self.weights_bf16),
-        };
-        adamw::update(&self.gpu, &arenas, &self.grad_sum_squares, params)?;
+        match &self.sharded {
+            None => {
+                if let Some(comm) = &self.data_parallel {
+                    comm.all_reduce_sum(&self.grads)?;
+                }
+                let params =
+                    AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());
+                adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares)?;
+                let arenas = adamw::Arenas {
+                    param: &self.masters,
+                    grad: &self.grads,
+                    exp_avg: &self.exp_avg,
+                    exp_avg_sq: &self.exp_avg_sq,
+                    weights_bf16: Some(&self.weights_bf16),
+                };
+                adamw::update(&self.gpu, &arenas, &self.grad_sum_squares, params)?;
+            }
+            Some((shards, summed)) => self.sharded_update(shards, summed, &c, grad_scale)?,
+        }
         self.gpu.fill_zero(&self.grads)?;
         // The one wait of the step: the norm, for the metrics (the update has been queued behind it).
-        let grad_norm = self.gpu.download(&self.grad_sum_squares)?[0].sqrt() * grad_scale;
+        let grad_sum_squares = {
+            let _wait = crate::dist::watchdog::waiting("the GPU step (its NCCL reductions)");
+            self.gpu.download(&self.grad_sum_squares)?[0]
+        };
+        let grad_norm = grad_sum_squares.sqrt() * grad_scale;
         crate::ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; the update was skipped");
         self.step += 1;
         let clip_coef = match self.config.clip {
@@ -184,7 +244,60 @@ impl DeviceOptimizer {
         Ok(StepStats { grad_norm, clip_coef })
     }
 
-    /// Copy the master weights into `model` and the moments and step count into `opt`.
+    /// The distributed optimizer's update, chunk by chunk: this rank's pieces of the summed gradients,
+    /// the global norm from their squares, AdamW on this rank's pieces, every rank's pieces gathered.
+    fn sharded_update(
+        &self,
+        shards: &Shards,
+        summed: &DeviceBuffer<f32>,
+        c: &crate::backend::cpu::adamw::Coefficients,
+        grad_scale: f64,
+    ) -> Result<()> {
+        let comm = self.data_parallel.as_ref().expect("a sharded optimizer has its communicator");
+        let piece = shards.piece();
+        for k in 0..shards.chunks {
+            let window = shards.window(k);
+            comm.reduce_scatter_sum(&self.grads.view(window.start, shards.chunk)?, &summed.view(k * piece, piece)?)?;
+        }
+        adamw::sum_squares_into(&self.gpu, summed, &self.grad_sum_squares)?;
+        comm.all_reduce_sum(&self.grad_sum_squares)?;
+        for k in 0..shards.chunks {
+            let (mine, window) = (shards.mine(k), shards.window(k));
+            // The decaying parameters are a prefix of the arena: the piece's share of it.
+            let decay_end = self.arena.decay_end().clamp(mine.start, mine.end) - mine.start;
+            let params = AdamwParams::new(c, grad_scale, self.config.clip, piece, decay_end);
+            let (masters, copies) = (self.masters.view(mine.start, piece)?, self.weights_bf16.view(mine.start, piece)?);
+            let arenas = adamw::Arenas {
+                param: &masters,
+                grad: &summed.view(k * piece, piece)?,
+                exp_avg: &self.exp_avg.view(k * piece, piece)?,
+                exp_avg_sq: &self.exp_avg_sq.view(k * piece, piece)?,
+                weights_bf16: Some(&copies),
+            };
+            adamw::update(&self.gpu, &arenas, &self.grad_sum_squares, params)?;
+            comm.all_gather(&masters, &self.masters.view(window.start, shards.chunk)?)?;
+            comm.all_gather(&copies, &self.weights_bf16.view(window.start, shards.chunk)?)?;
+        }
+        Ok(())
+    }
+
+    /// The whole of a moment arena on the host: downloaded, or (sharded) every rank's pieces gathered
+    /// chunk by chunk (a collective).
+    fn moments_on_host(&self, moments: &DeviceBuffer<f32>) -> Result<Vec<f32>> {
+        let Some((shards, _)) = &self.sharded else { return self.gpu.download(moments) };
+        let comm = self.data_parallel.as_ref().expect("a sharded optimizer has its communicator");
+        let (piece, chunk) = (shards.piece(), self.gpu.zeros::<f32>(shards.chunk)?);
+        let mut whole = Vec::with_capacity(shards.padded_len());
+        for k in 0..shards.chunks {
+            comm.all_gather(&moments.view(k * piece, piece)?, &chunk)?;
+            let _wait = crate::dist::watchdog::waiting("gathering the distributed optimizer's moments");
+            whole.extend(self.gpu.download(&chunk)?);
+        }
+        Ok(whole)
+    }
+
+    /// Copy the master weights into `model` and the moments and step count into `opt` (sharded: a
+    /// collective, every rank calls it).
     pub fn to_host(&self, model: &mut RetroModel, opt: &mut AdamW) -> Result<()> {
         crate::ensure!(
             model.params.tensors.len() == self.arena.num_params(),
@@ -196,8 +309,8 @@ impl DeviceOptimizer {
         opt.exp_avg_sq.resize(self.arena.num_params(), Tensor::scalar(0f32));
         let (masters, m, v) = (
             self.gpu.download(&self.masters)?,
-            self.gpu.download(&self.exp_avg)?,
-            self.gpu.download(&self.exp_avg_sq)?,
+            self.moments_on_host(&self.exp_avg)?,
+            self.moments_on_host(&self.exp_avg_sq)?,
         );
         for i in 0..self.arena.num_params() {
             let (r, like) = (self.arena.range(i), &model.params.tensors[i]);

@@ -1,4 +1,5 @@
-//! Megatron's distributed optimizer (`--use-distributed-optimizer`, ZeRO-1) on the CPU: the AdamW moments
+//! Megatron's distributed optimizer (`--use-distributed-optimizer`, ZeRO-1) on the CPU (a GPU's is
+//! `DeviceOptimizer` over the same `Shards`): the AdamW moments
 //! are split across the data-parallel ranks instead of replicated, so each rank holds 1/N of them. The
 //! parameters are laid out in one flat arena (`ParamArena`) cut into chunks of `--ddp-bucket-size`
 //! elements (a multiple of N), and each chunk into N contiguous pieces: rank r owns piece r of every
@@ -21,16 +22,54 @@ use crate::tensor::{DType, Tensor};
 use crate::{ensure, Result};
 use std::ops::Range;
 
+/// How the arena is cut among the data-parallel ranks (on the CPU and on GPUs alike): chunks of about
+/// `--ddp-bucket-size` elements (a multiple of the ranks), each cut into one contiguous piece per rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shards {
+    /// Elements per chunk, and the number of chunks (the last one runs past the arena: zero padding).
+    pub chunk: usize,
+    pub chunks: usize,
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl Shards {
+    /// Rank `rank` of `ranks`' pieces of an arena of `len` elements, in chunks of at most about
+    /// `bucket_size` elements (at least one per rank).
+    pub fn new(len: usize, bucket_size: usize, rank: usize, ranks: usize) -> Self {
+        let chunk = (bucket_size / ranks).max(1) * ranks;
+        let chunk = chunk.min(len.next_multiple_of(ranks).max(ranks));
+        Self { chunk, chunks: len.div_ceil(chunk), rank, ranks }
+    }
+
+    /// Elements of each rank's piece of a chunk.
+    pub fn piece(&self) -> usize {
+        self.chunk / self.ranks
+    }
+
+    /// Elements of the arena with its padding: whole chunks.
+    pub fn padded_len(&self) -> usize {
+        self.chunks * self.chunk
+    }
+
+    /// Chunk `k` of the arena.
+    pub fn window(&self, k: usize) -> Range<usize> {
+        k * self.chunk..(k + 1) * self.chunk
+    }
+
+    /// This rank's piece of chunk `k`, in arena coordinates.
+    pub fn mine(&self, k: usize) -> Range<usize> {
+        let start = k * self.chunk + self.rank * self.piece();
+        start..start + self.piece()
+    }
+}
+
 pub struct ShardedAdamW {
     arena: ParamArena,
     /// A tensor-parallel model's group and which parameters it splits (for the gradient norm).
     tensor_parallel: TensorParallel,
     split: Vec<bool>,
-    /// Elements per chunk of the arena (a multiple of `ranks`), and the number of chunks.
-    chunk: usize,
-    chunks: usize,
-    rank: usize,
-    ranks: usize,
+    shards: Shards,
     /// This rank's pieces of the moments, chunk after chunk (`chunks` x `chunk / ranks`).
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
@@ -56,17 +95,11 @@ impl ShardedAdamW {
             "--use-distributed-optimizer trains f32 parameters on the CPU"
         );
         let arena = ParamArena::new(params.iter().map(Tensor::shape));
-        let ranks = dp.size();
-        let chunk = (dp.bucket_size / ranks).max(1) * ranks;
-        let chunk = chunk.min(arena.len().next_multiple_of(ranks).max(ranks));
         let mut me = Self {
-            chunks: arena.len().div_ceil(chunk),
+            shards: Shards::new(arena.len(), dp.bucket_size, dp.layout.dp_rank(), dp.size()),
             arena,
             tensor_parallel: model.tensor_parallel.clone(),
             split: model.params.specs.iter().map(|s| s.split.is_some()).collect(),
-            chunk,
-            rank: dp.layout.dp_rank(),
-            ranks,
             exp_avg: Vec::new(),
             exp_avg_sq: Vec::new(),
             config: opt.config,
@@ -74,30 +107,14 @@ impl ShardedAdamW {
         };
         let take = |moments: &[Tensor]| -> Result<Vec<f32>> {
             if moments.is_empty() {
-                return Ok(vec![0.0; me.chunks * me.piece()]);
+                return Ok(vec![0.0; me.shards.chunks * me.shards.piece()]);
             }
             let f32s: Vec<Tensor> = moments.iter().map(|m| m.to_dtype(DType::F32)).collect::<Result<_>>()?;
             let parts = f32_parts(&f32s)?;
-            Ok((0..me.chunks).flat_map(|k| me.arena.gather_window(&parts, me.mine(k))).collect())
+            Ok((0..me.shards.chunks).flat_map(|k| me.arena.gather_window(&parts, me.shards.mine(k))).collect())
         };
         (me.exp_avg, me.exp_avg_sq) = (take(&opt.exp_avg)?, take(&opt.exp_avg_sq)?);
         Ok(me)
-    }
-
-    /// Elements of each rank's piece of a chunk.
-    fn piece(&self) -> usize {
-        self.chunk / self.ranks
-    }
-
-    /// Chunk `k` of the arena.
-    fn window(&self, k: usize) -> Range<usize> {
-        k * self.chunk..(k + 1) * self.chunk
-    }
-
-    /// This rank's piece of chunk `k`, in arena coordinates.
-    fn mine(&self, k: usize) -> Range<usize> {
-        let start = k * self.chunk + self.rank * self.piece();
-        start..start + self.piece()
     }
 
     /// One AdamW step at `lr` on the ranks' summed gradients (`grads`: this rank's sum over its
@@ -110,11 +127,11 @@ impl ShardedAdamW {
         micro_batches: usize,
         dp: &DataParallel,
     ) -> Result<StepStats> {
-        let piece = self.piece();
-        let mut g = vec![0f32; self.chunks * piece];
+        let piece = self.shards.piece();
+        let mut g = vec![0f32; self.shards.chunks * piece];
         let grad_parts = f32_parts(grads)?;
-        for k in 0..self.chunks {
-            let send = self.arena.gather_window(&grad_parts, self.window(k));
+        for k in 0..self.shards.chunks {
+            let send = self.arena.gather_window(&grad_parts, self.shards.window(k));
             dp.group.reduce_scatter_sum(&send, &mut g[k * piece..(k + 1) * piece]);
         }
         let average = (1.0 / micro_batches as f64) as f32;
@@ -132,8 +149,8 @@ impl ShardedAdamW {
             g.iter_mut().for_each(|x| *x *= c);
         }
         self.step += 1;
-        for k in 0..self.chunks {
-            let mine = self.mine(k);
+        for k in 0..self.shards.chunks {
+            let mine = self.shards.mine(k);
             let mut weights = self.arena.gather_window(&f32_parts(params)?, mine.clone());
             // Each parameter's part of the piece, with its own decay (padding is zero and stays zero).
             for (i, overlap) in self.arena.overlaps(mine.clone()) {
@@ -148,9 +165,9 @@ impl ShardedAdamW {
                     &coef,
                 );
             }
-            let mut updated = vec![0f32; self.chunk];
+            let mut updated = vec![0f32; self.shards.chunk];
             dp.group.all_gather(&weights, &mut updated);
-            self.arena.scatter_window(&mut f32_parts_mut(params)?, self.window(k).start, &updated);
+            self.arena.scatter_window(&mut f32_parts_mut(params)?, self.shards.window(k).start, &updated);
         }
         Ok(StepStats { grad_norm, clip_coef })
     }
@@ -165,10 +182,11 @@ impl ShardedAdamW {
             return sumsq[0].sqrt();
         }
         let mut sums = [0.0, 0.0]; // [split parameters, whole ones]
-        for k in 0..self.chunks {
-            let mine = self.mine(k);
+        for k in 0..self.shards.chunks {
+            let mine = self.shards.mine(k);
             for (i, overlap) in self.arena.overlaps(mine.clone()) {
-                let at = k * self.piece() + overlap.start - mine.start..k * self.piece() + overlap.end - mine.start;
+                let at = k * self.shards.piece() + overlap.start - mine.start
+                    ..k * self.shards.piece() + overlap.end - mine.start;
                 sums[usize::from(!self.split[i])] += square(&g[at]);
             }
         }
@@ -181,15 +199,15 @@ impl ShardedAdamW {
     /// rank. A collective: every rank calls it.
     pub fn to_full(&self, opt: &mut AdamW, params: &[Tensor], dp: &DataParallel) -> Result<()> {
         opt.release_moments();
-        let piece = self.piece();
+        let piece = self.shards.piece();
         let root = dp.group.rank() == 0;
         for (moments, mine) in [(&mut opt.exp_avg, &self.exp_avg), (&mut opt.exp_avg_sq, &self.exp_avg_sq)] {
             // Only the first rank holds (and allocates) the whole moments.
             let mut whole: Vec<Tensor> =
                 if root { params.iter().map(|p| Tensor::zeros(p.shape(), DType::F32)).collect() } else { Vec::new() };
-            for k in 0..self.chunks {
+            for k in 0..self.shards.chunks {
                 if let Some(chunk) = dp.group.gather_to(&mine[k * piece..(k + 1) * piece], 0) {
-                    self.arena.scatter_window(&mut f32_parts_mut(&mut whole)?, self.window(k).start, &chunk);
+                    self.arena.scatter_window(&mut f32_parts_mut(&mut whole)?, self.shards.window(k).start, &chunk);
                 }
             }
             *moments = whole;

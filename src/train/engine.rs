@@ -94,16 +94,15 @@ impl Engine {
     }
 
     /// Sum every step's gradients over `dp`'s data-parallel ranks (on a GPU over NCCL, each rank on its
-    /// own device; collective: every rank calls it). With `dp.distributed_optimizer` (CPU only) the
-    /// moments of `opt` are split across the ranks.
+    /// own device; collective: every rank calls it). With `dp.distributed_optimizer` the moments of `opt`
+    /// are split across the ranks (on a GPU, in the device optimizer, even with one rank).
     pub fn with_data_parallel(mut self, dp: DataParallel, model: &RetroModel, opt: &AdamW) -> Result<Self> {
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
-            crate::ensure!(
-                !dp.distributed_optimizer,
-                "--use-distributed-optimizer is built for the CPU only so far (on a GPU every rank keeps all moments)"
-            );
-            if dp.size() > 1 {
+            if dp.distributed_optimizer {
+                let comm = crate::dist::nccl::NcclComm::new(&dp.group, gpu.gpu().clone())?;
+                gpu.shard(comm, dp.bucket_size, model)?;
+            } else if dp.size() > 1 {
                 let comm = crate::dist::nccl::NcclComm::new(&dp.group, gpu.gpu().clone())?;
                 gpu.set_data_parallel(comm);
             }
