@@ -241,7 +241,7 @@ fn bad_batches_and_world_shapes_are_refused_before_any_work() {
         (&["--tensor-model-parallel-size", "3"], "--tensor-model-parallel-size 3 does not divide the 2 processes"),
         (
             &["--overlap-grad-reduce", "--use-distributed-optimizer"],
-            "--overlap-grad-reduce is built for data parallelism on the CPU without --use-distributed-optimizer",
+            "--overlap-grad-reduce is built for data parallelism without --use-distributed-optimizer",
         ),
         (
             &["--tensor-model-parallel-size", "2", "--config", &s(&one_head)],

@@ -75,8 +75,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub tensor_model_parallel_size: usize,
     /// Data parallelism (every process of `mpirun -np N` is a data-parallel rank): gradients are summed
-    /// over the ranks in buckets of at most this many elements (on the CPU; a GPU sums its whole
-    /// gradient arena in one NCCL call).
+    /// over the ranks in buckets of at most this many elements (on a GPU without --overlap-grad-reduce,
+    /// the whole gradient arena in one NCCL call); the distributed optimizer's chunks are this size.
     #[arg(long, default_value_t = retro::train::data_parallel::DEFAULT_BUCKET_SIZE)]
     pub ddp_bucket_size: usize,
     /// Megatron's distributed optimizer (ZeRO-1): the AdamW moments split across the data-parallel ranks,
@@ -135,10 +135,10 @@ pub struct Args {
     #[arg(long)]
     pub num_query_groups: Option<usize>,
     /// Megatron's --overlap-grad-reduce: during each step's last backward, sum every bucket of gradients
-    /// over the data-parallel ranks as soon as its gradients are complete (non-blocking MPI, progressed
-    /// between the backward's ops), so the communication hides behind the rest of the backward; the
-    /// same bits as without it. CPU data parallelism without the distributed optimizer (refused
-    /// elsewhere, where it is not built).
+    /// over the data-parallel ranks as soon as its gradients are complete (on the CPU non-blocking MPI,
+    /// progressed between the backward's ops; on GPUs NCCL on a communication stream), so the
+    /// communication hides behind the rest of the backward; the same sums as without it. Not with
+    /// --use-distributed-optimizer.
     #[arg(long)]
     pub overlap_grad_reduce: bool,
     /// Stop after every N-th iteration (saving a checkpoint; exit 0; --load continues the run).
@@ -248,12 +248,11 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;
-    if overlap_grad_reduce && (use_distributed_optimizer || device != retro::tensor::Device::Cpu) {
-        return Err(retro::Error::msg(format!(
-            "--overlap-grad-reduce is built for data parallelism on the CPU without --use-distributed-optimizer; \
-             here ({device}{}) the gradients would be reduced after the backward as without it: drop the flag",
-            if use_distributed_optimizer { ", --use-distributed-optimizer" } else { "" }
-        )));
+    if overlap_grad_reduce && use_distributed_optimizer {
+        return Err(retro::Error::msg(
+            "--overlap-grad-reduce is built for data parallelism without --use-distributed-optimizer (whose \
+             reduce-scatter runs after the backward): drop one of the two flags",
+        ));
     }
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;

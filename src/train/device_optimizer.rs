@@ -13,8 +13,10 @@
 //! The one place device tensors are written in place: arena views, between tapes.
 
 use super::distributed_optimizer::Shards;
+use super::grad_buckets::GradBuckets;
 use super::param_arena::ParamArena;
 use super::{AdamW, AdamWConfig, StepStats};
+use crate::backend::cuda::device::cuda_error;
 use crate::backend::cuda::{adamw, residual, DeviceBuffer, Gpu};
 use crate::kernels::abi::AdamwParams;
 use crate::model::RetroModel;
@@ -41,6 +43,13 @@ pub struct DeviceOptimizer {
     /// The distributed optimizer's layout and this rank's summed pieces of the gradients (`chunks` x
     /// `piece`, the moments' layout).
     sharded: Option<(Shards, DeviceBuffer<f32>)>,
+    /// `--overlap-grad-reduce`: the gradient arena's buckets, each all-reduced on the communicator's
+    /// stream as soon as the last backward of a step has completed it (`grad_buckets.rs`).
+    buckets: Option<GradBuckets>,
+    /// Between `begin_overlapped` and `finish_overlapped`: gradients count towards their buckets.
+    overlapping: bool,
+    /// This step's gradients are summed over the ranks already (the overlapped backward did it).
+    reduced: bool,
     config: AdamWConfig,
     step: u64,
 }
@@ -115,6 +124,9 @@ impl DeviceOptimizer {
             leaves: Vec::new(),
             data_parallel: None,
             sharded: None,
+            buckets: None,
+            overlapping: false,
+            reduced: false,
             config,
             step,
         };
@@ -168,6 +180,77 @@ impl DeviceOptimizer {
         Ok(())
     }
 
+    /// Overlap the gradients' all-reduce with each step's last backward, in buckets of at most
+    /// `bucket_size` elements (needs the data-parallel communicator; not with the distributed optimizer).
+    pub fn overlap_grad_reduce(&mut self, bucket_size: usize) -> Result<()> {
+        crate::ensure!(
+            self.data_parallel.is_some() && self.sharded.is_none(),
+            "--overlap-grad-reduce on a GPU needs data parallelism without --use-distributed-optimizer"
+        );
+        self.buckets = Some(GradBuckets::new(&self.arena, bucket_size));
+        Ok(())
+    }
+
+    /// True when `overlap_grad_reduce` is on.
+    pub fn overlaps(&self) -> bool {
+        self.buckets.is_some()
+    }
+
+    /// The step's last backward begins: buckets reduce as their gradients complete (`add_gradient`).
+    pub fn begin_overlapped(&mut self) {
+        if let Some(buckets) = &mut self.buckets {
+            buckets.begin();
+            self.overlapping = true;
+        }
+    }
+
+    /// Add parameter `i`'s gradient (complete for this micro-batch) into the arena; in an overlapped
+    /// backward, start its bucket's all-reduce if it was the bucket's last.
+    pub fn add_gradient(&mut self, i: usize, g: &Tensor) -> Result<()> {
+        crate::ensure!(i < self.arena.num_params(), "a gradient for parameter {i} of {}", self.arena.num_params());
+        if let (Some(buckets), true) = (&self.buckets, self.overlapping) {
+            crate::ensure!(!buckets.is_started(i), "the gradient of parameter {i} came after its bucket was reduced");
+        }
+        let r = self.arena.range(i);
+        let (_, src) = g.cuda::<f32>().map_err(|e| e.context(format!("the gradient of parameter {i}")))?;
+        crate::ensure!(src.len() == r.len(), "parameter {i} has {} elements, its gradient {}", r.len(), src.len());
+        residual::add_into(&self.gpu, &self.grads.view(r.start, r.len())?, src)?;
+        if !self.overlapping {
+            return Ok(());
+        }
+        if let Some(b) = self.buckets.as_mut().and_then(|buckets| buckets.complete(i)) {
+            self.start_bucket(b)?;
+        }
+        Ok(())
+    }
+
+    /// The overlapped backward is done: the buckets it never completed start, and the compute stream
+    /// waits for every bucket's sum before the optimizer step reads the arena.
+    pub fn finish_overlapped(&mut self) -> Result<()> {
+        let Some(buckets) = &mut self.buckets else { crate::bail!("finish_overlapped without --overlap-grad-reduce") };
+        self.overlapping = false;
+        let rest = buckets.rest();
+        for b in rest {
+            self.start_bucket(b)?;
+        }
+        let comm = self.data_parallel.as_ref().expect("overlap has its communicator");
+        let summed = comm.comm_stream().record_event(None).map_err(|e| cuda_error("recording an event", e))?;
+        self.gpu.compute.wait(&summed).map_err(|e| cuda_error("compute stream wait", e))?;
+        self.reduced = true;
+        Ok(())
+    }
+
+    /// Bucket `b`'s all-reduce on the communication stream, after the compute stream's work so far (the
+    /// additions into it).
+    fn start_bucket(&self, b: usize) -> Result<()> {
+        let (comm, buckets) = (self.data_parallel.as_ref(), self.buckets.as_ref());
+        let (Some(comm), Some(buckets)) = (comm, buckets) else { crate::bail!("a bucket without overlap") };
+        let ready = self.gpu.compute.record_event(None).map_err(|e| cuda_error("recording an event", e))?;
+        comm.comm_stream().wait(&ready).map_err(|e| cuda_error("communication stream wait", e))?;
+        let r = buckets.range(b);
+        comm.all_reduce_sum_on(&self.grads.view(r.start, r.len())?, comm.comm_stream())
+    }
+
     /// `buf` copied into a buffer of `len` elements, zero past its end.
     fn grown<E: cudarc::driver::DeviceRepr>(&self, buf: &DeviceBuffer<E>, len: usize) -> Result<DeviceBuffer<E>> {
         let out = self.gpu.zeros::<E>(len)?;
@@ -194,10 +277,7 @@ impl DeviceOptimizer {
             self.arena.num_params()
         );
         for (i, g) in grads.iter().enumerate() {
-            let r = self.arena.range(i);
-            let (_, src) = g.cuda::<f32>().map_err(|e| e.context(format!("the gradient of parameter {i}")))?;
-            crate::ensure!(src.len() == r.len(), "parameter {i} has {} elements, its gradient {}", r.len(), src.len());
-            residual::add_into(&self.gpu, &self.grads.view(r.start, r.len())?, src)?;
+            self.add_gradient(i, g)?;
         }
         Ok(())
     }
@@ -211,8 +291,9 @@ impl DeviceOptimizer {
         let c = self.config.coefficients(lr, self.step + 1, true);
         match &self.sharded {
             None => {
-                if let Some(comm) = &self.data_parallel {
-                    comm.all_reduce_sum(&self.grads)?;
+                match &self.data_parallel {
+                    Some(comm) if !std::mem::take(&mut self.reduced) => comm.all_reduce_sum(&self.grads)?,
+                    _ => {}
                 }
                 let params =
                     AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());

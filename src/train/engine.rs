@@ -102,9 +102,12 @@ impl Engine {
             if dp.distributed_optimizer {
                 let comm = crate::dist::nccl::NcclComm::new(&dp.group, gpu.gpu().clone())?;
                 gpu.shard(comm, dp.bucket_size, model)?;
-            } else if dp.size() > 1 {
+            } else if dp.size() > 1 || dp.overlap_grad_reduce {
                 let comm = crate::dist::nccl::NcclComm::new(&dp.group, gpu.gpu().clone())?;
                 gpu.set_data_parallel(comm);
+                if dp.overlap_grad_reduce {
+                    gpu.overlap_grad_reduce(dp.bucket_size)?;
+                }
             }
         }
         if dp.distributed_optimizer && self.device == Device::Cpu {
@@ -155,11 +158,25 @@ impl Engine {
         Ok(())
     }
 
-    /// `accumulate` for the step's last micro-batch. With `--overlap-grad-reduce` (on the CPU, more than
-    /// one data-parallel rank, without the distributed optimizer) its backward sums each bucket of
-    /// gradients over the ranks as soon as the bucket is complete (`OverlappedReduce`), so the
-    /// communication runs behind the rest of the backward and `apply` finds the sums done.
+    /// `accumulate` for the step's last micro-batch. With `--overlap-grad-reduce` (without the
+    /// distributed optimizer; on the CPU with more than one data-parallel rank) its backward sums each
+    /// bucket of gradients over the ranks as soon as the bucket is complete (on the CPU
+    /// `OverlappedReduce`, on a GPU NCCL on the communication stream: `DeviceOptimizer::add_gradient`),
+    /// so the communication runs behind the rest of the backward and `apply` finds the sums done.
     pub fn accumulate_last(&mut self, model: &RetroModel, batch: &Batch, seed: u64) -> Result<()> {
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = self.gpu.as_mut().filter(|gpu| gpu.overlaps()) {
+            let tape = Tape::training(model.config.dropout, seed);
+            let leaves = gpu.leaves().to_vec();
+            gpu.begin_overlapped();
+            let loss = model.forward_backward_each(&leaves, batch, tape, |event| match event {
+                Some((i, g)) => gpu.add_gradient(i, &g),
+                None => Ok(()),
+            })?;
+            gpu.finish_overlapped()?;
+            self.count(loss);
+            return Ok(());
+        }
         let dp = &self.data_parallel;
         let overlap = dp.overlap_grad_reduce && dp.size() > 1 && self.sharded.is_none() && self.device == Device::Cpu;
         if !overlap {
@@ -192,6 +209,7 @@ impl Engine {
     /// The losses of this step's micro-batches, in order (before or after `apply`): on a GPU the step's
     /// one wait for its forward and backward passes.
     pub fn micro_losses(&self) -> Result<Vec<f64>> {
+        let _wait = crate::dist::watchdog::waiting("the step's losses (on a GPU: its NCCL reductions)");
         (self.losses.iter()).map(|l| Ok(l.to(Device::Cpu)?.to_f64_vec()[0])).collect()
     }
 

@@ -8,6 +8,7 @@ pub mod device_optimizer;
 pub mod distributed_optimizer;
 pub mod engine;
 pub mod exit;
+pub mod grad_buckets;
 pub mod loader;
 pub mod param_arena;
 pub mod plot;
