@@ -190,13 +190,19 @@ def training_rows(out):
                 losses = [num(x) for x in c["losses"]]
                 detail = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps"
         print(f"| {name} | {results.get(name, st if st != 'ok' else 'not in log')} | {detail} |")
+    results, _ = test_results(read(out, "optimizer.log"), read(out, "checks-model.jsonl"))
+    st = status(out, "optimizer.log")
+    for name in ("the_optimizer_step_is_adamw_in_f64::cuda",
+                 "the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer::cuda",
+                 "overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step::cuda"):
+        print(f"| {name} | {results.get(name, st if st != 'ok' else 'not in log')} | |")
     check = (read(out, "train-check.log") or "").strip().splitlines()
     print(f"| retro train --device cuda, 30 steps | {status(out, 'train.log')} | |")
     print(f"| retro train --load, 30 -> 40 | {status(out, 'train-resume.log')} | |")
     # The mean losses on success, the assertion (the last line) on failure.
     shown = check[1] if status(out, "train-check.log") == "ok" and len(check) > 1 else (check[-1] if check else "")
     print(f"| training checks | {status(out, 'train-check.log')} | {shown} |")
-    print(f"| NCCL all-reduce (mpirun -np 1) | {status(out, 'nccl.log')} | |")
+    print(f"| NCCL collectives (mpirun -np 1) | {status(out, 'nccl.log')} | |")
     print(f"| retro info | {status(out, 'info.log')} | |")
     print(f"| torch golden check | {status(out, 'torch-golden.log')} | |")
 
