@@ -18,10 +18,11 @@
 //! Each check prints a `RETRO_CHECK` JSON line; `scripts/gpu-run` turns them into the per-kernel table.
 
 mod common;
+#[path = "cuda_kernels/launchers.rs"]
+mod launchers;
 
-use common::device::{
-    assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, shift_rows_reference, Dev, BF16_U,
-};
+use common::device::{assert_close, f32_sum_tol, is_gpu_f32, rand_bf16, report_check, Dev, BF16_U};
+use launchers::shift_rows_reference;
 use retro::backend::cpu;
 use retro::backend::cpu::attention::Dims;
 use retro::rng::Rng;
