@@ -23,6 +23,8 @@ typedef struct AttentionParams {
                                    least dropout_threshold (src/philox.rs::keep_mask, as the CPU) */
     uint32_t dropout_threshold;
     float dropout_scale;        /* 1 / (1 - p) for a kept probability; 0 = no dropout */
+    int32_t dropout_first_head; /* a tensor-parallel rank's slice of the layer's heads: its pair b * heads + h */
+    int32_t dropout_all_heads;  /* draws stream b * all_heads + first_head + h, the unsplit layer's; 0 = unsplit */
     int32_t batch, heads, sq, sk, head_dim;
     int32_t q_stride, k_stride, v_stride; /* elements between consecutive rows */
     int32_t causal;             /* 1: query i sees keys 0..=i */

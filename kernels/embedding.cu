@@ -1,6 +1,9 @@
 // Token + learned position embedding, bf16 (or f32) tables and activations, f32 gradients.
 //   forward: out[t] = word[tokens[t]] + position[t % period]   (period = sequence length for the decoder,
 //            r for neighbour chunks, whose positions restart at 0 per chunk: Megatron's RETRO)
+//   rows:    out[t] = table[tokens[t]], or zeros where tokens[t] is -1: one table alone (the positions
+//            of a vocab-parallel model), and a vocab-parallel rank's part of the words (-1: the id is
+//            another rank's); its backward is the word backward over the ids that are not -1.
 //   word backward: dword[v] += sum of dout[t] over the tokens t with tokens[t] == v.
 //   position backward: dposition[p] += sum of dout[t] over t with t % period == p.
 //
@@ -31,6 +34,22 @@ __device__ inline void embedding_forward(T* __restrict__ out, const int32_t* __r
     T *__restrict__ out, const int32_t *__restrict__ tokens, const T *__restrict__ word,                      \
         const T *__restrict__ position, uint64_t count, int d, int period
 RETRO_BF16_AND_F32(, embedding_forward, EMBEDDING_FORWARD_PARAMS, out, tokens, word, position, count, d, period)
+
+template <typename T>
+__device__ inline void embedding_rows(T* __restrict__ out, const int32_t* __restrict__ tokens,
+                                      const T* __restrict__ table, uint64_t count, int d) {
+    const uint64_t groups = (uint64_t)d / 8;
+    RETRO_GRID_STRIDE(i, count * groups) {
+        const uint64_t t = i / groups;
+        const int c = (int)(i % groups) * 8;
+        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (tokens[t] >= 0) load8(table + (size_t)tokens[t] * d + c, v);
+        store8(out + t * d + c, v);
+    }
+}
+#define EMBEDDING_ROWS_PARAMS(T) \
+    T *__restrict__ out, const int32_t *__restrict__ tokens, const T *__restrict__ table, uint64_t count, int d
+RETRO_BF16_AND_F32(, embedding_rows, EMBEDDING_ROWS_PARAMS, out, tokens, table, count, d)
 
 template <typename T>
 __device__ inline void embedding_word_backward(float* __restrict__ dword, const T* __restrict__ dout,

@@ -4,6 +4,8 @@
 //   shift_rows_*:    per batch, out[i] = x[i + shift] for i < rows_out, zero where i + shift is outside
 //                    0..rows_in: the CCA's shift of the decoder states by m - 1 into chunks, its inverse,
 //                    and their gradients (Megatron's pad / cut in decoder_attention.py).
+//   add_bias_*:      out[r] = x[r] + bias for every row r of d: a row-parallel linear's bias, added once
+//                    after the ranks' partial products are summed (its gradient is a column sum: reduce.cu).
 //   scale_*:         out = x * factor * (*by, when by is not null): the CCA gate, the backward of a loss
 //                    by its incoming gradient (a device scalar, so the host never waits for it), gradient
 //                    averaging.
@@ -37,6 +39,20 @@ __device__ inline void add_into(T* __restrict__ a, const T* __restrict__ b, uint
 }
 #define ADD_INTO_PARAMS(T) T *__restrict__ a, const T *__restrict__ b, uint64_t n
 RETRO_BF16_AND_F32(, add_into, ADD_INTO_PARAMS, a, b, n)
+
+template <typename T>
+__device__ inline void add_bias(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ bias, uint64_t n,
+                                int d) {
+    RETRO_GRID_STRIDE(g, n / 8) {
+        float v[8], b[8];
+        load8(x + g * 8, v);
+        load8(bias + (g * 8) % d, b);
+        for (int e = 0; e < 8; ++e) v[e] += b[e];
+        store8(out + g * 8, v);
+    }
+}
+#define ADD_BIAS_PARAMS(T) T *__restrict__ out, const T *__restrict__ x, const T *__restrict__ bias, uint64_t n, int d
+RETRO_BF16_AND_F32(, add_bias, ADD_BIAS_PARAMS, out, x, bias, n, d)
 
 template <typename T>
 __device__ inline void shift_rows(T* __restrict__ out, const T* __restrict__ x, int batch, int rows_in, int rows_out,

@@ -276,18 +276,20 @@ test_device!(attention_backward, |dev| {
 // tolerances are the unmasked ones.
 test_device!(attention_with_masked_keys_and_dropout, |dev| {
     let mut rng = Rng::new(10);
+    // The last case is a tensor-parallel rank's heads 2..4 of a layer of 6: its masks are those heads'.
     let cases = [
-        (Dims { batch: 3, heads: 2, sq: 64, sk: 256, head_dim: 64, causal: false }, true, 0.1),
-        (Dims { batch: 2, heads: 2, sq: 130, sk: 130, head_dim: 128, causal: true }, false, 0.2),
-        (Dims { batch: 2, heads: 2, sq: 70, sk: 100, head_dim: 64, causal: false }, true, 0.0),
+        (Dims { batch: 3, heads: 2, sq: 64, sk: 256, head_dim: 64, causal: false }, true, 0.1, None),
+        (Dims { batch: 2, heads: 2, sq: 130, sk: 130, head_dim: 128, causal: true }, false, 0.2, None),
+        (Dims { batch: 2, heads: 2, sq: 70, sk: 100, head_dim: 64, causal: false }, true, 0.0, None),
+        (Dims { batch: 2, heads: 2, sq: 96, sk: 96, head_dim: 64, causal: true }, false, 0.15, Some((2, 6))),
     ];
-    for (a, masked, p) in cases {
+    for (a, masked, p, split_heads) in cases {
         let (q, k, v, dout) = attention_inputs(&mut rng, &a);
         // Batch row 0 hides keys 128..256 (its second neighbour); row 1 hides every key.
         let mask: Option<std::sync::Arc<[bool]>> = masked.then(|| {
             (0..a.batch * a.sk).map(|i| (i / a.sk != 1) && !(i / a.sk == 0 && i % a.sk >= a.sk / 2)).collect()
         });
-        let dropout = (p > 0.0).then_some(retro::ops::Dropout { p, seed: 77, split_heads: None });
+        let dropout = (p > 0.0).then_some(retro::ops::Dropout { p, seed: 77, split_heads });
         let (o, dq, dk, dv) = dev.attention(&q, &k, &v, &dout, a, mask.clone(), dropout);
         let (q64, k64, v64) = (f64v(&q), f64v(&k), f64v(&v));
         let layout = cpu::attention::Layout::separate(a.width());
@@ -301,7 +303,7 @@ test_device!(attention_with_masked_keys_and_dropout, |dev| {
         };
         // SAFETY: three separate buffers of the operands' sizes.
         unsafe { cpu::attention::backward(&f64v(&dout), &q64, &k64, &v64, &probs, layout, dropout, a, targets) };
-        let what = format!("attention masked {masked} dropout {p} {a:?}");
+        let what = format!("attention masked {masked} dropout {p} heads of {split_heads:?} {a:?}");
         assert_close(&format!("{what}: o"), dev, &o, &f32v(&ro), 1e-5, 5.0 * BF16_U);
         assert_close(&format!("{what}: dq"), dev, &dq, &f32v(&rq), 1e-5, 8.0 * BF16_U);
         assert_close(&format!("{what}: dk"), dev, &dk, &f32v(&rk), 1e-5, 8.0 * BF16_U);
@@ -374,6 +376,59 @@ test_device!(residual_add_add_into_and_shift_rows, |dev| {
         let want = shift_rows_reference(&a, batch, rows, rows_out, d, shift);
         assert_close(&format!("shift_rows out {rows_out} shift {shift}"), dev, &got, &want, 0.0, 0.0);
     }
+});
+
+// The vocab-parallel cross-entropy's three passes on one rank's slice (the all-reduces between them are
+// the identity with one rank), with targets held elsewhere (-1: the target logit counts as 0), against
+// the same formulas in f64. With several ranks the passes see the group's maxima and sums instead.
+test_device!(vocab_parallel_cross_entropy_passes, |dev| {
+    let mut rng = Rng::new(30);
+    for (rows, classes) in [(19, 1000), (3, 25152)] {
+        let logits = rand_bf16(&mut rng, rows * classes, 3.0);
+        let mut targets: Vec<i32> = (0..rows).map(|_| rng.below(classes as u64) as i32).collect();
+        targets[1] = -1;
+        let scale = 1.0 / rows as f32;
+        let (losses, grads) = dev.vocab_cross_entropy(&logits, &targets, classes, scale);
+        let (mut rl, mut rg) = (Vec::new(), Vec::new());
+        for (row, &t) in logits.chunks(classes).zip(&targets) {
+            let row = f64v(row);
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|&z| (z - max).exp()).sum::<f64>().ln();
+            rl.push(lse - if t >= 0 { row[t as usize] } else { 0.0 });
+            rg.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &z)| ((z - lse).exp() - if j as i32 == t { 1.0 } else { 0.0 }) * scale as f64),
+            );
+        }
+        // As the fused kernel's: f32 log-sum-exps of exact bf16 logits; the gradient rounded once.
+        assert_close(&format!("vocab-parallel losses ({classes} classes)"), dev, &losses, &f32v(&rl), 1e-5, 1e-4);
+        assert_close("vocab-parallel dlogits", dev, &grads, &f32v(&rg), 1e-5, 2.0 * BF16_U);
+    }
+});
+
+// A vocab-parallel rank's rows: ids of other ranks (-1) get zero rows and add nothing to the gradient;
+// repeated ids add in a fixed order.
+test_device!(embedding_rows_with_missing_ids, |dev| {
+    let mut rng = Rng::new(31);
+    let (rows, d, count) = (40, 64, 96);
+    let tokens: Vec<i32> = (0..count).map(|i| if i % 5 == 0 { -1 } else { (rng.below(12) * 3) as i32 }).collect();
+    let (table, dout) = (rand_bf16(&mut rng, rows * d, 1.0), rand_bf16(&mut rng, count * d, 1.0));
+    let (out, dtable) = dev.embedding_rows(&tokens, &table, &dout, d);
+    let (want, want_dtable) = Dev::Cpu.embedding_rows(&tokens, &table, &dout, d);
+    assert_close("embedding rows", dev, &out, &want, 0.0, 0.0);
+    assert!(out.chunks(d).step_by(5).all(|r| r.iter().all(|&x| x == 0.0)), "an id of -1 gives a zero row");
+    assert_close("embedding rows dtable", dev, &dtable, &want_dtable, f32_sum_tol(count), f32_sum_tol(count));
+});
+
+// A row-parallel linear's bias, added once after the sum: one rounding of an exact sum.
+test_device!(add_bias_rows, |dev| {
+    let mut rng = Rng::new(32);
+    let (x, bias) = (rand_bf16(&mut rng, 7 * 96, 1.0), rand_bf16(&mut rng, 96, 1.0));
+    let got = dev.add_bias(&x, &bias);
+    let want: Vec<f32> =
+        x.chunks(96).flat_map(|r| r.iter().zip(&bias).map(|(a, b)| (*a as f64 + *b as f64) as f32)).collect();
+    assert_close("add_bias", dev, &got, &want, 1e-7, BF16_U);
 });
 
 // The optimizer's kernels on one arena (what `DeviceOptimizer::step` launches; tests/device_model.rs checks

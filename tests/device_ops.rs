@@ -175,6 +175,71 @@ test_device!(attention_on_fused_projections, |dev| {
     check(dev, "attention_qkv", &inputs, recording, op, 8.0 * BF16_U);
 });
 
+/// A tensor-parallel group of this one process: MPI's identity for CPU tensors and, on a GPU copy, a
+/// one-rank NCCL communicator, so each op's GPU path (its kernels and NCCL calls) runs as under
+/// `--tensor-model-parallel-size`. (Several ranks need several GPUs; tests/tensor_parallel.rs checks
+/// the ops' semantics over two ranks on the CPU.)
+fn one_rank_group(dev: &Dev) -> retro::dist::TensorParallel {
+    let tp = retro::dist::TensorParallel::single();
+    match dev.placement().0 {
+        retro::tensor::Device::Cpu => tp,
+        #[cfg(not(no_cuda_kernels))]
+        retro::tensor::Device::Cuda(ordinal) => {
+            let gpu = retro::backend::cuda::Gpu::shared(ordinal).unwrap();
+            let world = retro::dist::World::single();
+            tp.with_nccl(retro::dist::nccl::NcclComm::new(&world, gpu).expect("a one-rank NCCL communicator"))
+        }
+        #[cfg(no_cuda_kernels)]
+        retro::tensor::Device::Cuda(_) => unreachable!(),
+    }
+}
+
+// A column-parallel linear's input copy and a row-parallel one's sum, with the bias added after it.
+test_device!(tensor_parallel_copy_reduce_and_bias, |dev| {
+    let mut rng = Rng::new(10);
+    let tp = one_rank_group(dev);
+    let inputs = [input(&mut rng, &[2, 3, 48], 1.0, Kind::Act), input(&mut rng, &[48], 1.0, Kind::Act)];
+    let op: &Op = &|t, v| {
+        let x = ops::copy_to_tensor_parallel(t, &v[0], &tp)?;
+        let y = ops::reduce_from_tensor_parallel(t, &x, &tp)?;
+        ops::add_bias(t, &y, &v[1])
+    };
+    // One rounding of an f32 sum (the bias add); the column sum of the bias gradient in f32.
+    check(dev, "copy_to / reduce_from_tensor_parallel + add_bias", &inputs, recording, op, 2.0 * BF16_U);
+});
+
+// A rank's rows 5..45 of a 60-word vocabulary: the ids outside them get zero rows and no gradient; then
+// the positions, a plain lookup (the vocab-parallel model's input).
+test_device!(vocab_parallel_embedding_and_positions, |dev| {
+    let mut rng = Rng::new(11);
+    let tp = one_rank_group(dev);
+    let inputs = [input(&mut rng, &[40, 64], 1.0, Kind::Act), input(&mut rng, &[16, 64], 1.0, Kind::Act)];
+    let ids = Tensor::from_vec((0..32).map(|i| (i * 7 % 60) as i64).collect::<Vec<_>>(), &[2, 16]).unwrap();
+    let positions = Tensor::from_vec((0..32).map(|i| (i % 16) as i64).collect::<Vec<_>>(), &[2, 16]).unwrap();
+    let op: &Op = &|t, v| {
+        let words = ops::vocab_parallel_embedding(t, &ids, &v[0], 5, 60)?;
+        let words = ops::reduce_from_tensor_parallel(t, &words, &tp)?;
+        let at = ops::embedding(t, &positions, &v[1])?;
+        ops::add(t, &words, &at)
+    };
+    check(dev, "vocab_parallel_embedding + embedding", &inputs, recording, op, 2.0 * BF16_U);
+});
+
+// The vocab-parallel cross-entropy with a first class of 8 (this rank's slice of 40 is classes 8..48 of
+// the group's 40): the labels below 8 are "another rank's" (with one rank, their logit counts as 0).
+// Then the slice at 0, which holds every label: the plain cross-entropy.
+test_device!(vocab_parallel_cross_entropy, |dev| {
+    let mut rng = Rng::new(12);
+    let tp = one_rank_group(dev);
+    let inputs = [input(&mut rng, &[2, 3, 40], 2.0, Kind::Act)];
+    let labels = Tensor::from_vec(vec![8i64, 3, 39, 20, 0, 9], &[2, 3]).unwrap();
+    let op: &Op = &|t, v| ops::vocab_parallel_cross_entropy(t, &v[0], &labels, 8, &tp);
+    check(dev, "vocab_parallel_cross_entropy (two labels elsewhere)", &inputs, recording, op, 4.0 * BF16_U);
+    let labels = Tensor::from_vec(vec![0i64, 5, 39, 12, 12, 7], &[2, 3]).unwrap();
+    let op: &Op = &|t, v| ops::vocab_parallel_cross_entropy(t, &v[0], &labels, 0, &tp);
+    check(dev, "vocab_parallel_cross_entropy (every label here)", &inputs, recording, op, 4.0 * BF16_U);
+});
+
 #[test]
 fn an_op_on_tensors_of_two_devices_or_dtypes_is_refused_naming_the_shapes() {
     let mut t = Tape::new();

@@ -133,22 +133,27 @@ impl NcclComm {
 
     /// In-place element-wise sum of `buf` over all ranks, queued on `stream`.
     pub fn all_reduce_sum_on<E: NcclElement>(&self, buf: &DeviceBuffer<E>, stream: &CudaStream) -> Result<()> {
+        self.all_reduce_on(buf, sys::ncclRedOp_t::ncclSum, stream)
+    }
+
+    /// In-place element-wise maximum of `buf` over all ranks, on the compute stream (the vocab-parallel
+    /// cross-entropy's row maxima).
+    pub fn all_reduce_max<E: NcclElement>(&self, buf: &DeviceBuffer<E>) -> Result<()> {
+        self.all_reduce_on(buf, sys::ncclRedOp_t::ncclMax, &self.gpu.compute)
+    }
+
+    fn all_reduce_on<E: NcclElement>(
+        &self,
+        buf: &DeviceBuffer<E>,
+        op: sys::ncclRedOp_t,
+        stream: &CudaStream,
+    ) -> Result<()> {
         self.bound()?;
         let ptr = buf.ptr() as *mut std::ffi::c_void;
         // SAFETY: in place over the buffer's `len` elements, on the stream that orders its users.
-        unsafe {
-            result::all_reduce(
-                ptr,
-                ptr,
-                buf.len(),
-                E::DATATYPE,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                Self::stream_of(stream),
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("all-reduce", e))
+        unsafe { result::all_reduce(ptr, ptr, buf.len(), E::DATATYPE, op, self.comm, Self::stream_of(stream)) }
+            .map(|_| ())
+            .map_err(|e| nccl_error("all-reduce", e))
     }
 
     /// `send` (`size` blocks of `recv.len()` elements) summed over all ranks; this rank's block of the

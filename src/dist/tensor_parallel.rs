@@ -9,6 +9,9 @@ use std::rc::Rc;
 #[derive(Clone)]
 pub struct TensorParallel {
     group: Rc<World>,
+    /// The same ranks over NCCL, each on its GPU: what the ops move GPU tensors with (`with_nccl`).
+    #[cfg(not(no_cuda_kernels))]
+    nccl: Option<Rc<super::nccl::NcclComm>>,
 }
 
 impl std::fmt::Debug for TensorParallel {
@@ -26,12 +29,34 @@ impl Default for TensorParallel {
 impl TensorParallel {
     /// No tensor parallelism: the whole model in this process.
     pub fn single() -> Self {
-        Self { group: Rc::new(World::single()) }
+        Self::new(Rc::new(World::single()))
     }
 
     /// The ranks of `group` (split from the job's world by `ParallelLayout`'s order) share each model.
     pub fn new(group: Rc<World>) -> Self {
-        Self { group }
+        Self {
+            group,
+            #[cfg(not(no_cuda_kernels))]
+            nccl: None,
+        }
+    }
+
+    /// GPU tensors move over `comm`, a communicator over the same ranks (before any model is built with
+    /// the group: the model's copies share it).
+    #[cfg(not(no_cuda_kernels))]
+    pub fn with_nccl(mut self, comm: super::nccl::NcclComm) -> Self {
+        self.nccl = Some(Rc::new(comm));
+        self
+    }
+
+    /// The group's NCCL communicator, or an error naming `op` (GPU tensors need one).
+    #[cfg(not(no_cuda_kernels))]
+    pub fn nccl(&self, op: &str) -> crate::Result<&super::nccl::NcclComm> {
+        self.nccl.as_deref().ok_or_else(|| {
+            crate::Error::msg(format!(
+                "{op}: a GPU tensor, but the tensor-parallel group has no NCCL communicator (TensorParallel::with_nccl)"
+            ))
+        })
     }
 
     pub fn size(&self) -> usize {

@@ -5,16 +5,16 @@ use crate::tensor::{Device, Float, Tensor};
 use crate::{bail, ensure, with_float, Result};
 
 /// Rows of `table` [vocab, d] picked by `ids` (i32/i64, any shape) -> ids.shape + [d] (the BERT
-/// embedder's three lookups; CPU only).
+/// embedder's three lookups; a vocab-parallel model's positions). On a GPU kernels/embedding.cu's
+/// `embedding_rows` (the decoder's own input is the fused `word_position_embedding`).
 pub fn embedding(tape: &mut Tape, ids: &Tensor, table: &Var) -> Result<Var> {
     let dtype = same_float_dtype("embedding", &[table])?;
     ensure!(table.shape().len() == 2, "embedding: table must be [vocab, d], got {:?}", table.shape());
-    ensure!(
-        table.value().device() == Device::Cpu,
-        "embedding: a single-table lookup runs on the CPU (the BERT embedder); on {} use word_position_embedding",
-        table.value().device()
-    );
     let idx = checked_ids("embedding", ids, table.shape()[0])?;
+    if table.value().device() != Device::Cpu {
+        let rows: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+        return rows_on_cuda(tape, "embedding", &rows, ids.shape(), table);
+    }
     crate::profile::timed(
         "embedding",
         "forward",
@@ -126,6 +126,39 @@ fn word_position_on_cuda(
             ])
         }))
     })
+}
+
+/// Rows of `table` [rows, d] on the GPU for `ids` (-1: a zero row whose gradient is dropped) -> the ids'
+/// shape + [d]; the backward adds each row's tokens' gradients in a fixed order (f32).
+#[cfg(not(no_cuda_kernels))]
+pub(crate) fn rows_on_cuda(
+    tape: &mut Tape,
+    op: &'static str,
+    ids: &[i32],
+    ids_shape: &[usize],
+    table: &Var,
+) -> Result<Var> {
+    use crate::backend::cuda::embedding::{self as kernel, TokenBatch};
+    let (rows, d) = (table.shape()[0], table.shape()[1]);
+    let mut shape = ids_shape.to_vec();
+    shape.push(d);
+    crate::with_gpu_float!(table.dtype(), op, E => {
+        let (gpu, tb) = table.value().cuda::<E>()?;
+        let batch = TokenBatch::with_missing(gpu, ids, rows).map_err(|e| e.context(op.to_string()))?;
+        let out = Tensor::from_cuda(gpu, kernel::rows_forward(gpu, &batch, tb, d)?, &shape)?;
+        let gpu = gpu.clone();
+        Ok(tape.record(op, &[table], out, move |g, _| {
+            let (_, gb) = g.cuda::<E>()?;
+            let dtable = gpu.zeros::<f32>(rows * d)?;
+            kernel::rows_backward(&gpu, &batch, gb, &dtable, d)?;
+            Ok(vec![Some(Tensor::from_cuda(&gpu, dtable, &[rows, d])?)])
+        }))
+    })
+}
+
+#[cfg(no_cuda_kernels)]
+pub(crate) fn rows_on_cuda(_: &mut Tape, op: &'static str, _: &[i32], _: &[usize], table: &Var) -> Result<Var> {
+    bail!("{op}: a tensor on {} in a build without CUDA kernels", table.value().device())
 }
 
 #[cfg(no_cuda_kernels)]

@@ -231,6 +231,83 @@ impl Dev {
         }
     }
 
+    /// (per-row losses, dlogits) of the vocab-parallel cross-entropy on one rank's slice: `targets` are
+    /// the slice's classes or -1 (held elsewhere: the target logit counts as 0). On a GPU
+    /// kernels/vocab_parallel.cu's three passes (one rank: no all-reduce between them).
+    pub fn vocab_cross_entropy(
+        &self,
+        logits: &[f32],
+        targets: &[i32],
+        classes: usize,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Dev::Cpu => {
+                let (mut losses, mut grads) = (Vec::new(), Vec::new());
+                for (row, &t) in logits.chunks(classes).zip(targets) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let lse = max + row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln();
+                    losses.push(lse - if t >= 0 { row[t as usize] } else { 0.0 });
+                    grads.extend(
+                        row.iter()
+                            .enumerate()
+                            .map(|(j, &z)| ((z - lse).exp() - if j as i32 == t { 1.0 } else { 0.0 }) * scale),
+                    );
+                }
+                (losses, grads)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                use retro::backend::cuda::{cross_entropy, vocab_parallel};
+                let z = gpu.upload(&to_e::<E>(logits)).unwrap();
+                let t = cross_entropy::targets(gpu, targets, classes).unwrap();
+                let max = vocab_parallel::row_max(gpu, &z, classes).unwrap();
+                let sums = vocab_parallel::row_sums(gpu, &z, classes, &max, &t).unwrap();
+                let (losses, dz) = vocab_parallel::loss_and_grad(gpu, &z, classes, &max, &sums, &t, scale).unwrap();
+                (gpu.download(&losses).unwrap(), from_e(&gpu.download(&dz).unwrap()))
+            }),
+        }
+    }
+
+    /// (rows of `table` for `tokens`, -1 a zero row; the table's gradient from `dout`): embedding.cu's
+    /// `embedding_rows` and the word backward over the ids that are not -1.
+    pub fn embedding_rows(&self, tokens: &[i32], table: &[f32], dout: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+        let rows = table.len() / d;
+        match self {
+            Dev::Cpu => {
+                let (mut out, mut dtable) = (vec![0f32; tokens.len() * d], vec![0f32; table.len()]);
+                for (i, &t) in tokens.iter().enumerate().filter(|(_, &t)| t >= 0) {
+                    let t = t as usize;
+                    out[i * d..(i + 1) * d].copy_from_slice(&table[t * d..(t + 1) * d]);
+                    dtable[t * d..(t + 1) * d].iter_mut().zip(&dout[i * d..(i + 1) * d]).for_each(|(a, &g)| *a += g);
+                }
+                (out, dtable)
+            }
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                use retro::backend::cuda::embedding;
+                let batch = embedding::TokenBatch::with_missing(gpu, tokens, rows).unwrap();
+                let tb = gpu.upload(&to_e::<E>(table)).unwrap();
+                let out = embedding::rows_forward(gpu, &batch, &tb, d).unwrap();
+                let (g, dtable) = (gpu.upload(&to_e::<E>(dout)).unwrap(), gpu.zeros::<f32>(rows * d).unwrap());
+                embedding::rows_backward(gpu, &batch, &g, &dtable, d).unwrap();
+                (from_e(&gpu.download(&out).unwrap()), gpu.download(&dtable).unwrap())
+            }),
+        }
+    }
+
+    /// `x + bias` on every row: residual.cu's `add_bias`.
+    pub fn add_bias(&self, x: &[f32], bias: &[f32]) -> Vec<f32> {
+        match self {
+            Dev::Cpu => x.chunks(bias.len()).flat_map(|row| row.iter().zip(bias).map(|(a, b)| a + b)).collect(),
+            #[cfg(not(no_cuda_kernels))]
+            _ => on_cuda!(self, gpu, E, {
+                let (xb, bb) = (gpu.upload(&to_e::<E>(x)).unwrap(), gpu.upload(&to_e::<E>(bias)).unwrap());
+                from_e(&gpu.download(&retro::backend::cuda::residual::add_bias(gpu, &xb, &bb).unwrap()).unwrap())
+            }),
+        }
+    }
+
     /// `x w^T + b` (GELU'd with `gelu`), w [out, in].
     #[allow(clippy::too_many_arguments)]
     pub fn linear(

@@ -63,10 +63,6 @@ impl Masks<'_> {
 
     fn apply(&self, s: &Dims, p: AttentionParams) -> Result<AttentionParams> {
         let mut p = p;
-        crate::ensure!(
-            self.dropout.is_none_or(|d| d.split_heads.is_none()),
-            "attention dropout over a tensor-parallel rank's slice of the heads runs on the CPU only"
-        );
         if let Some(keys) = self.keys {
             crate::ensure!(
                 keys.len() == s.batch * s.sk,
@@ -83,6 +79,14 @@ impl Masks<'_> {
                 p.dropout_seed = d.seed;
                 p.dropout_threshold = crate::philox::drop_threshold(d.p);
                 p.dropout_scale = (1.0 / (1.0 - d.p)) as f32;
+                if let Some((first, all)) = d.split_heads {
+                    crate::ensure!(
+                        first + s.heads <= all,
+                        "attention dropout: heads {first}..{} of a layer of {all}",
+                        first + s.heads
+                    );
+                    (p.dropout_first_head, p.dropout_all_heads) = (first as i32, all as i32);
+                }
             }
         }
         Ok(p)

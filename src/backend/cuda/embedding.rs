@@ -26,8 +26,22 @@ impl TokenBatch {
         if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= vocab) {
             crate::bail!("token {t} at position {i} is outside the vocabulary of {vocab}");
         }
+        Self::grouped(gpu, tokens)
+    }
+
+    /// Ids of `rows` table rows, -1 for a token whose row is not in this table (a vocab-parallel rank's
+    /// part: `rows_forward` gives it a zero row and the backward leaves it out).
+    pub fn with_missing(gpu: &Gpu, tokens: &[i32], rows: usize) -> Result<Self> {
+        if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t < -1 || t >= 0 && t as usize >= rows) {
+            crate::bail!("token {t} at position {i} is neither -1 (another rank's) nor a row below {rows}");
+        }
+        Self::grouped(gpu, tokens)
+    }
+
+    fn grouped(gpu: &Gpu, tokens: &[i32]) -> Result<Self> {
         crate::ensure!(tokens.len() < i32::MAX as usize, "{} tokens in one batch", tokens.len());
-        let mut order: Vec<i32> = (0..tokens.len() as i32).collect();
+        // Positions of -1 ids join no group: the word backward adds nothing for them.
+        let mut order: Vec<i32> = (0..tokens.len() as i32).filter(|&i| tokens[i as usize] >= 0).collect();
         order.sort_by_key(|&i| tokens[i as usize]);
         let mut unique = Vec::new();
         let mut starts = Vec::new();
@@ -105,6 +119,77 @@ pub fn forward<E: GpuFloat>(
     Ok(out)
 }
 
+/// `out[t] = table[tokens[t]]`, zero where the id is -1 (`TokenBatch::with_missing`).
+pub fn rows_forward<E: GpuFloat>(
+    gpu: &Gpu,
+    batch: &TokenBatch,
+    table: &DeviceBuffer<E>,
+    d: usize,
+) -> Result<DeviceBuffer<E>> {
+    crate::ensure!(d % 8 == 0 && d > 0, "embedding width {d} must be a multiple of 8 on the GPU");
+    crate::ensure!(table.len() % d == 0, "table of {} elements is not rows of {d}", table.len());
+    let out = gpu.alloc::<E>(batch.count * d)?;
+    if batch.count == 0 {
+        return Ok(out);
+    }
+    let (count, dd) = (batch.count as u64, d as i32);
+    let items = count * (d / 8) as u64;
+    // SAFETY: argument list of embedding_rows_{bf16,f32}; ids are -1 or rows of the table (checked when
+    // the batch was made against the table's rows by the caller).
+    unsafe {
+        launch(
+            gpu,
+            "embedding",
+            &kernel::<E>("embedding_rows"),
+            config((grid_for(items, RETRO_ELEMENTWISE_BLOCK), 1, 1), RETRO_ELEMENTWISE_BLOCK, 0),
+            &[&out.ptr(), &batch.tokens.ptr(), &table.ptr(), &count, &dd],
+        )?;
+    }
+    Ok(out)
+}
+
+/// `dtable += ...` (f32) from `dout` [count, d]: each row's tokens' gradients, the -1 ids left out.
+pub fn rows_backward<E: GpuFloat>(
+    gpu: &Gpu,
+    batch: &TokenBatch,
+    dout: &DeviceBuffer<E>,
+    dtable: &DeviceBuffer<f32>,
+    d: usize,
+) -> Result<()> {
+    crate::ensure!(
+        d % 8 == 0 && d > 0 && dout.len() == batch.count * d && dtable.len() % d == 0,
+        "embedding rows backward: dout of {} elements for {} tokens of {d}, table of {}",
+        dout.len(),
+        batch.count,
+        dtable.len()
+    );
+    word_backward(gpu, batch, dout, dtable, d)
+}
+
+fn word_backward<E: GpuFloat>(
+    gpu: &Gpu,
+    batch: &TokenBatch,
+    dout: &DeviceBuffer<E>,
+    dword: &DeviceBuffer<f32>,
+    d: usize,
+) -> Result<()> {
+    if batch.unique_count == 0 {
+        return Ok(());
+    }
+    let dd = d as i32;
+    let threads = ((d / 8).div_ceil(32) * 32).clamp(32, RETRO_ELEMENTWISE_BLOCK as usize) as u32;
+    // SAFETY: argument list of embedding_word_backward; one block per distinct id, each a row of dword.
+    unsafe {
+        launch(
+            gpu,
+            "embedding",
+            &kernel::<E>("embedding_word_backward"),
+            config((batch.unique_count as u32, 1, 1), threads, 0),
+            &[&dword.ptr(), &dout.ptr(), &batch.unique.ptr(), &batch.starts.ptr(), &batch.order.ptr(), &dd],
+        )
+    }
+}
+
 /// `dword += ...` and `dposition += ...` (f32 accumulators) from `dout` [count, d]. Deterministic.
 pub fn backward<E: GpuFloat>(
     gpu: &Gpu,
@@ -126,19 +211,8 @@ pub fn backward<E: GpuFloat>(
     if batch.count == 0 {
         return Ok(());
     }
-    let dd = d as i32;
-    let threads = ((d / 8).div_ceil(32) * 32).clamp(32, RETRO_ELEMENTWISE_BLOCK as usize) as u32;
-    // SAFETY: argument list of embedding_word_backward; one block per distinct id.
-    unsafe {
-        launch(
-            gpu,
-            "embedding",
-            &kernel::<E>("embedding_word_backward"),
-            config((batch.unique_count.max(1) as u32, 1, 1), threads, 0),
-            &[&dword.ptr(), &dout.ptr(), &batch.unique.ptr(), &batch.starts.ptr(), &batch.order.ptr(), &dd],
-        )?;
-    }
-    let (count, p) = (batch.count as u64, period as i32);
+    word_backward(gpu, batch, dout, dword, d)?;
+    let (count, dd, p) = (batch.count as u64, d as i32, period as i32);
     let items = (period.min(batch.count) * d / 8) as u64;
     // SAFETY: argument list of embedding_position_backward.
     unsafe {

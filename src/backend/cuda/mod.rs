@@ -42,6 +42,8 @@ pub mod random;
 pub mod reduce;
 #[cfg(not(no_cuda_kernels))]
 pub mod residual;
+#[cfg(not(no_cuda_kernels))]
+pub mod vocab_parallel;
 
 #[cfg(not(no_cuda_kernels))]
 pub use gpu::{DeviceBuffer, Gpu};

@@ -1,4 +1,4 @@
-//! Launchers for kernels/residual.cu: residual adds, the CCA's row shifts, scaling.
+//! Launchers for kernels/residual.cu: residual adds, bias rows, the CCA's row shifts, scaling.
 
 use super::element::{kernel, GpuFloat};
 use super::gpu::{DeviceBuffer, Gpu};
@@ -29,6 +29,23 @@ pub fn add_into<E: GpuFloat>(gpu: &Gpu, a: &DeviceBuffer<E>, b: &DeviceBuffer<E>
     let n = a.len() as u64;
     // SAFETY: argument list of add_into_{bf16,f32}; equal lengths checked.
     unsafe { launch(gpu, "residual", &kernel::<E>("add_into"), grid(n / 8), &[&a.ptr(), &b.ptr(), &n]) }
+}
+
+/// `out[r] = x[r] + bias` for every row of `bias.len()` elements (a multiple of 8).
+pub fn add_bias<E: GpuFloat>(gpu: &Gpu, x: &DeviceBuffer<E>, bias: &DeviceBuffer<E>) -> Result<DeviceBuffer<E>> {
+    let d = bias.len();
+    crate::ensure!(
+        d % 8 == 0 && d > 0 && x.len() % d == 0,
+        "add_bias: {} elements are not rows of the bias's {d} (a multiple of 8)",
+        x.len()
+    );
+    let out = gpu.alloc::<E>(x.len())?;
+    let (n, dd) = (x.len() as u64, d as i32);
+    // SAFETY: argument list of add_bias_{bf16,f32}; x and out hold n elements, rows of d.
+    unsafe {
+        launch(gpu, "residual", &kernel::<E>("add_bias"), grid(n / 8), &[&out.ptr(), &x.ptr(), &bias.ptr(), &n, &dd])?
+    };
+    Ok(out)
 }
 
 /// Per batch: `out[i] = x[i + shift]` for `i < rows_out` (zero outside `0..rows_in`).
