@@ -183,7 +183,8 @@ def training_rows(out):
     results, checks = test_results(read(out, "model.log"), read(out, "checks-model.jsonl"))
     st = status(out, "model.log")
     for name in ("model_loss_and_gradients_match_the_cpu_in_f64::cuda", "model_loss_and_gradients_match_the_cpu_in_f64::cuda_f32",
-                 "golden_tiny_loss_on_each_device::cuda_f32", "gpu_857m_twenty_steps_lower_the_loss::cuda"):
+                 "golden_tiny_loss_on_each_device::cuda_f32", "gpu_857m_twenty_steps_lower_the_loss::cuda",
+                 "the_tensor_parallel_model_on_one_rank_equals_the_model::cuda"):
         detail = "; ".join(f"{c['check']}: {num(c['err']):.2e} (tol {num(c['tol']):.1e})" for c in checks.get(name, []) if "err" in c)
         for c in checks.get(name, []):
             if c.get("losses"):
@@ -194,7 +195,8 @@ def training_rows(out):
     st = status(out, "optimizer.log")
     for name in ("the_optimizer_step_is_adamw_in_f64::cuda",
                  "the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer::cuda",
-                 "overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step::cuda"):
+                 "overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step::cuda",
+                 "the_engine_trains_the_tensor_parallel_model_of_one_rank::cuda"):
         print(f"| {name} | {results.get(name, st if st != 'ok' else 'not in log')} | |")
     check = (read(out, "train-check.log") or "").strip().splitlines()
     print(f"| retro train --device cuda, 30 steps | {status(out, 'train.log')} | |")

@@ -130,6 +130,52 @@ test_device!(model_loss_and_gradients_match_the_cpu_in_f64, |dev| {
     }
 });
 
+// The tensor-parallel model's code on one rank (`TensorParallel::split_over_one`, on a GPU over a one-rank
+// NCCL communicator): copy / reduce ops, the vocab-parallel embedding and cross-entropy, the row-parallel
+// bias added after the sum, the heads' dropout streams. With dropout and a missing neighbour it equals
+// the unsplit model: in f64 on the CPU to 1e-12, on each device within the model test's tolerances.
+// (Two ranks on the CPU: tests/tensor_parallel.rs; two on GPUs need two GPUs.)
+test_device!(the_tensor_parallel_model_on_one_rank_equals_the_model, |dev| {
+    let mut c = gpu_sized_config();
+    (c.dropout, c.mask_missing_neighbors) = (0.1, true);
+    let model = RetroModel::init(&c, 13, DType::F64).unwrap();
+    let tp = retro::dist::TensorParallel::split_over_one();
+    let tp = match dev.placement().0 {
+        #[cfg(not(no_cuda_kernels))]
+        Device::Cuda(ordinal) => tp.on_gpu(retro::backend::cuda::Gpu::shared(ordinal).unwrap()).unwrap(),
+        _ => tp,
+    };
+    let split = model.shard(&tp).unwrap();
+    let mut batch = random_batch(&c, 2, 14);
+    let r = c.retrieved_length();
+    batch.neighbors.as_mut().unwrap().data_mut::<i64>().unwrap()[r..2 * r].iter_mut().for_each(|t| *t = -1);
+    let tape = || Tape::training(c.dropout, 9);
+    let reference = model.loss_and_grads_on(&model.params.tensors, &batch, tape()).unwrap();
+    if dev.placement().0 == Device::Cpu {
+        let whole = split.loss_and_grads_on(&split.params.tensors, &batch, tape()).unwrap();
+        assert!((whole.loss / reference.loss - 1.0).abs() < 1e-12, "f64: {} vs {}", whole.loss, reference.loss);
+        for ((spec, w), g) in model.params.specs.iter().zip(&reference.grads).zip(&whole.grads) {
+            let (w, g) = (w.to_f64_vec(), g.to_f64_vec());
+            let scale = w.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+            let err = w.iter().zip(&g).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
+            assert!(err < 1e-12, "f64: the gradient of {} differs by {err:.1e}", spec.name);
+        }
+    }
+    let got = split.loss_and_grads_on(&leaves(dev, &split), &batch, tape()).unwrap();
+    let (loss_tol, grad_tol) = tolerances(dev, &c);
+    let rel = (got.loss - reference.loss).abs() / reference.loss;
+    common::device::report_check("tensor-parallel model (1 rank) loss", dev, rel, loss_tol);
+    assert!(rel <= loss_tol, "{}: loss {} vs f64 {} ({rel:.1e})", dev.name(), got.loss, reference.loss);
+    let (err, name) = gradient_error(&model, &reference.grads, &got.grads);
+    common::device::report_check(
+        &format!("tensor-parallel model (1 rank) gradients (worst: {name})"),
+        dev,
+        err,
+        grad_tol,
+    );
+    assert!(err <= grad_tol, "{}: gradient of {name} differs by {err:.2e} > {grad_tol:.1e}", dev.name());
+});
+
 /// The golden directory: $RETRO_GOLDEN_DIR (the GPU machine's copy), else ../shared beside the checkout.
 fn golden_file() -> std::path::PathBuf {
     match std::env::var_os("RETRO_GOLDEN_DIR") {
@@ -398,6 +444,45 @@ test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |
     );
     assert_same_training(&got, &want);
     common::device::report_check("distributed optimizer (1 rank) vs device optimizer", dev, 0.0, 0.0);
+});
+
+// The training engine on the tensor-parallel model of one rank (`split_over_one`): on a GPU its optimizer
+// takes the split norm (the split parameters' squares all-reduced over the group's NCCL communicator,
+// the others' added once, over the arena grouped by `ParamArena::with_split`). The first step's losses
+// and norm equal the unsplit engine's within the model test's tolerances (other kernels: the
+// vocab-parallel loss, the bias after the sum); the later steps stay finite.
+test_device!(the_engine_trains_the_tensor_parallel_model_of_one_rank, |dev| {
+    if dev.placement().1 != DType::BF16 {
+        eprintln!("{}: skipped (the GPU engine's precision is the cuda copy's)", dev.name());
+        return;
+    }
+    let c = gpu_sized_config();
+    let model = RetroModel::init(&c, 3, DType::F32).unwrap();
+    #[cfg(not(no_cuda_kernels))]
+    let tp = match dev.placement().0 {
+        Device::Cuda(ordinal) => retro::dist::TensorParallel::split_over_one()
+            .on_gpu(retro::backend::cuda::Gpu::shared(ordinal).unwrap())
+            .unwrap(),
+        Device::Cpu => unreachable!(),
+    };
+    #[cfg(no_cuda_kernels)]
+    let tp = retro::dist::TensorParallel::split_over_one();
+    let split = model.shard(&tp).unwrap();
+    let want = engine_steps(dev, &model, one_process(40_000));
+    let got = engine_steps(dev, &split, one_process(40_000));
+    let (loss_tol, grad_tol) = tolerances(dev, &c);
+    let ((gl, gn), (wl, wn)) = (&got.0[0], &want.0[0]);
+    for (g, w) in gl.iter().zip(wl) {
+        assert!((g / w - 1.0).abs() <= 2.0 * loss_tol, "first step: loss {g} vs the unsplit engine's {w}");
+    }
+    assert!((gn / wn - 1.0).abs() <= 2.0 * grad_tol, "first step: grad norm {gn} vs the unsplit engine's {wn}");
+    assert!(got.0.iter().all(|(l, n)| n.is_finite() && l.iter().all(|x| x.is_finite())), "{:?}", got.0);
+    common::device::report_check(
+        "tensor-parallel engine (1 rank), first grad norm",
+        dev,
+        (gn / wn - 1.0).abs(),
+        2.0 * grad_tol,
+    );
 });
 
 // `--overlap-grad-reduce` on a GPU: each bucket of 40,000 elements is all-reduced (one rank: in place)

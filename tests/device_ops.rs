@@ -185,9 +185,7 @@ fn one_rank_group(dev: &Dev) -> retro::dist::TensorParallel {
         retro::tensor::Device::Cpu => tp,
         #[cfg(not(no_cuda_kernels))]
         retro::tensor::Device::Cuda(ordinal) => {
-            let gpu = retro::backend::cuda::Gpu::shared(ordinal).unwrap();
-            let world = retro::dist::World::single();
-            tp.with_nccl(retro::dist::nccl::NcclComm::new(&world, gpu).expect("a one-rank NCCL communicator"))
+            tp.on_gpu(retro::backend::cuda::Gpu::shared(ordinal).unwrap()).expect("a one-rank NCCL communicator")
         }
         #[cfg(no_cuda_kernels)]
         retro::tensor::Device::Cuda(_) => unreachable!(),

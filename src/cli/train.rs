@@ -71,7 +71,8 @@ pub struct Args {
     /// (column-parallel QKV, CCA query/key-value and fc1; row-parallel projections and fc2; the
     /// vocabulary of the embedding and the output layer divided), the retrieval encoder included. It
     /// must divide the processes of the job (mpirun -np N), the heads, the MLP width and the padded
-    /// vocabulary. CPU only in this build. Checkpoints are whole, so a run resumes with any size.
+    /// vocabulary. On GPUs the group's activations move over NCCL (not yet with --use-distributed-optimizer
+    /// or --overlap-grad-reduce). Checkpoints are whole, so a run resumes with any size.
     #[arg(long, default_value_t = 1)]
     pub tensor_model_parallel_size: usize,
     /// Data parallelism (every process of `mpirun -np N` is a data-parallel rank): gradients are summed
@@ -248,6 +249,14 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;
+    // On GPUs a split model's ops move activations over NCCL within the tensor-parallel group.
+    #[cfg(not(no_cuda_kernels))]
+    let tp = match device {
+        retro::tensor::Device::Cuda(ordinal) if tp.is_split() => {
+            tp.on_gpu(retro::backend::cuda::Gpu::shared(ordinal)?)?
+        }
+        _ => tp,
+    };
     if overlap_grad_reduce && use_distributed_optimizer {
         return Err(retro::Error::msg(
             "--overlap-grad-reduce is built for data parallelism without --use-distributed-optimizer (whose \

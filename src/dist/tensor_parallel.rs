@@ -9,7 +9,9 @@ use std::rc::Rc;
 #[derive(Clone)]
 pub struct TensorParallel {
     group: Rc<World>,
-    /// The same ranks over NCCL, each on its GPU: what the ops move GPU tensors with (`with_nccl`).
+    /// The model takes the split code paths (more than one rank, or `split_over_one`).
+    split: bool,
+    /// The same ranks over NCCL, each on its GPU: what the ops move GPU tensors with (`on_gpu`).
     #[cfg(not(no_cuda_kernels))]
     nccl: Option<Rc<super::nccl::NcclComm>>,
 }
@@ -35,18 +37,19 @@ impl TensorParallel {
     /// The ranks of `group` (split from the job's world by `ParallelLayout`'s order) share each model.
     pub fn new(group: Rc<World>) -> Self {
         Self {
+            split: group.size() > 1,
             group,
             #[cfg(not(no_cuda_kernels))]
             nccl: None,
         }
     }
 
-    /// GPU tensors move over `comm`, a communicator over the same ranks (before any model is built with
-    /// the group: the model's copies share it).
+    /// GPU tensors move over an NCCL communicator over the same ranks, each on its `gpu` (a collective
+    /// of the group; before any model is built with it: the model's copies share it).
     #[cfg(not(no_cuda_kernels))]
-    pub fn with_nccl(mut self, comm: super::nccl::NcclComm) -> Self {
-        self.nccl = Some(Rc::new(comm));
-        self
+    pub fn on_gpu(mut self, gpu: std::sync::Arc<crate::backend::cuda::Gpu>) -> crate::Result<Self> {
+        self.nccl = Some(Rc::new(super::nccl::NcclComm::new(&self.group, gpu)?));
+        Ok(self)
     }
 
     /// The group's NCCL communicator, or an error naming `op` (GPU tensors need one).
@@ -54,7 +57,7 @@ impl TensorParallel {
     pub fn nccl(&self, op: &str) -> crate::Result<&super::nccl::NcclComm> {
         self.nccl.as_deref().ok_or_else(|| {
             crate::Error::msg(format!(
-                "{op}: a GPU tensor, but the tensor-parallel group has no NCCL communicator (TensorParallel::with_nccl)"
+                "{op}: a GPU tensor, but the tensor-parallel group has no NCCL communicator (TensorParallel::on_gpu)"
             ))
         })
     }
@@ -67,9 +70,17 @@ impl TensorParallel {
         self.group.rank()
     }
 
-    /// True when the model is split over more than one rank.
+    /// True when the model takes the split code paths: split over more than one rank, or `split_over_one`.
     pub fn is_split(&self) -> bool {
-        self.size() > 1
+        self.split
+    }
+
+    /// A group of this one process whose model still takes every split code path (the tensor-parallel
+    /// ops, the vocab-parallel embedding and loss, the row-parallel bias, the heads' dropout streams, the
+    /// optimizer's split norm), each collective the identity: how one GPU checks the tensor-parallel
+    /// model against the unsplit one (tests/device_model.rs).
+    pub fn split_over_one() -> Self {
+        Self { split: true, ..Self::single() }
     }
 
     pub fn all_reduce_sum<T: Element>(&self, buf: &mut [T]) {

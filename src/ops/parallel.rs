@@ -11,7 +11,7 @@
 //!   group's row maxima, sums of exponentials and target logits; the whole logits row never exists.
 //!
 //! CPU tensors move over MPI (the group's `World`), GPU tensors over the group's NCCL communicator
-//! (`TensorParallel::with_nccl`), queued on the compute stream in the tape's order; on a GPU the
+//! (`TensorParallel::on_gpu`), queued on the compute stream in the tape's order; on a GPU the
 //! cross-entropy's row statistics are kernels/vocab_parallel.cu's, the embedding's rows
 //! kernels/embedding.cu's `embedding_rows`, the bias kernels/residual.cu's `add_bias`.
 

@@ -35,6 +35,9 @@ pub struct DeviceOptimizer {
     exp_avg_sq: DeviceBuffer<f32>,
     /// The gradient arena's sum of squares (one f64), written and read on the device.
     grad_sum_squares: DeviceBuffer<f64>,
+    /// A tensor-parallel model's group: the norm's squares of the split parameters (`arena.split_ranges`)
+    /// are summed over it, the whole ones counted once (Megatron's rule); `None` unsplit.
+    tensor_parallel: Option<crate::dist::TensorParallel>,
     /// Views of `masters` or `weights_bf16`, in model order: what the tape reads.
     leaves: Vec<Tensor>,
     /// Data parallelism: the gradient arena is summed over the ranks of this communicator (NCCL, in
@@ -121,6 +124,7 @@ impl DeviceOptimizer {
             exp_avg,
             exp_avg_sq,
             grad_sum_squares,
+            tensor_parallel: model.tensor_parallel.is_split().then(|| model.tensor_parallel.clone()),
             leaves: Vec::new(),
             data_parallel: None,
             sharded: None,
@@ -156,6 +160,11 @@ impl DeviceOptimizer {
     /// moments keep this rank's pieces only (the rest is freed), the weight and gradient arenas grow to
     /// whole chunks (zero padding). Before any step; `model` gives the parameters the tape reads.
     pub fn shard(&mut self, comm: crate::dist::nccl::NcclComm, bucket_size: usize, model: &RetroModel) -> Result<()> {
+        crate::ensure!(
+            self.tensor_parallel.is_none(),
+            "--use-distributed-optimizer with tensor parallelism is not built on GPUs (a shard's norm would mix \
+             split and whole parameters); drop one of the two, or use --device cpu"
+        );
         let shards = Shards::new(self.arena.len(), bucket_size, comm.rank(), comm.size());
         let padded = shards.padded_len();
         if padded > self.masters.len() {
@@ -186,6 +195,12 @@ impl DeviceOptimizer {
         crate::ensure!(
             self.data_parallel.is_some() && self.sharded.is_none(),
             "--overlap-grad-reduce on a GPU needs data parallelism without --use-distributed-optimizer"
+        );
+        crate::ensure!(
+            self.tensor_parallel.is_none(),
+            "--overlap-grad-reduce with tensor parallelism is not built on GPUs (the data-parallel reductions on \
+             their own stream would run beside the tensor-parallel ones, two communicators that can deadlock \
+             unordered); drop one of the two"
         );
         self.buckets = Some(GradBuckets::new(&self.arena, bucket_size));
         Ok(())
@@ -297,7 +312,7 @@ impl DeviceOptimizer {
                 }
                 let params =
                     AdamwParams::new(&c, grad_scale, self.config.clip, self.arena.len(), self.arena.decay_end());
-                adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares)?;
+                self.grad_squares()?;
                 let arenas = adamw::Arenas {
                     param: &self.masters,
                     grad: &self.grads,
@@ -323,6 +338,20 @@ impl DeviceOptimizer {
             None => 1.0,
         };
         Ok(StepStats { grad_norm, clip_coef })
+    }
+
+    /// The summed gradients' sum of squares into `grad_sum_squares`: the whole arena, or for a
+    /// tensor-parallel model the split parameters' squares summed over the group plus the others' once.
+    fn grad_squares(&self) -> Result<()> {
+        let Some(tp) = &self.tensor_parallel else {
+            return adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares);
+        };
+        let parts = self.gpu.zeros::<f64>(2)?; // [split, whole]
+        let (split, whole) = (parts.view(0, 1)?, parts.view(1, 1)?);
+        adamw::sum_squares_of_ranges_into(&self.gpu, &self.grads, &self.arena.split_ranges(true), &split)?;
+        adamw::sum_squares_of_ranges_into(&self.gpu, &self.grads, &self.arena.split_ranges(false), &whole)?;
+        tp.nccl("the tensor-parallel gradient norm")?.all_reduce_sum(&split)?;
+        adamw::sum_into(&self.gpu, &parts, &self.grad_sum_squares)
     }
 
     /// The distributed optimizer's update, chunk by chunk: this rank's pieces of the summed gradients,
@@ -411,8 +440,11 @@ fn gpu_of(device: Device) -> Result<Arc<Gpu>> {
     Gpu::shared(ordinal)
 }
 
+/// The model's arena; a tensor-parallel model's split parameters grouped (`ParamArena::with_split`).
 fn arena_of(model: &RetroModel) -> ParamArena {
-    ParamArena::new(model.params.specs.iter().map(|s| s.shape.as_slice()))
+    let split: Vec<bool> =
+        model.params.specs.iter().map(|s| s.split.is_some() && model.tensor_parallel.is_split()).collect();
+    ParamArena::with_split(model.params.specs.iter().map(|s| s.shape.as_slice()), &split)
 }
 
 /// A parameter's initialisation into `out` on the GPU (Normal: Philox stream `stream` under `seed`).

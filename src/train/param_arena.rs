@@ -16,27 +16,62 @@ pub struct ParamArena {
     ranges: Vec<Range<usize>>,
     decay_end: usize,
     len: usize,
+    /// The elements of the tensor-parallel split parameters (`with_split`), as at most two ranges.
+    split: Vec<Range<usize>>,
 }
 
 impl ParamArena {
     /// The layout for parameters of these shapes (in model order).
     pub fn new<'a>(shapes: impl IntoIterator<Item = &'a [usize]> + Clone) -> Self {
+        let shapes: Vec<&[usize]> = shapes.into_iter().collect();
+        let split = vec![false; shapes.len()];
+        Self::with_split(shapes, &split)
+    }
+
+    /// The layout with, inside each of the two decay groups, the parameters `split` says a
+    /// tensor-parallel model splits first: their elements are then two ranges (`split_ranges`), so the
+    /// gradient norm's two sums (Megatron's: split parameters over the group, whole ones once) are one
+    /// reduction each. Without split parameters it is `new`'s layout.
+    pub fn with_split<'a>(shapes: impl IntoIterator<Item = &'a [usize]>, split: &[bool]) -> Self {
         let numels: Vec<(usize, bool)> = shapes.into_iter().map(|s| (s.iter().product::<usize>(), decays(s))).collect();
+        assert_eq!(numels.len(), split.len(), "one split flag per parameter");
         let mut ranges = vec![0..0; numels.len()];
-        let mut next = 0;
-        let mut decay_end = 0;
+        let (mut next, mut decay_end, mut split_ranges) = (0, 0, Vec::new());
         for group in [true, false] {
-            for (i, &(n, d)) in numels.iter().enumerate() {
-                if d == group {
-                    ranges[i] = next..next + n;
-                    next = (next + n).next_multiple_of(ALIGN);
+            for part in [true, false] {
+                let start = next;
+                for (i, &(n, d)) in numels.iter().enumerate() {
+                    if d == group && split[i] == part {
+                        ranges[i] = next..next + n;
+                        next = (next + n).next_multiple_of(ALIGN);
+                    }
+                }
+                if part && next > start {
+                    split_ranges.push(start..next);
                 }
             }
             if group {
                 decay_end = next;
             }
         }
-        Self { ranges, decay_end, len: next }
+        Self { ranges, decay_end, len: next, split: split_ranges }
+    }
+
+    /// The arena's elements of the split parameters (padding included: zero), or of the others
+    /// (`split` false): contiguous ranges in arena order.
+    pub fn split_ranges(&self, split: bool) -> Vec<Range<usize>> {
+        if split {
+            return self.split.clone();
+        }
+        let mut rest = Vec::new();
+        let mut at = 0;
+        for r in self.split.iter().chain(std::iter::once(&(self.len..self.len))) {
+            if r.start > at {
+                rest.push(at..r.start);
+            }
+            at = r.end;
+        }
+        rest
     }
 
     /// Parameter `i`'s elements.
@@ -126,6 +161,28 @@ mod tests {
         }
         let filled: usize = (0..shapes.len()).map(|i| arena.range(i).len()).sum();
         assert_eq!(flat.iter().filter(|&&x| x == 0).count(), arena.len() - filled, "padding is zero");
+    }
+
+    #[test]
+    fn split_parameters_are_two_ranges_and_the_rest_covers_the_others() {
+        let shapes: Vec<Vec<usize>> = vec![vec![10], vec![3, 5], vec![7], vec![64, 2], vec![1], vec![100, 3]];
+        let split = [true, false, false, true, true, false];
+        let arena = ParamArena::with_split(shapes.iter().map(Vec::as_slice), &split);
+        let (inside, outside) = (arena.split_ranges(true), arena.split_ranges(false));
+        assert_eq!(inside.len(), 2, "{inside:?}");
+        let covered =
+            |ranges: &[Range<usize>], r: Range<usize>| ranges.iter().any(|c| c.start <= r.start && r.end <= c.end);
+        for (i, &s) in split.iter().enumerate() {
+            assert!(covered(if s { &inside } else { &outside }, arena.range(i)), "parameter {i}");
+            assert!(!covered(if s { &outside } else { &inside }, arena.range(i)), "parameter {i} twice");
+        }
+        let total: usize = inside.iter().chain(&outside).map(|r| r.len()).sum();
+        assert_eq!(total, arena.len(), "the two cover the arena");
+        // Decaying parameters still come first, and without split flags the layout is `new`'s.
+        assert!(arena.range(3).end <= arena.decay_end() && arena.range(0).start >= arena.decay_end());
+        let plain = ParamArena::new(shapes.iter().map(Vec::as_slice));
+        assert_eq!(ParamArena::with_split(shapes.iter().map(Vec::as_slice), &[false; 6]), plain);
+        assert_eq!(plain.split_ranges(false), vec![0..plain.len()]);
     }
 
     #[test]

@@ -106,6 +106,50 @@ pub fn sum_squares_into(gpu: &Gpu, x: &DeviceBuffer<f32>, out: &DeviceBuffer<f64
     }
 }
 
+/// The sum of squares of `x`'s elements in `ranges` into `out` (one f64): each range's fixed grid of
+/// partials, then one sum of them all, so the same inputs give the same bits; queued, no wait.
+pub fn sum_squares_of_ranges_into(
+    gpu: &Gpu,
+    x: &DeviceBuffer<f32>,
+    ranges: &[std::ops::Range<usize>],
+    out: &DeviceBuffer<f64>,
+) -> Result<()> {
+    crate::ensure!(out.len() == 1, "sum_squares_of_ranges_into: the output is one f64, not {}", out.len());
+    let blocks = RETRO_SUMSQ_BLOCKS as usize;
+    let partials = gpu.zeros::<f64>((ranges.len() * blocks).max(1))?;
+    for (i, r) in ranges.iter().enumerate() {
+        let part = x.view(r.start, r.len())?;
+        let n = part.len() as u64;
+        // SAFETY: argument list of sum_squares_f32; this range's `blocks` partials start at i * blocks.
+        unsafe {
+            launch(
+                gpu,
+                "adamw",
+                "sum_squares_f32",
+                config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
+                &[&part.ptr(), &n, &partials.ptr_at(i * blocks)],
+            )?;
+        }
+    }
+    sum_into(gpu, &partials, out)
+}
+
+/// `out[0] = sum of partials` (f64, one block, a fixed order).
+pub fn sum_into(gpu: &Gpu, partials: &DeviceBuffer<f64>, out: &DeviceBuffer<f64>) -> Result<()> {
+    crate::ensure!(out.len() == 1, "sum_into: the output is one f64, not {}", out.len());
+    let count = partials.len() as u32;
+    // SAFETY: argument list of sum_partials_f64: `count` doubles in, one out.
+    unsafe {
+        launch(
+            gpu,
+            "adamw",
+            "sum_partials_f64",
+            config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
+            &[&partials.ptr(), &count, &out.ptr()],
+        )
+    }
+}
+
 /// The sum of squares of `x` in f64 (waits for it).
 pub fn sum_squares(gpu: &Gpu, x: &DeviceBuffer<f32>) -> Result<f64> {
     let out = gpu.alloc::<f64>(1)?;
