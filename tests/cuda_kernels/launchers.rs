@@ -272,7 +272,6 @@ impl Dev {
     /// (rows of `table` for `tokens`, -1 a zero row; the table's gradient from `dout`): embedding.cu's
     /// `embedding_rows` and the word backward over the ids that are not -1.
     pub fn embedding_rows(&self, tokens: &[i32], table: &[f32], dout: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
-        let rows = table.len() / d;
         match self {
             Dev::Cpu => {
                 let (mut out, mut dtable) = (vec![0f32; tokens.len() * d], vec![0f32; table.len()]);
@@ -286,6 +285,7 @@ impl Dev {
             #[cfg(not(no_cuda_kernels))]
             _ => on_cuda!(self, gpu, E, {
                 use retro::backend::cuda::embedding;
+                let rows = table.len() / d;
                 let batch = embedding::TokenBatch::with_missing(gpu, tokens, rows).unwrap();
                 let tb = gpu.upload(&to_e::<E>(table)).unwrap();
                 let out = embedding::rows_forward(gpu, &batch, &tb, d).unwrap();
