@@ -450,7 +450,8 @@ test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |
 // takes the split norm (the split parameters' squares all-reduced over the group's NCCL communicator,
 // the others' added once, over the arena grouped by `ParamArena::with_split`). The first step's losses
 // and norm equal the unsplit engine's within the model test's tolerances (other kernels: the
-// vocab-parallel loss, the bias after the sum); the later steps stay finite.
+// vocab-parallel loss, the bias after the sum); the later steps stay finite; and the distributed
+// optimizer on it equals it bit for bit.
 test_device!(the_engine_trains_the_tensor_parallel_model_of_one_rank, |dev| {
     if dev.placement().1 != DType::BF16 {
         eprintln!("{}: skipped (the GPU engine's precision is the cuda copy's)", dev.name());
@@ -477,6 +478,14 @@ test_device!(the_engine_trains_the_tensor_parallel_model_of_one_rank, |dev| {
     }
     assert!((gn / wn - 1.0).abs() <= 2.0 * grad_tol, "first step: grad norm {gn} vs the unsplit engine's {wn}");
     assert!(got.0.iter().all(|(l, n)| n.is_finite() && l.iter().all(|x| x.is_finite())), "{:?}", got.0);
+    // The distributed optimizer on the same split model: its norm over the pieces (split and whole parts
+    // summed separately) is the plain split engine's, and with one rank the weights are the same bits.
+    let sharded = engine_steps(
+        dev,
+        &split,
+        retro::train::data_parallel::DataParallel { distributed_optimizer: true, ..one_process(40_000) },
+    );
+    assert_same_training(&sharded, &got);
     common::device::report_check(
         "tensor-parallel engine (1 rank), first grad norm",
         dev,

@@ -71,8 +71,8 @@ pub struct Args {
     /// (column-parallel QKV, CCA query/key-value and fc1; row-parallel projections and fc2; the
     /// vocabulary of the embedding and the output layer divided), the retrieval encoder included. It
     /// must divide the processes of the job (mpirun -np N), the heads, the MLP width and the padded
-    /// vocabulary. On GPUs the group's activations move over NCCL (not yet with --use-distributed-optimizer
-    /// or --overlap-grad-reduce). Checkpoints are whole, so a run resumes with any size.
+    /// vocabulary. On GPUs the group's activations move over NCCL (not yet with --overlap-grad-reduce).
+    /// Checkpoints are whole, so a run resumes with any size.
     #[arg(long, default_value_t = 1)]
     pub tensor_model_parallel_size: usize,
     /// Data parallelism (every process of `mpirun -np N` is a data-parallel rank): gradients are summed

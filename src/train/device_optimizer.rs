@@ -160,11 +160,6 @@ impl DeviceOptimizer {
     /// moments keep this rank's pieces only (the rest is freed), the weight and gradient arenas grow to
     /// whole chunks (zero padding). Before any step; `model` gives the parameters the tape reads.
     pub fn shard(&mut self, comm: crate::dist::nccl::NcclComm, bucket_size: usize, model: &RetroModel) -> Result<()> {
-        crate::ensure!(
-            self.tensor_parallel.is_none(),
-            "--use-distributed-optimizer with tensor parallelism is not built on GPUs (a shard's norm would mix \
-             split and whole parameters); drop one of the two, or use --device cpu"
-        );
         let shards = Shards::new(self.arena.len(), bucket_size, comm.rank(), comm.size());
         let padded = shards.padded_len();
         if padded > self.masters.len() {
@@ -369,8 +364,23 @@ impl DeviceOptimizer {
             let window = shards.window(k);
             comm.reduce_scatter_sum(&self.grads.view(window.start, shards.chunk)?, &summed.view(k * piece, piece)?)?;
         }
-        adamw::sum_squares_into(&self.gpu, summed, &self.grad_sum_squares)?;
-        comm.all_reduce_sum(&self.grad_sum_squares)?;
+        match &self.tensor_parallel {
+            None => {
+                adamw::sum_squares_into(&self.gpu, summed, &self.grad_sum_squares)?;
+                comm.all_reduce_sum(&self.grad_sum_squares)?;
+            }
+            Some(tp) => {
+                // [split, whole] over this rank's pieces, summed over the data-parallel ranks; the split
+                // part then over the tensor-parallel group (Megatron's rule, as `grad_squares`).
+                let parts = self.gpu.zeros::<f64>(2)?;
+                let (split, whole) = (parts.view(0, 1)?, parts.view(1, 1)?);
+                adamw::sum_squares_of_ranges_into(&self.gpu, summed, &self.piece_ranges(shards, true), &split)?;
+                adamw::sum_squares_of_ranges_into(&self.gpu, summed, &self.piece_ranges(shards, false), &whole)?;
+                comm.all_reduce_sum(&parts)?;
+                tp.nccl("the tensor-parallel gradient norm")?.all_reduce_sum(&split)?;
+                adamw::sum_into(&self.gpu, &parts, &self.grad_sum_squares)?;
+            }
+        }
         for k in 0..shards.chunks {
             let (mine, window) = (shards.mine(k), shards.window(k));
             // The decaying parameters are a prefix of the arena: the piece's share of it.
@@ -389,6 +399,23 @@ impl DeviceOptimizer {
             comm.all_gather(&copies, &self.weights_bf16.view(window.start, shards.chunk)?)?;
         }
         Ok(())
+    }
+
+    /// The elements of the split parameters (`split`) or of the others within this rank's pieces, in the
+    /// coordinates of the pieces' buffer (`chunks` x `piece`).
+    fn piece_ranges(&self, shards: &Shards, split: bool) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        for k in 0..shards.chunks {
+            let mine = shards.mine(k);
+            for r in self.arena.split_ranges(split) {
+                let (start, end) = (r.start.max(mine.start), r.end.min(mine.end));
+                if start < end {
+                    let at = k * shards.piece();
+                    out.push(start - mine.start + at..end - mine.start + at);
+                }
+            }
+        }
+        out
     }
 
     /// The whole of a moment arena on the host: downloaded, or (sharded) every rank's pieces gathered

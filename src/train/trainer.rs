@@ -131,15 +131,14 @@ pub struct Summary {
 pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result<Summary> {
     // Refused before any work: the same checks on every rank.
     let per_rank = dp.layout.micro_batches_per_rank(args.global_batch, args.micro_batch)?;
-    if tp.is_split() && args.device != crate::tensor::Device::Cpu {
-        ensure!(
-            !dp.distributed_optimizer && !dp.overlap_grad_reduce,
-            "--tensor-model-parallel-size {} on {}: --use-distributed-optimizer and --overlap-grad-reduce are \
-             built for GPU data parallelism without tensor parallelism so far; drop them, or use --device cpu",
-            tp.size(),
-            args.device
-        );
-    }
+    ensure!(
+        !(tp.is_split() && args.device != crate::tensor::Device::Cpu && dp.overlap_grad_reduce),
+        "--tensor-model-parallel-size {} on {}: --overlap-grad-reduce is built for GPU data parallelism without \
+         tensor parallelism so far (its reductions on their own stream beside the tensor-parallel ones, two \
+         communicators, could deadlock unordered); drop it, or use --device cpu",
+        tp.size(),
+        args.device
+    );
     let retrieval = !args.model.gpt_baseline;
     let data = ProjectData::open(&args.project, args.model.num_neighbors, args.model.num_retrieved_chunks, retrieval)?;
     let config = project_model(&args.model, &data.config)?;
