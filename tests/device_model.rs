@@ -427,7 +427,7 @@ fn one_process(bucket_size: usize) -> retro::train::data_parallel::DataParallel 
 }
 
 // `--use-distributed-optimizer` on a GPU (`DeviceOptimizer::shard`): with one rank, NCCL's reduce-scatter
-// and all-gather move each chunk's piece in place, so three steps in chunks of 40,000 elements (many
+// copies each chunk into the summed pieces and the all-gather runs in place, so three steps in chunks of 40,000 elements (many
 // chunks, the last one padded) give the device optimizer's weights and moments bit for bit, and its
 // norms. (Several ranks need several GPUs; the CPU's distributed optimizer is tests/dist_train.rs.)
 test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |dev| {

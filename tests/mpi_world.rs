@@ -82,10 +82,14 @@ fn nccl_all_reduce(world: &World) {
     comm.all_gather(&mine, &buf).expect("NCCL all-gather");
     let all: Vec<f32> = (0..block * size).map(|i| size as f32 * (i % 7) as f32 + offset).collect();
     assert_eq!(gpu.download(&buf).unwrap(), all, "all-gather on rank {rank}");
-    let bf: Vec<half::bf16> = (0..block * size).map(|i| half::bf16::from_f32(i as f32)).collect();
-    let bbuf = gpu.upload(&bf).unwrap();
+    // Each rank holds only its own block (the rest zero), so the gather must move every other block.
+    let bf = |i: usize| half::bf16::from_f32((i % 251) as f32 + 0.5);
+    let mine: Vec<half::bf16> =
+        (0..block * size).map(|i| if i / block == rank { bf(i) } else { half::bf16::from_f32(0.0) }).collect();
+    let bbuf = gpu.upload(&mine).unwrap();
     comm.all_gather(&bbuf.view(rank * block, block).unwrap(), &bbuf).expect("NCCL bf16 all-gather");
-    assert_eq!(gpu.download(&bbuf).unwrap(), bf, "bf16 all-gather on rank {rank}");
+    let all: Vec<half::bf16> = (0..block * size).map(bf).collect();
+    assert_eq!(gpu.download(&bbuf).unwrap(), all, "bf16 all-gather on rank {rank}");
     println!("mpi_world: rank {rank} of {size}: NCCL all-reduce, reduce-scatter and all-gather ok on {}", gpu.name());
 }
 

@@ -228,7 +228,9 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
         return Err(retro::Error::msg("--distributed-timeout-minutes must be a positive number of minutes"));
     }
     if world.size() > 1 {
-        let timeout = std::time::Duration::from_secs_f64(distributed_timeout_minutes * 60.0);
+        let timeout = std::time::Duration::try_from_secs_f64(distributed_timeout_minutes * 60.0).map_err(|e| {
+            retro::Error::msg(format!("--distributed-timeout-minutes {distributed_timeout_minutes}: {e}"))
+        })?;
         retro::dist::watchdog::install_exiting(timeout, format!("rank {} of {}", world.rank(), world.size()))?;
     }
     super::share_cores(&world);

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub struct NcclComm {
     // Dropped (no longer polled) before the communicator is destroyed.
     watched: Option<watchdog::Registered>,
+    /// Set by the watchdog's `ncclCommAbort` (which frees the communicator): then not destroyed again.
+    aborted: Arc<std::sync::atomic::AtomicBool>,
     comm: sys::ncclComm_t,
     gpu: Arc<Gpu>,
     comm_stream: Arc<CudaStream>,
@@ -86,6 +88,8 @@ impl NcclComm {
         world.broadcast_bytes(&mut id, 0);
         let unique = sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
         gpu.ctx.bind_to_thread().map_err(|e| cuda_error("binding the context", e))?;
+        // Before the communicator: a failure here leaks nothing.
+        let comm_stream = gpu.ctx.new_stream().map_err(|e| cuda_error("creating the communication stream", e))?;
         let mut comm = std::ptr::null_mut();
         {
             let _wait = watchdog::waiting("NCCL communicator set-up");
@@ -93,16 +97,19 @@ impl NcclComm {
             unsafe { result::comm_init_rank(&mut comm, size as i32, unique, rank as i32) }
                 .map_err(|e| nccl_error(&format!("initialising rank {rank} of {size}"), e))?;
         }
-        let comm_stream = gpu.ctx.new_stream().map_err(|e| cuda_error("creating the communication stream", e))?;
+        let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watched = watchdog::installed().map(|w| {
-            let (polled, aborted) = (Handle(comm), Handle(comm));
+            let (polled, to_abort, flag) = (Handle(comm), Handle(comm), aborted.clone());
             w.register(watchdog::Check {
                 poll: Box::new(move || async_error(polled.comm())),
-                // SAFETY: as in `Handle`; the process ends right after (the communicator is not used again).
-                abort: Box::new(move || drop(unsafe { result::comm_abort(aborted.comm()) })),
+                abort: Box::new(move || {
+                    // SAFETY: as in `Handle`; the process ends right after, and `Drop` skips the destroy.
+                    drop(unsafe { result::comm_abort(to_abort.comm()) });
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }),
             })
         });
-        Ok(Self { watched, comm, gpu, comm_stream, rank, size })
+        Ok(Self { watched, aborted, comm, gpu, comm_stream, rank, size })
     }
 
     pub fn rank(&self) -> usize {
@@ -214,8 +221,12 @@ impl NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
+        // Waits for an abort in progress (the watchdog holds the registrations while it aborts).
         self.watched.take();
-        // SAFETY: the communicator was created by `new` and is not used after this.
+        if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: the communicator was created by `new`, not aborted, and is not used after this.
         let _ = unsafe { result::comm_destroy(self.comm) };
     }
 }

@@ -5,17 +5,24 @@
 //! peers (every blocking MPI collective in `world.rs`, and a GPU step's waits for its NCCL work) marks
 //! the wait (`waiting`), and the watchdog, polling a few times a second, aborts once one wait has lasted
 //! the timeout. It also polls registered checks (NCCL's asynchronous errors) and aborts on the first
-//! error one reports. Aborting prints the rank and what it was waiting for, runs the registered aborts
-//! (`ncclCommAbort`, which frees a stream stuck in a collective) and ends the process with exit status 1,
-//! so `mpirun` ends the other ranks.
+//! error one reports. Aborting prints the rank and what it was waiting for first, then runs the
+//! registered aborts (`ncclCommAbort`, which frees a stream stuck in a collective) on a thread of their
+//! own for at most `ABORT_DEADLINE` (an abort can itself hang while a peer on the node is stopped), and
+//! ends the process with exit status 1, so `mpirun` ends the other ranks.
 //!
-//! The process has at most one watchdog (`install`); without one, `waiting` costs one atomic load.
+//! `paused` exempts a phase where ranks legitimately wait long for one of them (rank 0 writing a
+//! checkpoint). The process has at most one watchdog (`install`); without one, `waiting` costs nothing
+//! but a load.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A check polled with the waits: `Some(message)` ends the job. `abort` runs before the process exits.
+/// How long the registered aborts may take before the process exits without them.
+pub const ABORT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A check polled with the waits: `Some(message)` ends the job. `abort` runs before the process exits
+/// (under the registrations' lock: a `Registered` being dropped meanwhile waits for it).
 pub struct Check {
     pub poll: Box<dyn FnMut() -> Option<String> + Send>,
     pub abort: Box<dyn FnMut() + Send>,
@@ -32,6 +39,23 @@ pub struct Watchdog {
     /// What ending the job does (tests observe it instead of exiting).
     expire: Box<dyn Fn(String) + Send + Sync>,
     expired: AtomicBool,
+    /// `paused` guards alive: waits do not count while any is.
+    pauses: AtomicU64,
+}
+
+/// Exempts waits from the timeout until dropped (`Watchdog::paused`).
+pub struct Paused<'a>(Option<&'a Watchdog>);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.0 {
+            w.pauses.fetch_sub(1, Ordering::Relaxed);
+            // The wait in progress, if any, starts counting now.
+            if let Some((_, since)) = w.wait.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                *since = Instant::now();
+            }
+        }
+    }
 }
 
 /// Marks a wait until dropped (`Watchdog::waiting`).
@@ -72,6 +96,7 @@ impl Watchdog {
             next_check: AtomicU64::new(0),
             expire: Box::new(expire),
             expired: AtomicBool::new(false),
+            pauses: AtomicU64::new(0),
         });
         let polled = watchdog.clone();
         let period = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -99,6 +124,12 @@ impl Watchdog {
         Waiting { watchdog: Some(self), outermost }
     }
 
+    /// No wait counts until the guard drops (a phase where the ranks wait for one of them on purpose).
+    pub fn paused(&self) -> Paused<'_> {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        Paused(Some(self))
+    }
+
     /// Poll `check` with the waits until the returned handle drops.
     pub fn register(self: &Arc<Self>, check: Check) -> Registered {
         let id = self.next_check.fetch_add(1, Ordering::Relaxed);
@@ -112,6 +143,9 @@ impl Watchdog {
             if let Some(error) = (check.poll)() {
                 return Some(format!("{}: {error}", self.label));
             }
+        }
+        if self.pauses.load(Ordering::Relaxed) > 0 {
+            return None;
         }
         let wait = self.wait.lock().unwrap_or_else(|p| p.into_inner());
         let (what, since) = wait.as_ref()?;
@@ -127,12 +161,21 @@ impl Watchdog {
         })
     }
 
-    fn end(&self, message: String) {
+    fn end(self: &Arc<Self>, message: String) {
         if self.expired.swap(true, Ordering::Relaxed) {
             return;
         }
-        for (_, check) in self.checks.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-            (check.abort)();
+        eprintln!("retro: {message}");
+        let (done, aborted) = std::sync::mpsc::channel();
+        let me = self.clone();
+        let aborting = std::thread::Builder::new().name("retro-watchdog-abort".into()).spawn(move || {
+            for (_, check) in me.checks.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                (check.abort)();
+            }
+            let _ = done.send(());
+        });
+        if aborting.is_ok() && aborted.recv_timeout(ABORT_DEADLINE).is_err() {
+            eprintln!("retro: the communicators' aborts did not finish in {ABORT_DEADLINE:?}; exiting without them");
         }
         (self.expire)(message);
     }
@@ -146,10 +189,9 @@ pub fn install(watchdog: Arc<Watchdog>) -> crate::Result<()> {
     INSTALLED.set(watchdog).map_err(|_| crate::Error::msg("a watchdog is already installed in this process"))
 }
 
-/// The process's watchdog that prints the message and exits 1 (so `mpirun` ends the other ranks).
+/// The process's watchdog that exits 1 once it has printed the message (so `mpirun` ends the other ranks).
 pub fn install_exiting(timeout: Duration, label: String) -> crate::Result<()> {
-    install(Watchdog::start(timeout, label, |message| {
-        eprintln!("retro: {message}");
+    install(Watchdog::start(timeout, label, |_message| {
         // SAFETY: ends the process at once; the main thread is blocked in the wait that timed out, so
         // no exit handler may run (one could block on the same communicator).
         unsafe { libc::_exit(1) }
@@ -159,6 +201,14 @@ pub fn install_exiting(timeout: Duration, label: String) -> crate::Result<()> {
 /// The installed watchdog, if any.
 pub fn installed() -> Option<&'static Arc<Watchdog>> {
     INSTALLED.get()
+}
+
+/// Exempt the waits from the process's watchdog until the guard drops (nothing without one).
+pub fn paused() -> Paused<'static> {
+    match INSTALLED.get() {
+        Some(w) => w.paused(),
+        None => Paused(None),
+    }
 }
 
 /// Mark a wait for the other ranks on the process's watchdog (nothing without one).
@@ -226,6 +276,31 @@ mod tests {
         let message = ended.recv_timeout(Duration::from_secs(30)).expect("the check's error ended the job");
         assert_eq!(message, "rank 1 of 2: NCCL: remote process exited");
         assert!(aborted.load(Ordering::Relaxed), "the registered abort ran first");
+    }
+
+    #[test]
+    fn an_abort_that_hangs_does_not_keep_the_job_from_ending() {
+        let (w, ended) = watched(60_000);
+        let _check = w.register(Check {
+            poll: Box::new(|| Some("NCCL: remote process exited".into())),
+            abort: Box::new(|| std::thread::sleep(Duration::from_secs(3600))),
+        });
+        let message = ended.recv_timeout(ABORT_DEADLINE + Duration::from_secs(10)).expect("ended despite the abort");
+        assert!(message.ends_with("remote process exited"), "{message}");
+        // Dropping it would wait for the hung abort (it holds the registrations); a real process has exited.
+        std::mem::forget(_check);
+    }
+
+    #[test]
+    fn waits_while_paused_do_not_count() {
+        let (w, ended) = watched(100);
+        let pause = w.paused();
+        let _wait = w.waiting("MPI barrier");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(ended.try_recv().is_err(), "fired while paused");
+        drop(pause); // the wait counts from here
+        let message = ended.recv_timeout(Duration::from_secs(10)).expect("fired after the pause");
+        assert!(message.contains("in MPI barrier"), "{message}");
     }
 
     #[test]

@@ -333,7 +333,10 @@ impl RetroModel {
     pub fn eval_loss_on(&self, leaves: &[Tensor], batch: &Batch) -> Result<f64> {
         let mut tape = Tape::inference();
         let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
-        Ok(self.loss(&mut tape, &p, batch)?.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0])
+        let loss = self.loss(&mut tape, &p, batch)?;
+        // On GPUs the download waits for the forward, and under tensor parallelism for its NCCL work.
+        let _wait = crate::dist::watchdog::waiting("an evaluation step (on GPUs, its NCCL work)");
+        Ok(loss.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0])
     }
 
     /// The parameters as the tape reads them on `device`: these tensors on the CPU; on a GPU bf16 copies

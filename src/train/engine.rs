@@ -97,6 +97,10 @@ impl Engine {
     /// own device; collective: every rank calls it). With `dp.distributed_optimizer` the moments of `opt`
     /// are split across the ranks (on a GPU, in the device optimizer, even with one rank).
     pub fn with_data_parallel(mut self, dp: DataParallel, model: &RetroModel, opt: &AdamW) -> Result<Self> {
+        crate::ensure!(
+            !(dp.distributed_optimizer && dp.overlap_grad_reduce),
+            "--overlap-grad-reduce is built for data parallelism without --use-distributed-optimizer"
+        );
         #[cfg(not(no_cuda_kernels))]
         if let Some(gpu) = &mut self.gpu {
             if dp.distributed_optimizer {

@@ -216,6 +216,11 @@ pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result
         if saving && engine.shards_moments() {
             opt.release_moments(); // gathered for the checkpoint only
         }
+        if saving && dp.world.size() > 1 {
+            // Every rank waits here for rank 0's checkpoint, which may take long: not a hang.
+            let _exempt = crate::dist::watchdog::paused();
+            dp.world.barrier();
+        }
         if let Some(reason) = &stopped_by {
             if dp.is_root() {
                 bar.suspend(|| {
