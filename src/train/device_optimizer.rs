@@ -261,6 +261,11 @@ impl DeviceOptimizer {
         comm.all_reduce_sum_on(&self.grads.view(r.start, r.len())?, comm.comm_stream())
     }
 
+    /// True when the moments are this rank's pieces (`shard`).
+    pub fn is_sharded(&self) -> bool {
+        self.sharded.is_some()
+    }
+
     /// `buf` copied into a buffer of `len` elements, zero past its end.
     fn grown<E: cudarc::driver::DeviceRepr>(&self, buf: &DeviceBuffer<E>, len: usize) -> Result<DeviceBuffer<E>> {
         let out = self.gpu.zeros::<E>(len)?;

@@ -124,6 +124,10 @@ impl Engine {
     /// True when the distributed optimizer holds this rank's shard of the AdamW moments (so the host
     /// `AdamW` need not keep them between checkpoints).
     pub fn shards_moments(&self) -> bool {
+        #[cfg(not(no_cuda_kernels))]
+        if let Some(gpu) = &self.gpu {
+            return gpu.is_sharded();
+        }
         self.sharded.is_some()
     }
 
