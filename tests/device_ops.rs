@@ -223,8 +223,8 @@ test_device!(vocab_parallel_embedding_and_positions, |dev| {
     check(dev, "vocab_parallel_embedding + embedding", &inputs, recording, op, 2.0 * BF16_U);
 });
 
-// The vocab-parallel cross-entropy with a first class of 8 (this rank's slice of 40 is classes 8..48 of
-// the group's 40): the labels below 8 are "another rank's" (with one rank, their logit counts as 0).
+// The vocab-parallel cross-entropy of a slice of 40 classes starting at class 8: labels 8..40 are its
+// classes 0..32, the labels below 8 "another rank's" (with one rank, their logit counts as 0).
 // Then the slice at 0, which holds every label: the plain cross-entropy.
 test_device!(vocab_parallel_cross_entropy, |dev| {
     let mut rng = Rng::new(12);

@@ -251,20 +251,21 @@ fn run_on(args: Args, world: std::rc::Rc<retro::dist::World>) -> retro::Result<(
     };
     // Each rank on its own GPU: the one its node-local rank names.
     let device = retro::backend::select_device_for(&device, world.local_rank(), world.rank() == 0)?;
-    // On GPUs a split model's ops move activations over NCCL within the tensor-parallel group.
-    #[cfg(not(no_cuda_kernels))]
-    let tp = match device {
-        retro::tensor::Device::Cuda(ordinal) if tp.is_split() => {
-            tp.on_gpu(retro::backend::cuda::Gpu::shared(ordinal)?)?
-        }
-        _ => tp,
-    };
     if overlap_grad_reduce && use_distributed_optimizer {
         return Err(retro::Error::msg(
             "--overlap-grad-reduce is built for data parallelism without --use-distributed-optimizer (whose \
              reduce-scatter runs after the backward): drop one of the two flags",
         ));
     }
+    // On GPUs a split model's ops move activations over NCCL within the tensor-parallel group (made after
+    // the flag checks, so a refused run says why rather than failing in NCCL's set-up).
+    #[cfg(not(no_cuda_kernels))]
+    let tp = match device {
+        retro::tensor::Device::Cuda(ordinal) if tp.is_split() && !overlap_grad_reduce => {
+            tp.on_gpu(retro::backend::cuda::Gpu::shared(ordinal)?)?
+        }
+        _ => tp,
+    };
     use retro::preprocess::project::ProjectConfig;
     let pc = ProjectConfig::read(&project).map_err(|e| e.context("--project"))?;
     let global =

@@ -17,6 +17,8 @@ pub struct TokenBatch {
     order: DeviceBuffer<i32>,
     pub count: usize,
     unique_count: usize,
+    /// Rows of the table the ids were checked against (every id is -1 or below it).
+    rows: usize,
 }
 
 impl TokenBatch {
@@ -26,7 +28,7 @@ impl TokenBatch {
         if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= vocab) {
             crate::bail!("token {t} at position {i} is outside the vocabulary of {vocab}");
         }
-        Self::grouped(gpu, tokens)
+        Self::grouped(gpu, tokens, vocab)
     }
 
     /// Ids of `rows` table rows, -1 for a token whose row is not in this table (a vocab-parallel rank's
@@ -35,10 +37,10 @@ impl TokenBatch {
         if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t < -1 || t >= 0 && t as usize >= rows) {
             crate::bail!("token {t} at position {i} is neither -1 (another rank's) nor a row below {rows}");
         }
-        Self::grouped(gpu, tokens)
+        Self::grouped(gpu, tokens, rows)
     }
 
-    fn grouped(gpu: &Gpu, tokens: &[i32]) -> Result<Self> {
+    fn grouped(gpu: &Gpu, tokens: &[i32], rows: usize) -> Result<Self> {
         crate::ensure!(tokens.len() < i32::MAX as usize, "{} tokens in one batch", tokens.len());
         // Positions of -1 ids join no group: the word backward adds nothing for them.
         let mut order: Vec<i32> = (0..tokens.len() as i32).filter(|&i| tokens[i as usize] >= 0).collect();
@@ -60,6 +62,7 @@ impl TokenBatch {
             starts: gpu.upload(&starts)?,
             order: gpu.upload(&order)?,
             count: tokens.len(),
+            rows,
         })
     }
 }
@@ -98,7 +101,7 @@ pub fn forward<E: GpuFloat>(
     d: usize,
     at: Positions,
 ) -> Result<DeviceBuffer<E>> {
-    check(word.len(), position.len(), d, at, word.len() / d.max(1))?;
+    check(word.len(), position.len(), d, at, batch.rows)?;
     let period = at.period;
     let out = gpu.alloc::<E>(batch.count * d)?;
     if batch.count == 0 {
@@ -127,15 +130,20 @@ pub fn rows_forward<E: GpuFloat>(
     d: usize,
 ) -> Result<DeviceBuffer<E>> {
     crate::ensure!(d % 8 == 0 && d > 0, "embedding width {d} must be a multiple of 8 on the GPU");
-    crate::ensure!(table.len() % d == 0, "table of {} elements is not rows of {d}", table.len());
+    crate::ensure!(
+        table.len() == batch.rows * d,
+        "table of {} elements is not the {} rows of {d} the ids were checked against",
+        table.len(),
+        batch.rows
+    );
     let out = gpu.alloc::<E>(batch.count * d)?;
     if batch.count == 0 {
         return Ok(out);
     }
     let (count, dd) = (batch.count as u64, d as i32);
     let items = count * (d / 8) as u64;
-    // SAFETY: argument list of embedding_rows_{bf16,f32}; ids are -1 or rows of the table (checked when
-    // the batch was made against the table's rows by the caller).
+    // SAFETY: argument list of embedding_rows_{bf16,f32}; ids are -1 or below `batch.rows`, the table's
+    // rows (checked above).
     unsafe {
         launch(
             gpu,
@@ -157,7 +165,7 @@ pub fn rows_backward<E: GpuFloat>(
     d: usize,
 ) -> Result<()> {
     crate::ensure!(
-        d % 8 == 0 && d > 0 && dout.len() == batch.count * d && dtable.len() % d == 0,
+        d % 8 == 0 && d > 0 && dout.len() == batch.count * d && dtable.len() == batch.rows * d,
         "embedding rows backward: dout of {} elements for {} tokens of {d}, table of {}",
         dout.len(),
         batch.count,
@@ -200,7 +208,7 @@ pub fn backward<E: GpuFloat>(
     d: usize,
     at: Positions,
 ) -> Result<()> {
-    check(dword.len(), dposition.len(), d, at, dword.len() / d.max(1))?;
+    check(dword.len(), dposition.len(), d, at, batch.rows)?;
     let period = at.period;
     crate::ensure!(
         dout.len() == batch.count * d,
