@@ -393,6 +393,22 @@ impl RetroConfig {
         }
         Ok(())
     }
+
+    /// On GPUs, the kernels' rule for a rank's part (16-byte vector loads: widths in multiples of 8
+    /// elements): its slice of the padded vocabulary (the vocab-parallel loss) and of the MLP's hidden
+    /// features (the bias + GELU on fc1's output). Checked before any work, with `check_tensor_parallel`.
+    pub fn check_tensor_parallel_on_gpu(&self, n: usize) -> Result<()> {
+        self.check_tensor_parallel(n)?;
+        for (what, count) in [("the padded vocabulary", self.vocab_size), ("ffn_hidden_size", self.ffn_hidden_size())] {
+            ensure!(
+                (count / n) % 8 == 0,
+                "--tensor-model-parallel-size {n} on a GPU: {what} is {count}, so each rank holds {}, not a multiple \
+                 of 8 (the GPU kernels' vector width); use a size whose parts are, or --device cpu",
+                count / n
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +440,12 @@ mod tests {
         few.retro_layer_numbers = None;
         assert!(few.validate().unwrap_err().to_string().contains("no CCA layer"));
         c.check_tensor_parallel(4).unwrap();
+        c.check_tensor_parallel_on_gpu(4).unwrap();
+        let mut narrow = c.clone();
+        narrow.vocab_size = 24; // parts of 12: fine on the CPU, not for the GPU kernels
+        narrow.check_tensor_parallel(2).unwrap();
+        let e = narrow.check_tensor_parallel_on_gpu(2).unwrap_err().to_string();
+        assert!(e.contains("on a GPU") && e.contains("each rank holds 12"), "{e}");
         let e = c.check_tensor_parallel(3).unwrap_err().to_string();
         assert!(e.contains("--tensor-model-parallel-size 3") && e.contains("num_heads"), "{e}");
     }

@@ -131,6 +131,9 @@ pub struct Summary {
 pub fn train(args: &TrainArgs, dp: &DataParallel, tp: &TensorParallel) -> Result<Summary> {
     // Refused before any work: the same checks on every rank.
     let per_rank = dp.layout.micro_batches_per_rank(args.global_batch, args.micro_batch)?;
+    if tp.is_split() && args.device != crate::tensor::Device::Cpu {
+        args.model.check_tensor_parallel_on_gpu(tp.size())?;
+    }
     ensure!(
         !(tp.is_split() && args.device != crate::tensor::Device::Cpu && dp.overlap_grad_reduce),
         "--tensor-model-parallel-size {} on {}: --overlap-grad-reduce is built for GPU data parallelism without \
