@@ -426,24 +426,27 @@ fn one_process(bucket_size: usize) -> retro::train::data_parallel::DataParallel 
     retro::train::data_parallel::DataParallel { bucket_size, ..retro::train::data_parallel::DataParallel::single() }
 }
 
-// `--use-distributed-optimizer` on a GPU (`DeviceOptimizer::shard`): with one rank, NCCL's reduce-scatter
-// copies each chunk into the summed pieces and the all-gather runs in place, so three steps in chunks of 40,000 elements (many
-// chunks, the last one padded) give the device optimizer's weights and moments bit for bit, and its
-// norms. (Several ranks need several GPUs; the CPU's distributed optimizer is tests/dist_train.rs.)
-test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |dev| {
+/// Three engine steps on `dev` with one process's data-parallel settings `variant` equal the plain
+/// engine's bit for bit (the GPU copy only: the engine's precision there is bf16).
+fn one_gpu_variant_equals_the_plain_step(dev: &Dev, variant: retro::train::data_parallel::DataParallel, what: &str) {
     if dev.placement().1 != DType::BF16 {
         eprintln!("{}: skipped (the GPU engine's precision is the cuda copy's)", dev.name());
         return;
     }
     let model = RetroModel::init(&gpu_sized_config(), 3, DType::F32).unwrap();
     let want = engine_steps(dev, &model, one_process(40_000));
-    let got = engine_steps(
-        dev,
-        &model,
-        retro::train::data_parallel::DataParallel { distributed_optimizer: true, ..one_process(40_000) },
-    );
+    let got = engine_steps(dev, &model, variant);
     assert_same_training(&got, &want);
-    common::device::report_check("distributed optimizer (1 rank) vs device optimizer", dev, 0.0, 0.0);
+    common::device::report_check(what, dev, 0.0, 0.0);
+}
+
+// `--use-distributed-optimizer` on a GPU (`DeviceOptimizer::shard`): with one rank, NCCL's reduce-scatter
+// copies each chunk into the summed pieces and the all-gather runs in place, so three steps in chunks
+// of 40,000 elements (many chunks, the last one padded) give the device optimizer's weights and moments
+// bit for bit, and its norms. (Several ranks need several GPUs; the CPU's is tests/dist_train.rs.)
+test_device!(the_distributed_optimizer_on_one_gpu_equals_the_device_optimizer, |dev| {
+    let variant = retro::train::data_parallel::DataParallel { distributed_optimizer: true, ..one_process(40_000) };
+    one_gpu_variant_equals_the_plain_step(dev, variant, "distributed optimizer (1 rank) vs device optimizer");
 });
 
 // The training engine on the tensor-parallel model of one rank (`split_over_one`): on a GPU its optimizer
@@ -499,17 +502,6 @@ test_device!(the_engine_trains_the_tensor_parallel_model_of_one_rank, |dev| {
 // the plain engine's bit for bit. With one rank the sum is the identity: this checks the buckets'
 // bookkeeping and that the stream and event calls run, not the ordering against other ranks' data.
 test_device!(overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step, |dev| {
-    if dev.placement().1 != DType::BF16 {
-        eprintln!("{}: skipped (the GPU engine's precision is the cuda copy's)", dev.name());
-        return;
-    }
-    let model = RetroModel::init(&gpu_sized_config(), 3, DType::F32).unwrap();
-    let want = engine_steps(dev, &model, one_process(40_000));
-    let got = engine_steps(
-        dev,
-        &model,
-        retro::train::data_parallel::DataParallel { overlap_grad_reduce: true, ..one_process(40_000) },
-    );
-    assert_same_training(&got, &want);
-    common::device::report_check("overlapped gradient all-reduce (1 rank) vs plain step", dev, 0.0, 0.0);
+    let variant = retro::train::data_parallel::DataParallel { overlap_grad_reduce: true, ..one_process(40_000) };
+    one_gpu_variant_equals_the_plain_step(dev, variant, "overlapped gradient all-reduce (1 rank) vs plain step");
 });

@@ -346,10 +346,27 @@ impl DeviceOptimizer {
         let Some(tp) = &self.tensor_parallel else {
             return adamw::sum_squares_into(&self.gpu, &self.grads, &self.grad_sum_squares);
         };
-        let parts = self.gpu.zeros::<f64>(2)?; // [split, whole]
+        let ranges = [self.arena.split_ranges(true), self.arena.split_ranges(false)];
+        self.split_squares(tp, &self.grads, &ranges, None)
+    }
+
+    /// Megatron's tensor-parallel sum of squares into `grad_sum_squares`: `[split, whole]` over the
+    /// elements `ranges` name in `x` (summed over `data_parallel`'s ranks when each holds pieces), the split
+    /// part then over the tensor-parallel group, the whole part counted once.
+    fn split_squares(
+        &self,
+        tp: &crate::dist::TensorParallel,
+        x: &DeviceBuffer<f32>,
+        ranges: &[Vec<std::ops::Range<usize>>; 2],
+        data_parallel: Option<&crate::dist::nccl::NcclComm>,
+    ) -> Result<()> {
+        let parts = self.gpu.zeros::<f64>(2)?;
         let (split, whole) = (parts.view(0, 1)?, parts.view(1, 1)?);
-        adamw::sum_squares_of_ranges_into(&self.gpu, &self.grads, &self.arena.split_ranges(true), &split)?;
-        adamw::sum_squares_of_ranges_into(&self.gpu, &self.grads, &self.arena.split_ranges(false), &whole)?;
+        adamw::sum_squares_of_ranges_into(&self.gpu, x, &ranges[0], &split)?;
+        adamw::sum_squares_of_ranges_into(&self.gpu, x, &ranges[1], &whole)?;
+        if let Some(comm) = data_parallel {
+            comm.all_reduce_sum(&parts)?;
+        }
         tp.nccl("the tensor-parallel gradient norm")?.all_reduce_sum(&split)?;
         adamw::sum_into(&self.gpu, &parts, &self.grad_sum_squares)
     }
@@ -375,15 +392,8 @@ impl DeviceOptimizer {
                 comm.all_reduce_sum(&self.grad_sum_squares)?;
             }
             Some(tp) => {
-                // [split, whole] over this rank's pieces, summed over the data-parallel ranks; the split
-                // part then over the tensor-parallel group (Megatron's rule, as `grad_squares`).
-                let parts = self.gpu.zeros::<f64>(2)?;
-                let (split, whole) = (parts.view(0, 1)?, parts.view(1, 1)?);
-                adamw::sum_squares_of_ranges_into(&self.gpu, summed, &self.piece_ranges(shards, true), &split)?;
-                adamw::sum_squares_of_ranges_into(&self.gpu, summed, &self.piece_ranges(shards, false), &whole)?;
-                comm.all_reduce_sum(&parts)?;
-                tp.nccl("the tensor-parallel gradient norm")?.all_reduce_sum(&split)?;
-                adamw::sum_into(&self.gpu, &parts, &self.grad_sum_squares)?;
+                let ranges = [self.piece_ranges(shards, true), self.piece_ranges(shards, false)];
+                self.split_squares(tp, summed, &ranges, Some(comm))?;
             }
         }
         for k in 0..shards.chunks {

@@ -83,27 +83,7 @@ pub fn update(gpu: &Gpu, a: &Arenas, grad_sum_squares: &DeviceBuffer<f64>, param
 /// The sum of squares of `x` in f64 into `out` (one element), deterministic (fixed grid, no atomics);
 /// queued, no wait.
 pub fn sum_squares_into(gpu: &Gpu, x: &DeviceBuffer<f32>, out: &DeviceBuffer<f64>) -> Result<()> {
-    crate::ensure!(out.len() == 1, "sum_squares_into: the output is one f64, not {}", out.len());
-    let partials = gpu.alloc::<f64>(RETRO_SUMSQ_BLOCKS as usize)?;
-    let (n, count) = (x.len() as u64, RETRO_SUMSQ_BLOCKS);
-    // SAFETY: argument lists of sum_squares_f32 (one partial per block) and sum_partials_f64 (one
-    // double at out); the partials buffer returns to the cache in stream order.
-    unsafe {
-        launch(
-            gpu,
-            "adamw",
-            "sum_squares_f32",
-            config((RETRO_SUMSQ_BLOCKS, 1, 1), RETRO_ADAMW_BLOCK, 0),
-            &[&x.ptr(), &n, &partials.ptr()],
-        )?;
-        launch(
-            gpu,
-            "adamw",
-            "sum_partials_f64",
-            config((1, 1, 1), RETRO_ADAMW_BLOCK, 0),
-            &[&partials.ptr(), &count, &out.ptr()],
-        )
-    }
+    sum_squares_of_ranges_into(gpu, x, std::slice::from_ref(&(0..x.len())), out)
 }
 
 /// The sum of squares of `x`'s elements in `ranges` into `out` (one f64): each range's fixed grid of
@@ -116,11 +96,16 @@ pub fn sum_squares_of_ranges_into(
 ) -> Result<()> {
     crate::ensure!(out.len() == 1, "sum_squares_of_ranges_into: the output is one f64, not {}", out.len());
     let blocks = RETRO_SUMSQ_BLOCKS as usize;
-    let partials = gpu.zeros::<f64>((ranges.len() * blocks).max(1))?;
+    // Every partial is written by its block; with no range, one zero (the sum of nothing).
+    let partials = match ranges.len() {
+        0 => gpu.zeros::<f64>(1)?,
+        n => gpu.alloc::<f64>(n * blocks)?,
+    };
     for (i, r) in ranges.iter().enumerate() {
         let part = x.view(r.start, r.len())?;
         let n = part.len() as u64;
-        // SAFETY: argument list of sum_squares_f32; this range's `blocks` partials start at i * blocks.
+        // SAFETY: argument list of sum_squares_f32; this range's `blocks` partials start at i * blocks (the
+        // buffer returns to the cache in stream order).
         unsafe {
             launch(
                 gpu,
