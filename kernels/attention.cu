@@ -25,19 +25,12 @@
 #include "common.cuh"
 #include "attention.h"
 #include "attention_masks.cuh"
+#include "tensor_core.cuh"
 
 #define BM RETRO_ATTN_BLOCK_M
 #define BN RETRO_ATTN_BLOCK_N
 #define PAD RETRO_ATTN_PAD
 typedef __nv_bfloat16 bf16;
-
-__device__ inline void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // A fragment of the 16x16 tile at (row0, col0) of a row-major [m][k] shared matrix with leading dim ld.
 __device__ inline void load_a(uint32_t a[4], const bf16* s, int ld, int row0, int col0) {
@@ -144,7 +137,7 @@ __device__ inline int frag_col(int nt, int e) { return nt * 8 + 2 * (threadIdx.x
 
 template <int HD>
 __device__ inline void attention_forward(const AttentionParams& p) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    RETRO_DYNAMIC_SHARED(smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);  // [BM][HD + PAD]
     bf16* ks = qs + BM * (HD + PAD);           // [BN][HD + PAD]
     bf16* vt = ks + BN * (HD + PAD);           // [HD][BN + PAD]
@@ -281,7 +274,7 @@ extern "C" __global__ void attention_backward_delta(AttentionParams p) {
 
 template <int HD>
 __device__ inline void attention_backward_dkv(const AttentionParams& p) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    RETRO_DYNAMIC_SHARED(smem);
     bf16* ks = reinterpret_cast<bf16*>(smem);  // [BN][HD + PAD]
     bf16* vs = ks + BN * (HD + PAD);           // [BN][HD + PAD]
     bf16* qs = vs + BN * (HD + PAD);           // [BM][HD + PAD]
@@ -361,7 +354,7 @@ __device__ inline void attention_backward_dkv(const AttentionParams& p) {
 
 template <int HD>
 __device__ inline void attention_backward_dq(const AttentionParams& p) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    RETRO_DYNAMIC_SHARED(smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);  // [BM][HD + PAD]
     bf16* dos = qs + BM * (HD + PAD);          // [BM][HD + PAD]
     bf16* ks = dos + BM * (HD + PAD);          // [BN][HD + PAD]

@@ -1,0 +1,255 @@
+// A CPU stand-in for the CUDA features retro's kernels use, so that kernels/*.cu compile as C++ (g++)
+// and run on a machine without a GPU (scripts/kernel-emulation). It is a test of the kernels' logic, not
+// of the GPU: a CUDA thread is an OS thread, the blocks of a grid run one after another, and warps are
+// not lock-step. What it checks, and a GPU run cannot be replaced by it:
+//   - indexing, tiling, masking and the tensor-core fragment layouts, against references in double;
+//   - barriers: a __syncthreads or warp collective that not every thread reaches is reported (no hang);
+//   - under ThreadSanitizer, shared-memory races between the threads of a block;
+//   - under AddressSanitizer / UBSan, reads and writes outside a buffer (every buffer and the dynamic
+//     shared memory are allocated at their exact size) and misaligned vector loads.
+// Included before each kernel file (g++ -include); tests/kernel_emulation/cuda_bf16.h stands in for
+// CUDA's header of that name.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#define RETRO_KERNEL_EMULATION 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+struct alignas(16) uint4 { uint32_t x, y, z, w; };
+struct alignas(8) uint2 { uint32_t x, y; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct uint3 { uint32_t x, y, z; };
+struct dim3 {
+    uint32_t x, y, z;
+    dim3(uint32_t x_ = 1, uint32_t y_ = 1, uint32_t z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) { return a < b ? a : b; }
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) { return a < b ? b : a; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline void sincospif(float x, float* s, float* c) {
+    *s = sinf((float)M_PI * x);
+    *c = cosf((float)M_PI * x);
+}
+inline uint32_t __umulhi(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
+
+namespace emu {
+
+[[noreturn]] inline void fail(const char* what) {
+    fprintf(stderr, "kernel emulation: %s\n", what);
+    fflush(stderr);
+    abort();
+}
+
+// A barrier for `expected` threads; a thread that returns leaves it (CUDA: exited threads do not hold up
+// __syncthreads). A wait of more than 20 s is a barrier some thread never reaches: reported, not a hang.
+struct Barrier {
+    std::mutex m;
+    std::condition_variable cv;
+    int expected = 0, arrived = 0, left = 0;
+    int left_at_release = 0;  // threads that had returned when the last wait ended
+    uint64_t generation = 0;
+
+    // Returns how many threads had returned when this wait ended.
+    int arrive_and_wait(const char* what) {
+        std::unique_lock<std::mutex> lock(m);
+        const uint64_t gen = generation;
+        if (++arrived == expected) {
+            release();
+            return left_at_release;
+        }
+        if (!cv.wait_for(lock, std::chrono::seconds(20), [&] { return generation != gen; })) fail(what);
+        return left_at_release;
+    }
+
+    void leave() {
+        std::lock_guard<std::mutex> lock(m);
+        --expected;
+        ++left;
+        if (arrived > 0 && arrived == expected) release();
+    }
+
+  private:
+    void release() {
+        arrived = 0;
+        left_at_release = left;
+        ++generation;
+        cv.notify_all();
+    }
+};
+
+// Per warp: its barrier and an exchange slot per lane (shuffles, and the MMA's operand fragments). A
+// collective writes its lane's slot, waits once for the warp, then reads the others'. Consecutive
+// collectives use the two slot sets in turn: a lane can be at most one collective ahead of the slowest
+// (the next wait holds it), so it never overwrites a slot that is still being read.
+struct Warp {
+    Barrier barrier;
+    alignas(16) uint32_t slots[2][32][8];
+    int turn[32] = {};
+    uint32_t* mine(int lane) { return slots[turn[lane]][lane]; }
+    const uint32_t* theirs(int lane, int other) const { return slots[turn[lane]][other]; }
+    void next(int lane) { turn[lane] ^= 1; }
+};
+
+struct Block {
+    Barrier barrier;
+    std::vector<Warp> warps;
+};
+
+struct Thread {
+    uint3 thread{}, block{};
+    Block* owner = nullptr;
+};
+
+inline thread_local Thread self;
+inline dim3 grid_dim, block_dim;
+inline unsigned char* dynamic_shared = nullptr;
+
+inline Warp& warp() { return self.owner->warps[self.thread.x / 32]; }
+
+// Every lane of the warp must take part in a warp collective with the full mask.
+inline void warp_sync(const char* what) {
+    if (warp().barrier.arrive_and_wait(what) != 0) fail("a warp collective ran after lanes of its warp had returned");
+}
+
+// Run `kernel` over `grid` blocks of `block` threads with `shared_bytes` of dynamic shared memory. One OS
+// thread per CUDA thread of a block, reused for every block in turn: between two blocks all of them meet,
+// and thread 0 resets the barriers and refills the shared memory with 0xff bytes (NaN as f32 and bf16,
+// so a read of an element the block did not write shows).
+inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
+    if (block.y != 1 || block.z != 1 || block.x % 32 != 0 || block.x == 0 || block.x > 1024)
+        fail("blocks must be 1-D, a multiple of 32 threads and at most 1024 (retro's launchers only make those)");
+    if (grid.y > 65535 || grid.z > 65535) fail("grid y / z above 65535");
+    if (shared_bytes > 227 * 1024) fail("more dynamic shared memory than an H100 block can have (227 KiB)");
+    grid_dim = grid;
+    block_dim = block;
+    const int threads = (int)block.x;
+    Block b;
+    b.warps = std::vector<Warp>(block.x / 32);
+    Barrier between;
+    between.expected = threads;
+    auto reset = [&] {
+        b.barrier.expected = threads, b.barrier.left = 0;
+        for (Warp& w : b.warps) w.barrier.expected = 32, w.barrier.left = 0;
+        if (shared_bytes) memset(dynamic_shared, 0xff, shared_bytes);
+    };
+    dynamic_shared = shared_bytes ? (unsigned char*)malloc(shared_bytes) : nullptr;
+    reset();
+    const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+    std::vector<std::thread> pool;
+    pool.reserve(block.x);
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            self.thread = {(uint32_t)t, 0, 0};
+            self.owner = &b;
+            for (uint64_t i = 0; i < blocks; ++i) {
+                self.block = {(uint32_t)(i % grid.x), (uint32_t)(i / grid.x % grid.y), (uint32_t)(i / grid.x / grid.y)};
+                kernel();
+                b.warps[t / 32].barrier.leave();
+                b.barrier.leave();
+                between.arrive_and_wait("threads of a finished block not meeting (an emulation bug)");
+                if (t == 0) reset();
+                between.arrive_and_wait("threads of a finished block not meeting (an emulation bug)");
+            }
+        });
+    for (auto& th : pool) th.join();
+    free(dynamic_shared);
+    dynamic_shared = nullptr;
+}
+
+template <typename T>
+inline T shuffle(unsigned mask, T v, int src_of_lane(int, int), int arg) {
+    static_assert(sizeof(T) <= sizeof(uint32_t) * 8, "shuffle of a value wider than the exchange slot");
+    if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
+    Warp& w = warp();
+    const int lane = (int)(self.thread.x & 31);
+    memcpy(w.mine(lane), &v, sizeof v);
+    warp_sync("a warp shuffle that not every lane of the warp reaches");
+    T out;
+    memcpy(&out, w.theirs(lane, src_of_lane(lane, arg)), sizeof out);
+    w.next(lane);
+    return out;
+}
+
+inline int lane_xor(int lane, int mask) { return lane ^ mask; }
+inline int lane_down(int lane, int delta) { return lane + delta < 32 ? lane + delta : lane; }
+
+inline float bf16_at(uint32_t reg, int k) {
+    const uint32_t bits = (k & 1 ? reg >> 16 : reg & 0xffffu) << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::self.thread)
+#define blockIdx (emu::self.block)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+
+inline void __syncthreads() { emu::self.owner->barrier.arrive_and_wait("a __syncthreads that not every thread of the block reaches"); }
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) { return emu::shuffle(mask, v, emu::lane_xor, lane_mask); }
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) { return emu::shuffle(mask, v, emu::lane_down, (int)delta); }
+
+// The block's dynamic shared memory: the buffer the launch allocated at its exact size.
+#define RETRO_DYNAMIC_SHARED(name) unsigned char* name = emu::dynamic_shared
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, c += A B, written from the PTX ISA's fragment
+// layouts (independently of kernels/attention.cu's load_a / load_b). Lane l = 4 g + t (g = groupID,
+// t = threadID_in_group); each register holds two bf16, the lower-numbered element in the low half.
+//   A (16 x 16, row): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+//   B (16 x 8, col):  b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   C (16 x 8):       c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]
+// Products of bf16 are exact in f32; the sum is taken in double, then added to c (the hardware's order is
+// unspecified, so results may differ from a GPU's in the last bits).
+inline void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    emu::Warp& w = emu::warp();
+    const int lane = (int)(threadIdx.x & 31);
+    uint32_t* mine = w.mine(lane);
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    emu::warp_sync("an mma.sync that not every lane of the warp reaches");
+    const int g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        double sum = 0.0;
+        for (int k = 0; k < 16; ++k) {
+            const int a_lane = (row & 7) * 4 + ((k & 7) >> 1), a_reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+            const int b_lane = col * 4 + ((k & 7) >> 1), b_reg = 4 + (k >= 8 ? 1 : 0);
+            sum += (double)emu::bf16_at(w.theirs(lane, a_lane)[a_reg], k) * emu::bf16_at(w.theirs(lane, b_lane)[b_reg], k);
+        }
+        c[e] = (float)((double)c[e] + sum);
+    }
+    w.next(lane);
+}
