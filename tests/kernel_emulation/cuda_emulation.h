@@ -29,6 +29,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// Static shared arrays are shared by the block's threads as on the GPU, but they start at zero and keep
+// the previous block's values (only the dynamic shared memory is refilled with NaN bytes per block), so a
+// read of a static shared element the block never wrote is not seen.
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
@@ -68,8 +71,11 @@ namespace emu {
     abort();
 }
 
+inline double barrier_timeout_s = 20.0;
+
 // A barrier for `expected` threads; a thread that returns leaves it (CUDA: exited threads do not hold up
-// __syncthreads). A wait of more than 20 s is a barrier some thread never reaches: reported, not a hang.
+// __syncthreads). A wait longer than barrier_timeout_s (20 s) is a barrier some thread never reaches:
+// reported, not a hang.
 struct Barrier {
     std::mutex m;
     std::condition_variable cv;
@@ -85,7 +91,8 @@ struct Barrier {
             release();
             return left_at_release;
         }
-        if (!cv.wait_for(lock, std::chrono::seconds(20), [&] { return generation != gen; })) fail(what);
+        if (!cv.wait_for(lock, std::chrono::duration<double>(barrier_timeout_s), [&] { return generation != gen; }))
+            fail(what);
         return left_at_release;
     }
 
@@ -198,7 +205,10 @@ inline T shuffle(unsigned mask, T v, int src_of_lane(int, int), int arg) {
     return out;
 }
 
-inline int lane_xor(int lane, int mask) { return lane ^ mask; }
+inline int lane_xor(int lane, int mask) {
+    if (mask < 0 || mask > 31) fail("a shuffle's lane mask outside 0..31");
+    return lane ^ mask;
+}
 inline int lane_down(int lane, int delta) { return lane + delta < 32 ? lane + delta : lane; }
 
 inline float bf16_at(uint32_t reg, int k) {
@@ -215,7 +225,12 @@ inline float bf16_at(uint32_t reg, int k) {
 #define blockDim (emu::block_dim)
 #define gridDim (emu::grid_dim)
 
-inline void __syncthreads() { emu::self.owner->barrier.arrive_and_wait("a __syncthreads that not every thread of the block reaches"); }
+// A __syncthreads after some of the block's threads returned is undefined on a GPU (the guide requires
+// the condition around it to be the same for the whole block): reported.
+inline void __syncthreads() {
+    if (emu::self.owner->barrier.arrive_and_wait("a __syncthreads that not every thread of the block reaches") != 0)
+        emu::fail("a __syncthreads after threads of the block had returned");
+}
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) { return emu::shuffle(mask, v, emu::lane_xor, lane_mask); }
 template <typename T>

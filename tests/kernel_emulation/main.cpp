@@ -8,12 +8,13 @@ void norm_tests();
 void loss_tests();
 void optimizer_tests();
 void elementwise_tests();
+void self_tests();
 
 int main() {
     const struct {
         const char* name;
         void (*run)();
-    } families[] = {{"elementwise", elementwise_tests}, {"optimizer", optimizer_tests}, {"norms", norm_tests},
+    } families[] = {{"self-test", self_tests},       {"elementwise", elementwise_tests}, {"optimizer", optimizer_tests}, {"norms", norm_tests},
                     {"losses", loss_tests},           {"attention", attention_tests}};
     for (const auto& f : families) {
         const auto start = std::chrono::steady_clock::now();

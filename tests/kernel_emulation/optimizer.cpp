@@ -5,6 +5,8 @@
 #include "harness.h"
 #include "adamw.h"
 
+#include <algorithm>
+
 extern "C" {
 void sum_squares_f32(const float* x, uint64_t n, double* partials);
 void sum_partials_f64(const double* partials, uint32_t count, double* out);
@@ -20,7 +22,9 @@ void sum_of_squares(const Buf<float>& x, Buf<double>& out) {
     emu::launch(dim3(1), RETRO_ADAMW_BLOCK, 0, [&] { sum_partials_f64(partials.p, RETRO_SUMSQ_BLOCKS, out.p); });
 }
 
-void adamw(size_t n, size_t decay_end, double max_norm, bool poison) {
+// grid: the launcher's (one thread per element, at most 65535 blocks) or a smaller one, so that the
+// grid-stride loop takes several turns (arenas over 16.7M elements do on a GPU).
+void adamw(size_t n, size_t decay_end, double max_norm, bool poison, bool with_copy, uint32_t grid = 0) {
     Rng rng(n + decay_end);
     Buf<float> param(n), grad(n), m(n), v(n);
     Buf<bf16> copy(n);
@@ -34,7 +38,9 @@ void adamw(size_t n, size_t decay_end, double max_norm, bool poison) {
     sum_of_squares(grad, sumsq);
     double want_sumsq = 0;
     for (size_t i = 0; i < n; ++i) want_sumsq += (double)grad[i] * grad[i];
-    const std::string name = "adamw " + std::to_string(n) + " elements" + (poison ? " with an inf gradient" : "");
+    const std::string name = "adamw " + std::to_string(n) + " elements" + (poison ? " with an inf gradient" : "") +
+                             (with_copy ? "" : ", no bf16 copy") +
+                             (grid ? ", grid of " + std::to_string(grid) + " blocks" : "");
     if (!poison) expect_close(name + ": sum of squares", 1, [&](size_t) { return sumsq[0]; }, {want_sumsq}, 0, 1e-12);
 
     const double lr = 1e-3, wd = 0.1, b1 = 0.9, b2 = 0.95, eps = 1e-8, grad_scale = 0.5;
@@ -51,12 +57,19 @@ void adamw(size_t n, size_t decay_end, double max_norm, bool poison) {
     p.max_norm = max_norm;
     p.n = n;
     p.decay_end = decay_end;
-    const uint32_t blocks = grid_for(n, RETRO_ADAMW_BLOCK);
+    const uint32_t blocks = grid ? grid : (uint32_t)std::min<size_t>(65535, (n + RETRO_ADAMW_BLOCK - 1) / RETRO_ADAMW_BLOCK);
+    bf16* copy_ptr = with_copy ? copy.p : nullptr;
     emu::launch(dim3(blocks), RETRO_ADAMW_BLOCK, 0,
-                [&] { adamw_update_f32(param.p, grad.p, m.p, v.p, copy.p, sumsq.p, p); });
+                [&] { adamw_update_f32(param.p, grad.p, m.p, v.p, copy_ptr, sumsq.p, p); });
+    auto untouched = [&](const Buf<bf16>& b) {
+        for (size_t i = 0; i < b.n; ++i)
+            if (b[i].bits != 0xffff) return false;
+        return true;
+    };
     if (poison) {
-        expect(name + ": parameters and moments untouched",
-               !memcmp(p0.data(), param.p, n * 4) && !memcmp(m0.data(), m.p, n * 4) && !memcmp(v0.data(), v.p, n * 4));
+        expect(name + ": parameters, moments and the bf16 copy untouched",
+               !memcmp(p0.data(), param.p, n * 4) && !memcmp(m0.data(), m.p, n * 4) &&
+                   !memcmp(v0.data(), v.p, n * 4) && untouched(copy));
         return;
     }
     const double norm = sqrt(want_sumsq) * grad_scale;
@@ -73,6 +86,10 @@ void adamw(size_t n, size_t decay_end, double max_norm, bool poison) {
     expect_close(name + clipped + ": parameters", param, wp, 1e-7, 1e-6);
     expect_close(name + ": exp_avg", m, wm, 1e-8, 1e-5);
     expect_close(name + ": exp_avg_sq", v, wv, 1e-9, 1e-5);
+    if (!with_copy) {
+        expect(name + ": the bf16 copy's buffer untouched (null pointer)", untouched(copy));
+        return;
+    }
     std::vector<double> wcopy(n);
     for (size_t i = 0; i < n; ++i) wcopy[i] = to_f(__float2bfloat16(param[i]));
     expect_close(name + ": bf16 copy of the new parameters", copy, wcopy, 0, 0);
@@ -81,8 +98,9 @@ void adamw(size_t n, size_t decay_end, double max_norm, bool poison) {
 }  // namespace
 
 void optimizer_tests() {
-    adamw(70001, 30000, 1.0, false);
+    adamw(70001, 30000, 1.0, false, true);
     if (quick()) return;
-    adamw(1000, 1000, 0.0, false);
-    adamw(513, 100, 1.0, true);
+    adamw(5000, 3000, 1.0, false, true, 3);
+    adamw(1000, 1000, 0.0, false, false);
+    adamw(513, 100, 1.0, true, true);
 }
