@@ -31,25 +31,6 @@ ELEMENTWISE_KERNELS(float, f32)
 
 namespace {
 
-template <typename T> struct K;
-#define BIND(S)                                                                                                 \
-    static constexpr auto embedding_forward = embedding_forward_##S;                                             \
-    static constexpr auto embedding_rows = embedding_rows_##S;                                                   \
-    static constexpr auto word_backward = embedding_word_backward_##S;                                           \
-    static constexpr auto position_backward = embedding_position_backward_##S;                                   \
-    static constexpr auto dropout = dropout_##S;                                                                 \
-    static constexpr auto fill_normal = fill_normal_##S;                                                         \
-    static constexpr auto gelu_forward = bias_gelu_forward_##S;                                                  \
-    static constexpr auto gelu_backward = bias_gelu_backward_##S;                                                \
-    static constexpr auto add = add_##S;                                                                         \
-    static constexpr auto add_into = add_into_##S;                                                               \
-    static constexpr auto add_bias = add_bias_##S;                                                               \
-    static constexpr auto shift_rows = shift_rows_##S;                                                           \
-    static constexpr auto scale = scale_##S;
-template <> struct K<bf16> { BIND(bf16) };
-template <> struct K<float> { BIND(f32) };
-#undef BIND
-
 const uint32_t B = RETRO_ELEMENTWISE_BLOCK;
 
 std::vector<double> rounded(const std::vector<double>& x, bool to_bf16) {
@@ -81,7 +62,7 @@ void embedding(int d, uint32_t grid = 0) {
     const uint64_t items = (uint64_t)count * (d / 8);
     const dim3 lookup_grid(grid ? grid : grid_for(items, B));
     emu::launch(lookup_grid, B, 0,
-                [&] { K<T>::embedding_forward(out.p, tokens.p, word.p, position.p, count, d, period); });
+                [&] { RETRO_KERNEL(T, embedding_forward)(out.p, tokens.p, word.p, position.p, count, d, period); });
     std::vector<double> want((size_t)count * d);
     for (int t = 0; t < count; ++t)
         for (int c = 0; c < d; ++c)
@@ -90,7 +71,7 @@ void embedding(int d, uint32_t grid = 0) {
 
     // One table alone, with -1 ids (another rank's words) giving zero rows.
     for (int t = 0; t < count; t += 3) tokens[t] = -1;
-    emu::launch(lookup_grid, B, 0, [&] { K<T>::embedding_rows(out.p, tokens.p, word.p, count, d); });
+    emu::launch(lookup_grid, B, 0, [&] { RETRO_KERNEL(T, embedding_rows)(out.p, tokens.p, word.p, count, d); });
     for (int t = 0; t < count; ++t)
         for (int c = 0; c < d; ++c)
             want[(size_t)t * d + c] = tokens[t] < 0 ? 0.0 : to_f(word[(size_t)tokens[t] * d + c]);
@@ -115,9 +96,9 @@ void embedding(int d, uint32_t grid = 0) {
     for (size_t e = 0; e < dpos.n; ++e) dpos[e] = -0.5f;
     const uint32_t threads = std::min<uint32_t>(B, std::max<uint32_t>(32, (d / 8 + 31) / 32 * 32));
     emu::launch(dim3((uint32_t)unique.n), threads, 0,
-                [&] { K<T>::word_backward(dword.p, dout.p, unique.p, starts.p, order.p, d); });
+                [&] { RETRO_KERNEL(T, embedding_word_backward)(dword.p, dout.p, unique.p, starts.p, order.p, d); });
     emu::launch(dim3(grid ? grid : grid_for((uint64_t)period * (d / 8), B)), B, 0,
-                [&] { K<T>::position_backward(dpos.p, dout.p, count, d, period); });
+                [&] { RETRO_KERNEL(T, embedding_position_backward)(dpos.p, dout.p, count, d, period); });
     for (int t = 0; t < count; ++t)
         for (int c = 0; c < d; ++c) {
             if (tokens[t] >= 0) want_dword[(size_t)tokens[t] * d + c] += to_f(dout[(size_t)t * d + c]);
@@ -159,7 +140,7 @@ void draws(uint64_t n, uint32_t grid = 0) {
     rng.fill(x, -2, 2);
     const uint32_t blocks = grid ? grid : grid_for((n + 3) / 4, B);
     emu::launch(dim3(blocks), B, 0,
-                [&] { K<T>::dropout(out.p, x.p, n, seed, stream, threshold, (float)(1.0 / (1.0 - p))); });
+                [&] { RETRO_KERNEL(T, dropout)(out.p, x.p, n, seed, stream, threshold, (float)(1.0 / (1.0 - p))); });
     std::vector<double> want(n);
     for (uint64_t i = 0; i < n; ++i) {
         uint32_t w[4];
@@ -169,7 +150,7 @@ void draws(uint64_t n, uint32_t grid = 0) {
     expect_close(label<T>("dropout p 0.3 (the CPU's keep_mask)") + shape, out, want, 0, 0);
 
     Buf<T> normal(n);
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::fill_normal(normal.p, n, seed, stream, 0.02f); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, fill_normal)(normal.p, n, seed, stream, 0.02f); });
     for (uint64_t j = 0; j < (n + 3) / 4; ++j) {
         uint32_t w[4];
         philox_reference(w, seed, stream, j);
@@ -199,8 +180,8 @@ void gelu(bool with_bias, uint32_t grid = 0) {
         for (int c = 0; c < d; ++c) bias[c] = 0.f;  // the reference's bias
     const float* bias_ptr = with_bias ? bias.p : nullptr;
     const uint32_t blocks = grid ? grid : grid_for(n / 8, B);
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::gelu_forward(y.p, x.p, bias_ptr, n, d); });
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::gelu_backward(du.p, dy.p, x.p, bias_ptr, n, d); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, bias_gelu_forward)(y.p, x.p, bias_ptr, n, d); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, bias_gelu_backward)(du.p, dy.p, x.p, bias_ptr, n, d); });
     std::vector<double> want_y(n), want_du(n);
     const double k = sqrt(2 / M_PI);
     for (uint64_t i = 0; i < n; ++i) {
@@ -225,22 +206,22 @@ void residual(uint32_t grid = 0) {
     rng.fill(bias, -1, 1);
     const uint32_t blocks = grid ? grid : grid_for(n / 8, B);
     std::vector<double> want(n);
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::add(out.p, a.p, b.p, n); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, add)(out.p, a.p, b.p, n); });
     for (uint64_t i = 0; i < n; ++i) want[i] = (double)to_f(a[i]) + to_f(b[i]);
     expect_close(label<T>("add") + shape, out, rounded(want, b16), 1e-7, 1e-7);
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::add_bias(out.p, a.p, bias.p, n, d); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, add_bias)(out.p, a.p, bias.p, n, d); });
     for (uint64_t i = 0; i < n; ++i) want[i] = (double)to_f(a[i]) + to_f(bias[i % d]);
     expect_close(label<T>("add_bias") + shape, out, rounded(want, b16), 1e-7, 1e-7);
     Buf<float> by(1);
     by[0] = -3.0f;
-    emu::launch(dim3(grid ? grid : grid_for(n, B)), B, 0, [&] { K<T>::scale(out.p, a.p, 0.5f, by.p, n); });
+    emu::launch(dim3(grid ? grid : grid_for(n, B)), B, 0, [&] { RETRO_KERNEL(T, scale)(out.p, a.p, 0.5f, by.p, n); });
     for (uint64_t i = 0; i < n; ++i) want[i] = to_f(a[i]) * (0.5f * -3.0f);
     expect_close(label<T>("scale by a device scalar") + shape, out, rounded(want, b16), 1e-7, 1e-7);
-    emu::launch(dim3(grid ? grid : grid_for(n, B)), B, 0, [&] { K<T>::scale(out.p, a.p, 0.5f, nullptr, n); });
+    emu::launch(dim3(grid ? grid : grid_for(n, B)), B, 0, [&] { RETRO_KERNEL(T, scale)(out.p, a.p, 0.5f, nullptr, n); });
     for (uint64_t i = 0; i < n; ++i) want[i] = to_f(a[i]) * 0.5f;
     expect_close(label<T>("scale by a constant (no device scalar)") + shape, out, rounded(want, b16), 1e-7, 1e-7);
     for (uint64_t i = 0; i < n; ++i) want[i] = (double)to_f(a[i]) + to_f(b[i]);
-    emu::launch(dim3(blocks), B, 0, [&] { K<T>::add_into(a.p, b.p, n); });
+    emu::launch(dim3(blocks), B, 0, [&] { RETRO_KERNEL(T, add_into)(a.p, b.p, n); });
     expect_close(label<T>("add_into") + shape, a, rounded(want, b16), 1e-6, 1e-6);
 
     // The CCA shift by m - 1 = 2 and its inverse (-2): rows outside the input are zero.
@@ -248,7 +229,7 @@ void residual(uint32_t grid = 0) {
     rng.fill(x, -1, 1);
     for (int shift : {2, -2}) {
         emu::launch(dim3(grid ? grid : grid_for((uint64_t)batch * rows_out * (d / 8), B)), B, 0,
-                    [&] { K<T>::shift_rows(shifted.p, x.p, batch, rows_in, rows_out, d, shift); });
+                    [&] { RETRO_KERNEL(T, shift_rows)(shifted.p, x.p, batch, rows_in, rows_out, d, shift); });
         std::vector<double> w(shifted.n);
         for (int bb = 0; bb < batch; ++bb)
             for (int i = 0; i < rows_out; ++i)

@@ -30,6 +30,15 @@ inline float to_f(bf16 x) { return __bfloat162float(x); }
 template <typename T> T from_f(float x);
 template <> inline float from_f<float>(float x) { return x; }
 template <> inline bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }
+// The entry point `name`_bf16 or `name`_f32 of a kernel template, for element type T.
+#define RETRO_KERNEL(T, name)                                 \
+    [] {                                                      \
+        if constexpr (std::is_same<T, __nv_bfloat16>::value)  \
+            return name##_bf16;                               \
+        else                                                  \
+            return name##_f32;                                \
+    }()
+
 template <typename T> const char* type_name();
 template <> inline const char* type_name<float>() { return "f32"; }
 template <> inline const char* type_name<bf16>() { return "bf16"; }

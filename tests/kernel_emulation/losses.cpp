@@ -19,20 +19,6 @@ CE_KERNELS(float, f32)
 
 namespace {
 
-template <typename T> struct Kernels;
-template <> struct Kernels<bf16> {
-    static constexpr auto fused = softmax_cross_entropy_bf16;
-    static constexpr auto row_max = vocab_ce_row_max_bf16;
-    static constexpr auto row_sums = vocab_ce_row_sums_bf16;
-    static constexpr auto loss_grad = vocab_ce_loss_grad_bf16;
-};
-template <> struct Kernels<float> {
-    static constexpr auto fused = softmax_cross_entropy_f32;
-    static constexpr auto row_max = vocab_ce_row_max_f32;
-    static constexpr auto row_sums = vocab_ce_row_sums_f32;
-    static constexpr auto loss_grad = vocab_ce_loss_grad_f32;
-};
-
 template <typename T>
 void cross_entropy(int rows, int classes) {
     const float grad_scale = 0.25f;
@@ -77,19 +63,19 @@ void cross_entropy(int rows, int classes) {
     // Row maxima per rank, then their max (NCCL max).
     for (int k = 0; k < 2; ++k) {
         Buf<float> local(rows);
-        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] { Kernels<T>::row_max(slices[k]->p, widths[k], local.p); });
+        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] { RETRO_KERNEL(T, vocab_ce_row_max)(slices[k]->p, widths[k], local.p); });
         for (int r = 0; r < rows; ++r) max[r] = fmaxf(max[r], local[r]);
     }
     // Sums of exponentials and target logits per rank, then their sum (NCCL sum).
     for (int k = 0; k < 2; ++k) {
         Buf<float> local(2 * (size_t)rows);
         emu::launch(dim3(rows), RETRO_CE_BLOCK, 0,
-                    [&] { Kernels<T>::row_sums(slices[k]->p, widths[k], max.p, local_targets[k]->p, local.p); });
+                    [&] { RETRO_KERNEL(T, vocab_ce_row_sums)(slices[k]->p, widths[k], max.p, local_targets[k]->p, local.p); });
         for (size_t e = 0; e < 2 * (size_t)rows; ++e) sums[e] += local[e];
     }
     for (int k = 0; k < 2; ++k) {
         emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] {
-            Kernels<T>::loss_grad(slices[k]->p, widths[k], max.p, sums.p, local_targets[k]->p, grad_scale, losses.p,
+            RETRO_KERNEL(T, vocab_ce_loss_grad)(slices[k]->p, widths[k], max.p, sums.p, local_targets[k]->p, grad_scale, losses.p,
                                   grads[k]->p);
         });
         // A row whose target no rank holds (-1) is not ignored by the vocab-parallel loss: Megatron's
@@ -115,7 +101,7 @@ void cross_entropy(int rows, int classes) {
 
     Buf<float> fused_losses(rows);
     emu::launch(dim3(rows), RETRO_CE_BLOCK, 0,
-                [&] { Kernels<T>::fused(logits.p, fused_losses.p, targets.p, classes, grad_scale); });
+                [&] { RETRO_KERNEL(T, softmax_cross_entropy)(logits.p, fused_losses.p, targets.p, classes, grad_scale); });
     expect_close("fused cross-entropy " + name + " (row 1 ignored): loss", fused_losses, want_loss, 1e-5, 1e-5);
     expect_close("fused cross-entropy " + name + ": gradient in place", logits, want_grad, tol<T>() * 1e-2, tol<T>());
 }

@@ -22,20 +22,6 @@ void add_column_partials(float* out, const float* partials, int parts, int d);
 
 namespace {
 
-template <typename T> struct Kernels;
-template <> struct Kernels<bf16> {
-    static constexpr auto forward = layernorm_forward_bf16;
-    static constexpr auto residual = residual_layernorm_forward_bf16;
-    static constexpr auto backward = layernorm_backward_bf16;
-    static constexpr auto colsum = column_sum_partials_bf16;
-};
-template <> struct Kernels<float> {
-    static constexpr auto forward = layernorm_forward_f32;
-    static constexpr auto residual = residual_layernorm_forward_f32;
-    static constexpr auto backward = layernorm_backward_f32;
-    static constexpr auto colsum = column_sum_partials_f32;
-};
-
 // Column sums of x [rows, d] through both kernels, as reduce.rs: partials of RETRO_COLSUM_ROWS rows, then
 // added into `out`.
 template <typename T>
@@ -43,7 +29,7 @@ void column_sums(Buf<float>& out, const T* x, int rows, int d) {
     const int parts = (rows + RETRO_COLSUM_ROWS - 1) / RETRO_COLSUM_ROWS;
     Buf<float> partials((size_t)parts * d);
     const dim3 grid((d + RETRO_COLSUM_BLOCK - 1) / RETRO_COLSUM_BLOCK, parts);
-    emu::launch(grid, RETRO_COLSUM_BLOCK, 0, [&] { Kernels<T>::colsum(partials.p, x, rows, d); });
+    emu::launch(grid, RETRO_COLSUM_BLOCK, 0, [&] { RETRO_KERNEL(T, column_sum_partials)(partials.p, x, rows, d); });
     emu::launch(dim3(grid.x), RETRO_COLSUM_BLOCK, 0, [&] { add_column_partials(out.p, partials.p, parts, d); });
 }
 
@@ -78,7 +64,7 @@ void layernorm(int rows, int d, int backward_blocks) {
     };
     std::vector<double> want_y, want_mean, want_rstd;
     emu::launch(dim3(rows), RETRO_LN_BLOCK, 0,
-                [&] { Kernels<T>::forward(y.p, mean.p, rstd.p, x.p, gamma.p, beta.p, rows, d, eps); });
+                [&] { RETRO_KERNEL(T, layernorm_forward)(y.p, mean.p, rstd.p, x.p, gamma.p, beta.p, rows, d, eps); });
     reference([&](int i, int j) { return (double)to_f(x[(size_t)i * d + j]); }, want_y, want_mean, want_rstd);
     expect_close(name + " forward: y", y, want_y, tol<T>() * 4, tol<T>());
     expect_close(name + " forward: mean", mean, want_mean, 1e-6, 1e-6);
@@ -86,7 +72,7 @@ void layernorm(int rows, int d, int backward_blocks) {
 
     // Residual + LayerNorm: h = x + r rounded to T, then LN(h).
     emu::launch(dim3(rows), RETRO_LN_BLOCK, 0,
-                [&] { Kernels<T>::residual(h.p, y.p, mean.p, rstd.p, x.p, r.p, gamma.p, beta.p, rows, d, eps); });
+                [&] { RETRO_KERNEL(T, residual_layernorm_forward)(h.p, y.p, mean.p, rstd.p, x.p, r.p, gamma.p, beta.p, rows, d, eps); });
     std::vector<double> want_h(n);
     for (size_t e = 0; e < n; ++e) want_h[e] = to_f(from_f<T>(to_f(x[e]) + to_f(r[e])));
     expect_close(name + " residual: h", h, want_h, 0, 0);
@@ -99,7 +85,7 @@ void layernorm(int rows, int d, int backward_blocks) {
     Buf<float> dgp((size_t)backward_blocks * d), dbp((size_t)backward_blocks * d), dgamma(d), dbeta(d);
     for (int j = 0; j < d; ++j) dgamma[j] = 0.25f, dbeta[j] = -0.5f;  // accumulated into
     emu::launch(dim3(backward_blocks), RETRO_LN_BLOCK, 0, [&] {
-        Kernels<T>::backward(dx.p, dgp.p, dbp.p, dy.p, h.p, mean.p, rstd.p, gamma.p, rows, d);
+        RETRO_KERNEL(T, layernorm_backward)(dx.p, dgp.p, dbp.p, dy.p, h.p, mean.p, rstd.p, gamma.p, rows, d);
     });
     // layernorm.rs adds the blocks' partials straight into dgamma / dbeta.
     const dim3 cols((d + RETRO_COLSUM_BLOCK - 1) / RETRO_COLSUM_BLOCK);
