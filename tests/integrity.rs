@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use common::{retro, s};
 
 fn root() -> PathBuf {
-    std::env::temp_dir().join(format!("retro-integrity-{}", std::process::id()))
+    common::temp_dir("integrity")
 }
 
 /// One small project shared by the tests.

@@ -2,6 +2,8 @@
 //! bytes whatever the thread count, a bitwise save / load round trip, and every bad input refused with a
 //! clear message and nothing half-written.
 
+mod common;
+
 use retro::retrieval::index_file::AnyIndex;
 use retro::retrieval::npy;
 use retro::rng::Rng;
@@ -27,10 +29,7 @@ fn s(p: &Path) -> String {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("retro-knn-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir(&format!("knn-{name}"))
 }
 
 /// `n` points around `centres` random unit centres: x = normalize(c + 0.05·N(0, I)), d = 384.

@@ -281,7 +281,7 @@ fn whole_model_gradients_match_finite_differences_for_every_kind_of_parameter() 
 #[test]
 fn safetensors_round_trip_is_bitwise() {
     let m = RetroModel::init(&config(), 3, DType::F32).unwrap();
-    let path = std::env::temp_dir().join(format!("retro-roundtrip-{}.safetensors", std::process::id()));
+    let path = common::temp_dir("model").join("roundtrip.safetensors");
     let meta = HashMap::from([("config".to_string(), m.config.to_json())]);
     save_params(&path, &m.params, meta).unwrap();
     let file = TensorFile::read(&path).unwrap();
@@ -296,7 +296,7 @@ fn safetensors_round_trip_is_bitwise() {
 fn strict_load_of_a_gpt_checkpoint_into_retro_lists_the_missing_names() {
     let retro = model(&config());
     let gpt = gpt_from(&retro);
-    let path = std::env::temp_dir().join(format!("retro-gpt-{}.safetensors", std::process::id()));
+    let path = common::temp_dir("model").join("gpt.safetensors");
     save_params(&path, &gpt.params, HashMap::new()).unwrap();
     let file = TensorFile::read(&path).unwrap();
     let err = load_params(&file, &retro.params.specs, DType::F64, true, 0, &[]).unwrap_err().to_string();

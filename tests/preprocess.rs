@@ -14,10 +14,7 @@ mod common;
 use common::corpus;
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("retro-pre-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir(&format!("pre-{name}"))
 }
 
 fn preprocess(input: &Path, project: &Path, extra: &[&str]) -> (i32, String, String) {

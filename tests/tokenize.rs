@@ -1,6 +1,8 @@
 //! `retro tokenize`: byte-identical to Megatron's preprocess_data.py (the expected .idx is built here from
 //! the layout in docs/formats.md, independently of retro's writer), and clean failures on bad input.
 
+mod common;
+
 use retro::data::indexed::IndexedDataset;
 use retro::data::tokenizer::{encode, EOD};
 use sha2::{Digest, Sha256};
@@ -8,10 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("retro-tok-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir(&format!("tok-{name}"))
 }
 
 fn tokenize(args: &[&str]) -> (i32, String, String) {

@@ -115,8 +115,7 @@ fn cca_tanh_gate_adds_one_zero_gate_per_cca_layer_and_starts_as_the_gpt_baseline
 #[test]
 fn a_tanh_gated_retro_fit_starts_at_the_gpt_loss_and_learns_its_gates() {
     let gpt = RetroModel::init(&gpt_config(), 5, DType::F64).unwrap();
-    let dir = std::env::temp_dir().join(format!("retro-variants-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("variants");
     let path = dir.join("gpt.safetensors");
     save_params(&path, &gpt.params, Default::default()).unwrap();
     let c = config("cca-tanh-gate");

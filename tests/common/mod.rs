@@ -5,6 +5,49 @@ use retro::autograd::{Tape, Var};
 use retro::rng::Rng;
 use retro::tensor::{DType, Tensor};
 use retro::Result;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
+
+static TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static A_TEST_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// The directory `retro-{name}-{pid}` in the system's temporary directory, empty when first asked for
+/// (later calls in the process return it as it is). It is removed when the test binary exits, unless a
+/// test in the binary panicked: then every such directory is kept for inspection and the exit names them.
+/// (The training tests write hundreds of MB each; before this, every run of the suite left GBs in /tmp.)
+pub fn temp_dir(name: &str) -> PathBuf {
+    static HOOKS: Once = Once::new();
+    HOOKS.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            A_TEST_PANICKED.store(true, Ordering::SeqCst);
+            default(info)
+        }));
+        // SAFETY: registers a plain function; it runs once, at exit, after every test has returned.
+        unsafe { libc::atexit(remove_temp_dirs) };
+    });
+    let dir = std::env::temp_dir().join(format!("retro-{name}-{}", std::process::id()));
+    let mut dirs = TEMP_DIRS.lock().unwrap();
+    if !dirs.contains(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dirs.push(dir.clone());
+    }
+    dir
+}
+
+extern "C" fn remove_temp_dirs() {
+    let dirs = TEMP_DIRS.lock().map(|d| d.clone()).unwrap_or_default();
+    if A_TEST_PANICKED.load(Ordering::SeqCst) {
+        let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!("a test failed: its files are kept in {}", list.join(", "));
+        return;
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
 
 pub fn randn(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
     let n = shape.iter().product();
@@ -186,13 +229,10 @@ pub fn preprocess_small(dir: &std::path::Path, project: &std::path::Path, extra:
     retro(&args)
 }
 
-/// A small project (`preprocess_small` with `extra`) in a fresh temporary directory named by `tag` and
-/// the process id; panics with preprocessing's stderr if it fails. Tests share one per binary
+/// A small project (`preprocess_small` with `extra`) in `temp_dir(tag)`; panics with preprocessing's stderr if it fails. Tests share one per binary
 /// (preprocessing is the slow part) through a `OnceLock`.
 pub fn small_project(tag: &str, extra: &[&str]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("retro-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir(tag);
     let project = dir.join("project");
     let (code, _, err) = preprocess_small(&dir, &project, extra);
     assert_eq!(code, 0, "{err}");
