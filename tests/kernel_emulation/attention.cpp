@@ -121,7 +121,7 @@ void run(const Case& c) {
         return (double)to_f(base[((size_t)b * rows + i) * stride + h * hd + d]);
     };
     std::vector<double> ro(nq * w, 0.0), rlse((size_t)bh * c.sq), rdq(nq * w, 0.0), rdk(nk * w, 0.0), rdv(nk * w, 0.0);
-    std::vector<double> s(c.sk), prob(c.sk), dp(c.sk);
+    std::vector<double> s(c.sk), prob(c.sk), kept(c.sk), dp(c.sk);
     const double scale = p.scale;
     for (int b = 0; b < c.batch; ++b)
         for (int h = 0; h < c.heads; ++h)
@@ -140,7 +140,7 @@ void run(const Case& c) {
                 rlse[((size_t)b * c.heads + h) * c.sq + i] = l > 0 ? (m + log(l)) / log(2.0) : -INFINITY;
                 for (int j = 0; j < c.sk; ++j) {
                     prob[j] = s[j] == -INFINITY ? 0.0 : exp(s[j] - m) / l;
-                    const double kf = keep(c, seed, b, h, i, j);
+                    const double kf = kept[j] = keep(c, seed, b, h, i, j);
                     double dpj = 0.0;
                     for (int d = 0; d < hd; ++d) {
                         const double vj = at(v, kvs, c.sk, b, j, h, d);
@@ -156,7 +156,7 @@ void run(const Case& c) {
                 for (int d = 0; d < hd; ++d) dlt += at(dout.p, w, c.sq, b, i, h, d) * at(o.p, w, c.sq, b, i, h, d);
                 for (int j = 0; j < c.sk; ++j) {
                     if (prob[j] == 0.0) continue;
-                    const double dz = prob[j] * (dp[j] - dlt), kf = keep(c, seed, b, h, i, j);
+                    const double dz = prob[j] * (dp[j] - dlt), kf = kept[j];
                     for (int d = 0; d < hd; ++d) {
                         rdq[((size_t)b * c.sq + i) * w + h * hd + d] += scale * dz * at(k, kvs, c.sk, b, j, h, d);
                         rdk[((size_t)b * c.sk + j) * w + h * hd + d] += scale * dz * at(q, qs, c.sq, b, i, h, d);

@@ -50,6 +50,8 @@ inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
+#include "cuda_bf16.h"  // (uses float2)
+
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) { return a < b ? a : b; }
 template <typename A, typename B>
@@ -211,11 +213,9 @@ inline int lane_xor(int lane, int mask) {
 }
 inline int lane_down(int lane, int delta) { return lane + delta < 32 ? lane + delta : lane; }
 
+// Element k & 1 of a register holding two bf16 (the lower-numbered one in the low half).
 inline float bf16_at(uint32_t reg, int k) {
-    const uint32_t bits = (k & 1 ? reg >> 16 : reg & 0xffffu) << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    return __bfloat162float(__nv_bfloat16{(uint16_t)(k & 1 ? reg >> 16 : reg & 0xffffu)});
 }
 
 }  // namespace emu

@@ -19,6 +19,22 @@ CE_KERNELS(float, f32)
 
 namespace {
 
+// One rank's slice [first, first + width) of every row's classes, with its targets (-1 where another
+// rank holds the label) and the gradient the kernels write.
+template <typename T>
+struct Slice {
+    int first, width;
+    Buf<T> logits, grad;
+    Buf<int32_t> targets;
+    Slice(const Buf<T>& z, const Buf<int32_t>& t, int rows, int classes, int first_, int width_)
+        : first(first_), width(width_), logits((size_t)rows * width_), grad((size_t)rows * width_), targets(rows) {
+        for (int r = 0; r < rows; ++r) {
+            memcpy(logits.p + (size_t)r * width, z.p + (size_t)r * classes + first, width * sizeof(T));
+            targets[r] = t[r] >= first && t[r] < first + width ? t[r] - first : -1;
+        }
+    }
+};
+
 template <typename T>
 void cross_entropy(int rows, int classes) {
     const float grad_scale = 0.25f;
@@ -27,81 +43,70 @@ void cross_entropy(int rows, int classes) {
     rng.fill(logits, -4.0, 6.0);
     Buf<int32_t> targets(rows);
     for (int r = 0; r < rows; ++r) targets[r] = r == 1 ? -1 : (int32_t)((r * 7919 + 13) % classes);
-    // The reference from the rounded logits.
-    std::vector<double> want_loss(rows), want_grad((size_t)rows * classes);
+    // The reference from the rounded logits: each row's log-sum-exp, target logit and softmax.
+    auto z = [&](int r, int j) { return (double)to_f(logits[(size_t)r * classes + j]); };
+    std::vector<double> lse(rows), target_logit(rows), prob((size_t)rows * classes);
     for (int r = 0; r < rows; ++r) {
         double m = -INFINITY, s = 0;
-        for (int j = 0; j < classes; ++j) m = fmax(m, to_f(logits[(size_t)r * classes + j]));
-        for (int j = 0; j < classes; ++j) s += exp(to_f(logits[(size_t)r * classes + j]) - m);
-        const int t = targets[r];
-        want_loss[r] = t < 0 ? 0.0 : m + log(s) - to_f(logits[(size_t)r * classes + t]);
-        for (int j = 0; j < classes; ++j) {
-            const double p = exp(to_f(logits[(size_t)r * classes + j]) - m) / s;
-            want_grad[(size_t)r * classes + j] = t < 0 ? 0.0 : (p - (j == t)) * grad_scale;
-        }
+        for (int j = 0; j < classes; ++j) m = fmax(m, z(r, j));
+        for (int j = 0; j < classes; ++j) s += exp(z(r, j) - m);
+        lse[r] = m + log(s);
+        target_logit[r] = targets[r] < 0 ? 0.0 : z(r, targets[r]);
+        for (int j = 0; j < classes; ++j) prob[(size_t)r * classes + j] = exp(z(r, j) - lse[r]);
     }
+    auto grad = [&](int r, int j) { return (prob[(size_t)r * classes + j] - (j == targets[r])) * grad_scale; };
     const std::string name = std::string("(") + type_name<T>() + ") " + std::to_string(rows) + " x " +
                              std::to_string(classes);
 
     // The vocab-parallel kernels on two slices, before the fused kernel overwrites the logits.
-    const int split = (classes / 16) * 8, widths[2] = {split, classes - split};
-    std::vector<Buf<T>*> slices, grads;
-    std::vector<Buf<int32_t>*> local_targets;
+    const int split = (classes / 16) * 8;
+    const Slice<T> a(logits, targets, rows, classes, 0, split), b(logits, targets, rows, classes, split, classes - split);
+    const Slice<T>* ranks[2] = {&a, &b};
     Buf<float> max(rows), sums(2 * (size_t)rows), losses(rows);
     for (int r = 0; r < rows; ++r) max[r] = -INFINITY, sums[r] = sums[rows + r] = 0.f;
-    for (int k = 0; k < 2; ++k) {
-        const int first = k == 0 ? 0 : split, width = widths[k];
-        slices.push_back(new Buf<T>((size_t)rows * width));
-        grads.push_back(new Buf<T>((size_t)rows * width));
-        local_targets.push_back(new Buf<int32_t>(rows));
-        for (int r = 0; r < rows; ++r) {
-            memcpy(slices[k]->p + (size_t)r * width, logits.p + (size_t)r * classes + first, width * sizeof(T));
-            const int t = targets[r];
-            (*local_targets[k])[r] = t >= first && t < first + width ? t - first : -1;
-        }
-    }
     // Row maxima per rank, then their max (NCCL max).
-    for (int k = 0; k < 2; ++k) {
+    for (const Slice<T>* k : ranks) {
         Buf<float> local(rows);
-        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] { RETRO_KERNEL(T, vocab_ce_row_max)(slices[k]->p, widths[k], local.p); });
+        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0,
+                    [&] { RETRO_KERNEL(T, vocab_ce_row_max)(k->logits.p, k->width, local.p); });
         for (int r = 0; r < rows; ++r) max[r] = fmaxf(max[r], local[r]);
     }
     // Sums of exponentials and target logits per rank, then their sum (NCCL sum).
-    for (int k = 0; k < 2; ++k) {
+    for (const Slice<T>* k : ranks) {
         Buf<float> local(2 * (size_t)rows);
-        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0,
-                    [&] { RETRO_KERNEL(T, vocab_ce_row_sums)(slices[k]->p, widths[k], max.p, local_targets[k]->p, local.p); });
+        emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] {
+            RETRO_KERNEL(T, vocab_ce_row_sums)(k->logits.p, k->width, max.p, k->targets.p, local.p);
+        });
         for (size_t e = 0; e < 2 * (size_t)rows; ++e) sums[e] += local[e];
     }
-    for (int k = 0; k < 2; ++k) {
+    for (int rank = 0; rank < 2; ++rank) {
+        const Slice<T>& k = *ranks[rank];
         emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] {
-            RETRO_KERNEL(T, vocab_ce_loss_grad)(slices[k]->p, widths[k], max.p, sums.p, local_targets[k]->p, grad_scale, losses.p,
-                                  grads[k]->p);
+            RETRO_KERNEL(T, vocab_ce_loss_grad)(k.logits.p, k.width, max.p, sums.p, k.targets.p, grad_scale, losses.p,
+                                                k.grad.p);
         });
         // A row whose target no rank holds (-1) is not ignored by the vocab-parallel loss: Megatron's
         // vocab-parallel loss has no ignore index; the model masks such rows with the loss mask.
-        std::vector<double> want_l(rows), want_g((size_t)rows * widths[k]);
-        const int first = k == 0 ? 0 : split;
+        std::vector<double> want_l(rows), want_g((size_t)rows * k.width);
         for (int r = 0; r < rows; ++r) {
-            double m = -INFINITY, s = 0;
-            for (int j = 0; j < classes; ++j) m = fmax(m, to_f(logits[(size_t)r * classes + j]));
-            for (int j = 0; j < classes; ++j) s += exp(to_f(logits[(size_t)r * classes + j]) - m);
-            const int t = targets[r];
-            want_l[r] = m + log(s) - (t < 0 ? 0.0 : to_f(logits[(size_t)r * classes + t]));
-            for (int j = 0; j < widths[k]; ++j) {
-                const double p = exp(to_f(logits[(size_t)r * classes + first + j]) - m) / s;
-                want_g[(size_t)r * widths[k] + j] = (p - (first + j == t)) * grad_scale;
-            }
+            want_l[r] = lse[r] - target_logit[r];
+            for (int j = 0; j < k.width; ++j) want_g[(size_t)r * k.width + j] = grad(r, k.first + j);
         }
-        const std::string rank = "vocab-parallel cross-entropy " + name + ", rank " + std::to_string(k) + " of 2";
-        expect_close(rank + ": loss", losses, want_l, 1e-5, 1e-5);
-        expect_close(rank + ": gradient slice", *grads[k], want_g, tol<T>() * 1e-2, tol<T>());
+        const std::string label = "vocab-parallel cross-entropy " + name + ", rank " + std::to_string(rank) + " of 2";
+        expect_close(label + ": loss", losses, want_l, 1e-5, 1e-5);
+        expect_close(label + ": gradient slice", k.grad, want_g, tol<T>() * 1e-2, tol<T>());
     }
-    for (int k = 0; k < 2; ++k) delete slices[k], delete grads[k], delete local_targets[k];
 
+    // The fused kernel: an ignored row (-1) has loss 0 and no gradient.
+    std::vector<double> want_loss(rows), want_grad((size_t)rows * classes);
+    for (int r = 0; r < rows; ++r) {
+        want_loss[r] = targets[r] < 0 ? 0.0 : lse[r] - target_logit[r];
+        for (int j = 0; j < classes; ++j) want_grad[(size_t)r * classes + j] = targets[r] < 0 ? 0.0 : grad(r, j);
+    }
     Buf<float> fused_losses(rows);
-    emu::launch(dim3(rows), RETRO_CE_BLOCK, 0,
-                [&] { RETRO_KERNEL(T, softmax_cross_entropy)(logits.p, fused_losses.p, targets.p, classes, grad_scale); });
+    emu::launch(dim3(rows), RETRO_CE_BLOCK, 0, [&] {
+        RETRO_KERNEL(T, softmax_cross_entropy)(logits.p, fused_losses.p, targets.p, classes, grad_scale);
+    });
     expect_close("fused cross-entropy " + name + " (row 1 ignored): loss", fused_losses, want_loss, 1e-5, 1e-5);
     expect_close("fused cross-entropy " + name + ": gradient in place", logits, want_grad, tol<T>() * 1e-2, tol<T>());
 }
