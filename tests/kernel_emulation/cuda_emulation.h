@@ -24,6 +24,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/mman.h>
+
 #define RETRO_KERNEL_EMULATION 1
 #define __global__
 #define __device__
@@ -75,6 +77,51 @@ namespace emu {
 
 inline double barrier_timeout_s = 20.0;
 
+// How a block's CUDA threads run. By default as fibers: the threads of a block take turns on the launching
+// OS thread, switching only where a thread waits at a barrier (a round in which no thread can move on is
+// a barrier some thread never reaches: reported). Deterministic, and cheap enough to run whole models
+// (scripts/device-emulation). With RETRO_EMULATION_THREADS defined (the sanitizer builds), each CUDA
+// thread is an OS thread, so ThreadSanitizer sees the block's threads race.
+#ifndef RETRO_EMULATION_THREADS
+#define RETRO_EMULATION_FIBERS 1
+// emu_switch_stack(save, next): save the callee-saved registers on the current stack and its pointer in
+// *save, then continue on stack `next` (x86-64 System V; one COMDAT copy however many files include this).
+extern "C" void emu_switch_stack(void** save, void* next);
+asm(R"(
+    .pushsection .text.emu_switch_stack,"axG",@progbits,emu_switch_stack,comdat
+    .weak emu_switch_stack
+    .type emu_switch_stack, @function
+emu_switch_stack:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_stack, .-emu_switch_stack
+    .popsection
+)");
+struct Fiber {
+    void* sp = nullptr;
+    bool done = false;
+};
+inline void* scheduler_sp = nullptr;
+inline Fiber* running = nullptr;
+// Set by the scheduler after a round in which no thread arrived anywhere, returned or was released.
+inline bool stalled = false;
+inline uint64_t progress = 0;
+inline void yield_fiber() { emu_switch_stack(&running->sp, scheduler_sp); }
+#endif
+
 // A barrier for `expected` threads; a thread that returns leaves it (CUDA: exited threads do not hold up
 // __syncthreads). A wait longer than barrier_timeout_s (20 s) is a barrier some thread never reaches:
 // reported, not a hang.
@@ -87,6 +134,19 @@ struct Barrier {
 
     // Returns how many threads had returned when this wait ended.
     int arrive_and_wait(const char* what) {
+#ifdef RETRO_EMULATION_FIBERS
+        const uint64_t gen = generation;
+        ++progress;
+        if (++arrived == expected) {
+            release();
+            return left_at_release;
+        }
+        while (generation == gen) {
+            if (stalled) fail(what);
+            yield_fiber();
+        }
+        return left_at_release;
+#else
         std::unique_lock<std::mutex> lock(m);
         const uint64_t gen = generation;
         if (++arrived == expected) {
@@ -96,9 +156,13 @@ struct Barrier {
         if (!cv.wait_for(lock, std::chrono::duration<double>(barrier_timeout_s), [&] { return generation != gen; }))
             fail(what);
         return left_at_release;
+#endif
     }
 
     void leave() {
+#ifdef RETRO_EMULATION_FIBERS
+        ++progress;
+#endif
         std::lock_guard<std::mutex> lock(m);
         --expected;
         ++left;
@@ -148,6 +212,73 @@ inline void warp_sync(const char* what) {
     if (warp().barrier.arrive_and_wait(what) != 0) fail("a warp collective ran after lanes of its warp had returned");
 }
 
+#ifdef RETRO_EMULATION_FIBERS
+// A fiber's stack: 512 KiB with an inaccessible guard page below it (an overflow faults), kept for
+// later launches.
+inline void* fiber_stack(size_t t) {
+    static std::vector<unsigned char*> stacks;
+    const size_t bytes = 512 << 10, guard = 4096;
+    while (stacks.size() <= t) {
+        void* p = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) fail("mmap of a fiber stack");
+        mprotect(p, guard, PROT_NONE);
+        stacks.push_back((unsigned char*)p + guard + bytes);
+    }
+    return stacks[t];
+}
+
+inline const std::function<void()>* fiber_kernel = nullptr;
+
+// A fiber's first frame: run the kernel as thread self, leave the block's barriers, return to the
+// scheduler for good.
+inline void fiber_main() {
+    (*fiber_kernel)();
+    self.owner->warps[self.thread.x / 32].barrier.leave();
+    self.owner->barrier.leave();
+    running->done = true;
+    void* unused;
+    emu_switch_stack(&unused, scheduler_sp);
+    fail("a finished fiber was resumed (an emulation bug)");
+}
+
+// The blocks one after another; in each, the threads take turns until all have returned.
+inline void run_fibers(Block& b, uint64_t blocks, const std::function<void()>& kernel, const std::function<void()>& reset) {
+    const uint32_t threads = block_dim.x;
+    std::vector<Fiber> fibers(threads);
+    fiber_kernel = &kernel;
+    for (uint64_t i = 0; i < blocks; ++i) {
+        const uint3 block_index{(uint32_t)(i % grid_dim.x), (uint32_t)(i / grid_dim.x % grid_dim.y),
+                                (uint32_t)(i / grid_dim.x / grid_dim.y)};
+        for (uint32_t t = 0; t < threads; ++t) {
+            // The frame emu_switch_stack pops: six registers, then fiber_main as the return address, with
+            // the stack aligned as after a call.
+            void** sp = (void**)fiber_stack(t);
+            *--sp = nullptr;
+            *--sp = (void*)&fiber_main;
+            for (int r = 0; r < 6; ++r) *--sp = nullptr;
+            fibers[t] = Fiber{sp, false};
+        }
+        uint32_t live = threads;
+        stalled = false;
+        while (live) {
+            const uint64_t before = progress;
+            for (uint32_t t = 0; t < threads; ++t) {
+                if (fibers[t].done) continue;
+                self.thread = {t, 0, 0};
+                self.block = block_index;
+                self.owner = &b;
+                running = &fibers[t];
+                emu_switch_stack(&scheduler_sp, fibers[t].sp);
+                if (fibers[t].done) --live;
+            }
+            if (live && progress == before) stalled = true;  // the next turn of a waiting thread reports it
+        }
+        reset();
+    }
+    fiber_kernel = nullptr;
+}
+#endif
+
 // Run `kernel` over `grid` blocks of `block` threads with `shared_bytes` of dynamic shared memory. One OS
 // thread per CUDA thread of a block, reused for every block in turn: between two blocks all of them meet,
 // and thread 0 resets the barriers and refills the shared memory with 0xff bytes (NaN as f32 and bf16,
@@ -172,6 +303,9 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
     dynamic_shared = shared_bytes ? (unsigned char*)malloc(shared_bytes) : nullptr;
     reset();
     const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+#ifdef RETRO_EMULATION_FIBERS
+    run_fibers(b, blocks, kernel, reset);
+#else
     std::vector<std::thread> pool;
     pool.reserve(block.x);
     for (int t = 0; t < threads; ++t)
@@ -189,6 +323,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
             }
         });
     for (auto& th : pool) th.join();
+#endif
     free(dynamic_shared);
     dynamic_shared = nullptr;
 }
