@@ -183,20 +183,43 @@ struct Gemm {
     // op(A) as rows of k and op(B) as columns of k, in f32 (exact for bf16 and f32 operands).
     std::vector<float> a_rows, b_cols;
 
+    // Columns [first, last) of D, four rows at a time: four independent sums (each in order over k)
+    // share the loads of the column, so the loop is not one long chain of dependent additions.
     void columns(uint64_t first, uint64_t last) const {
         for (uint64_t j = first; j < last; ++j) {
             const float* col = &b_cols[j * k];
-            for (uint64_t i = 0; i < m; ++i) {
+            uint64_t i = 0;
+            for (; i + 4 <= m; i += 4) {
+                const float *r0 = &a_rows[i * k], *r1 = r0 + k, *r2 = r1 + k, *r3 = r2 + k;
+                double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+                for (uint64_t p = 0; p < k; ++p) {
+                    const double x = col[p];
+                    s0 += (double)r0[p] * x;
+                    s1 += (double)r1[p] * x;
+                    s2 += (double)r2[p] * x;
+                    s3 += (double)r3[p] * x;
+                }
+                finish(i, j, s0);
+                finish(i + 1, j, s1);
+                finish(i + 2, j, s2);
+                finish(i + 3, j, s3);
+            }
+            for (; i < m; ++i) {
                 const float* row = &a_rows[i * k];
                 double sum = 0.0;
                 for (uint64_t p = 0; p < k; ++p) sum += (double)row[p] * col[p];
-                double v = alpha * sum;
-                if (beta != 0.0f) v += beta * (double)load(c.type, pc, i + j * c.ld);
-                if (desc.epilogue != EPILOGUE_DEFAULT) v += (double)load(d.type, (const void*)desc.bias, i);
-                if (desc.epilogue == EPILOGUE_GELU_BIAS) v = gelu_tanh(v);
-                store(d.type, pd, i + j * d.ld, v);
+                finish(i, j, sum);
             }
         }
+    }
+
+    // D[i, j] from the product's sum: alpha, beta C, the epilogue's bias and GELU.
+    void finish(uint64_t i, uint64_t j, double sum) const {
+        double v = alpha * sum;
+        if (beta != 0.0f) v += beta * (double)load(c.type, pc, i + j * c.ld);
+        if (desc.epilogue != EPILOGUE_DEFAULT) v += (double)load(d.type, (const void*)desc.bias, i);
+        if (desc.epilogue == EPILOGUE_GELU_BIAS) v = gelu_tanh(v);
+        store(d.type, pd, i + j * d.ld, v);
     }
 
     void run() {
