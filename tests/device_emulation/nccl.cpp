@@ -303,20 +303,30 @@ static bool buffers_ok(const void* send, size_t send_bytes, const void* recv, si
            (recv_bytes == 0 || emu_device::device_range((uint64_t)recv, recv_bytes));
 }
 
+// A collective over [0, count) in pieces of at most `chunk` elements: `stage(first, n)` fills this rank's
+// slot, the ranks meet, `finish(first, n)` reads the slots, the ranks meet again (so no slot is refilled
+// while a peer reads it). Stops once a barrier fails (the communicator aborted, or a peer died).
+template <typename Stage, typename Finish>
+static void in_chunks(Comm* c, size_t count, size_t chunk, Stage stage, Finish finish) {
+    for (size_t first = 0; first < count; first += chunk) {
+        const size_t n = std::min(chunk, count - first);
+        stage(first, n);
+        if (!c->barrier()) return;
+        finish(first, n);
+        if (!c->barrier()) return;
+    }
+}
+
 API ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* c,
                                emu_device::Stream* stream) {
     const size_t e = element_bytes(type);
     if (!e || op < ncclSum || op > ncclMin) return ncclInvalidArgument;
     if (!buffers_ok(send, count * e, recv, count * e)) return ncclInvalidArgument;
     return issue(c, stream, [=] {
-        const size_t chunk = slot_bytes / e;
-        for (size_t first = 0; first < count; first += chunk) {
-            const size_t n = std::min(chunk, count - first);
-            memcpy(c->slot(c->rank), (const unsigned char*)send + first * e, n * e);
-            if (!c->barrier()) return;
-            reduce(*c, 0, type, op, n, (unsigned char*)recv + first * e);
-            if (!c->barrier()) return;
-        }
+        in_chunks(
+            c, count, slot_bytes / e,
+            [&](size_t first, size_t n) { memcpy(c->slot(c->rank), (const unsigned char*)send + first * e, n * e); },
+            [&](size_t first, size_t n) { reduce(*c, 0, type, op, n, (unsigned char*)recv + first * e); });
     });
 }
 
@@ -327,16 +337,16 @@ API ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_cou
     if (!buffers_ok(send, recv_count * c->size * e, recv, recv_count * e)) return ncclInvalidArgument;
     return issue(c, stream, [=] {
         // Per chunk, every rank's slot holds the chunk of each rank's segment, segment r at r * n.
-        const size_t chunk = slot_bytes / e / (size_t)c->size;
-        for (size_t first = 0; first < recv_count; first += chunk) {
-            const size_t n = std::min(chunk, recv_count - first);
-            for (int r = 0; r < c->size; ++r)
-                memcpy(c->slot(c->rank) + (size_t)r * n * e,
-                       (const unsigned char*)send + ((size_t)r * recv_count + first) * e, n * e);
-            if (!c->barrier()) return;
-            reduce(*c, (size_t)c->rank * n * e, type, op, n, (unsigned char*)recv + first * e);
-            if (!c->barrier()) return;
-        }
+        in_chunks(
+            c, recv_count, slot_bytes / e / (size_t)c->size,
+            [&](size_t first, size_t n) {
+                for (int r = 0; r < c->size; ++r)
+                    memcpy(c->slot(c->rank) + (size_t)r * n * e,
+                           (const unsigned char*)send + ((size_t)r * recv_count + first) * e, n * e);
+            },
+            [&](size_t first, size_t n) {
+                reduce(*c, (size_t)c->rank * n * e, type, op, n, (unsigned char*)recv + first * e);
+            });
     });
 }
 
@@ -346,15 +356,13 @@ API ncclResult_t ncclAllGather(const void* send, void* recv, size_t send_count, 
     if (!e) return ncclInvalidArgument;
     if (!buffers_ok(send, send_count * e, recv, send_count * c->size * e)) return ncclInvalidArgument;
     return issue(c, stream, [=] {
-        const size_t chunk = slot_bytes / e;
-        for (size_t first = 0; first < send_count; first += chunk) {
-            const size_t n = std::min(chunk, send_count - first);
-            memcpy(c->slot(c->rank), (const unsigned char*)send + first * e, n * e);
-            if (!c->barrier()) return;
-            for (int r = 0; r < c->size; ++r)
-                memcpy((unsigned char*)recv + ((size_t)r * send_count + first) * e, c->slot(r), n * e);
-            if (!c->barrier()) return;
-        }
+        in_chunks(
+            c, send_count, slot_bytes / e,
+            [&](size_t first, size_t n) { memcpy(c->slot(c->rank), (const unsigned char*)send + first * e, n * e); },
+            [&](size_t first, size_t n) {
+                for (int r = 0; r < c->size; ++r)
+                    memcpy((unsigned char*)recv + ((size_t)r * send_count + first) * e, c->slot(r), n * e);
+            });
     });
 }
 
@@ -365,13 +373,11 @@ API ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int t
     if (!buffers_ok(c->rank == root ? send : nullptr, c->rank == root ? count * e : 0, recv, count * e))
         return ncclInvalidArgument;
     return issue(c, stream, [=] {
-        const size_t chunk = slot_bytes / e;
-        for (size_t first = 0; first < count; first += chunk) {
-            const size_t n = std::min(chunk, count - first);
-            if (c->rank == root) memcpy(c->slot(root), (const unsigned char*)send + first * e, n * e);
-            if (!c->barrier()) return;
-            memmove((unsigned char*)recv + first * e, c->slot(root), n * e);
-            if (!c->barrier()) return;
-        }
+        in_chunks(
+            c, count, slot_bytes / e,
+            [&](size_t first, size_t n) {
+                if (c->rank == root) memcpy(c->slot(root), (const unsigned char*)send + first * e, n * e);
+            },
+            [&](size_t first, size_t n) { memmove((unsigned char*)recv + first * e, c->slot(root), n * e); });
     });
 }
