@@ -364,8 +364,8 @@ fn a_stopped_rank_ends_the_job_after_the_distributed_timeout() {
 }
 
 /// `a_stopped_rank_ends_the_job_after_the_distributed_timeout` with `device` (extra flags), its run
-/// directory `name` and a timeout of `timeout_s` seconds.
-fn a_stopped_rank_ends_the_job(name: &str, device: &[&str], timeout_s: u64) {
+/// directory `name` and a timeout of `timeout_s` seconds; the job's output.
+fn a_stopped_rank_ends_the_job(name: &str, device: &[&str], timeout_s: u64) -> String {
     let run = run_dir(name);
     let minutes = (timeout_s as f64 / 60.0).to_string();
     let extra = ["--train-iters", "100000", "--micro-batch-size", "1", "--distributed-timeout-minutes", &minutes];
@@ -399,6 +399,7 @@ fn a_stopped_rank_ends_the_job(name: &str, device: &[&str], timeout_s: u64) {
     let named = text.contains("rank 0 of 2: waited") || text.contains("rank 1 of 2: waited");
     let timeout = format!("(--distributed-timeout-minutes is {timeout_s}.0 s)");
     assert!(named && text.contains(&timeout), "{text}");
+    text
 }
 
 /// Whether two ranks can train with `--device cuda` here: two GPUs, one per rank (NCCL refuses two ranks
@@ -471,12 +472,17 @@ fn gpu_ranks_over_nccl_equal_one_gpu() {
 }
 
 // A GPU rank stopped mid-run: the other waits in an NCCL collective until its watchdog aborts the
-// communicator (which frees the stuck stream) and ends the job. The timeout, 45 s, exceeds a step of the
-// device emulation (about 12 s on 2 cores, more beside other tests): a GPU step's wait counts from the
-// moment its kernels are queued.
+// communicator (which frees the stuck stream) and ends the job. With the overlapped reduction the
+// gradients' all-reduce runs inside the backward, before the step's MPI loss sum, so NCCL is where the
+// running rank waits. The timeout, 8 s, is shorter than the first step under the device emulation
+// (about 11 s on 2 cores): only a collective's own time counts, from when the GPU reaches it, so that
+// step's kernels do not end the job, and the message names the NCCL collective.
 #[test]
 fn a_stopped_gpu_rank_ends_the_job_after_the_distributed_timeout() {
     if two_gpus() {
-        a_stopped_rank_ends_the_job("gpu-stopped", &["--device", "cuda", "--config", &gpu_sized_config()], 45);
+        let config = gpu_sized_config();
+        let flags = ["--device", "cuda", "--config", &config, "--overlap-grad-reduce", "--ddp-bucket-size", "100000"];
+        let text = a_stopped_rank_ends_the_job("gpu-stopped", &flags, 8);
+        assert!(text.contains(" s in NCCL all-reduce for the other ranks"), "{text}");
     }
 }

@@ -154,11 +154,10 @@ pub struct Args {
     #[arg(long)]
     pub exit_signal_handler: bool,
     /// Under mpirun: a rank that has waited this long for the others in one collective (an MPI
-    /// collective, or a GPU step's NCCL reductions) ends the job with exit status 1, naming itself and
-    /// the wait, instead of hanging while another rank is stopped or hung. On GPUs the wait is the
-    /// step's: it counts from the moment the host has queued the step's kernels and collectives (as
-    /// PyTorch's NCCL timeout counts from a collective's launch), so it must exceed a step's GPU time.
-    /// An NCCL error ends the job at once. (A rank that dies is reported by mpirun itself.)
+    /// collective, or an NCCL one on a GPU) ends the job with exit status 1, naming itself and the
+    /// wait, instead of hanging while another rank is stopped or hung. An NCCL collective's time counts
+    /// from when the GPU reaches it, not from when it was queued, so the step's own kernels do not
+    /// count. An NCCL error ends the job at once. (A rank that dies is reported by mpirun itself.)
     #[arg(long, default_value_t = 10.0)]
     pub distributed_timeout_minutes: f64,
 }

@@ -7,6 +7,8 @@
 mod layout;
 #[cfg(not(no_cuda_kernels))]
 pub mod nccl;
+#[cfg(not(no_cuda_kernels))]
+mod nccl_in_flight;
 mod tensor_parallel;
 pub mod watchdog;
 mod world;

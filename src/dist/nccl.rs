@@ -3,10 +3,13 @@
 //! are queued on a stream the caller names: the GPU's compute stream (in stream order with the kernels
 //! around them) or the communicator's own (`comm_stream`, for reductions that overlap the backward; the
 //! caller orders it against the compute stream with events). With the process's watchdog installed
-//! (`watchdog.rs`), the communicator's asynchronous errors end the job, and so does a wait that times out,
-//! after `ncclCommAbort` has freed the streams stuck in its collectives.
+//! (`watchdog.rs`), the communicator's asynchronous errors end the job, and so does a collective that
+//! has run for the timeout (`nccl_in_flight.rs`), after `ncclCommAbort` has freed the streams stuck in
+//! its collectives.
 
-use super::{watchdog, World};
+use super::nccl_in_flight::InFlight;
+use super::watchdog::{self, Polled};
+use super::World;
 use crate::backend::cuda::device::cuda_error;
 use crate::backend::cuda::{DeviceBuffer, Gpu};
 use crate::Result;
@@ -20,6 +23,8 @@ pub struct NcclComm {
     watched: Option<watchdog::Registered>,
     /// Set by the watchdog's `ncclCommAbort` (which frees the communicator): then not destroyed again.
     aborted: Arc<std::sync::atomic::AtomicBool>,
+    /// The collectives queued and not finished, for the watchdog (with one installed).
+    in_flight: Option<Arc<InFlight>>,
     comm: sys::ncclComm_t,
     gpu: Arc<Gpu>,
     comm_stream: Arc<CudaStream>,
@@ -98,10 +103,15 @@ impl NcclComm {
                 .map_err(|e| nccl_error(&format!("initialising rank {rank} of {size}"), e))?;
         }
         let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let in_flight = watchdog::installed().map(|_| Arc::new(InFlight::new(gpu.ctx.clone())));
         let watched = watchdog::installed().map(|w| {
             let (polled, to_abort, flag) = (Handle(comm), Handle(comm), aborted.clone());
+            let running = in_flight.clone().expect("made with the watchdog");
             w.register(watchdog::Check {
-                poll: Box::new(move || async_error(polled.comm())),
+                poll: Box::new(move || match async_error(polled.comm()) {
+                    Some(error) => Polled::Failed(error),
+                    None => running.poll(),
+                }),
                 abort: Box::new(move || {
                     // SAFETY: as in `Handle`; the process ends right after, and `Drop` skips the destroy.
                     drop(unsafe { result::comm_abort(to_abort.comm()) });
@@ -109,7 +119,7 @@ impl NcclComm {
                 }),
             })
         });
-        Ok(Self { watched, aborted, comm, gpu, comm_stream, rank, size })
+        Ok(Self { watched, aborted, in_flight, comm, gpu, comm_stream, rank, size })
     }
 
     pub fn rank(&self) -> usize {
@@ -131,6 +141,15 @@ impl NcclComm {
 
     fn stream_of(stream: &CudaStream) -> sys::cudaStream_t {
         stream.cu_stream() as sys::cudaStream_t
+    }
+
+    /// Queue a collective (`queue`, named `what`) on `stream`, where the watchdog sees it run.
+    fn queued(&self, what: &'static str, stream: &CudaStream, queue: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.bound()?;
+        match &self.in_flight {
+            Some(in_flight) => in_flight.bracket(what, stream, queue),
+            None => queue(),
+        }
     }
 
     /// In-place element-wise sum of `buf` over all ranks, queued on the compute stream.
@@ -155,12 +174,14 @@ impl NcclComm {
         op: sys::ncclRedOp_t,
         stream: &CudaStream,
     ) -> Result<()> {
-        self.bound()?;
+        let what = if op == sys::ncclRedOp_t::ncclMax { "all-reduce (max)" } else { "all-reduce" };
         let ptr = buf.ptr() as *mut std::ffi::c_void;
-        // SAFETY: in place over the buffer's `len` elements, on the stream that orders its users.
-        unsafe { result::all_reduce(ptr, ptr, buf.len(), E::DATATYPE, op, self.comm, Self::stream_of(stream)) }
-            .map(|_| ())
-            .map_err(|e| nccl_error("all-reduce", e))
+        self.queued(what, stream, || {
+            // SAFETY: in place over the buffer's `len` elements, on the stream that orders its users.
+            unsafe { result::all_reduce(ptr, ptr, buf.len(), E::DATATYPE, op, self.comm, Self::stream_of(stream)) }
+                .map(|_| ())
+                .map_err(|e| nccl_error(what, e))
+        })
     }
 
     /// `send` (`size` blocks of `recv.len()` elements) summed over all ranks; this rank's block of the
@@ -173,22 +194,23 @@ impl NcclComm {
             recv.len(),
             self.size
         );
-        self.bound()?;
         let stream = Self::stream_of(&self.gpu.compute);
-        // SAFETY: `send` holds size x recv.len() elements and `recv` recv.len(), ordered on the compute stream.
-        unsafe {
-            result::reduce_scatter(
-                send.ptr() as *const std::ffi::c_void,
-                recv.ptr() as *mut std::ffi::c_void,
-                recv.len(),
-                E::DATATYPE,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                stream,
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("reduce-scatter", e))
+        self.queued("reduce-scatter", &self.gpu.compute, || {
+            // SAFETY: `send` holds size x recv.len() elements and `recv` recv.len(), ordered on the compute stream.
+            unsafe {
+                result::reduce_scatter(
+                    send.ptr() as *const std::ffi::c_void,
+                    recv.ptr() as *mut std::ffi::c_void,
+                    recv.len(),
+                    E::DATATYPE,
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    stream,
+                )
+            }
+            .map(|_| ())
+            .map_err(|e| nccl_error("reduce-scatter", e))
+        })
     }
 
     /// Every rank's `send`, in rank order, into `recv` (`size` x `send.len()` elements; `send` may be
@@ -201,21 +223,22 @@ impl NcclComm {
             recv.len(),
             self.size
         );
-        self.bound()?;
         let stream = Self::stream_of(&self.gpu.compute);
-        // SAFETY: as in `reduce_scatter_sum`, with the sizes the other way round.
-        unsafe {
-            result::all_gather(
-                send.ptr() as *const std::ffi::c_void,
-                recv.ptr() as *mut std::ffi::c_void,
-                send.len(),
-                E::DATATYPE,
-                self.comm,
-                stream,
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("all-gather", e))
+        self.queued("all-gather", &self.gpu.compute, || {
+            // SAFETY: as in `reduce_scatter_sum`, with the sizes the other way round.
+            unsafe {
+                result::all_gather(
+                    send.ptr() as *const std::ffi::c_void,
+                    recv.ptr() as *mut std::ffi::c_void,
+                    send.len(),
+                    E::DATATYPE,
+                    self.comm,
+                    stream,
+                )
+            }
+            .map(|_| ())
+            .map_err(|e| nccl_error("all-gather", e))
+        })
     }
 }
 

@@ -4,8 +4,10 @@
 //! and every other rank would wait in its next collective forever. So each place a rank blocks on its
 //! peers (every blocking MPI collective in `world.rs`, and a GPU step's waits for its NCCL work) marks
 //! the wait (`waiting`), and the watchdog, polling a few times a second, aborts once one wait has lasted
-//! the timeout. It also polls registered checks (NCCL's asynchronous errors) and aborts on the first
-//! error one reports. Aborting prints the rank and what it was waiting for first, then runs the
+//! the timeout. It also polls registered checks: one reports an error (NCCL's asynchronous errors), and
+//! the watchdog aborts on the first, or a wait the host does not block in (a GPU's NCCL collective that
+//! has started and not finished, `nccl_in_flight.rs`), which counts as a marked wait does. So on a GPU
+//! only the time a collective waits for its peers counts, not the kernels queued before it. Aborting prints the rank and what it was waiting for first, then runs the
 //! registered aborts (`ncclCommAbort`, which frees a stream stuck in a collective) on a thread of their
 //! own for at most `ABORT_DEADLINE` (an abort can itself hang while a peer on the node is stopped), and
 //! ends the process with exit status 1, so `mpirun` ends the other ranks.
@@ -21,10 +23,23 @@ use std::time::{Duration, Instant};
 /// How long the registered aborts may take before the process exits without them.
 pub const ABORT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A check polled with the waits: `Some(message)` ends the job. `abort` runs before the process exits
-/// (under the registrations' lock: a `Registered` being dropped meanwhile waits for it).
+/// What a check found when polled.
+pub enum Polled {
+    Fine,
+    /// Ends the job with this message.
+    Failed(String),
+    /// A wait for the other ranks in progress since `since` (the earliest, if several), which times out
+    /// as a marked one does.
+    Waiting {
+        what: String,
+        since: Instant,
+    },
+}
+
+/// A check polled with the waits. `abort` runs before the process exits (under the registrations'
+/// lock: a `Registered` being dropped meanwhile waits for it).
 pub struct Check {
-    pub poll: Box<dyn FnMut() -> Option<String> + Send>,
+    pub poll: Box<dyn FnMut() -> Polled + Send>,
     pub abort: Box<dyn FnMut() + Send>,
 }
 
@@ -41,6 +56,8 @@ pub struct Watchdog {
     expired: AtomicBool,
     /// `paused` guards alive: waits do not count while any is.
     pauses: AtomicU64,
+    /// When the last pause ended: a wait counts from then at the earliest.
+    resumed: Mutex<Option<Instant>>,
 }
 
 /// Exempts waits from the timeout until dropped (`Watchdog::paused`).
@@ -49,11 +66,9 @@ pub struct Paused<'a>(Option<&'a Watchdog>);
 impl Drop for Paused<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.0 {
-            w.pauses.fetch_sub(1, Ordering::Relaxed);
-            // The wait in progress, if any, starts counting now.
-            if let Some((_, since)) = w.wait.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                *since = Instant::now();
-            }
+            // Set before the count drops, so no poll sees the pause over and the wait's old start.
+            *w.resumed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            w.pauses.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -97,6 +112,7 @@ impl Watchdog {
             expire: Box::new(expire),
             expired: AtomicBool::new(false),
             pauses: AtomicU64::new(0),
+            resumed: Mutex::new(None),
         });
         let polled = watchdog.clone();
         let period = (timeout / 20).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -139,17 +155,24 @@ impl Watchdog {
 
     /// The message that ends the job now, if any.
     fn poll(&self) -> Option<String> {
+        let mut longest = self.wait.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (_, check) in self.checks.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-            if let Some(error) = (check.poll)() {
-                return Some(format!("{}: {error}", self.label));
+            match (check.poll)() {
+                Polled::Fine => {}
+                Polled::Failed(error) => return Some(format!("{}: {error}", self.label)),
+                Polled::Waiting { what, since } => {
+                    if longest.as_ref().is_none_or(|(_, earliest)| since < *earliest) {
+                        longest = Some((what, since));
+                    }
+                }
             }
         }
-        if self.pauses.load(Ordering::Relaxed) > 0 {
+        if self.pauses.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let wait = self.wait.lock().unwrap_or_else(|p| p.into_inner());
-        let (what, since) = wait.as_ref()?;
-        let waited = since.elapsed();
+        let (what, since) = longest?;
+        let resumed = *self.resumed.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = resumed.map_or(since, |resumed| since.max(resumed)).elapsed();
         (waited >= self.timeout).then(|| {
             format!(
                 "{}: waited {:.1} s in {what} for the other ranks (--distributed-timeout-minutes is {:.1} s): \
@@ -269,7 +292,10 @@ mod tests {
             poll: Box::new(move || {
                 let mut n = count.lock().unwrap();
                 *n += 1;
-                (*n == 3).then(|| "NCCL: remote process exited".to_string())
+                match *n {
+                    3 => Polled::Failed("NCCL: remote process exited".to_string()),
+                    _ => Polled::Fine,
+                }
             }),
             abort: Box::new(move || flag.store(true, Ordering::Relaxed)),
         });
@@ -282,7 +308,7 @@ mod tests {
     fn an_abort_that_hangs_does_not_keep_the_job_from_ending() {
         let (w, ended) = watched(60_000);
         let _check = w.register(Check {
-            poll: Box::new(|| Some("NCCL: remote process exited".into())),
+            poll: Box::new(|| Polled::Failed("NCCL: remote process exited".into())),
             abort: Box::new(|| std::thread::sleep(Duration::from_secs(3600))),
         });
         let message = ended.recv_timeout(ABORT_DEADLINE + Duration::from_secs(10)).expect("ended despite the abort");
@@ -306,9 +332,46 @@ mod tests {
     #[test]
     fn a_dropped_registration_is_no_longer_polled() {
         let (w, ended) = watched(60_000);
-        let check = w.register(Check { poll: Box::new(|| Some("stale".into())), abort: Box::new(|| {}) });
+        let check = w.register(Check { poll: Box::new(|| Polled::Failed("stale".into())), abort: Box::new(|| {}) });
         drop(check); // before the first poll (a second after the start, at this timeout)
         std::thread::sleep(Duration::from_millis(200));
         assert!(ended.try_recv().is_err(), "a removed check fired");
+    }
+
+    /// A check's `Polled::Waiting` (a GPU collective in progress): `since` from the check's own wait.
+    fn a_wait_a_check_reports(since: Arc<Mutex<Option<Instant>>>) -> Check {
+        Check {
+            poll: Box::new(move || match *since.lock().unwrap() {
+                Some(since) => Polled::Waiting { what: "NCCL all-reduce".into(), since },
+                None => Polled::Fine,
+            }),
+            abort: Box::new(|| {}),
+        }
+    }
+
+    #[test]
+    fn a_wait_a_check_reports_times_out_as_a_marked_one() {
+        let (w, ended) = watched(200);
+        let since = Arc::new(Mutex::new(None));
+        let _check = w.register(a_wait_a_check_reports(since.clone()));
+        std::thread::sleep(Duration::from_millis(500)); // no wait reported
+        assert!(ended.try_recv().is_err(), "fired without a wait");
+        *since.lock().unwrap() = Some(Instant::now());
+        let message = ended.recv_timeout(Duration::from_secs(10)).expect("the reported wait timed out");
+        assert!(message.starts_with("rank 1 of 2: waited"), "{message}");
+        assert!(message.contains("in NCCL all-reduce"), "{message}");
+    }
+
+    #[test]
+    fn a_reported_wait_counts_from_the_end_of_a_pause() {
+        let (w, ended) = watched(300);
+        let since = Arc::new(Mutex::new(Some(Instant::now())));
+        let pause = w.paused();
+        let _check = w.register(a_wait_a_check_reports(since));
+        std::thread::sleep(Duration::from_millis(600)); // past the timeout, while paused
+        drop(pause);
+        let resumed = Instant::now();
+        ended.recv_timeout(Duration::from_secs(10)).expect("fired after the pause");
+        assert!(resumed.elapsed() >= Duration::from_millis(250), "counted the paused time: {:?}", resumed.elapsed());
     }
 }

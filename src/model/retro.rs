@@ -334,8 +334,6 @@ impl RetroModel {
         let mut tape = Tape::inference();
         let p: Vec<Var> = leaves.iter().map(|t| tape.leaf(t.clone())).collect();
         let loss = self.loss(&mut tape, &p, batch)?;
-        // On GPUs the download waits for the forward, and under tensor parallelism for its NCCL work.
-        let _wait = crate::dist::watchdog::waiting("an evaluation step (on GPUs, its NCCL work)");
         Ok(loss.value().to(crate::tensor::Device::Cpu)?.to_f64_vec()[0])
     }
 

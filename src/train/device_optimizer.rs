@@ -326,10 +326,7 @@ impl DeviceOptimizer {
         }
         self.gpu.fill_zero(&self.grads)?;
         // The one wait of the step: the norm, for the metrics (the update has been queued behind it).
-        let grad_sum_squares = {
-            let _wait = crate::dist::watchdog::waiting("the GPU step (its NCCL reductions)");
-            self.gpu.download(&self.grad_sum_squares)?[0]
-        };
+        let grad_sum_squares = self.gpu.download(&self.grad_sum_squares)?[0];
         let grad_norm = grad_sum_squares.sqrt() * grad_scale;
         crate::ensure!(grad_norm.is_finite(), "AdamW: the gradient norm is {grad_norm}; the update was skipped");
         self.step += 1;
@@ -442,7 +439,6 @@ impl DeviceOptimizer {
         let mut whole = Vec::with_capacity(shards.padded_len());
         for k in 0..shards.chunks {
             comm.all_gather(&moments.view(k * piece, piece)?, &chunk)?;
-            let _wait = crate::dist::watchdog::waiting("gathering the distributed optimizer's moments");
             whole.extend(self.gpu.download(&chunk)?);
         }
         Ok(whole)

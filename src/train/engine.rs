@@ -215,10 +215,9 @@ impl Engine {
     }
 
     /// The losses of this step's micro-batches, in order (before or after `apply`): on a GPU the step's
-    /// one wait for its forward and backward passes.
+    /// one wait for its forward and backward passes (the watchdog times its NCCL collectives, not this
+    /// wait, which includes the step's own kernels).
     pub fn micro_losses(&self) -> Result<Vec<f64>> {
-        let _wait =
-            crate::dist::watchdog::waiting("the step's losses (on a GPU: its queued kernels and NCCL reductions)");
         (self.losses.iter()).map(|l| Ok(l.to(Device::Cpu)?.to_f64_vec()[0])).collect()
     }
 
