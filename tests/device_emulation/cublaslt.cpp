@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_bf16.h"
 #include "device.h"
 
 typedef int cublasStatus_t;
@@ -148,26 +149,16 @@ API cublasStatus_t cublasLtMatmulAlgoGetHeuristic(Handle*, MatmulDesc* desc, Lay
 
 static float load(int type, const void* base, uint64_t index) {
     if (type == CUDA_R_32F) return ((const float*)base)[index];
-    uint32_t bits = (uint32_t)((const uint16_t*)base)[index] << 16;
-    float v;
-    memcpy(&v, &bits, 4);
-    return v;
+    return __bfloat162float(((const __nv_bfloat16*)base)[index]);
 }
 
+// Rounded to f32 first, then (bf16) to nearest even, as cuBLASLt's f32 accumulator is stored.
 static void store(int type, void* base, uint64_t index, double value) {
-    float v = (float)value;
     if (type == CUDA_R_32F) {
-        ((float*)base)[index] = v;
+        ((float*)base)[index] = (float)value;
         return;
     }
-    uint32_t bits;
-    memcpy(&bits, &v, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) {
-        ((uint16_t*)base)[index] = (uint16_t)((bits >> 16) | 0x40);  // NaN stays NaN
-        return;
-    }
-    bits += 0x7fffu + ((bits >> 16) & 1);  // round to nearest even
-    ((uint16_t*)base)[index] = (uint16_t)(bits >> 16);
+    ((__nv_bfloat16*)base)[index] = __float2bfloat16((float)value);
 }
 
 static double gelu_tanh(double x) { return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }

@@ -30,6 +30,7 @@
 #include <string>
 #include <thread>
 
+#include "cuda_bf16.h"
 #include "device.h"
 
 typedef int ncclResult_t;
@@ -114,20 +115,6 @@ static size_t element_bytes(int type) {
     }
 }
 
-static float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float v;
-    memcpy(&v, &bits, 4);
-    return v;
-}
-
-static uint16_t f32_to_bf16(float v) {
-    uint32_t bits;
-    memcpy(&bits, &v, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
 
 template <typename T>
 static T combine(int op, T a, T b) {
@@ -156,10 +143,10 @@ static void reduce(const Comm& c, size_t offset, int type, int op, size_t count,
                 break;
             }
             case ncclBfloat16: {
-                float acc = bf16_to_f32(((const uint16_t*)(c.slot(0) + offset))[i]);
+                float acc = __bfloat162float(((const __nv_bfloat16*)(c.slot(0) + offset))[i]);
                 for (int r = 1; r < c.size; ++r)
-                    acc = combine(op, acc, bf16_to_f32(((const uint16_t*)(c.slot(r) + offset))[i]));
-                ((uint16_t*)out)[i] = f32_to_bf16(acc);
+                    acc = combine(op, acc, __bfloat162float(((const __nv_bfloat16*)(c.slot(r) + offset))[i]));
+                ((__nv_bfloat16*)out)[i] = __float2bfloat16(acc);
                 break;
             }
             default: emu_device::fault("NCCL emulation: reductions of this datatype are not emulated");

@@ -1,8 +1,11 @@
-// The CPU stand-in for CUDA's <cuda_bf16.h> (tests/kernel_emulation/cuda_emulation.h): bf16 as its 16
-// bits, conversions from f32 rounding to nearest even (NaN stays NaN), as the GPU's __float2bfloat16.
+// The CPU stand-in for CUDA's <cuda_bf16.h> (tests/kernel_emulation/cuda_emulation.h; also the device
+// emulation's cuBLASLt and NCCL): bf16 as its 16 bits, conversions from f32 rounding to nearest even
+// (NaN stays NaN), as the GPU's __float2bfloat16.
 #pragma once
 #include <stdint.h>
 #include <string.h>
+
+#include "vector_types.h"
 
 struct __nv_bfloat16 {
     uint16_t bits;

@@ -38,21 +38,8 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 
-struct alignas(16) uint4 { uint32_t x, y, z, w; };
-struct alignas(8) uint2 { uint32_t x, y; };
-struct alignas(8) float2 { float x, y; };
-struct alignas(16) float4 { float x, y, z, w; };
-struct uint3 { uint32_t x, y, z; };
-struct dim3 {
-    uint32_t x, y, z;
-    dim3(uint32_t x_ = 1, uint32_t y_ = 1, uint32_t z_ = 1) : x(x_), y(y_), z(z_) {}
-};
-inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
-inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-
-#include "cuda_bf16.h"  // (uses float2)
+#include "vector_types.h"
+#include "cuda_bf16.h"
 
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) { return a < b ? a : b; }
