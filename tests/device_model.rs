@@ -46,21 +46,12 @@ fn leaves(dev: &Dev, model: &RetroModel) -> Vec<Tensor> {
     }
 }
 
-/// The number of bf16 roundings on the longest path through a step (forward and backward): per decoder
-/// layer LN, QKV, P, o, projection, residual, LN, fc1, GELU, fc2, residual (11); per CCA layer 8 more (LN,
-/// Q, KV, P, o, projection, shifts, residual); the encoder's layers as decoder layers.
-fn bf16_roundings(c: &RetroConfig) -> usize {
-    let cca = c.retro_layers().len();
-    2 * (11 * (c.num_layers + 2 * usize::from(cca > 0)) + 8 * cca)
-}
-
-/// (loss tolerance, gradient tolerance) on `dev`. The bf16 ones are sqrt(roundings) * u: independent
-/// roundings of relative size u = 2^-8 add up like a random walk; the loss sees the forward's only.
+/// (loss tolerance, gradient tolerance) on `dev` (`common::device::bf16_roundings` for bf16).
 fn tolerances(dev: &Dev, c: &RetroConfig) -> (f64, f64) {
     match dev.placement().1 {
         DType::BF16 => {
-            let (roundings, u) = (bf16_roundings(c) as f64, common::device::BF16_U as f64);
-            ((roundings / 2.0).sqrt() * u, roundings.sqrt() * u)
+            let (roundings, u) = (common::device::bf16_roundings(c) as f64, common::device::BF16_U as f64);
+            (common::device::bf16_loss_tolerance(c), roundings.sqrt() * u)
         }
         _ => (1e-5, 1e-4),
     }
@@ -504,4 +495,84 @@ test_device!(the_engine_trains_the_tensor_parallel_model_of_one_rank, |dev| {
 test_device!(overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step, |dev| {
     let variant = retro::train::data_parallel::DataParallel { overlap_grad_reduce: true, ..one_process(40_000) };
     one_gpu_variant_equals_the_plain_step(dev, variant, "overlapped gradient all-reduce (1 rank) vs plain step");
+});
+
+/// Neighbour tokens [k, r] that depend on the chunk's content (a stand-in for embedding and search).
+fn neighbours_of(chunk: &[u32], c: &RetroConfig) -> Tensor {
+    let mut rng = Rng::new(chunk.iter().fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64)));
+    let n = c.num_neighbors * c.retrieved_length();
+    let tokens = (0..n).map(|_| rng.below(c.vocab_size as u64) as i64).collect::<Vec<_>>();
+    Tensor::from_vec(tokens, &[c.num_neighbors, c.retrieved_length()]).unwrap()
+}
+
+/// The logits at the last of `tokens` from the full forward on the CPU in f64 (padded to whole chunks,
+/// each chunk's neighbours from `neighbours_of`).
+fn full_forward_last(model: &RetroModel, tokens: &[u32]) -> Vec<f64> {
+    let c = &model.config;
+    let m = c.chunk_length;
+    let mut padded: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    padded.resize(tokens.len().div_ceil(m) * m, 0);
+    let chunks = padded.len() / m;
+    let neighbors = (!c.gpt_baseline).then(|| {
+        let mut all = Vec::new();
+        for chunk in padded.chunks(m) {
+            let chunk: Vec<u32> = chunk.iter().map(|&t| t as u32).collect();
+            all.extend(neighbours_of(&chunk, c).to_f64_vec().iter().map(|&t| t as i64));
+        }
+        Tensor::from_vec(all, &[1, chunks, c.num_neighbors, c.retrieved_length()]).unwrap()
+    });
+    let ids = Tensor::from_vec(padded, &[1, chunks * m]).unwrap();
+    let mut tape = Tape::inference();
+    let p = model.params.leaves(&mut tape);
+    let logits = model.logits(&mut tape, &p, &ids, neighbors.as_ref()).unwrap().into_value().to_f64_vec();
+    let v = c.vocab_size;
+    logits[(tokens.len() - 1) * v..tokens.len() * v].to_vec()
+}
+
+// KV-cached generation (`KvDecoder`, what `retro generate` runs) on each device: a 60-token prompt, then
+// greedy decoding to the model's 128 positions, with live retrieval at each completed chunk. At every
+// position the cached logits equal the full forward of the prefix on the CPU in f64: the CPU (f32) and
+// the GPU in f32 to f32 rounding, the GPU's bf16 to the forward's bf16 accuracy. RETRO and the GPT
+// baseline. (The decoded tokens are each device's own argmax, so near-ties cannot derail the check.)
+test_device!(kv_cached_generation_matches_the_full_forward_in_f64, |dev| {
+    for gpt in [false, true] {
+        let mut c = gpu_sized_config();
+        c.gpt_baseline = gpt;
+        let model = RetroModel::init(&c, 21, DType::F64).unwrap();
+        let leaves = leaves(dev, &model);
+        let mut decoder = retro::model::kv_decode::KvDecoder::new(&model, &leaves);
+        let mut retrieved = Vec::new();
+        let mut retrieve = |chunk: usize, tokens: &[u32]| {
+            retrieved.push(chunk);
+            Ok(neighbours_of(tokens, &c))
+        };
+        let mut rng = Rng::new(22);
+        let mut tokens: Vec<u32> = (0..60).map(|_| rng.below(c.vocab_size as u64) as u32).collect();
+        let mut logits = Vec::new();
+        for &t in &tokens {
+            logits = decoder.push(t, &mut retrieve).unwrap();
+        }
+        let (tolerance, mut worst) = (tolerances(dev, &c).0, (0.0f64, 0));
+        loop {
+            let want = full_forward_last(&model, &tokens);
+            let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
+            let err = norm(&mut logits.iter().zip(&want).map(|(a, b)| a - b)) / norm(&mut want.iter().copied());
+            let err = if err.is_nan() { f64::INFINITY } else { err };
+            if err > worst.0 {
+                worst = (err, tokens.len() - 1);
+            }
+            if tokens.len() == c.seq_length {
+                break;
+            }
+            let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            tokens.push(next);
+            logits = decoder.push(next, &mut retrieve).unwrap();
+        }
+        let what = if gpt { "GPT" } else { "RETRO" };
+        let (err, position) = worst;
+        common::device::report_check(&format!("{what} KV-cached logits vs the full forward"), dev, err, tolerance);
+        eprintln!("{} {what}: KV-cached logits, worst relative error {err:.1e} at position {position}", dev.name());
+        assert!(err <= tolerance, "{} {what}: position {position}: the cached logits differ by {err:.1e}", dev.name());
+        assert_eq!(retrieved, if gpt { vec![] } else { vec![0, 1] }, "retrieval once per completed chunk");
+    }
 });

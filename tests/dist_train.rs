@@ -422,17 +422,7 @@ fn two_gpus() -> bool {
 /// Written once: tests running at the same time would otherwise read it half rewritten.
 fn gpu_sized_config() -> String {
     static CONFIG: OnceLock<String> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let config = project().parent().unwrap().join("gpu-sized.json");
-            let tiny = retro::model::RetroConfig::preset("tiny").unwrap().to_json();
-            let sized =
-                tiny.replace("\"hidden_size\":64", "\"hidden_size\":128").replace("\"num_heads\":4", "\"num_heads\":2");
-            assert_ne!(sized, tiny, "the tiny preset's JSON changed: {tiny}");
-            std::fs::write(&config, sized).unwrap();
-            s(&config)
-        })
-        .clone()
+    CONFIG.get_or_init(|| common::gpu_sized_config_beside(project())).clone()
 }
 
 // Two ranks on two GPUs over NCCL against one GPU with the same global batch: data parallelism (the

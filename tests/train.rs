@@ -326,3 +326,42 @@ fn instruct_retro_architecture_flags_train_and_resume() {
     assert!(err.contains("num_query_groups 3 does not divide num_heads 4"), "{err}");
     assert!(!fresh.exists(), "{} was created", fresh.display());
 }
+
+// `retro eval` and `retro generate` with `--device cuda` (on a GPU, and under scripts/device-emulation;
+// skipped without one): a checkpoint trained on the CPU gives validation losses, with and without
+// retrieval, within the bf16 loss bound of the CPU's (the model tests' `bf16_loss_tolerance`), and a
+// greedy continuation whose prompt completes a chunk, so live retrieval feeds the GPU's encoder. This
+// checks the commands' device wiring; the values themselves are checked by tests/device_model.rs (a
+// model two steps from its initialisation has a loss near ln(vocab) on any device).
+#[test]
+fn eval_and_generate_on_a_gpu_agree_with_the_cpu() {
+    if common::device::cuda(false).is_none() {
+        return;
+    }
+    let config = common::gpu_sized_config_beside(project());
+    let run = run_dir("gpu-eval");
+    let (code, _, err) = train(&run, &["--config", &config, "--train-iters", "2", "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    let checkpoint = ["--checkpoint", &s(&run), "--project", &s(project())];
+    let eval = |device: &str| -> serde_json::Value {
+        let (code, out, err) = retro(&[&["eval", "--eval-iters", "2", "--device", device][..], &checkpoint].concat());
+        assert_eq!(code, 0, "retro eval --device {device}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let (gpu, cpu) = (eval("cuda"), eval("cpu"));
+    let model = retro::model::RetroConfig::from_json(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let tolerance = common::device::bf16_loss_tolerance(&model);
+    for key in ["valid_loss", "valid_loss_without_retrieval"] {
+        let (g, c) = (gpu[key].as_f64().unwrap(), cpu[key].as_f64().unwrap());
+        let rel = (g - c).abs() / c;
+        eprintln!("{key}: cuda {g}, cpu {c}, relative difference {rel:.1e} (tolerance {tolerance:.1e})");
+        assert!(rel <= tolerance, "{key}: cuda {g} vs cpu {c} ({rel:.1e} > {tolerance:.1e})");
+        assert!(g != c, "{key}: the bf16 loss equals the CPU's f32 one to the bit: did it run on the GPU?");
+    }
+    let prompt = "The committee met on Tuesday to discuss the budget for the coming year. ".repeat(6);
+    let generate = ["generate", "--device", "cuda", "--prompt", &prompt, "--max-tokens", "8", "--temperature", "0"];
+    let (code, out, err) = retro(&[&generate[..], &checkpoint, &["--show-neighbours"]].concat());
+    assert_eq!(code, 0, "retro generate --device cuda: {err}");
+    assert!(out.starts_with(&prompt) && out.len() > prompt.len(), "no continuation: {out}");
+    assert!(out.contains("--- chunk 0"), "the prompt's first chunk was not retrieved for: {out}");
+}

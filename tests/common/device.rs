@@ -96,6 +96,20 @@ pub const BF16_U: f32 = 1.0 / 256.0;
 /// f32's unit roundoff.
 pub const F32_U: f32 = 1.0 / 16_777_216.0;
 
+/// The number of bf16 roundings on the longest path through a training step (forward and backward): per
+/// decoder layer LN, QKV, P, o, projection, residual, LN, fc1, GELU, fc2, residual (11); per CCA layer 8
+/// more (LN, Q, KV, P, o, projection, shifts, residual); the encoder's layers as decoder layers.
+pub fn bf16_roundings(c: &retro::model::RetroConfig) -> usize {
+    let cca = c.retro_layers().len();
+    2 * (11 * (c.num_layers + 2 * usize::from(cca > 0)) + 8 * cca)
+}
+
+/// The relative tolerance of a loss computed in bf16: sqrt(forward roundings) * u, as independent
+/// roundings of relative size u = 2^-8 add up like a random walk (the gradient's is sqrt(all) * u).
+pub fn bf16_loss_tolerance(c: &retro::model::RetroConfig) -> f64 {
+    (bf16_roundings(c) as f64 / 2.0).sqrt() * BF16_U as f64
+}
+
 /// Tolerance of a sum of `len` terms accumulated in f32 (a parameter gradient over rows): each addition
 /// rounds by F32_U, the errors of `len` additions grow like `len` at worst relative to the sum of the
 /// terms' magnitudes, and for random-signed terms that sum is ~sqrt(len) times the result; so

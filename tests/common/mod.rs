@@ -239,6 +239,17 @@ pub fn small_project(tag: &str, extra: &[&str]) -> std::path::PathBuf {
     project
 }
 
+/// The tiny preset with the GPU attention's head dim (64): hidden 128 over 2 heads, as a config file
+/// beside `project` (for `--config`); its path.
+pub fn gpu_sized_config_beside(project: &std::path::Path) -> String {
+    let config = project.parent().unwrap().join("gpu-sized.json");
+    let tiny = retro::model::RetroConfig::preset("tiny").unwrap().to_json();
+    let sized = tiny.replace("\"hidden_size\":64", "\"hidden_size\":128").replace("\"num_heads\":4", "\"num_heads\":2");
+    assert_ne!(sized, tiny, "the tiny preset's JSON changed: {tiny}");
+    std::fs::write(&config, sized).unwrap();
+    s(&config)
+}
+
 /// An empty path `name` beside `project` for a run directory (removed if an earlier run left it).
 pub fn run_dir_beside(project: &std::path::Path, name: &str) -> std::path::PathBuf {
     let d = project.parent().unwrap().join(name);
