@@ -33,7 +33,7 @@ struct Case {
     bool key_mask;   // batch 0: every third key hidden; batch 1: every key hidden
     double dropout;
     int first_head, all_heads;  // dropout over heads first_head.. of a layer of all_heads (0: unsplit)
-    bool quick;                 // also run in the sanitizer builds (RETRO_EMULATION_QUICK=1)
+    bool quick;                 // also run in the ThreadSanitizer build (RETRO_EMULATION_QUICK=1)
 };
 
 // The dropout factor of probability (i, j) of pair (b, h): src/philox.rs::keep_mask's element i * sk + j

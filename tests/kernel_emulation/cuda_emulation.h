@@ -25,6 +25,10 @@
 #include <vector>
 
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #define RETRO_KERNEL_EMULATION 1
 #define __global__
@@ -67,7 +71,7 @@ inline double barrier_timeout_s = 20.0;
 // How a block's CUDA threads run. By default as fibers: the threads of a block take turns on the launching
 // OS thread, switching only where a thread waits at a barrier (a round in which no thread can move on is
 // a barrier some thread never reaches: reported). Deterministic, and cheap enough to run whole models
-// (scripts/device-emulation). With RETRO_EMULATION_THREADS defined (the sanitizer builds), each CUDA
+// (scripts/device-emulation). With RETRO_EMULATION_THREADS defined (the ThreadSanitizer build), each CUDA
 // thread is an OS thread, so ThreadSanitizer sees the block's threads race.
 #ifndef RETRO_EMULATION_THREADS
 #define RETRO_EMULATION_FIBERS 1
@@ -97,16 +101,56 @@ emu_switch_stack:
     .size emu_switch_stack, .-emu_switch_stack
     .popsection
 )");
+// A fiber's stack: 512 KiB below its top.
+constexpr size_t fiber_stack_bytes = 512 << 10;
 struct Fiber {
     void* sp = nullptr;
     bool done = false;
+    void* top = nullptr;
+    void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
 };
 inline void* scheduler_sp = nullptr;
 inline Fiber* running = nullptr;
 // Set by the scheduler after a round in which no thread arrived anywhere, returned or was released.
 inline bool stalled = false;
 inline uint64_t progress = 0;
-inline void yield_fiber() { emu_switch_stack(&running->sp, scheduler_sp); }
+
+// AddressSanitizer checks accesses against the running stack's bounds and keeps a fake stack per stack
+// (use after return), so it is told of every switch: before it the stack switched to, after it the
+// switch's end (and so the bounds of the stack switched from). Nothing without ASan.
+#if defined(__SANITIZE_ADDRESS__)
+inline const void* scheduler_stack_bottom = nullptr;
+inline size_t scheduler_stack_bytes = 0;
+inline void asan_to_fiber(void** save, const Fiber& f) {
+    __sanitizer_start_switch_fiber(save, (unsigned char*)f.top - fiber_stack_bytes, fiber_stack_bytes);
+}
+inline void asan_to_scheduler(void** save) {
+    __sanitizer_start_switch_fiber(save, scheduler_stack_bottom, scheduler_stack_bytes);
+}
+inline void asan_in_fiber(void* fake) {
+    __sanitizer_finish_switch_fiber(fake, &scheduler_stack_bottom, &scheduler_stack_bytes);
+}
+inline void asan_in_scheduler(void* fake) { __sanitizer_finish_switch_fiber(fake, nullptr, nullptr); }
+// A finished fiber's first frame never returned, so its redzones stay poisoned at the stack's top, where
+// the next fiber on the stack begins: cleared before the stack is reused.
+inline void asan_fresh_stack(void* top) {
+    const size_t bytes = 16 << 10;
+    __asan_unpoison_memory_region((unsigned char*)top - bytes, bytes);
+}
+#else
+inline void asan_fresh_stack(void*) {}
+inline void asan_to_fiber(void**, const Fiber&) {}
+inline void asan_to_scheduler(void**) {}
+inline void asan_in_fiber(void*) {}
+inline void asan_in_scheduler(void*) {}
+#endif
+
+inline void yield_fiber() {
+    Fiber* me = running;
+    asan_to_scheduler(&me->asan_fake_stack);
+    emu_switch_stack(&me->sp, scheduler_sp);
+    asan_in_fiber(me->asan_fake_stack);
+}
 #endif
 
 // A barrier for `expected` threads; a thread that returns leaves it (CUDA: exited threads do not hold up
@@ -204,7 +248,7 @@ inline void warp_sync(const char* what) {
 // later launches.
 inline void* fiber_stack(size_t t) {
     static std::vector<unsigned char*> stacks;
-    const size_t bytes = 512 << 10, guard = 4096;
+    const size_t bytes = fiber_stack_bytes, guard = 4096;
     while (stacks.size() <= t) {
         void* p = mmap(nullptr, bytes + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) fail("mmap of a fiber stack");
@@ -219,11 +263,13 @@ inline const std::function<void()>* fiber_kernel = nullptr;
 // A fiber's first frame: run the kernel as thread self, leave the block's barriers, return to the
 // scheduler for good.
 inline void fiber_main() {
+    asan_in_fiber(nullptr);
     (*fiber_kernel)();
     self.owner->warps[self.thread.x / 32].barrier.leave();
     self.owner->barrier.leave();
     running->done = true;
     void* unused;
+    asan_to_scheduler(nullptr);  // this stack's frames are over
     emu_switch_stack(&unused, scheduler_sp);
     fail("a finished fiber was resumed (an emulation bug)");
 }
@@ -239,11 +285,13 @@ inline void run_fibers(Block& b, uint64_t blocks, const std::function<void()>& k
         for (uint32_t t = 0; t < threads; ++t) {
             // The frame emu_switch_stack pops: six registers, then fiber_main as the return address, with
             // the stack aligned as after a call.
-            void** sp = (void**)fiber_stack(t);
+            void* top = fiber_stack(t);
+            asan_fresh_stack(top);
+            void** sp = (void**)top;
             *--sp = nullptr;
             *--sp = (void*)&fiber_main;
             for (int r = 0; r < 6; ++r) *--sp = nullptr;
-            fibers[t] = Fiber{sp, false};
+            fibers[t] = Fiber{sp, false, top, nullptr};
         }
         uint32_t live = threads;
         stalled = false;
@@ -255,7 +303,10 @@ inline void run_fibers(Block& b, uint64_t blocks, const std::function<void()>& k
                 self.block = block_index;
                 self.owner = &b;
                 running = &fibers[t];
+                void* scheduler_fake_stack = nullptr;
+                asan_to_fiber(&scheduler_fake_stack, fibers[t]);
                 emu_switch_stack(&scheduler_sp, fibers[t].sp);
+                asan_in_scheduler(scheduler_fake_stack);
                 if (fibers[t].done) --live;
             }
             if (live && progress == before) stalled = true;  // the next turn of a waiting thread reports it

@@ -57,7 +57,7 @@ struct Rng {
     }
 };
 
-// RETRO_EMULATION_QUICK=1 (the sanitizer builds, where each CUDA thread costs many times more): the
+// RETRO_EMULATION_QUICK=1 (the ThreadSanitizer build, where each CUDA thread costs many times more): the
 // families run fewer cases, each chosen to keep every code path of its kernels.
 inline bool quick() {
     const char* v = getenv("RETRO_EMULATION_QUICK");
