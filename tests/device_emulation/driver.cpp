@@ -412,8 +412,9 @@ API CUresult cuMemAlloc_v2(CUdeviceptr* ptr, size_t bytes) {
         std::lock_guard<std::mutex> l(memory_lock);
         if (device_bytes + bytes > total_device_bytes) return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    void* p = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    // Exactly `bytes` (not rounded up), so under AddressSanitizer the redzone starts where the buffer ends.
+    void* p = nullptr;
+    if (posix_memalign(&p, 256, bytes) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
     memset(p, 0xff, bytes);
     std::lock_guard<std::mutex> l(memory_lock);
     device_allocations[(uint64_t)p] = bytes;

@@ -6,6 +6,12 @@
 //! at once, because every kernel that used it was queued on the same stream before any kernel that will
 //! use it next. Work on another stream must wait for an event of the compute stream first (see
 //! `Gpu::upload_pinned`).
+//!
+//! With `RETRO_NO_CUDA_MEMORY_CACHING=1` (PyTorch's `PYTORCH_NO_CUDA_MEMORY_CACHING`) every block is
+//! exactly the bytes asked for, from the driver, and goes back to it when dropped (after the device has
+//! finished with it): slow, but a kernel that reads or writes past its buffer leaves the allocation
+//! instead of landing in a size class's slack or a cached neighbour, so compute-sanitizer's memcheck
+//! (scripts/gpu-run) and the device emulation's AddressSanitizer build see it.
 
 use super::device::cuda_error;
 use crate::Result;
@@ -49,6 +55,8 @@ struct Pool {
 pub struct Allocator {
     ctx: Arc<CudaContext>,
     pool: Mutex<Pool>,
+    /// False under `RETRO_NO_CUDA_MEMORY_CACHING=1`: exact sizes, freed to the driver.
+    caching: bool,
 }
 
 /// One device allocation of `size` bytes (its size class), returned to the cache on drop.
@@ -68,18 +76,32 @@ impl Drop for Block {
     fn drop(&mut self) {
         let mut pool = self.owner.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.stats.allocated -= self.size;
-        pool.free.entry(self.size).or_default().push(self.ptr);
+        if self.owner.caching {
+            pool.free.entry(self.size).or_default().push(self.ptr);
+            return;
+        }
+        pool.stats.reserved -= self.size;
+        drop(pool);
+        // Queued kernels may still use the block: the device finishes them first.
+        let freed = self.owner.ctx.synchronize().and_then(|()| {
+            // SAFETY: no Block refers to the pointer any more and the device is idle.
+            unsafe { result::free_sync(self.ptr) }
+        });
+        if let Err(e) = freed {
+            eprintln!("retro: freeing a device block of {} bytes: {e:?}", self.size);
+        }
     }
 }
 
 impl Allocator {
     pub fn new(ctx: Arc<CudaContext>) -> Arc<Self> {
-        Arc::new(Self { ctx, pool: Mutex::new(Pool::default()) })
+        let caching = std::env::var("RETRO_NO_CUDA_MEMORY_CACHING").map_or(true, |v| v != "1");
+        Arc::new(Self { ctx, pool: Mutex::new(Pool::default()), caching })
     }
 
-    /// A block of at least `bytes` bytes (uninitialised).
+    /// A block of at least `bytes` bytes (exactly `bytes`, at least 1, without caching; uninitialised).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Block> {
-        let size = size_class(bytes);
+        let size = if self.caching { size_class(bytes) } else { bytes.max(1) };
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let cached = pool.free.get_mut(&size).and_then(Vec::pop);
         let ptr = match cached {
