@@ -497,38 +497,6 @@ test_device!(overlapped_gradient_reduction_on_one_gpu_equals_the_plain_step, |de
     one_gpu_variant_equals_the_plain_step(dev, variant, "overlapped gradient all-reduce (1 rank) vs plain step");
 });
 
-/// Neighbour tokens [k, r] that depend on the chunk's content (a stand-in for embedding and search).
-fn neighbours_of(chunk: &[u32], c: &RetroConfig) -> Tensor {
-    let mut rng = Rng::new(chunk.iter().fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(t as u64)));
-    let n = c.num_neighbors * c.retrieved_length();
-    let tokens = (0..n).map(|_| rng.below(c.vocab_size as u64) as i64).collect::<Vec<_>>();
-    Tensor::from_vec(tokens, &[c.num_neighbors, c.retrieved_length()]).unwrap()
-}
-
-/// The logits at the last of `tokens` from the full forward on the CPU in f64 (padded to whole chunks,
-/// each chunk's neighbours from `neighbours_of`).
-fn full_forward_last(model: &RetroModel, tokens: &[u32]) -> Vec<f64> {
-    let c = &model.config;
-    let m = c.chunk_length;
-    let mut padded: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    padded.resize(tokens.len().div_ceil(m) * m, 0);
-    let chunks = padded.len() / m;
-    let neighbors = (!c.gpt_baseline).then(|| {
-        let mut all = Vec::new();
-        for chunk in padded.chunks(m) {
-            let chunk: Vec<u32> = chunk.iter().map(|&t| t as u32).collect();
-            all.extend(neighbours_of(&chunk, c).to_f64_vec().iter().map(|&t| t as i64));
-        }
-        Tensor::from_vec(all, &[1, chunks, c.num_neighbors, c.retrieved_length()]).unwrap()
-    });
-    let ids = Tensor::from_vec(padded, &[1, chunks * m]).unwrap();
-    let mut tape = Tape::inference();
-    let p = model.params.leaves(&mut tape);
-    let logits = model.logits(&mut tape, &p, &ids, neighbors.as_ref()).unwrap().into_value().to_f64_vec();
-    let v = c.vocab_size;
-    logits[(tokens.len() - 1) * v..tokens.len() * v].to_vec()
-}
-
 // KV-cached generation (`KvDecoder`, what `retro generate` runs) on each device: a 60-token prompt, then
 // greedy decoding to the model's 128 positions, with live retrieval at each completed chunk. At every
 // position the cached logits equal the full forward of the prefix on the CPU in f64: the CPU (f32) and
@@ -544,7 +512,7 @@ test_device!(kv_cached_generation_matches_the_full_forward_in_f64, |dev| {
         let mut retrieved = Vec::new();
         let mut retrieve = |chunk: usize, tokens: &[u32]| {
             retrieved.push(chunk);
-            Ok(neighbours_of(tokens, &c))
+            Ok(common::generation::neighbours_of(tokens, &c))
         };
         let mut rng = Rng::new(22);
         let mut tokens: Vec<u32> = (0..60).map(|_| rng.below(c.vocab_size as u64) as u32).collect();
@@ -554,7 +522,7 @@ test_device!(kv_cached_generation_matches_the_full_forward_in_f64, |dev| {
         }
         let (tolerance, mut worst) = (tolerances(dev, &c).0, (0.0f64, 0));
         loop {
-            let want = full_forward_last(&model, &tokens);
+            let want = common::generation::full_forward_last(&model, &tokens);
             let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
             let err = norm(&mut logits.iter().zip(&want).map(|(a, b)| a - b)) / norm(&mut want.iter().copied());
             let err = if err.is_nan() { f64::INFINITY } else { err };
@@ -564,7 +532,7 @@ test_device!(kv_cached_generation_matches_the_full_forward_in_f64, |dev| {
             if tokens.len() == c.seq_length {
                 break;
             }
-            let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let next = common::generation::argmax(&logits);
             tokens.push(next);
             logits = decoder.push(next, &mut retrieve).unwrap();
         }

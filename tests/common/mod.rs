@@ -258,3 +258,4 @@ pub fn run_dir_beside(project: &std::path::Path, name: &str) -> std::path::PathB
 }
 
 pub mod device;
+pub mod generation;
