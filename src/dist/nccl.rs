@@ -104,9 +104,8 @@ impl NcclComm {
         }
         let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let in_flight = watchdog::installed().map(|_| Arc::new(InFlight::new(gpu.ctx.clone())));
-        let watched = watchdog::installed().map(|w| {
+        let watched = watchdog::installed().zip(in_flight.clone()).map(|(w, running)| {
             let (polled, to_abort, flag) = (Handle(comm), Handle(comm), aborted.clone());
-            let running = in_flight.clone().expect("made with the watchdog");
             w.register(watchdog::Check {
                 poll: Box::new(move || match async_error(polled.comm()) {
                     Some(error) => Polled::Failed(error),

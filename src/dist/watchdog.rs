@@ -1,14 +1,14 @@
 //! Megatron's `--distributed-timeout-minutes`: a thread that ends the job when this rank has waited
 //! too long for the others. A rank that dies is seen by `mpirun`, which ends the job; a rank that hangs
 //! or is stopped (a stuck driver, a paused process, a lost node whose connections stay open) is not,
-//! and every other rank would wait in its next collective forever. So each place a rank blocks on its
-//! peers (every blocking MPI collective in `world.rs`, and a GPU step's waits for its NCCL work) marks
-//! the wait (`waiting`), and the watchdog, polling a few times a second, aborts once one wait has lasted
-//! the timeout. It also polls registered checks: one reports an error (NCCL's asynchronous errors), and
-//! the watchdog aborts on the first, or a wait the host does not block in (a GPU's NCCL collective that
-//! has started and not finished, `nccl_in_flight.rs`), which counts as a marked wait does. So on a GPU
-//! only the time a collective waits for its peers counts, not the kernels queued before it. Aborting prints the rank and what it was waiting for first, then runs the
-//! registered aborts (`ncclCommAbort`, which frees a stream stuck in a collective) on a thread of their
+//! and every other rank would wait in its next collective forever. So each place the host blocks on its
+//! peers (every blocking MPI collective in `world.rs`) marks the wait (`waiting`), and the watchdog,
+//! polling a few times a second, aborts once one wait has lasted the timeout. It also polls registered
+//! checks, which report an error (NCCL's asynchronous errors: the watchdog aborts on the first) or a
+//! wait the host does not block in (a GPU's NCCL collective that has started and not finished,
+//! `nccl_in_flight.rs`), timed as a marked wait is. So on a GPU only the time a collective waits for its
+//! peers counts, not the kernels queued before it. Aborting prints the rank and what it was waiting for
+//! first, then runs the registered aborts (`ncclCommAbort`, which frees a stream stuck in a collective) on a thread of their
 //! own for at most `ABORT_DEADLINE` (an abort can itself hang while a peer on the node is stopped), and
 //! ends the process with exit status 1, so `mpirun` ends the other ranks.
 //!
@@ -155,14 +155,15 @@ impl Watchdog {
 
     /// The message that ends the job now, if any.
     fn poll(&self) -> Option<String> {
-        let mut longest = self.wait.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The wait that started first: the marked one, or one a check reports.
+        let mut earliest = self.wait.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (_, check) in self.checks.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             match (check.poll)() {
                 Polled::Fine => {}
                 Polled::Failed(error) => return Some(format!("{}: {error}", self.label)),
                 Polled::Waiting { what, since } => {
-                    if longest.as_ref().is_none_or(|(_, earliest)| since < *earliest) {
-                        longest = Some((what, since));
+                    if earliest.as_ref().is_none_or(|(_, first)| since < *first) {
+                        earliest = Some((what, since));
                     }
                 }
             }
@@ -170,7 +171,7 @@ impl Watchdog {
         if self.pauses.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let (what, since) = longest?;
+        let (what, since) = earliest?;
         let resumed = *self.resumed.lock().unwrap_or_else(|p| p.into_inner());
         let waited = resumed.map_or(since, |resumed| since.max(resumed)).elapsed();
         (waited >= self.timeout).then(|| {

@@ -59,7 +59,8 @@ pub struct Allocator {
     caching: bool,
 }
 
-/// One device allocation of `size` bytes (its size class), returned to the cache on drop.
+/// One device allocation of `size` bytes (its size class; without caching, the bytes asked for),
+/// returned to the cache (or the driver) on drop.
 pub struct Block {
     ptr: sys::CUdeviceptr,
     size: usize,
